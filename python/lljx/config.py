@@ -1,0 +1,71 @@
+"""ModelConfig: every architecture number of a Llama-family model, frozen so jit can treat it as static."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import jax.numpy as jnp
+
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16}
+
+
+@dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama 3.1+ frequency-dependent RoPE scaling (the "llama3" rope_type)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_context_length: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one model plus the compute dtype; hashable, so it can be a static jit argument."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_ffn: int
+    rope_theta: float
+    norm_eps: float
+    context_length: int
+    tie_embeddings: bool
+    # Either explicit per-frequency divisors (GGUF `rope_freqs.weight`) or the Llama 3 formula.
+    rope_scaling: Llama3RopeScaling | None = None
+    rope_freq_factors: tuple[float, ...] | None = None
+    dtype: str = "f32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.d_head % 2:
+            raise ValueError(f"d_head ({self.d_head}) must be even for RoPE")
+        if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.d_head // 2:
+            raise ValueError(f"rope_freq_factors has {len(self.rope_freq_factors)} entries, expected {self.d_head // 2}")
+
+    @property
+    def jnp_dtype(self) -> jnp.dtype:
+        return jnp.dtype(DTYPES[self.dtype])
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head (grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    def with_dtype(self, dtype: str) -> ModelConfig:
+        return replace(self, dtype=dtype)
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count, counting a tied head once."""
+        d, f, v = self.d_model, self.d_ffn, self.vocab_size
+        attn = d * self.n_heads * self.d_head * 2 + d * self.n_kv_heads * self.d_head * 2
+        layer = attn + 3 * d * f + 2 * d
+        head = 0 if self.tie_embeddings else v * d
+        return v * d + self.n_layers * layer + d + head
