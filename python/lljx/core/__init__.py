@@ -1,0 +1,1 @@
+"""Pure JAX math of a Llama decoder: one component per module, each `forward(config, params, ...)`."""

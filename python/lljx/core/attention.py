@@ -1,0 +1,53 @@
+"""Grouped-query self-attention over the KV cache, causal by absolute position."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from lljx.config import ModelConfig
+from lljx.core import kv_cache
+from lljx.core.rope import apply_rope
+from lljx.params import LayerParams
+
+
+def forward(
+    config: ModelConfig,
+    layer: LayerParams,
+    x: jax.Array,
+    positions: jax.Array,
+    rope: tuple[jax.Array, jax.Array],
+    cache_k: jax.Array,
+    cache_v: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Attend x [batch, seq, d_model] at positions [batch, seq]; returns output and the updated layer cache.
+
+    The new keys and values are written at each row's first position, so a row's prompt
+    may be right-padded: padded keys sit after every real query and are masked by causality,
+    then overwritten by the tokens decoded next.
+    """
+    batch, seq, _ = x.shape
+    h, kvh, d = config.n_heads, config.n_kv_heads, config.d_head
+    with jax.named_scope("qkv"):
+        q = (x @ layer.wq).reshape(batch, seq, h, d)
+        k = (x @ layer.wk).reshape(batch, seq, kvh, d)
+        v = (x @ layer.wv).reshape(batch, seq, kvh, d)
+    cos, sin = rope
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    with jax.named_scope("kv_write"):
+        cache_k = kv_cache.write(cache_k, k, positions[:, 0])
+        cache_v = kv_cache.write(cache_v, v, positions[:, 0])
+    with jax.named_scope("attend"):
+        q = q.reshape(batch, seq, kvh, config.n_rep, d)
+        scores = jnp.einsum("bskrd,btkd->bkrst", q, cache_k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(d)
+        key_pos = jnp.arange(cache_k.shape[1])
+        visible = key_pos[None, None, :] <= positions[:, :, None]  # [batch, seq, max_len]
+        scores = jnp.where(visible[:, None, None, :, :], scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cache_v.dtype)
+        out = jnp.einsum("bkrst,btkd->bskrd", probs, cache_v, preferred_element_type=jnp.float32)
+        out = out.reshape(batch, seq, h * d).astype(x.dtype)
+    with jax.named_scope("attn_out"):
+        return out @ layer.wo, cache_k, cache_v

@@ -1,0 +1,19 @@
+"""Final norm and output projection to vocabulary logits (tied to the embeddings or not)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lljx.config import ModelConfig
+from lljx.core.norm import rms_norm
+from lljx.params import Params
+
+
+def forward(config: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
+    """x [..., d_model] -> f32 logits [..., vocab]."""
+    with jax.named_scope("head"):
+        x = rms_norm(x, params.final_norm, config.norm_eps)
+        if params.head is None:
+            return jnp.einsum("...d,vd->...v", x, params.embed, preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dv->...v", x, params.head, preferred_element_type=jnp.float32)

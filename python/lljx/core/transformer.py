@@ -1,0 +1,76 @@
+"""The whole decoder: tokens and positions in, next-token logits and the updated KV cache out."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lljx.config import ModelConfig
+from lljx.core import embeddings, head, layer
+from lljx.core.kv_cache import KVCache
+from lljx.core.rope import rope_tables
+from lljx.params import LayerParams, Params
+
+
+def layer_params(params: Params, index: int) -> LayerParams:
+    """Slice one layer out of the stacked layer weights."""
+    return jax.tree.map(lambda stacked: stacked[index], params.layers)
+
+
+def run_layers_unrolled(
+    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+    """A Python loop over layers: under jit it unrolls, letting XLA fuse across layer boundaries."""
+    rope = rope_tables(config, positions)
+    ks, vs = [], []
+    for i in range(config.n_layers):
+        x, k, v = layer.forward(config, layer_params(params, i), x, positions, rope, cache.k[i], cache.v[i])
+        ks.append(k)
+        vs.append(v)
+    return x, KVCache(jnp.stack(ks), jnp.stack(vs))
+
+
+def run_layers_scanned(
+    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+    """`lax.scan` over stacked layers: one compiled layer body, so compile time stays flat in depth."""
+    rope = rope_tables(config, positions)
+
+    def body(carry: jax.Array, per_layer: tuple[LayerParams, jax.Array, jax.Array]):
+        lp, k, v = per_layer
+        carry, k, v = layer.forward(config, lp, carry, positions, rope, k, v)
+        return carry, (k, v)
+
+    x, (k, v) = jax.lax.scan(body, x, (params.layers, cache.k, cache.v))
+    return x, KVCache(k, v)
+
+
+def forward(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array,
+    cache: KVCache,
+    last_index: jax.Array,
+    *,
+    scan_layers: bool = False,
+) -> tuple[jax.Array, KVCache]:
+    """Logits [batch, vocab] (f32) at each row's `last_index` within tokens [batch, seq], plus the cache.
+
+    positions [batch, seq] are absolute; rows may be right-padded past their last real token.
+    """
+    with jax.named_scope("transformer"):
+        x = embeddings.forward(params.embed, tokens)
+        run = run_layers_scanned if scan_layers else run_layers_unrolled
+        x, cache = run(config, params, x, positions, cache)
+        last = jnp.take_along_axis(x, last_index[:, None, None], axis=1)[:, 0]
+        return head.forward(config, params, last), cache
+
+
+def all_logits(config: ModelConfig, params: Params, tokens: jax.Array, cache: KVCache) -> jax.Array:
+    """Logits at every position [batch, seq, vocab] of a prompt starting at position 0 (for tests)."""
+    batch, seq = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+    x = embeddings.forward(params.embed, tokens)
+    x, _ = run_layers_unrolled(config, params, x, positions, cache)
+    return head.forward(config, params, x)

@@ -1,0 +1,89 @@
+"""Token sampling on device: small pure filters over logits, composed by `make_sampler`.
+
+Temperature 0 is greedy argmax. Otherwise logits are divided by the temperature, cut to the
+top k with `lax.top_k` (never a full sort of the vocabulary when k is set), then top-p and
+min-p mask the remaining candidates with -inf, and one is drawn with the step's key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+Sampler = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class SamplingError(ValueError):
+    """A sampler setting is out of range."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What `make_sampler` builds from; hashable so it can be static under jit.
+
+    top_k = 0 means no top-k cut; top_p = 1 and min_p = 0 disable those filters.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise SamplingError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise SamplingError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k}")
+        if not (0 < self.top_p <= 1):
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (0 <= self.min_p <= 1):
+            raise SamplingError(f"min_p must be in [0, 1], got {self.min_p}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (0 <= self.seed < 2**63):
+            raise SamplingError(f"seed must be an integer in [0, 2**63), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_top_p(sorted_logits: jax.Array, top_p: float) -> jax.Array:
+    """Keep the smallest prefix of descending logits whose probability mass reaches top_p."""
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    return jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
+
+
+def apply_min_p(sorted_logits: jax.Array, min_p: float) -> jax.Array:
+    """Drop candidates whose probability is below min_p times the most likely one's."""
+    threshold = sorted_logits[..., :1] + jnp.log(min_p)
+    return jnp.where(sorted_logits >= threshold, sorted_logits, -jnp.inf)
+
+
+def greedy(logits: jax.Array, key: jax.Array) -> jax.Array:
+    del key  # greedy needs no randomness; the signature matches the other samplers
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def make_sampler(settings: SamplerSettings, vocab_size: int) -> Sampler:
+    """A pure function (logits [batch, vocab] f32, key) -> token ids [batch] int32."""
+    if settings.greedy:
+        return greedy
+    k = vocab_size if settings.top_k == 0 else min(settings.top_k, vocab_size)
+
+    def sample(logits: jax.Array, key: jax.Array) -> jax.Array:
+        with jax.named_scope("sample"):
+            scaled = logits.astype(jnp.float32) / settings.temperature
+            candidates, candidate_ids = jax.lax.top_k(scaled, k)
+            if settings.top_p < 1:
+                candidates = apply_top_p(candidates, settings.top_p)
+            if settings.min_p > 0:
+                candidates = apply_min_p(candidates, settings.min_p)
+            choice = jax.random.categorical(key, candidates, axis=-1)
+            return jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+    return sample

@@ -1,0 +1,1 @@
+"""JIT strategies: where jax.jit goes in the decode pipeline, each a plugin building a Decoder."""

@@ -1,0 +1,72 @@
+"""The strategy contract: a named recipe that builds a Decoder, which only dispatches device work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import jax
+import numpy as np
+
+from lljx.core.kv_cache import KVCache
+from lljx.sampling import SamplerSettings
+
+if TYPE_CHECKING:
+    from lljx.models import Model
+
+
+class DecodeState(NamedTuple):
+    """What one prefill or decode call leaves on the device.
+
+    tokens [batch, k] holds the k newest token ids (k is 1 for per-token strategies);
+    position [batch] is where the next token will be written in the cache.
+    """
+
+    tokens: jax.Array
+    cache: KVCache
+    position: jax.Array
+    key: jax.Array
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Static shapes for one generation: the padded prompt length and the cache length."""
+
+    prompt_len: int
+    cache_len: int
+
+    @property
+    def prompt_bucket(self) -> int:
+        return bucket_length(self.prompt_len, self.cache_len)
+
+
+class Decoder(Protocol):
+    """Dispatches prefill and decode steps; never reads values back to the host."""
+
+    def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan) -> DecodeState: ...
+
+    def decode(self, previous: DecodeState) -> DecodeState: ...
+
+
+class Strategy(Protocol):
+    name: str
+    description: str
+
+    def build(self, model: Model, sampler: SamplerSettings) -> Decoder: ...
+
+
+MIN_BUCKET = 16
+
+
+def bucket_length(n: int, limit: int) -> int:
+    """The next power of two >= n (at least MIN_BUCKET), capped at limit, so few shapes ever compile."""
+    bucket = MIN_BUCKET
+    while bucket < n:
+        bucket *= 2
+    return min(bucket, limit)
+
+
+def plan_for(prompt_len: int, max_tokens: int, context_length: int) -> DecodePlan:
+    """Cache length bucketed from prompt + budget, so attention spans what this request can fill."""
+    needed = min(prompt_len + max_tokens, context_length)
+    return DecodePlan(prompt_len=prompt_len, cache_len=bucket_length(max(needed, 256), context_length))
