@@ -21,7 +21,7 @@ def random_params(config: ModelConfig, seed: int = 0) -> Params:
     def w(*shape: int, scale: float) -> jax.Array:
         return (jax.random.normal(next(keys), shape, jnp.float32) * scale).astype(dt)
 
-    layers = LayerParams(
+    stacked = LayerParams(
         attn_norm=(1 + w(n, d, scale=0.1)),
         wq=w(n, d, h * dh, scale=d**-0.5),
         wk=w(n, d, kvh * dh, scale=d**-0.5),
@@ -32,8 +32,11 @@ def random_params(config: ModelConfig, seed: int = 0) -> Params:
         w_up=w(n, d, f, scale=d**-0.5),
         w_down=w(n, f, d, scale=f**-0.5),
     )
-    head = None if config.tie_embeddings else w(d, v, scale=d**-0.5)
-    return Params(embed=w(v, d, scale=1.0), layers=layers, final_norm=1 + w(d, scale=0.1), head=head)
+    layers = tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n))
+    embed = w(v, d, scale=1.0)
+    if config.tie_embeddings:
+        return Params(embed=None, layers=layers, final_norm=1 + w(d, scale=0.1), head=embed.T)
+    return Params(embed=embed, layers=layers, final_norm=1 + w(d, scale=0.1), head=w(d, v, scale=d**-0.5))
 
 
 TINY = ModelConfig(

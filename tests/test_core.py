@@ -13,10 +13,13 @@ from conftest import TINY, random_params
 from lljx.config import Llama3RopeScaling
 from lljx.core import kv_cache, transformer
 from lljx.core.rope import apply_rope, inverse_frequencies, llama3_scaled
+from lljx.params import stack_layers
 
 
 def prefill_then_decode_logits(config, params, ids, split, *, scan=False):
     """Logits at each position from prefilling ids[:split] then feeding the rest one by one."""
+    if scan:
+        params = params._replace(layers=stack_layers(params.layers))
     cache = kv_cache.create(config, 1, 64)
     tokens = jnp.asarray([ids[:split]])
     positions = jnp.arange(split)[None]
@@ -71,11 +74,11 @@ def test_gqa_equals_attention_with_repeated_kv_heads(tiny_config, tiny_params):
     mha = dataclasses.replace(tiny_config, n_kv_heads=tiny_config.n_heads)
     dh = tiny_config.d_head
 
-    def repeat_heads(w):  # [L, d, kvh*dh] -> [L, d, h*dh], head i uses kv head i // rep
-        n, d, _ = w.shape
-        return jnp.repeat(w.reshape(n, d, -1, dh), rep, axis=2).reshape(n, d, -1)
+    def repeat_heads(w):  # [d, kvh*dh] -> [d, h*dh], head i uses kv head i // rep
+        d, _ = w.shape
+        return jnp.repeat(w.reshape(d, -1, dh), rep, axis=1).reshape(d, -1)
 
-    layers = tiny_params.layers._replace(wk=repeat_heads(tiny_params.layers.wk), wv=repeat_heads(tiny_params.layers.wv))
+    layers = tuple(lp._replace(wk=repeat_heads(lp.wk), wv=repeat_heads(lp.wv)) for lp in tiny_params.layers)
     mha_params = tiny_params._replace(layers=layers)
     ids = jnp.asarray([[3, 1, 4, 1, 5, 9, 2, 6]])
     a = transformer.all_logits(tiny_config, tiny_params, ids, kv_cache.create(tiny_config, 1, 16))
@@ -126,3 +129,13 @@ def test_16bit_compute_tracks_f32(dtype):
     b = transformer.all_logits(cfg16, p16, ids, kv_cache.create(cfg16, 1, 16))
     assert b.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(a - b))) < 0.15 * float(jnp.max(jnp.abs(a)))
+
+
+def test_untied_head_is_used(tiny_config):
+    untied = dataclasses.replace(tiny_config, tie_embeddings=False)
+    params = random_params(untied)
+    assert params.embed is not None
+    ids = jnp.asarray([[1, 2, 3]])
+    logits = transformer.all_logits(untied, params, ids, kv_cache.create(untied, 1, 8))
+    zeroed = transformer.all_logits(untied, params._replace(head=params.head * 0), ids, kv_cache.create(untied, 1, 8))
+    assert float(jnp.abs(logits).max()) > 0 and float(jnp.abs(zeroed).max()) == 0

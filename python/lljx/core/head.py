@@ -1,4 +1,4 @@
-"""Final norm and output projection to vocabulary logits (tied to the embeddings or not)."""
+"""Final norm and output projection to vocabulary logits."""
 
 from __future__ import annotations
 
@@ -14,6 +14,4 @@ def forward(config: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
     """x [..., d_model] -> f32 logits [..., vocab]."""
     with jax.named_scope("head"):
         x = rms_norm(x, params.final_norm, config.norm_eps)
-        if params.head is None:
-            return jnp.einsum("...d,vd->...v", x, params.embed, preferred_element_type=jnp.float32)
         return jnp.einsum("...d,dv->...v", x, params.head, preferred_element_type=jnp.float32)

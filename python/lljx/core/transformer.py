@@ -12,19 +12,14 @@ from lljx.core.rope import rope_tables
 from lljx.params import LayerParams, Params
 
 
-def layer_params(params: Params, index: int) -> LayerParams:
-    """Slice one layer out of the stacked layer weights."""
-    return jax.tree.map(lambda stacked: stacked[index], params.layers)
-
-
 def run_layers_unrolled(
     config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache
 ) -> tuple[jax.Array, KVCache]:
     """A Python loop over layers: under jit it unrolls, letting XLA fuse across layer boundaries."""
     rope = rope_tables(config, positions)
     ks, vs = [], []
-    for i in range(config.n_layers):
-        x, k, v = layer.forward(config, layer_params(params, i), x, positions, rope, cache.k[i], cache.v[i])
+    for i, layer_weights in enumerate(params.layers):
+        x, k, v = layer.forward(config, layer_weights, x, positions, rope, cache.k[i], cache.v[i])
         ks.append(k)
         vs.append(v)
     return x, KVCache(jnp.stack(ks), jnp.stack(vs))
@@ -33,7 +28,7 @@ def run_layers_unrolled(
 def run_layers_scanned(
     config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache
 ) -> tuple[jax.Array, KVCache]:
-    """`lax.scan` over stacked layers: one compiled layer body, so compile time stays flat in depth."""
+    """`lax.scan` over layers stacked by `stack_layers`: one compiled body, so compile time stays flat in depth."""
     rope = rope_tables(config, positions)
 
     def body(carry: jax.Array, per_layer: tuple[LayerParams, jax.Array, jax.Array]):
@@ -58,9 +53,10 @@ def forward(
     """Logits [batch, vocab] (f32) at each row's `last_index` within tokens [batch, seq], plus the cache.
 
     positions [batch, seq] are absolute; rows may be right-padded past their last real token.
+    With scan_layers, params.layers must be one stacked LayerParams (see `stack_layers`).
     """
     with jax.named_scope("transformer"):
-        x = embeddings.forward(params.embed, tokens)
+        x = embeddings.forward(params, tokens)
         run = run_layers_scanned if scan_layers else run_layers_unrolled
         x, cache = run(config, params, x, positions, cache)
         last = jnp.take_along_axis(x, last_index[:, None, None], axis=1)[:, 0]
@@ -71,6 +67,6 @@ def all_logits(config: ModelConfig, params: Params, tokens: jax.Array, cache: KV
     """Logits at every position [batch, seq, vocab] of a prompt starting at position 0 (for tests)."""
     batch, seq = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
-    x = embeddings.forward(params.embed, tokens)
+    x = embeddings.forward(params, tokens)
     x, _ = run_layers_unrolled(config, params, x, positions, cache)
     return head.forward(config, params, x)
