@@ -1,0 +1,61 @@
+"""llama.cpp (through llama-cpp-python) as the independent oracle for logits, greedy tokens and token ids."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[test]')")
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("LLJX_TEST_CACHE", Path.home() / ".cache" / "lljx-tests"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def requantize_f32(source: Path) -> Path:
+    """The same weights as an F32 GGUF, written by llama.cpp's own quantizer and cached by size+mtime."""
+    stat = source.stat()
+    target = cache_dir() / f"{source.stem}.{stat.st_size}.{int(stat.st_mtime)}.F32.gguf"
+    if target.exists():
+        return target
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
+    params.allow_requantize = True
+    partial = target.with_suffix(".partial")
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp could not requantize {source} to F32 (code {rc})")
+    partial.rename(target)
+    return target
+
+
+def load(path: Path, n_ctx: int = 512, *, logits_all: bool = False):
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=2, logits_all=logits_all, verbose=False, seed=0
+    )
+
+
+def all_logits(llm, tokens: list[int]) -> np.ndarray:
+    """llama.cpp's logits at every position of tokens, [len(tokens), vocab]."""
+    llm.reset()
+    llm.eval(tokens)
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
+def greedy_tokens(llm, tokens: list[int], n: int) -> list[int]:
+    """llama.cpp's own greedy continuation (its sampler at temperature 0), stopping at end of generation."""
+    llm.reset()
+    out: list[int] = []
+    for token in llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+            break
+        out.append(token)
+        if len(out) >= n:
+            break
+    return out
