@@ -1,0 +1,43 @@
+"""Where weights come from: resolve a spec, load a GGUF file, an HF folder or an Ollama blob, list what exists."""
+
+from __future__ import annotations
+
+import time
+
+from lljx.config import DTYPES
+from lljx.models.errors import ModelError, ModelFileError, ModelNotFoundError
+from lljx.models.inventory import ModelInfo, list_models
+from lljx.models.model import Model, ResolvedModel
+from lljx.models.resolve import resolve
+
+
+def load_model(spec: str | None, *, dtype: str = "f32") -> Model:
+    """Resolve `spec` (None means the embedded SmolLM2) and load it with weights at `dtype` (f32, bf16, f16)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return load_resolved(resolve(spec), dtype=dtype)
+
+
+def load_resolved(resolved: ResolvedModel, *, dtype: str = "f32") -> Model:
+    """Load a model already resolved (e.g. a row from list_models)."""
+    if resolved.format == "gguf":
+        from lljx.models.gguf import load_gguf
+
+        return load_gguf(resolved, dtype)
+    from lljx.models.safetensors import load_hf
+
+    return load_hf(resolved, dtype)
+
+
+__all__ = [
+    "Model",
+    "ModelError",
+    "ModelFileError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ResolvedModel",
+    "list_models",
+    "load_model",
+    "load_resolved",
+    "resolve",
+]

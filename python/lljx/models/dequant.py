@@ -1,0 +1,95 @@
+"""Decode GGUF tensor bytes to numpy at the compute dtype, a few rows at a time so no full f32 copy exists."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import gguf.quants
+import ml_dtypes
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from lljx.models.errors import ModelFileError
+from lljx.models.gguf_file import TensorInfo
+
+NP_DTYPES: dict[str, np.dtype] = {
+    "f32": np.dtype(np.float32),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+    "f16": np.dtype(np.float16),
+}
+
+# Float formats numpy can view directly: cast once into the output, never through f32.
+_VIEWABLE: dict[GGMLQuantizationType, np.dtype] = {
+    GGMLQuantizationType.F32: np.dtype(np.float32),
+    GGMLQuantizationType.F16: np.dtype(np.float16),
+    GGMLQuantizationType.BF16: np.dtype(ml_dtypes.bfloat16),
+    GGMLQuantizationType.F64: np.dtype(np.float64),
+}
+
+# Dequantized rows are f32; about 1M elements (4 MB) per step keeps the scratch in cache.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def is_supported(ggml_type: GGMLQuantizationType) -> bool:
+    """True when this module can decode the type: a plain float, or any block format gguf.quants decodes."""
+    if ggml_type in _VIEWABLE:
+        return True
+    codec = getattr(gguf.quants, ggml_type.name, None)
+    return isinstance(codec, type) and "dequantize_blocks" in vars(codec)
+
+
+def supported_types() -> list[str]:
+    return [t.name for t in GGMLQuantizationType if is_supported(t)]
+
+
+def read_raw(f: BinaryIO, path: str, info: TensorInfo) -> np.ndarray:
+    """The tensor's bytes, read into memory (not mapped, so the file can change or vanish afterwards)."""
+    buf = np.empty(info.n_bytes, dtype=np.uint8)
+    f.seek(info.offset)
+    got = f.readinto(memoryview(buf))
+    if got != info.n_bytes:
+        raise ModelFileError(path, f"tensor {info.name!r}: read {got} of {info.n_bytes} bytes (file changed or truncated)")
+    return buf
+
+
+def decode(
+    raw: np.ndarray,
+    info: TensorInfo,
+    out: np.ndarray,
+    *,
+    transpose: bool = False,
+    row_order: np.ndarray | None = None,
+) -> np.ndarray:
+    """Write the tensor's values into `out` (any float dtype) and return it.
+
+    The numpy view of a GGUF tensor is [rows, row_length] (ggml's ne reversed). `row_order`
+    picks rows before anything else; `transpose` writes [row_length, rows], i.e. [in, out]
+    for a projection. Permuting rows works on the packed bytes: quantization blocks run
+    along a row, so a row moves as a unit.
+    """
+    row_length = info.shape[0]
+    rows = info.n_elements // row_length if row_length else 0
+    block, type_size = GGML_QUANT_SIZES[info.ggml_type]
+    packed = raw.reshape(rows, row_length // block * type_size)
+    if row_order is not None:
+        packed = packed[row_order]
+    expected = (row_length, rows) if transpose else (rows, row_length)
+    if out.size != rows * row_length:
+        raise ValueError(f"output holds {out.size} values, tensor {info.name} has {rows * row_length}")
+    out2 = out.reshape(expected)
+
+    if info.ggml_type in _VIEWABLE:
+        values = packed.view(_VIEWABLE[info.ggml_type])
+        out2[...] = values.T if transpose else values
+        return out
+
+    step = max(1, CHUNK_ELEMENTS // max(1, row_length))
+    for r0 in range(0, rows, step):
+        # Hostile files can hold inf/NaN scales; they decode to inf/NaN, which is not our call to reject.
+        with np.errstate(over="ignore", invalid="ignore"):
+            chunk = gguf.quants.dequantize(packed[r0 : r0 + step], info.ggml_type)
+        if transpose:
+            out2[:, r0 : r0 + step] = chunk.T
+        else:
+            out2[r0 : r0 + step] = chunk
+    return out

@@ -1,0 +1,322 @@
+"""Load a Llama GGUF file: config from metadata, weights dequantized, transposed and converted to rotate-half RoPE order."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from gguf import LlamaFileType
+
+from lljx.config import ModelConfig
+from lljx.models import dequant
+from lljx.models.errors import ModelFileError
+from lljx.models.gguf_file import GGUFFile, TensorInfo, read_gguf_header
+from lljx.models.model import Model, ResolvedModel
+from lljx.models.vocab import SPECIAL_TOKEN_TYPES, GGUFVocab, stop_token_ids
+from lljx.params import LayerParams, Params
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+# Arrays too big to be useful in `show`; everything else in the header is kept as metadata.
+TOKEN_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.scores")
+
+# LayerParams field -> (GGUF tensor suffix, stored as [in, out]?, heads to re-order for RoPE)
+_LAYER_TENSORS: dict[str, tuple[str, bool, str | None]] = {
+    "attn_norm": ("attn_norm.weight", False, None),
+    "wq": ("attn_q.weight", True, "n_heads"),
+    "wk": ("attn_k.weight", True, "n_kv_heads"),
+    "wv": ("attn_v.weight", True, None),
+    "wo": ("attn_output.weight", True, None),
+    "ffn_norm": ("ffn_norm.weight", False, None),
+    "w_gate": ("ffn_gate.weight", True, None),
+    "w_up": ("ffn_up.weight", True, None),
+    "w_down": ("ffn_down.weight", True, None),
+}
+NORMS = ("attn_norm", "ffn_norm")
+
+
+def interleaved_to_half(n_heads: int, d_head: int) -> np.ndarray:
+    """Row order that turns llama.cpp's interleaved RoPE pairs (2i, 2i+1) into rotate-half pairs (i, i + d/2).
+
+    Within each head, new row j < d/2 is old row 2j and new row j >= d/2 is old row 2(j - d/2) + 1.
+    """
+    within = np.concatenate([np.arange(0, d_head, 2), np.arange(1, d_head, 2)])
+    return (np.arange(n_heads)[:, None] * d_head + within[None, :]).reshape(-1)
+
+
+def _get(gf: GGUFFile, key: str, kind: type, default: Any = ...) -> Any:
+    """A typed metadata value; a per-layer array must be uniform (every layer has one shape here)."""
+    if key not in gf.fields:
+        if default is ...:
+            raise gf.error(f"missing metadata key {key!r}")
+        return default
+    value = gf.fields[key]
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.size and kind is not str:
+        if np.any(value != value[0]):
+            raise gf.error(f"{key!r} varies per layer ({value.tolist()[:8]}...), which is not supported")
+        value = value[0].item()
+    if kind is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise gf.error(f"metadata {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    return kind(value)
+
+
+def _positive(gf: GGUFFile, key: str, default: Any = ...) -> int:
+    value = _get(gf, key, int, default)
+    if value <= 0 or value > 1 << 24:
+        raise gf.error(f"metadata {key!r} = {value} is out of range")
+    return value
+
+
+def architecture(gf: GGUFFile) -> str:
+    arch = _get(gf, "general.architecture", str)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise gf.error(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    return arch
+
+
+def config_from_gguf(gf: GGUFFile, dtype: str = "f32") -> ModelConfig:
+    """ModelConfig from `llama.*` metadata plus the shapes of token_embd and rope_freqs."""
+    a = architecture(gf) + "."
+    if _get(gf, a + "expert_count", int, 0) > 0:
+        raise gf.error("mixture-of-experts models are not supported")
+    d_model = _positive(gf, a + "embedding_length")
+    n_heads = _positive(gf, a + "attention.head_count")
+    n_kv_heads = _positive(gf, a + "attention.head_count_kv", n_heads)
+    d_head = _positive(gf, a + "attention.key_length", d_model // n_heads or 1)
+    if _get(gf, a + "attention.value_length", int, d_head) != d_head:
+        raise gf.error("attention.value_length differs from key_length, which is not supported")
+    rope_dims = _get(gf, a + "rope.dimension_count", int, d_head)
+    if rope_dims != d_head:
+        raise gf.error(f"partial rotary embeddings (rope.dimension_count {rope_dims} < d_head {d_head}) are not supported")
+    if n_heads % n_kv_heads or d_head % 2:
+        raise gf.error(f"head counts {n_heads}/{n_kv_heads} with d_head {d_head} are not a valid attention shape")
+
+    embd = _tensor(gf, "token_embd.weight")
+    vocab = _get(gf, a + "vocab_size", int, None)
+    if vocab is None:
+        tokens = gf.fields.get("tokenizer.ggml.tokens")
+        vocab = len(tokens) if isinstance(tokens, list) and tokens else embd.shape[-1]
+    try:
+        return ModelConfig(
+            vocab_size=vocab,
+            d_model=d_model,
+            n_layers=_positive(gf, a + "block_count"),
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            d_head=d_head,
+            d_ffn=_positive(gf, a + "feed_forward_length"),
+            rope_theta=_get(gf, a + "rope.freq_base", float, 10000.0),
+            norm_eps=_get(gf, a + "attention.layer_norm_rms_epsilon", float),
+            context_length=_positive(gf, a + "context_length"),
+            tie_embeddings="output.weight" not in gf.tensors,
+            rope_freq_factors=_rope_freq_factors(gf, a, d_head),
+            dtype=dtype,
+        )
+    except ValueError as e:
+        raise gf.error(str(e)) from None
+
+
+def _rope_freq_factors(gf: GGUFFile, a: str, d_head: int) -> tuple[float, ...] | None:
+    """Per-frequency divisors: Llama 3's rope_freqs tensor, and linear scaling expressed the same way."""
+    kind = _get(gf, a + "rope.scaling.type", str, "none")
+    if kind not in ("none", "linear"):
+        raise gf.error(f"RoPE scaling type {kind!r} is not supported")
+    factors = np.ones(d_head // 2, dtype=np.float64)
+    if kind == "linear":
+        # Dividing positions by the factor is the same as dividing every frequency by it.
+        factors *= _get(gf, a + "rope.scaling.factor", float, 1.0)
+    if "rope_freqs.weight" in gf.tensors:
+        info = gf.tensors["rope_freqs.weight"]
+        if info.shape != (d_head // 2,):
+            raise gf.error(f"rope_freqs.weight has shape {list(info.shape)}, expected [{d_head // 2}]")
+        with open(gf.path, "rb") as f:
+            raw = dequant.read_raw(f, gf.path, info)
+        factors *= dequant.decode(raw, info, np.empty(d_head // 2, np.float32))
+    if np.all(factors == 1.0):
+        return None
+    if not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        raise gf.error("RoPE frequency factors must be finite and positive")
+    return tuple(float(x) for x in factors)
+
+
+def _tensor(gf: GGUFFile, name: str, shape: tuple[int, ...] | None = None) -> TensorInfo:
+    info = gf.tensors.get(name)
+    if info is None:
+        raise gf.error(f"missing tensor {name!r}")
+    if shape is not None and info.shape != shape:
+        raise gf.error(f"tensor {name!r} has shape {list(info.shape)}, expected {list(shape)}")
+    if not dequant.is_supported(info.ggml_type):
+        raise gf.error(f"tensor {name!r} has unsupported type {info.type_name} (supported: {', '.join(dequant.supported_types())})")
+    return info
+
+
+def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """ggml-order shapes (contiguous axis first) of one layer's tensors, keyed by LayerParams field."""
+    q, kv = c.n_heads * c.d_head, c.n_kv_heads * c.d_head
+    return {
+        "attn_norm": (c.d_model,),
+        "wq": (c.d_model, q),
+        "wk": (c.d_model, kv),
+        "wv": (c.d_model, kv),
+        "wo": (q, c.d_model),
+        "ffn_norm": (c.d_model,),
+        "w_gate": (c.d_model, c.d_ffn),
+        "w_up": (c.d_model, c.d_ffn),
+        "w_down": (c.d_ffn, c.d_model),
+    }
+
+
+def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
+    """Every weight at the compute dtype (norms in f32), validated against the config before any is read."""
+    shapes = expected_shapes(config)
+    layer_infos = [
+        {leaf: _tensor(gf, f"blk.{i}.{suffix}", shapes[leaf]) for leaf, (suffix, _, _) in _LAYER_TENSORS.items()}
+        for i in range(config.n_layers)
+    ]
+    embd = _tensor(gf, "token_embd.weight", (config.d_model, config.vocab_size))
+    norm = _tensor(gf, "output_norm.weight", (config.d_model,))
+    head = None if config.tie_embeddings else _tensor(gf, "output.weight", (config.d_model, config.vocab_size))
+    dt = dequant.NP_DTYPES[config.dtype]
+    f32 = dequant.NP_DTYPES["f32"]
+    orders = {
+        "n_heads": interleaved_to_half(config.n_heads, config.d_head),
+        "n_kv_heads": interleaved_to_half(config.n_kv_heads, config.d_head),
+    }
+
+    def read(info: TensorInfo, dtype: np.dtype, *, transpose: bool = False, row_order: np.ndarray | None = None) -> Any:
+        shape = info.shape if transpose else tuple(reversed(info.shape))
+        with open(gf.path, "rb") as f:
+            raw = dequant.read_raw(f, gf.path, info)
+        return jnp.asarray(dequant.decode(raw, info, np.empty(shape, dtype), transpose=transpose, row_order=row_order))
+
+    jobs: list[tuple[Any, ...]] = [
+        (infos[leaf], f32 if leaf in NORMS else dt, transpose, orders[heads] if heads else None)
+        for infos in layer_infos
+        for leaf, (_, transpose, heads) in _LAYER_TENSORS.items()
+    ]
+    # The head is kept [d_model, vocab]; a tied model keeps only that, read straight from token_embd.
+    jobs += [(norm, f32, False, None), (embd if head is None else head, dt, True, None)]
+    if head is not None:
+        jobs.append((embd, dt, False, None))
+    # numpy releases the GIL in the decode arithmetic, so tensors decode in parallel on all cores.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(pool.map(lambda job: read(job[0], job[1], transpose=job[2], row_order=job[3]), jobs))
+    n = len(_LAYER_TENSORS)
+    layers = tuple(LayerParams(*arrays[i * n : (i + 1) * n]) for i in range(config.n_layers))
+    rest = arrays[config.n_layers * n :]
+    return Params(embed=rest[2] if head is not None else None, layers=layers, final_norm=rest[0], head=rest[1])
+
+
+def quantization(gf: GGUFFile) -> str:
+    """The file type llama.cpp names (Q4_K_M...), else the commonest type among the 2-D weights."""
+    ftype = gf.fields.get("general.file_type")
+    if isinstance(ftype, int) and not isinstance(ftype, bool):
+        try:
+            name = LlamaFileType(ftype).name
+            if name != "GUESSED":
+                return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            pass
+    counts: Counter[str] = Counter()
+    for info in gf.tensors.values():
+        if len(info.shape) >= 2:
+            counts[info.type_name] += info.n_elements
+    return counts.most_common(1)[0][0] if counts else "unknown"
+
+
+def parameter_count(gf: GGUFFile) -> int:
+    return sum(t.n_elements for name, t in gf.tensors.items() if name != "rope_freqs.weight")
+
+
+def metadata(gf: GGUFFile) -> dict[str, Any]:
+    """Header key/values for an API `show`: numpy arrays as lists, the token arrays left out."""
+    out: dict[str, Any] = {}
+    for key, value in gf.fields.items():
+        if key in TOKEN_ARRAYS:
+            continue
+        out[key] = value.tolist() if isinstance(value, np.ndarray) else value
+    return out
+
+
+def vocab_from_gguf(gf: GGUFFile) -> tuple[GGUFVocab, dict[str, int]]:
+    """The tokenizer recipe and the special tokens (text -> id) of a GGUF vocabulary."""
+    tokens = gf.fields.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens[:1]):
+        raise gf.error("missing or malformed tokenizer.ggml.tokens")
+    n = len(tokens)
+    types = gf.fields.get("tokenizer.ggml.token_type")
+    types = np.asarray(types, dtype=np.int64) if isinstance(types, np.ndarray) else np.ones(n, dtype=np.int64)
+    if len(types) != n:
+        raise gf.error(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+    merges = gf.fields.get("tokenizer.ggml.merges", [])
+    if not isinstance(merges, list):
+        raise gf.error("tokenizer.ggml.merges is not a list of strings")
+    model = _get(gf, "tokenizer.ggml.model", str)
+
+    def token_id(key: str) -> int | None:
+        value = _get(gf, key, int, None)
+        if value is not None and not 0 <= value < n:
+            raise gf.error(f"{key} = {value} is outside the vocabulary of {n} tokens")
+        return value
+
+    vocab = GGUFVocab(
+        model=model,
+        pre=_get(gf, "tokenizer.ggml.pre", str, "default"),
+        tokens=tokens,
+        merges=merges,
+        token_types=types.tolist(),
+        bos_id=token_id("tokenizer.ggml.bos_token_id"),
+        eos_id=token_id("tokenizer.ggml.eos_token_id"),
+        # llama.cpp's default: SentencePiece vocabularies add BOS, BPE ones say so explicitly.
+        add_bos=bool(gf.fields.get("tokenizer.ggml.add_bos_token", model == "llama")),
+    )
+    specials = {tokens[i]: i for i in np.flatnonzero(np.isin(types, SPECIAL_TOKEN_TYPES)).tolist()}
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        if (i := token_id(key)) is not None:
+            specials.setdefault(tokens[i], i)
+    return vocab, specials
+
+
+def load_gguf(resolved: ResolvedModel, dtype: str) -> Model:
+    """Read, validate and convert one GGUF file into a Model."""
+    gf = read_gguf_header(resolved.path)
+    config = config_from_gguf(gf, dtype)
+    vocab, specials = vocab_from_gguf(gf)
+    if len(vocab.tokens) > config.vocab_size:
+        raise gf.error(f"{len(vocab.tokens)} tokens for an embedding of {config.vocab_size} rows")
+    params = params_from_gguf(gf, config)
+
+    def token_text(i: int | None) -> str | None:
+        return None if i is None else vocab.tokens[i]
+
+    eot = [gf.fields.get(k) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
+    template = gf.fields.get("tokenizer.chat_template")
+    return Model(
+        name=resolved.name,
+        source=resolved.source,
+        format="gguf",
+        path=resolved.path,
+        config=config,
+        params=params,
+        tokenizer_spec=vocab,
+        chat_template=template if isinstance(template, str) else None,
+        bos_token=token_text(vocab.bos_id),
+        eos_token=token_text(vocab.eos_id),
+        stop_token_ids=stop_token_ids([vocab.eos_id, *(i if isinstance(i, int) else None for i in eot)], specials),
+        quantization=quantization(gf),
+        file_size=os.path.getsize(resolved.path),
+        metadata=metadata(gf),
+        origin=resolved.origin,
+        ollama_template=resolved.ollama_template,
+        ollama_params=dict(resolved.ollama_params),
+    )
+

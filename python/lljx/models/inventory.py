@@ -1,0 +1,85 @@
+"""List known models (embedded, Ollama store, given paths) from headers only; a broken entry carries its error."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable
+
+from lljx.models import embedded, ollama
+from lljx.models.errors import ModelError
+from lljx.models.gguf import architecture, parameter_count, quantization
+from lljx.models.gguf_file import read_gguf_header
+from lljx.models.model import ResolvedModel
+from lljx.models.resolve import resolve
+from lljx.models.safetensors import describe_hf
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of `lljx models`."""
+
+    name: str
+    source: str  # what to pass to load_model to get this model
+    path: str
+    format: str  # "gguf" | "hf" | "" when unresolvable
+    origin: str  # "embedded" | "ollama" | "file" | "folder"
+    file_size: int | None = None
+    n_params: int | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    architecture: str | None = None
+    error: str | None = None  # why the entry cannot be loaded; the other fields may then be None
+
+
+def describe(resolved: ResolvedModel) -> ModelInfo:
+    """Read only the header (GGUF) or config.json and safetensors headers (HF); never a weight."""
+    base = dict(name=resolved.name, source=resolved.source, path=resolved.path, format=resolved.format, origin=resolved.origin)
+    try:
+        if resolved.format == "gguf":
+            gf = read_gguf_header(resolved.path)
+            arch = gf.fields.get("general.architecture")
+            ctx = gf.fields.get(f"{arch}.context_length")
+            info = ModelInfo(
+                **base,
+                file_size=gf.file_size,
+                n_params=parameter_count(gf),
+                quantization=quantization(gf),
+                context_length=int(ctx) if isinstance(ctx, int) else None,
+                architecture=str(arch) if arch is not None else None,
+            )
+            try:
+                architecture(gf)
+            except ModelError as e:  # listed with its numbers, but flagged: we cannot run it
+                return replace(info, error=str(e))
+            return info
+        config, n_params, dtype, size = describe_hf(Path(resolved.path))
+        return ModelInfo(**base, file_size=size, n_params=n_params, quantization=dtype, context_length=config.context_length, architecture="llama")
+    except ModelError as e:
+        return ModelInfo(**base, file_size=resolved.file_size, error=str(e))
+
+
+def list_models(
+    paths: Iterable[str] = (),
+    *,
+    include_embedded: bool = True,
+    ollama_root: str | os.PathLike[str] | None = None,
+) -> list[ModelInfo]:
+    """The embedded model, every Ollama manifest in the store, then each given path, in that order."""
+    rows: list[ModelInfo] = []
+    if include_embedded:
+        rows.append(_row(embedded.NAME, "embedded", None))
+    root = ollama.store_root() if ollama_root is None else Path(ollama_root)
+    for name, manifest in ollama.list_store(root):
+        rows.append(_row(name.display, "ollama", root, fallback_path=str(manifest)))
+    for p in paths:
+        rows.append(_row(p, "file", None))
+    return rows
+
+
+def _row(spec: str, origin: str, root: Path | None, fallback_path: str = "") -> ModelInfo:
+    try:
+        return describe(resolve(spec, ollama_root=root))
+    except ModelError as e:
+        return ModelInfo(name=spec, source=spec, path=fallback_path or spec, format="", origin=origin, error=str(e))

@@ -1,0 +1,78 @@
+"""What a loader knows about the tokenizer (a recipe, not a Tokenizer), the one place that builds it, and stop tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from lljx.models.errors import ModelError
+
+# Tokens that end a turn in the chat formats we meet (Llama 3, ChatML, Gemma, Phi); a model
+# stops on whichever of these its vocabulary holds as a special token, besides its eos.
+END_OF_TURN_TOKENS = (
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<end_of_turn>",
+    "<|end|>",
+)
+
+# llama.cpp token types: control and user-defined tokens are the specials.
+SPECIAL_TOKEN_TYPES = (3, 4)
+
+
+@dataclass(frozen=True, eq=False)
+class GGUFVocab:
+    """Vocabulary fields from a GGUF header, enough for Tokenizer.from_gguf_vocab."""
+
+    model: str
+    pre: str
+    tokens: Sequence[str]
+    merges: Sequence[str]
+    token_types: Sequence[int]
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool
+
+
+@dataclass(frozen=True)
+class TokenizerFile:
+    """A tokenizer.json (or tiktoken tokenizer.model) next to the weights."""
+
+    path: str
+    bos_id: int | None
+    eos_id: int | None
+
+
+TokenizerSpec = GGUFVocab | TokenizerFile
+
+
+def build_tokenizer(spec: TokenizerSpec) -> Any:
+    """Construct lljx.tokenizer.Tokenizer from a spec; imported here so loading weights never needs it."""
+    try:
+        from lljx.tokenizer import Tokenizer
+    except ImportError as e:  # the Rust extension is not built in this environment
+        raise ModelError(f"the tokenizer is unavailable: {e}") from e
+    if isinstance(spec, GGUFVocab):
+        return Tokenizer.from_gguf_vocab(
+            model=spec.model,
+            pre=spec.pre,
+            tokens=list(spec.tokens),
+            merges=list(spec.merges),
+            token_types=[int(t) for t in spec.token_types],
+            bos_id=spec.bos_id,
+            eos_id=spec.eos_id,
+            add_bos=spec.add_bos,
+        )
+    return Tokenizer.from_file(spec.path, bos_id=spec.bos_id, eos_id=spec.eos_id)
+
+
+def stop_token_ids(eos_ids: Iterable[int | None], specials: dict[str, int]) -> tuple[int, ...]:
+    """eos ids first (in order, deduplicated), then every end-of-turn special the vocabulary has."""
+    out: list[int] = []
+    for i in [*eos_ids, *(specials.get(t) for t in END_OF_TURN_TOKENS)]:
+        if i is not None and i >= 0 and i not in out:
+            out.append(int(i))
+    return tuple(out)
