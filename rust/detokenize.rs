@@ -84,6 +84,10 @@ impl StreamDecoder {
         StreamDecoder { tokenizer, skip_special, utf8: Utf8Stream::new() }
     }
 
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// Adds one token; returns the text it completes (often empty mid-character).
     pub fn push(&mut self, id: u32) -> Result<String> {
         let tokenizer = &self.tokenizer;

@@ -6,3 +6,6 @@ pub mod detokenize;
 pub mod error;
 pub mod tokenizer;
 
+
+#[cfg(feature = "python")]
+mod py;

@@ -1,0 +1,70 @@
+"""Type stubs for the Rust extension; tests/test_native_stubs.py checks them against it."""
+
+import os
+from typing import final
+
+__all__ = ["TokenizerError", "TemplateError", "Tokenizer", "StreamDecoder", "ChatTemplate"]
+
+class TokenizerError(ValueError):
+    """A tokenizer file, vocabulary or token id that cannot be used."""
+
+class TemplateError(ValueError):
+    """A chat template that does not compile or fails to render."""
+
+@final
+class Tokenizer:
+    @staticmethod
+    def from_file(
+        path: str | os.PathLike[str],
+        *,
+        bos: str | None = None,
+        eos: str | None = None,
+        add_bos: bool | None = None,
+        tiktoken_specials: list[str] | None = None,
+    ) -> Tokenizer: ...
+    @staticmethod
+    def from_gguf_vocab(
+        *,
+        model: str,
+        pre: str,
+        tokens: list[str],
+        merges: list[str],
+        token_types: list[int],
+        bos_id: int | None,
+        eos_id: int | None,
+        add_bos: bool,
+    ) -> Tokenizer: ...
+    def encode(self, text: str, *, add_bos: bool, parse_special: bool) -> list[int]: ...
+    def decode(self, ids: list[int], *, skip_special: bool) -> str: ...
+    def token_bytes(self, id: int) -> bytes: ...
+    def id_to_token(self, id: int) -> str: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    def is_special(self, id: int) -> bool: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def bos_id(self) -> int | None: ...
+    @property
+    def eos_id(self) -> int | None: ...
+    @property
+    def add_bos(self) -> bool: ...
+    @property
+    def special_ids(self) -> list[int]: ...
+    def stream_decoder(self, *, skip_special: bool) -> StreamDecoder: ...
+
+@final
+class StreamDecoder:
+    def push(self, id: int) -> str: ...
+    def flush(self) -> str: ...
+
+@final
+class ChatTemplate:
+    def __new__(cls, source: str | None, *, bos_token: str, eos_token: str) -> ChatTemplate: ...
+    def render(
+        self,
+        messages: object,
+        *,
+        add_generation_prompt: bool,
+        extra: dict[str, object],
+        utc_offset: int,
+    ) -> str: ...
