@@ -105,23 +105,24 @@ def config_from_gguf(gf: GGUFFile, dtype: str = "f32") -> ModelConfig:
     if vocab is None:
         tokens = gf.fields.get("tokenizer.ggml.tokens")
         vocab = len(tokens) if isinstance(tokens, list) and tokens else embd.shape[-1]
+    fields = dict(
+        vocab_size=vocab,
+        d_model=d_model,
+        n_layers=_positive(gf, a + "block_count"),
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_head=d_head,
+        d_ffn=_positive(gf, a + "feed_forward_length"),
+        rope_theta=_get(gf, a + "rope.freq_base", float, 10000.0),
+        norm_eps=_get(gf, a + "attention.layer_norm_rms_epsilon", float),
+        context_length=_positive(gf, a + "context_length"),
+        tie_embeddings="output.weight" not in gf.tensors,
+        rope_freq_factors=_rope_freq_factors(gf, a, d_head),
+        dtype=dtype,
+    )
     try:
-        return ModelConfig(
-            vocab_size=vocab,
-            d_model=d_model,
-            n_layers=_positive(gf, a + "block_count"),
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            d_head=d_head,
-            d_ffn=_positive(gf, a + "feed_forward_length"),
-            rope_theta=_get(gf, a + "rope.freq_base", float, 10000.0),
-            norm_eps=_get(gf, a + "attention.layer_norm_rms_epsilon", float),
-            context_length=_positive(gf, a + "context_length"),
-            tie_embeddings="output.weight" not in gf.tensors,
-            rope_freq_factors=_rope_freq_factors(gf, a, d_head),
-            dtype=dtype,
-        )
-    except ValueError as e:
+        return ModelConfig(**fields)
+    except ValueError as e:  # ModelConfig's own consistency checks
         raise gf.error(str(e)) from None
 
 

@@ -62,7 +62,7 @@ def config_from_hf(path: Path, cfg: dict[str, Any], dtype: str = "f32") -> Model
     def fail(message: str) -> ModelFileError:
         return ModelFileError(path, message)
 
-    archs = cfg.get("architectures") or []
+    archs = [a for a in cfg.get("architectures") or [] if isinstance(a, str)] if isinstance(cfg.get("architectures"), list) else []
     if not (set(archs) & set(ARCHITECTURES)) and cfg.get("model_type") != "llama":
         raise fail(f"architecture {archs or cfg.get('model_type')!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
@@ -78,6 +78,8 @@ def config_from_hf(path: Path, cfg: dict[str, Any], dtype: str = "f32") -> Model
             value = default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise fail(f"{key!r} should be {kind.__name__}, got {value!r}")
+        if not 0 < value < (1 << 24 if kind is int else float("inf")):
+            raise fail(f"{key!r} = {value!r} is out of range")
         return kind(value)
 
     d_model, n_heads = num("hidden_size"), num("num_attention_heads")
@@ -86,6 +88,8 @@ def config_from_hf(path: Path, cfg: dict[str, Any], dtype: str = "f32") -> Model
         raise fail(f"rope_scaling should be an object, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+        raise fail(f"rope_theta should be a positive number, got {theta!r}")
     scaling, factors = None, None
     d_head = num("head_dim", int, d_model // n_heads)
     if rope_type == "llama3":
@@ -96,30 +100,34 @@ def config_from_hf(path: Path, cfg: dict[str, Any], dtype: str = "f32") -> Model
                 high_freq_factor=float(rope["high_freq_factor"]),
                 original_context_length=int(rope["original_max_position_embeddings"]),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise fail(f"incomplete llama3 rope_scaling: {e!r}") from None
     elif rope_type == "linear":
-        factors = (float(rope["factor"]),) * (d_head // 2)
+        factor = rope.get("factor")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+            raise fail(f"linear rope_scaling needs a positive factor, got {factor!r}")
+        factors = (float(factor),) * (d_head // 2)
     elif rope_type != "default":
         raise fail(f"RoPE scaling type {rope_type!r} is not supported")
+    fields = dict(
+        vocab_size=num("vocab_size"),
+        d_model=d_model,
+        n_layers=num("num_hidden_layers"),
+        n_heads=n_heads,
+        n_kv_heads=num("num_key_value_heads", int, n_heads),
+        d_head=d_head,
+        d_ffn=num("intermediate_size"),
+        rope_theta=float(theta),
+        norm_eps=num("rms_norm_eps", float, 1e-6),
+        context_length=num("max_position_embeddings"),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        rope_scaling=scaling,
+        rope_freq_factors=factors,
+        dtype=dtype,
+    )
     try:
-        return ModelConfig(
-            vocab_size=num("vocab_size"),
-            d_model=d_model,
-            n_layers=num("num_hidden_layers"),
-            n_heads=n_heads,
-            n_kv_heads=num("num_key_value_heads", int, n_heads),
-            d_head=d_head,
-            d_ffn=num("intermediate_size"),
-            rope_theta=float(theta),
-            norm_eps=num("rms_norm_eps", float, 1e-6),
-            context_length=num("max_position_embeddings"),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            rope_scaling=scaling,
-            rope_freq_factors=factors,
-            dtype=dtype,
-        )
-    except ValueError as e:
+        return ModelConfig(**fields)
+    except ValueError as e:  # ModelConfig's own consistency checks
         raise fail(str(e)) from None
 
 
@@ -308,7 +316,7 @@ def load_hf(resolved: ResolvedModel, dtype: str) -> Model:
         path=resolved.path,
         config=config,
         params=params,
-        tokenizer_spec=TokenizerFile(str(tok_path), bos_id, eos_id),
+        tokenizer_spec=TokenizerFile(str(tok_path), bos_token, eos_token, add_bos if isinstance(add_bos := tok_cfg.get("add_bos_token"), bool) else None),
         chat_template=chat_template(folder, tok_cfg),
         bos_token=bos_token,
         eos_token=eos_token,

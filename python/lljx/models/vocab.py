@@ -39,11 +39,12 @@ class GGUFVocab:
 
 @dataclass(frozen=True)
 class TokenizerFile:
-    """A tokenizer.json (or tiktoken tokenizer.model) next to the weights."""
+    """A tokenizer.json (or tiktoken tokenizer.model) next to the weights, with tokenizer_config.json's overrides."""
 
     path: str
-    bos_id: int | None
-    eos_id: int | None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    add_bos: bool | None = None  # None: whatever the file's post-processor says
 
 
 TokenizerSpec = GGUFVocab | TokenizerFile
@@ -66,7 +67,7 @@ def build_tokenizer(spec: TokenizerSpec) -> Any:
             eos_id=spec.eos_id,
             add_bos=spec.add_bos,
         )
-    return Tokenizer.from_file(spec.path, bos_id=spec.bos_id, eos_id=spec.eos_id)
+    return Tokenizer.from_file(spec.path, bos_token=spec.bos_token, eos_token=spec.eos_token, add_bos=spec.add_bos)
 
 
 def stop_token_ids(eos_ids: Iterable[int | None], specials: dict[str, int]) -> tuple[int, ...]:
