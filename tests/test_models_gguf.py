@@ -210,3 +210,22 @@ def test_supported_types_cover_the_usual_formats():
 
 def test_tiny_fixture_keeps_llama32_features():
     assert TINY.n_heads != TINY.n_kv_heads and TINY.tied and TINY.d_head >= 16
+
+
+def test_vocab_size_falls_back_to_the_token_list(tmp_path, random_llama):
+    data = random_llama[0].read_bytes()
+    key = b"llama.vocab_size"
+    renamed = tmp_path / "no-vocab-key.gguf"
+    renamed.write_bytes(data.replace(key, b"llama.vocab_sizX"))
+    assert load_model(str(renamed)).config.vocab_size == 512
+
+
+def test_embedded_tokenizer_and_chat_template_match_llama_cpp(embedded_f32):
+    pytest.importorskip("lljx.tokenizer")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    m = embedded_f32
+    prompt = m.chat.render([{"role": "user", "content": "Why is the sky blue? 42"}], add_generation_prompt=True)
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    llm = llama_cpp.Llama(model_path=EMBEDDED, n_ctx=64, verbose=False, vocab_only=True)
+    assert m.tokenizer.encode(prompt, parse_special=True) == llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    assert (m.tokenizer.bos_id, m.tokenizer.eos_id, m.tokenizer.add_bos) == (1, 2, False)

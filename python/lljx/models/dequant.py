@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from io import BufferedReader
 
 import gguf.quants
 import ml_dtypes
@@ -42,11 +42,11 @@ def supported_types() -> list[str]:
     return [t.name for t in GGMLQuantizationType if is_supported(t)]
 
 
-def read_raw(f: BinaryIO, path: str, info: TensorInfo) -> np.ndarray:
+def read_raw(f: BufferedReader, path: str, info: TensorInfo) -> np.ndarray:
     """The tensor's bytes, read into memory (not mapped, so the file can change or vanish afterwards)."""
     buf = np.empty(info.n_bytes, dtype=np.uint8)
     f.seek(info.offset)
-    got = f.readinto(memoryview(buf))
+    got = f.readinto(buf.data)
     if got != info.n_bytes:
         raise ModelFileError(path, f"tensor {info.name!r}: read {got} of {info.n_bytes} bytes (file changed or truncated)")
     return buf

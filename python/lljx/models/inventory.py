@@ -35,14 +35,14 @@ class ModelInfo:
 
 def describe(resolved: ResolvedModel) -> ModelInfo:
     """Read only the header (GGUF) or config.json and safetensors headers (HF); never a weight."""
-    base = dict(name=resolved.name, source=resolved.source, path=resolved.path, format=resolved.format, origin=resolved.origin)
+    base = ModelInfo(name=resolved.name, source=resolved.source, path=resolved.path, format=resolved.format, origin=resolved.origin)
     try:
         if resolved.format == "gguf":
             gf = read_gguf_header(resolved.path)
             arch = gf.fields.get("general.architecture")
             ctx = gf.fields.get(f"{arch}.context_length")
-            info = ModelInfo(
-                **base,
+            info = replace(
+                base,
                 file_size=gf.file_size,
                 n_params=parameter_count(gf),
                 quantization=quantization(gf),
@@ -55,9 +55,9 @@ def describe(resolved: ResolvedModel) -> ModelInfo:
                 return replace(info, error=str(e))
             return info
         config, n_params, dtype, size = describe_hf(Path(resolved.path))
-        return ModelInfo(**base, file_size=size, n_params=n_params, quantization=dtype, context_length=config.context_length, architecture="llama")
+        return replace(base, file_size=size, n_params=n_params, quantization=dtype, context_length=config.context_length, architecture="llama")
     except ModelError as e:
-        return ModelInfo(**base, file_size=resolved.file_size, error=str(e))
+        return replace(base, file_size=resolved.file_size, error=str(e))
 
 
 def list_models(

@@ -56,6 +56,13 @@ class Model:
         """lljx.tokenizer.Tokenizer, built on first use (the vocabulary is large and not every caller needs it)."""
         return build_tokenizer(self.tokenizer_spec)
 
+    @cached_property
+    def chat(self) -> Any:
+        """lljx.chat.ChatTemplate for `chat_template` (None: the built-in Llama 3 format), compiled on first use."""
+        from lljx.chat import ChatTemplate
+
+        return ChatTemplate(self.chat_template, bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+
     @property
     def n_params(self) -> int:
         return self.config.n_params

@@ -280,9 +280,9 @@ def tokenizer_vocab(folder: Path) -> tuple[Path, dict[str, int], dict[str, int]]
     for t in doc.get("added_tokens") or []:
         if isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int) and t.get("special", False):
             specials[t["content"]] = t["id"]
-    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
-    vocab = model.get("vocab") if isinstance(model.get("vocab"), dict) else {}
-    return path, specials, vocab
+    model = doc.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    return path, specials, vocab if isinstance(vocab, dict) else {}
 
 
 def load_hf(resolved: ResolvedModel, dtype: str) -> Model:
