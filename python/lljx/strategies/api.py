@@ -43,6 +43,12 @@ class DecodePlan:
 class Decoder(Protocol):
     """Dispatches prefill and decode steps; never reads values back to the host."""
 
+    compile_seconds: float
+
+    def prepare(self, plan: DecodePlan, batch: int = 1) -> None:
+        """Compile ahead of time what `plan` needs, so no compile happens inside a timed run."""
+        ...
+
     def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan) -> DecodeState: ...
 
     def decode(self, previous: DecodeState) -> DecodeState: ...

@@ -1,0 +1,198 @@
+"""The `lljx` command line: parse, call the library, print. Errors are one line on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DTYPE_CHOICES = ["auto", "f32", "bf16", "f16"]
+
+
+def one_line_errors(command: F) -> F:
+    """Turn any failure into `lljx: error: ...` and exit 1; LLJX_DEBUG=1 shows the traceback."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("lljx: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`); stop quietly like other Unix tools.
+            sys.stderr.close()
+            sys.exit(0)
+        except Exception as error:  # noqa: BLE001 - the boundary where every error becomes one line
+            if os.environ.get("LLJX_DEBUG"):
+                raise
+            message = " ".join(str(error).split()) or type(error).__name__
+            click.echo(f"lljx: error: {message}", err=True)
+            sys.exit(1)
+
+    return run  # type: ignore[return-value]
+
+
+def default_dtype() -> str:
+    """f32 on CPU, where XLA's 16-bit dots are slow; bf16 on accelerators."""
+    import jax
+
+    return "f32" if jax.default_backend() == "cpu" else "bf16"
+
+
+def enable_compile_cache() -> None:
+    """Keep compiled executables across runs (JAX's persistent cache), so a second run starts fast."""
+    import jax
+
+    if os.environ.get("LLJX_COMPILE_CACHE", "1") == "0":
+        return
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    jax.config.update("jax_compilation_cache_dir", str(cache_home / "lljx" / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def read_prompt(prompt: str | None) -> str:
+    if prompt is not None:
+        return prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        raise click.UsageError("give a PROMPT argument or pipe the prompt on stdin")
+    return sys.stdin.read()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lljx")
+def main() -> None:
+    """Llama-family inference in JAX, with a Rust tokenizer and token loop."""
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option("--model", "-m", "model_spec", default=None, help="GGUF file, HF folder, Ollama name or embedded model name.")
+@click.option("--max-tokens", "-n", type=int, default=256, show_default=True, help="Most tokens to generate.")
+@click.option("--temperature", "-t", type=float, default=0.8, show_default=True, help="0 means greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, help="0 disables the top-k cut.")
+@click.option("--top-p", type=float, default=0.9, show_default=True)
+@click.option("--min-p", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for sampling (random when not given).")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
+@click.option("--system", default=None, help="A system message for the chat template.")
+@click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
+@click.option("--stats", "show_stats", is_flag=True, help="Print timings to stderr.")
+@one_line_errors
+def generate(
+    prompt: str | None,
+    model_spec: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    seed: int | None,
+    dtype: str,
+    system: str | None,
+    raw: bool,
+    show_stats: bool,
+) -> None:
+    """Generate a reply to PROMPT (or stdin), streaming only the generated text to stdout."""
+    import secrets
+
+    from lljx.generation import Generation, chat_prompt_ids
+    from lljx.models import load_model
+    from lljx.sampling import SamplerSettings
+    from lljx.strategies.jit_token import strategy
+
+    text = read_prompt(prompt)
+    settings = SamplerSettings(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        seed=secrets.randbelow(2**63) if seed is None else seed,
+    )
+    if max_tokens <= 0:
+        raise click.BadParameter(f"must be at least 1, got {max_tokens}", param_hint="--max-tokens")
+    enable_compile_cache()
+    model = load_model(model_spec, dtype=default_dtype() if dtype == "auto" else dtype)
+    ids = chat_prompt_ids(model, text, system=system, raw=raw)
+    generation = Generation(
+        model, strategy.build(model, settings), ids, max_tokens=max_tokens, stop_token_ids=model.stop_token_ids
+    )
+    for chunk in generation:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if show_stats:
+        click.echo(generation.stats.summary(), err=True)
+
+
+def jsonl_inputs(path: str) -> Iterator[str]:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise click.ClickException(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(value, str):
+                raise click.ClickException(f"{path}:{number}: expected a JSON string, got {type(value).__name__}")
+            yield value
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--model", "-m", "model_spec", default=None, help="Model whose tokenizer to use (default: embedded).")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False), default=None,
+              help="A tokenizer.json or tiktoken tokenizer.model file.")
+@click.option("--jsonl", "jsonl_path", default=None, help="File of JSON strings, one per line ('-' for stdin).")
+@one_line_errors
+def tokenize(text: str | None, model_spec: str | None, tokenizer_path: str | None, jsonl_path: str | None) -> None:
+    """Print the token ids of TEXT (or stdin) as a JSON list, adding no special tokens."""
+    from lljx.models import load_tokenizer
+    from lljx.tokenizer import Tokenizer
+
+    if tokenizer_path and model_spec:
+        raise click.UsageError("give --model or --tokenizer, not both")
+    if jsonl_path is not None and text is not None:
+        raise click.UsageError("give TEXT or --jsonl, not both")
+    tokenizer = Tokenizer.from_file(tokenizer_path) if tokenizer_path else load_tokenizer(model_spec)
+    if jsonl_path is not None:
+        for item in jsonl_inputs(jsonl_path):
+            click.echo(json.dumps(tokenizer.encode(item)))
+        return
+    click.echo(json.dumps(tokenizer.encode(read_prompt(text))))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@one_line_errors
+def models(paths: tuple[str, ...], as_json: bool) -> None:
+    """List the models lljx can load: embedded, the local Ollama store, and PATHS."""
+    from lljx.models import list_models
+
+    rows = [row.as_dict() for row in list_models(list(paths))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(format_table(rows, ["name", "format", "size", "params", "quantization", "context", "source"]))
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(row.get(c, "") if row.get(c) is not None else "") for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

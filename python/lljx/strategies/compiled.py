@@ -1,0 +1,79 @@
+"""A decoder built from a jitted prefill and decode pair, compiled ahead of time per static shape."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lljx.params import Params
+from lljx.sampling import SamplerSettings
+from lljx.strategies.api import DecodePlan, DecodeState
+
+Executable = Any  # jax.stages.Compiled
+
+
+class CompiledDecoder:
+    """Runs `prefill(params, padded_ids, prompt_len, key)` and `decode(params, tokens, cache, position, key)`.
+
+    Both are jitted by the strategy; here they are lowered and compiled once per shape
+    (prefill per prompt bucket and cache length, decode per cache length) so compile time
+    is counted apart from generation, and a new prompt in a seen bucket never recompiles.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        sampler: SamplerSettings,
+        prefill: Callable[..., DecodeState],
+        decode: Callable[..., DecodeState],
+    ) -> None:
+        self.params = params
+        self.settings = sampler
+        self._prefill_jit = prefill
+        self._decode_jit = decode
+        self._prefills: dict[tuple[int, int, int], Executable] = {}
+        self._decodes: dict[tuple[int, int], Executable] = {}
+        self._decode_exec: Executable | None = None
+        self.compile_seconds = 0.0
+        self.compilations = 0
+
+    def prepare(self, plan: DecodePlan, batch: int = 1) -> None:
+        """Compile what `plan` needs, unless already compiled; adds to compile_seconds."""
+        prefill_key = (batch, plan.prompt_bucket, plan.cache_len)
+        if prefill_key in self._prefills and (batch, plan.cache_len) in self._decodes:
+            return
+        start = time.perf_counter()
+        ids = jax.ShapeDtypeStruct((batch, plan.prompt_bucket), jnp.int32)
+        lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
+        key = jax.eval_shape(jax.random.key, 0)
+        if prefill_key not in self._prefills:
+            lowered = self._prefill_jit.lower(plan.cache_len, self.params, ids, lengths, key)  # type: ignore[attr-defined]
+            self._prefills[prefill_key] = lowered.compile()
+            self.compilations += 1
+        if (batch, plan.cache_len) not in self._decodes:
+            state = jax.eval_shape(self._prefill_jit, plan.cache_len, self.params, ids, lengths, key)
+            lowered = self._decode_jit.lower(self.params, state.tokens, state.cache, state.position, state.key)  # type: ignore[attr-defined]
+            self._decodes[(batch, plan.cache_len)] = lowered.compile()
+            self.compilations += 1
+        self.compile_seconds += time.perf_counter() - start
+
+    def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan) -> DecodeState:
+        ids = np.atleast_2d(np.asarray(prompt_ids, dtype=np.int32))
+        batch = ids.shape[0]
+        self.prepare(plan, batch)
+        padded = np.zeros((batch, plan.prompt_bucket), dtype=np.int32)
+        padded[:, : ids.shape[1]] = ids
+        lengths = np.full((batch,), ids.shape[1], dtype=np.int32)
+        self._decode_exec = self._decodes[(batch, plan.cache_len)]
+        run = self._prefills[(batch, plan.prompt_bucket, plan.cache_len)]
+        return run(self.params, padded, lengths, jax.random.key(self.settings.seed))
+
+    def decode(self, previous: DecodeState) -> DecodeState:
+        if self._decode_exec is None:
+            raise RuntimeError("decode() called before prefill()")
+        return self._decode_exec(self.params, previous.tokens, previous.cache, previous.position, previous.key)
