@@ -8,9 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fixtures.random_llama import (
     TINY,
     random_llama,  # noqa: F401  (pytest fixture)
@@ -18,6 +15,8 @@ from fixtures.random_llama import (
     small_vocab,
     write_gguf,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lljx.models import ModelError, ModelFileError, load_model
 from lljx.models.gguf_file import read_gguf_header
 
@@ -63,7 +62,12 @@ def kv_u32(key: str, value: int) -> bytes:
 
 
 def tensor_info(name: str, shape: tuple[int, ...], ggml_type: int = 0, offset: int = 0) -> bytes:
-    return s(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<IQ", ggml_type, offset)
+    return (
+        s(name)
+        + struct.pack("<I", len(shape))
+        + struct.pack(f"<{len(shape)}Q", *shape)
+        + struct.pack("<IQ", ggml_type, offset)
+    )
 
 
 def write(tmp_path: Path, data: bytes, name: str = "bad.gguf") -> Path:
@@ -107,7 +111,15 @@ HOSTILE_HEADERS = {
     "huge array of u8": (header(0, 1) + s("a") + struct.pack("<IIQ", 9, 0, 1 << 60), "array length"),
     "huge string": (header(0, 1) + s("a") + struct.pack("<IQ", 8, 1 << 62) + bytes(64), "truncated header"),
     "unknown value type": (header(0, 1) + s("a") + struct.pack("<I", 99) + bytes(8), "unknown value type 99"),
-    "deeply nested arrays": (header(0, 1) + s("a") + struct.pack("<IIQ", 9, 9, 1) + struct.pack("<IQ", 9, 1) + struct.pack("<IQ", 9, 1) + bytes(16), "nests arrays"),
+    "deeply nested arrays": (
+        header(0, 1)
+        + s("a")
+        + struct.pack("<IIQ", 9, 9, 1)
+        + struct.pack("<IQ", 9, 1)
+        + struct.pack("<IQ", 9, 1)
+        + bytes(16),
+        "nests arrays",
+    ),
     "duplicate key": (header(0, 2) + kv_u32("a", 1) + kv_u32("a", 2) + bytes(64), "duplicate key 'a'"),
     "non-utf8 key": (header(0, 1) + s(b"\xff\xfe") + struct.pack("<II", 4, 1) + bytes(64), "not UTF-8"),
     "bad alignment": (header(0, 1) + kv_u32("general.alignment", 3) + bytes(64), "power-of-two"),
@@ -117,7 +129,10 @@ HOSTILE_HEADERS = {
     "ragged quant rows": (header(1, 0) + tensor_info("t", (30, 2), ggml_type=2) + bytes(64), "not a multiple"),
     "misaligned tensor": (header(1, 0) + tensor_info("t", (4,), offset=3) + bytes(64), "not aligned"),
     "tensor past end": (header(1, 0) + tensor_info("t", (4,), offset=1 << 20) + bytes(64), "past the end of the file"),
-    "duplicate tensor": (header(2, 0) + tensor_info("t", (4,)) + tensor_info("t", (4,), offset=32) + bytes(128), "duplicate tensor"),
+    "duplicate tensor": (
+        header(2, 0) + tensor_info("t", (4,)) + tensor_info("t", (4,), offset=32) + bytes(128),
+        "duplicate tensor",
+    ),
 }
 
 
@@ -138,7 +153,23 @@ def test_missing_and_empty_files(tmp_path):
 
 def test_truncated_anywhere(tmp_path, good):
     data_offset = read_gguf_header(write(tmp_path, good, "whole.gguf")).data_offset
-    for cut in [1, 3, 4, 6, 8, 16, 23, 24, 40, 500, 5000, data_offset - 1, data_offset, data_offset + 100, len(good) - 1]:
+    for cut in [
+        1,
+        3,
+        4,
+        6,
+        8,
+        16,
+        23,
+        24,
+        40,
+        500,
+        5000,
+        data_offset - 1,
+        data_offset,
+        data_offset + 100,
+        len(good) - 1,
+    ]:
         message = str(expect_file_error(write(tmp_path, good[:cut], f"cut{cut}.gguf")))
         assert "truncated" in message or "past the end" in message or "not a GGUF" in message, message
 
@@ -187,7 +218,9 @@ def test_token_id_outside_vocabulary(tmp_path, good):
 
 def test_tensor_offset_past_end_of_file(tmp_path, good):
     _, offset_at = tensor_fields(good, "output_norm.weight")
-    expect_file_error(write(tmp_path, patch(good, offset_at, struct.pack("<Q", 1 << 40))), "'output_norm.weight' data", "past the end")
+    expect_file_error(
+        write(tmp_path, patch(good, offset_at, struct.pack("<Q", 1 << 40))), "'output_norm.weight' data", "past the end"
+    )
 
 
 def test_non_gguf_file_without_suffix(tmp_path):

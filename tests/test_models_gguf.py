@@ -1,4 +1,4 @@
-"""GGUF loading: config from metadata, the header reader against gguf.GGUFReader, every quant type against gguf.quants."""
+"""GGUF loading: config from metadata, our header reader against GGUFReader, every quant type against gguf.quants."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import gguf
 import ml_dtypes
 import numpy as np
 import pytest
-
 from fixtures.random_llama import (
     QUANTIZABLE,
     TINY,
@@ -39,7 +38,9 @@ def embedded_reader():
     return gguf.GGUFReader(EMBEDDED)
 
 
-def reference_layers(reader: gguf.GGUFReader, dims: Dims, layers: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+def reference_layers(
+    reader: gguf.GGUFReader, dims: Dims, layers: tuple[int, ...] | None = None
+) -> dict[str, np.ndarray]:
     """What the loader should produce, built only from gguf's own reader and dequantizer: [in, out], rotate-half Q/K."""
     tensors = {t.name: t for t in reader.tensors}
 
@@ -91,7 +92,13 @@ def test_embedded_config_and_fields(embedded_f32):
         vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_head=64, d_ffn=1536,
         rope_theta=100000.0, norm_eps=1e-5, context_length=8192, tie_embeddings=True, dtype="f32",
     )  # fmt: skip
-    assert (m.name, m.source, m.format, m.origin, m.quantization) == ("smollm2-135m-instruct", "smollm2-135m-instruct", "gguf", "embedded", "Q4_1")
+    assert (m.name, m.source, m.format, m.origin, m.quantization) == (
+        "smollm2-135m-instruct",
+        "smollm2-135m-instruct",
+        "gguf",
+        "embedded",
+        "Q4_1",
+    )
     assert m.path == EMBEDDED and m.file_size == os.path.getsize(EMBEDDED)
     assert (m.bos_token, m.eos_token) == ("<|im_start|>", "<|im_end|>")
     assert m.stop_token_ids == (2, 0)  # <|im_end|> (eos), then <|endoftext|>
@@ -103,7 +110,11 @@ def test_embedded_config_and_fields(embedded_f32):
     assert len(vocab.tokens) == len(vocab.token_types) == 49152 and len(vocab.merges) == 48900
     p = m.params
     assert p.embed is None and p.head.shape == (576, 49152) and len(p.layers) == 30
-    assert p.layers[0].wq.shape == (576, 576) and p.layers[0].wk.shape == (576, 192) and p.layers[0].w_down.shape == (1536, 576)
+    assert (
+        p.layers[0].wq.shape == (576, 576)
+        and p.layers[0].wk.shape == (576, 192)
+        and p.layers[0].w_down.shape == (1536, 576)
+    )
     assert p.layers[0].wq.dtype == np.float32 and p.layers[0].attn_norm.dtype == np.float32
 
 
@@ -133,7 +144,12 @@ def test_header_reader_agrees_with_gguf_reader(which, embedded_reader, random_ll
     assert list(ours.tensors) == [t.name for t in reader.tensors]
     for t in reader.tensors:
         info = ours.tensors[t.name]
-        assert (info.ggml_type, list(info.shape), info.offset, info.n_bytes) == (t.tensor_type, t.shape.tolist(), t.data_offset, t.n_bytes)
+        assert (info.ggml_type, list(info.shape), info.offset, info.n_bytes) == (
+            t.tensor_type,
+            t.shape.tolist(),
+            t.data_offset,
+            t.n_bytes,
+        )
 
 
 def test_fixture_config_has_llama3_rope_factors_gqa_and_tying(random_llama):
@@ -154,7 +170,25 @@ def test_interleaved_to_half_undoes_the_converter_permutation():
         np.testing.assert_array_equal(to_interleaved(hf, heads)[interleaved_to_half(heads, d)], hf)
 
 
-QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.TQ2_0, Q.MXFP4]
+QTYPES = [
+    Q.F32,
+    Q.F16,
+    Q.BF16,
+    Q.Q8_0,
+    Q.Q4_0,
+    Q.Q4_1,
+    Q.Q5_0,
+    Q.Q5_1,
+    Q.Q2_K,
+    Q.Q3_K,
+    Q.Q4_K,
+    Q.Q5_K,
+    Q.Q6_K,
+    Q.IQ4_NL,
+    Q.IQ4_XS,
+    Q.TQ2_0,
+    Q.MXFP4,
+]
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
@@ -180,7 +214,15 @@ def test_compute_dtype_is_the_f32_values_rounded_once(tmp_path, qtype, dtype):
 
 
 # Largest error of a round trip, relative to the largest |x|: half a quantization step.
-ROUND_TRIP_TOLERANCE = {Q.F16: 1e-3, Q.BF16: 5e-3, Q.Q8_0: 5e-3, Q.Q5_0: 0.035, Q.Q5_1: 0.035, Q.Q4_0: 0.07, Q.Q4_1: 0.07}
+ROUND_TRIP_TOLERANCE = {
+    Q.F16: 1e-3,
+    Q.BF16: 5e-3,
+    Q.Q8_0: 5e-3,
+    Q.Q5_0: 0.035,
+    Q.Q5_1: 0.035,
+    Q.Q4_0: 0.07,
+    Q.Q4_1: 0.07,
+}
 
 
 @pytest.mark.parametrize("qtype", list(ROUND_TRIP_TOLERANCE), ids=lambda q: q.name)

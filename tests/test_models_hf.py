@@ -12,8 +12,6 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from fixtures.random_llama import (
     TINY,
     Dims,
@@ -28,6 +26,7 @@ from lljx.core import kv_cache, transformer
 from lljx.core.rope import inverse_frequencies
 from lljx.models import ModelFileError, load_model
 from lljx.models.vocab import TokenizerFile
+from safetensors.numpy import save_file
 
 PROMPT = [1, 300, 45, 400, 17, 99, 5, 260, 33, 34, 0, 2]
 
@@ -64,7 +63,9 @@ def test_twins_match_llama_cpp_logits(random_llama):
     llama_cpp = pytest.importorskip("llama_cpp")
     gguf_path, hf_dir = random_llama
     # f32 KV cache (type 0): llama.cpp's default f16 cache would add ~1e-2 of its own error.
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0, n_threads=2)
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0, n_threads=2
+    )
     llm.eval(PROMPT)
     expected = np.array(llm.scores[: len(PROMPT)], dtype=np.float32)
     assert np.abs(expected).max() > 1.0  # random weights, but not degenerate
@@ -94,7 +95,9 @@ def test_both_tokenizers_match_llama_cpp(random_llama):
         assert load_model(str(path)).tokenizer.encode(text) == expected
 
 
-def variant(tmp_path: Path, random_llama, *, config: dict | None = None, weights: dict | None = None, name: str = "variant") -> Path:
+def variant(
+    tmp_path: Path, random_llama, *, config: dict | None = None, weights: dict | None = None, name: str = "variant"
+) -> Path:
     """A copy of the fixture folder with config.json keys changed and/or other weights."""
     folder = tmp_path / name
     shutil.copytree(random_llama[1], folder)
@@ -112,7 +115,10 @@ def test_sharded_bf16_folder(tmp_path, random_llama):
     folder = variant(tmp_path, random_llama, config={"torch_dtype": "bfloat16"})
     (folder / "model.safetensors").unlink()
     names = sorted(weights)
-    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[: len(names) // 2],
+        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
+    }
     for shard, keys in shards.items():
         save_file({k: weights[k] for k in keys}, str(folder / shard))
     index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
@@ -156,7 +162,9 @@ def test_named_template_list_and_dict_tokens(tmp_path, random_llama):
 
 
 def test_linear_rope_scaling_becomes_uniform_factors(tmp_path, random_llama):
-    m = load_model(str(variant(tmp_path, random_llama, config={"rope_scaling": {"rope_type": "linear", "factor": 4.0}})))
+    m = load_model(
+        str(variant(tmp_path, random_llama, config={"rope_scaling": {"rope_type": "linear", "factor": 4.0}}))
+    )
     assert m.config.rope_freq_factors == (4.0,) * (TINY.d_head // 2) and m.config.rope_scaling is None
 
 
@@ -173,7 +181,10 @@ def expect_error(folder: Path, *fragments: str) -> str:
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "architecture ['MistralForCausalLM'] is not supported"),
+        (
+            {"architectures": ["MistralForCausalLM"], "model_type": "mistral"},
+            "architecture ['MistralForCausalLM'] is not supported",
+        ),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling type 'yarn' is not supported"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "incomplete llama3 rope_scaling"),
         ({"attention_bias": True}, "biases are not supported"),
@@ -185,7 +196,11 @@ def expect_error(folder: Path, *fragments: str) -> str:
     ],
 )
 def test_bad_config(tmp_path, random_llama, change, fragment):
-    expect_error(variant(tmp_path, random_llama, config=change), "config.json" if "shape" not in fragment else "model.safetensors", fragment)
+    expect_error(
+        variant(tmp_path, random_llama, config=change),
+        "config.json" if "shape" not in fragment else "model.safetensors",
+        fragment,
+    )
 
 
 def test_broken_files(tmp_path, random_llama):
@@ -203,7 +218,10 @@ def test_broken_files(tmp_path, random_llama):
 
     weights = random_weights(TINY)
     del weights["model.layers.1.mlp.up_proj.weight"]
-    expect_error(variant(tmp_path, random_llama, weights=weights, name="missing"), "missing tensor 'model.layers.1.mlp.up_proj.weight'")
+    expect_error(
+        variant(tmp_path, random_llama, weights=weights, name="missing"),
+        "missing tensor 'model.layers.1.mlp.up_proj.weight'",
+    )
 
     weights = random_weights(TINY) | {"model.norm.weight": np.ones(TINY.d_model, np.int8)}
     expect_error(variant(tmp_path, random_llama, weights=weights, name="int8"), "unsupported dtype I8")

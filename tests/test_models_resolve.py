@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures.random_llama import random_llama  # noqa: F401  (pytest fixture)
 from lljx.models import ModelFileError, ModelNotFoundError, list_models, load_model, resolve
 from lljx.models.embedded import embedded_gguf_path
@@ -93,7 +92,10 @@ def test_paths(random_llama):
         ("llama3.2:3b", OllamaName("registry.ollama.ai", "library", "llama3.2", "3b")),
         ("smollm2:135m", OllamaName("registry.ollama.ai", "library", "smollm2", "135m")),
         ("me/model:q4_K_M", OllamaName("registry.ollama.ai", "me", "model", "q4_K_M")),
-        ("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", OllamaName("hf.co", "bartowski", "Llama-3.2-1B-Instruct-GGUF", "Q4_K_M")),
+        (
+            "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+            OllamaName("hf.co", "bartowski", "Llama-3.2-1B-Instruct-GGUF", "Q4_K_M"),
+        ),
         ("localhost:5000/team/tiny", OllamaName("localhost:5000", "team", "tiny", "latest")),
         ("a/b/c/d", None),
         ("../etc:passwd", None),
@@ -134,7 +136,9 @@ def test_default_store_is_under_home(tmp_path, monkeypatch, random_llama):
     assert resolve("homemade").name == "homemade:latest"
 
 
-@pytest.mark.parametrize("spec", ["nosuchmodel", "llama3.2:3b", "tiny:nosuchtag", "a/b/c/d", "./missing.gguf", "missing.gguf"])
+@pytest.mark.parametrize(
+    "spec", ["nosuchmodel", "llama3.2:3b", "tiny:nosuchtag", "a/b/c/d", "./missing.gguf", "missing.gguf"]
+)
 def test_unknown_names(store, spec):
     with pytest.raises(ModelNotFoundError) as info:
         resolve(spec)
@@ -146,7 +150,15 @@ def test_unknown_names(store, spec):
 
 @pytest.mark.parametrize(
     "digest",
-    ["sha256:xyz", "sha256:" + "A" * 64, "md5:" + "0" * 64, "sha256:" + "0" * 63, "sha256:../../../etc/passwd", None, 5],
+    [
+        "sha256:xyz",
+        "sha256:" + "A" * 64,
+        "md5:" + "0" * 64,
+        "sha256:" + "0" * 63,
+        "sha256:../../../etc/passwd",
+        None,
+        5,
+    ],
 )
 def test_bad_digests(store, random_llama, digest):
     manifest = add_model(store, "broken", random_llama[0], model_layer={"digest": digest, "size": 1})
@@ -161,7 +173,7 @@ def test_broken_manifests_and_blobs(store, random_llama):
         resolve("ghost")
     assert str(info.value).startswith(str(missing))
 
-    short = add_model(store, "short", random_llama[0], model_layer={**blob(store, b"GGUF"), "size": 999})
+    add_model(store, "short", random_llama[0], model_layer={**blob(store, b"GGUF"), "size": 999})
     with pytest.raises(ModelFileError, match="incomplete download"):
         resolve("short")
 
@@ -186,9 +198,21 @@ def test_list_models(store, random_llama, tmp_path):
     rows = list_models([str(random_llama[1]), str(broken), str(tmp_path / "absent.gguf")])
     by_name = {r.name: r for r in rows}
     embedded = rows[0]
-    assert (embedded.name, embedded.origin, embedded.quantization, embedded.context_length, embedded.error) == ("smollm2-135m-instruct", "embedded", "Q4_1", 8192, None)
+    assert (embedded.name, embedded.origin, embedded.quantization, embedded.context_length, embedded.error) == (
+        "smollm2-135m-instruct",
+        "embedded",
+        "Q4_1",
+        8192,
+        None,
+    )
     assert embedded.n_params == 134515008 and embedded.file_size == os.path.getsize(embedded_gguf_path())
-    assert [r.name for r in rows if r.origin == "ollama"] == ["ghost:latest", "localhost:5000/team/tiny:dev", "someone/tiny:v2", "tiny:latest", "tiny:q"]
+    assert [r.name for r in rows if r.origin == "ollama"] == [
+        "ghost:latest",
+        "localhost:5000/team/tiny:dev",
+        "someone/tiny:v2",
+        "tiny:latest",
+        "tiny:q",
+    ]
     tiny = by_name["tiny:latest"]
     assert (tiny.format, tiny.quantization, tiny.context_length, tiny.error) == ("gguf", "F32", 131072, None)
     hf = by_name["random-llama-hf"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from lljx.config import DTYPES
 from lljx.models.errors import ModelError, ModelFileError, ModelNotFoundError
 from lljx.models.inventory import ModelInfo, list_models

@@ -48,7 +48,9 @@ def read_raw(f: BufferedReader, path: str, info: TensorInfo) -> np.ndarray:
     f.seek(info.offset)
     got = f.readinto(buf.data)
     if got != info.n_bytes:
-        raise ModelFileError(path, f"tensor {info.name!r}: read {got} of {info.n_bytes} bytes (file changed or truncated)")
+        raise ModelFileError(
+            path, f"tensor {info.name!r}: read {got} of {info.n_bytes} bytes (file changed or truncated)"
+        )
     return buf
 
 

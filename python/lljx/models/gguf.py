@@ -1,4 +1,4 @@
-"""Load a Llama GGUF file: config from metadata, weights dequantized, transposed and converted to rotate-half RoPE order."""
+"""Load a Llama GGUF file: config from metadata; weights dequantized, transposed, Q/K re-ordered for rotate-half."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from gguf import LlamaFileType
 
 from lljx.config import ModelConfig
 from lljx.models import dequant
-from lljx.models.errors import ModelFileError
 from lljx.models.gguf_file import GGUFFile, TensorInfo, read_gguf_header
 from lljx.models.model import Model, ResolvedModel
-from lljx.models.vocab import SPECIAL_TOKEN_TYPES, GGUFVocab, stop_token_ids
+from lljx.models.vocab import gguf_vocab, stop_token_ids
 from lljx.params import LayerParams, Params
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -47,37 +46,8 @@ def interleaved_to_half(n_heads: int, d_head: int) -> np.ndarray:
     return (np.arange(n_heads)[:, None] * d_head + within[None, :]).reshape(-1)
 
 
-def _get(gf: GGUFFile, key: str, kind: type, default: Any = ...) -> Any:
-    """A typed metadata value; a per-layer array must be uniform (every layer has one shape here)."""
-    if key not in gf.fields:
-        if default is ...:
-            raise gf.error(f"missing metadata key {key!r}")
-        return default
-    value = gf.fields[key]
-    if isinstance(value, np.ndarray) and value.ndim == 1 and value.size and kind is not str:
-        if np.any(value != value[0]):
-            raise gf.error(f"{key!r} varies per layer ({value.tolist()[:8]}...), which is not supported")
-        value = value[0].item()
-    if kind is int:
-        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise gf.error(f"metadata {key!r} should be {kind.__name__}, got {type(value).__name__}")
-    return kind(value)
-
-
-def _positive(gf: GGUFFile, key: str, default: Any = ...) -> int:
-    value = _get(gf, key, int, default)
-    if value <= 0 or value > 1 << 24:
-        raise gf.error(f"metadata {key!r} = {value} is out of range")
-    return value
-
-
 def architecture(gf: GGUFFile) -> str:
-    arch = _get(gf, "general.architecture", str)
+    arch = gf.value("general.architecture", str)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise gf.error(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     return arch
@@ -86,36 +56,38 @@ def architecture(gf: GGUFFile) -> str:
 def config_from_gguf(gf: GGUFFile, dtype: str = "f32") -> ModelConfig:
     """ModelConfig from `llama.*` metadata plus the shapes of token_embd and rope_freqs."""
     a = architecture(gf) + "."
-    if _get(gf, a + "expert_count", int, 0) > 0:
+    if gf.value(a + "expert_count", int, 0) > 0:
         raise gf.error("mixture-of-experts models are not supported")
-    d_model = _positive(gf, a + "embedding_length")
-    n_heads = _positive(gf, a + "attention.head_count")
-    n_kv_heads = _positive(gf, a + "attention.head_count_kv", n_heads)
-    d_head = _positive(gf, a + "attention.key_length", d_model // n_heads or 1)
-    if _get(gf, a + "attention.value_length", int, d_head) != d_head:
+    d_model = gf.positive(a + "embedding_length")
+    n_heads = gf.positive(a + "attention.head_count")
+    n_kv_heads = gf.positive(a + "attention.head_count_kv", n_heads)
+    d_head = gf.positive(a + "attention.key_length", d_model // n_heads or 1)
+    if gf.value(a + "attention.value_length", int, d_head) != d_head:
         raise gf.error("attention.value_length differs from key_length, which is not supported")
-    rope_dims = _get(gf, a + "rope.dimension_count", int, d_head)
+    rope_dims = gf.value(a + "rope.dimension_count", int, d_head)
     if rope_dims != d_head:
-        raise gf.error(f"partial rotary embeddings (rope.dimension_count {rope_dims} < d_head {d_head}) are not supported")
+        raise gf.error(
+            f"partial rotary embeddings (rope.dimension_count {rope_dims} < d_head {d_head}) are not supported"
+        )
     if n_heads % n_kv_heads or d_head % 2:
         raise gf.error(f"head counts {n_heads}/{n_kv_heads} with d_head {d_head} are not a valid attention shape")
 
     embd = _tensor(gf, "token_embd.weight")
-    vocab = _get(gf, a + "vocab_size", int, None)
+    vocab = gf.value(a + "vocab_size", int, None)
     if vocab is None:
         tokens = gf.fields.get("tokenizer.ggml.tokens")
         vocab = len(tokens) if isinstance(tokens, list) and tokens else embd.shape[-1]
     fields = dict(
         vocab_size=vocab,
         d_model=d_model,
-        n_layers=_positive(gf, a + "block_count"),
+        n_layers=gf.positive(a + "block_count"),
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         d_head=d_head,
-        d_ffn=_positive(gf, a + "feed_forward_length"),
-        rope_theta=_get(gf, a + "rope.freq_base", float, 10000.0),
-        norm_eps=_get(gf, a + "attention.layer_norm_rms_epsilon", float),
-        context_length=_positive(gf, a + "context_length"),
+        d_ffn=gf.positive(a + "feed_forward_length"),
+        rope_theta=gf.positive(a + "rope.freq_base", 10000.0, kind=float),
+        norm_eps=gf.positive(a + "attention.layer_norm_rms_epsilon", kind=float),
+        context_length=gf.positive(a + "context_length"),
         tie_embeddings="output.weight" not in gf.tensors,
         rope_freq_factors=_rope_freq_factors(gf, a, d_head),
         dtype=dtype,
@@ -128,13 +100,13 @@ def config_from_gguf(gf: GGUFFile, dtype: str = "f32") -> ModelConfig:
 
 def _rope_freq_factors(gf: GGUFFile, a: str, d_head: int) -> tuple[float, ...] | None:
     """Per-frequency divisors: Llama 3's rope_freqs tensor, and linear scaling expressed the same way."""
-    kind = _get(gf, a + "rope.scaling.type", str, "none")
+    kind = gf.value(a + "rope.scaling.type", str, "none")
     if kind not in ("none", "linear"):
         raise gf.error(f"RoPE scaling type {kind!r} is not supported")
     factors = np.ones(d_head // 2, dtype=np.float64)
     if kind == "linear":
         # Dividing positions by the factor is the same as dividing every frequency by it.
-        factors *= _get(gf, a + "rope.scaling.factor", float, 1.0)
+        factors *= gf.value(a + "rope.scaling.factor", float, 1.0)
     if "rope_freqs.weight" in gf.tensors:
         info = gf.tensors["rope_freqs.weight"]
         if info.shape != (d_head // 2,):
@@ -156,7 +128,9 @@ def _tensor(gf: GGUFFile, name: str, shape: tuple[int, ...] | None = None) -> Te
     if shape is not None and info.shape != shape:
         raise gf.error(f"tensor {name!r} has shape {list(info.shape)}, expected {list(shape)}")
     if not dequant.is_supported(info.ggml_type):
-        raise gf.error(f"tensor {name!r} has unsupported type {info.type_name} (supported: {', '.join(dequant.supported_types())})")
+        raise gf.error(
+            f"tensor {name!r} has unsupported type {info.type_name} (supported: {', '.join(dequant.supported_types())})"
+        )
     return info
 
 
@@ -248,50 +222,11 @@ def metadata(gf: GGUFFile) -> dict[str, Any]:
     return out
 
 
-def vocab_from_gguf(gf: GGUFFile) -> tuple[GGUFVocab, dict[str, int]]:
-    """The tokenizer recipe and the special tokens (text -> id) of a GGUF vocabulary."""
-    tokens = gf.fields.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens[:1]):
-        raise gf.error("missing or malformed tokenizer.ggml.tokens")
-    n = len(tokens)
-    types = gf.fields.get("tokenizer.ggml.token_type")
-    types = np.asarray(types, dtype=np.int64) if isinstance(types, np.ndarray) else np.ones(n, dtype=np.int64)
-    if len(types) != n:
-        raise gf.error(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-    merges = gf.fields.get("tokenizer.ggml.merges", [])
-    if not isinstance(merges, list):
-        raise gf.error("tokenizer.ggml.merges is not a list of strings")
-    model = _get(gf, "tokenizer.ggml.model", str)
-
-    def token_id(key: str) -> int | None:
-        value = _get(gf, key, int, None)
-        if value is not None and not 0 <= value < n:
-            raise gf.error(f"{key} = {value} is outside the vocabulary of {n} tokens")
-        return value
-
-    vocab = GGUFVocab(
-        model=model,
-        pre=_get(gf, "tokenizer.ggml.pre", str, "default"),
-        tokens=tokens,
-        merges=merges,
-        token_types=types.tolist(),
-        bos_id=token_id("tokenizer.ggml.bos_token_id"),
-        eos_id=token_id("tokenizer.ggml.eos_token_id"),
-        # llama.cpp's default: SentencePiece vocabularies add BOS, BPE ones say so explicitly.
-        add_bos=bool(gf.fields.get("tokenizer.ggml.add_bos_token", model == "llama")),
-    )
-    specials = {tokens[i]: i for i in np.flatnonzero(np.isin(types, SPECIAL_TOKEN_TYPES)).tolist()}
-    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-        if (i := token_id(key)) is not None:
-            specials.setdefault(tokens[i], i)
-    return vocab, specials
-
-
 def load_gguf(resolved: ResolvedModel, dtype: str) -> Model:
     """Read, validate and convert one GGUF file into a Model."""
     gf = read_gguf_header(resolved.path)
     config = config_from_gguf(gf, dtype)
-    vocab, specials = vocab_from_gguf(gf)
+    vocab, specials = gguf_vocab(gf)
     if len(vocab.tokens) > config.vocab_size:
         raise gf.error(f"{len(vocab.tokens)} tokens for an embedding of {config.vocab_size} rows")
     params = params_from_gguf(gf, config)
@@ -320,4 +255,3 @@ def load_gguf(resolved: ResolvedModel, dtype: str) -> Model:
         ollama_template=resolved.ollama_template,
         ollama_params=dict(resolved.ollama_params),
     )
-

@@ -81,6 +81,39 @@ class GGUFFile:
     def error(self, message: str) -> ModelFileError:
         return ModelFileError(self.path, message)
 
+    def value(self, key: str, kind: type, default: Any = ...) -> Any:
+        """A metadata value of type `kind` (int, float, str); a per-layer array must be uniform.
+
+        Without a default, a missing key is an error; a value of another type always is.
+        """
+        if key not in self.fields:
+            if default is ...:
+                raise self.error(f"missing metadata key {key!r}")
+            return default
+        value = self.fields[key]
+        if isinstance(value, np.ndarray) and value.ndim == 1 and value.size and kind is not str:
+            # Some architectures give per-layer head counts; every Llama layer has one shape.
+            if np.any(value != value[0]):
+                raise self.error(f"{key!r} varies per layer ({value.tolist()[:8]}...), which is not supported")
+            value = value[0].item()
+        if kind is int:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise self.error(f"metadata {key!r} should be {kind.__name__}, got {type(value).__name__}")
+        return kind(value)
+
+    def positive(self, key: str, default: Any = ..., *, kind: type = int) -> Any:
+        """A size or rate: an int up to 2**24, or a finite float, above zero."""
+        value = self.value(key, kind, default)
+        limit = 1 << 24 if kind is int else float("inf")
+        if not 0 < value < limit:
+            raise self.error(f"metadata {key!r} = {value} is out of range")
+        return value
+
 
 class _Cursor:
     """Bounds-checked little-endian reads from a buffer; running off the end is a ModelFileError."""
@@ -201,7 +234,9 @@ def _tensor_bytes(path: str, name: str, ggml_type: GGMLQuantizationType, shape: 
             raise ModelFileError(path, f"tensor {name!r} shape {list(shape)} is absurdly large")
     block, type_size = GGML_QUANT_SIZES[ggml_type]
     if shape[0] % block:
-        raise ModelFileError(path, f"tensor {name!r} row length {shape[0]} is not a multiple of the {ggml_type.name} block size {block}")
+        raise ModelFileError(
+            path, f"tensor {name!r} row length {shape[0]} is not a multiple of the {ggml_type.name} block size {block}"
+        )
     return n // block * type_size
 
 
@@ -265,6 +300,8 @@ def _parse(path: str, buf: mmap.mmap, size: int) -> GGUFFile:
         n_bytes = _tensor_bytes(path, name, ggml_type, shape)
         start = gf.data_offset + rel
         if start + n_bytes > size:
-            raise cur.fail(f"tensor {name!r} data [{start}, {start + n_bytes}) runs past the end of the file ({size} bytes)")
+            raise cur.fail(
+                f"tensor {name!r} data [{start}, {start + n_bytes}) runs past the end of the file ({size} bytes)"
+            )
         gf.tensors[name] = TensorInfo(name, ggml_type, shape, start, n_bytes)
     return gf

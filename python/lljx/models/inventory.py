@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
 
 from lljx.models import embedded, ollama
 from lljx.models.errors import ModelError
@@ -35,7 +35,9 @@ class ModelInfo:
 
 def describe(resolved: ResolvedModel) -> ModelInfo:
     """Read only the header (GGUF) or config.json and safetensors headers (HF); never a weight."""
-    base = ModelInfo(name=resolved.name, source=resolved.source, path=resolved.path, format=resolved.format, origin=resolved.origin)
+    base = ModelInfo(
+        name=resolved.name, source=resolved.source, path=resolved.path, format=resolved.format, origin=resolved.origin
+    )
     try:
         if resolved.format == "gguf":
             gf = read_gguf_header(resolved.path)
@@ -55,7 +57,14 @@ def describe(resolved: ResolvedModel) -> ModelInfo:
                 return replace(info, error=str(e))
             return info
         config, n_params, dtype, size = describe_hf(Path(resolved.path))
-        return replace(base, file_size=size, n_params=n_params, quantization=dtype, context_length=config.context_length, architecture="llama")
+        return replace(
+            base,
+            file_size=size,
+            n_params=n_params,
+            quantization=dtype,
+            context_length=config.context_length,
+            architecture="llama",
+        )
     except ModelError as e:
         return replace(base, file_size=resolved.file_size, error=str(e))
 

@@ -69,4 +69,7 @@ class Model:
 
     def __repr__(self) -> str:
         # The default repr would print every weight array.
-        return f"Model(name={self.name!r}, format={self.format!r}, quantization={self.quantization!r}, dtype={self.config.dtype!r}, path={self.path!r})"
+        return (
+            f"Model(name={self.name!r}, format={self.format!r}, quantization={self.quantization!r}, "
+            f"dtype={self.config.dtype!r}, path={self.path!r})"
+        )

@@ -148,7 +148,10 @@ def read_manifest(root: Path, name: OllamaName, manifest: Path) -> OllamaModel:
 
 def find_manifest(name: OllamaName, root: Path) -> Path | None:
     """The manifest file for a name; Ollama stores names case-insensitively, so try the lowercased path too."""
-    for candidate in (name.manifest_path(root), OllamaName(*(p.lower() for p in (name.host, name.namespace, name.model, name.tag))).manifest_path(root)):
+    for candidate in (
+        name.manifest_path(root),
+        OllamaName(*(p.lower() for p in (name.host, name.namespace, name.model, name.tag))).manifest_path(root),
+    ):
         if candidate.is_file():
             return candidate
     return None

@@ -60,7 +60,9 @@ def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = No
 def _embedded(spec: str | None) -> ResolvedModel:
     path = embedded.embedded_gguf_path()
     if path is None:
-        raise ModelNotFoundError(spec or embedded.NAME, f"the {embedded.DISTRIBUTION} package with its GGUF is not installed")
+        raise ModelNotFoundError(
+            spec or embedded.NAME, f"the {embedded.DISTRIBUTION} package with its GGUF is not installed"
+        )
     return ResolvedModel(
         name=embedded.NAME,
         source=spec or embedded.NAME,
@@ -77,7 +79,9 @@ def _folder(spec: str, path: Path) -> ResolvedModel:
     if not is_hf_folder(path):
         raise ModelFileError(path, "no *.safetensors weights in the folder (only safetensors are supported)")
     size = sum(f.stat().st_size for f in shard_files(path))
-    return ResolvedModel(name=path.resolve().name, source=spec, format="hf", path=str(path), origin="folder", file_size=size)
+    return ResolvedModel(
+        name=path.resolve().name, source=spec, format="hf", path=str(path), origin="folder", file_size=size
+    )
 
 
 def _file(spec: str, path: Path) -> ResolvedModel:
@@ -89,4 +93,6 @@ def _file(spec: str, path: Path) -> ResolvedModel:
     if head != MAGIC and path.suffix.lower() != ".gguf":
         raise ModelFileError(path, "not a GGUF file (and not a model folder)")
     name = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
-    return ResolvedModel(name=name, source=spec, format="gguf", path=str(path), origin="file", file_size=path.stat().st_size)
+    return ResolvedModel(
+        name=name, source=spec, format="gguf", path=str(path), origin="file", file_size=path.stat().st_size
+    )

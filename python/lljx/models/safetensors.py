@@ -1,9 +1,8 @@
-"""Load a Hugging Face Llama folder: config.json, (sharded) *.safetensors, tokenizer.json, tokenizer_config.json."""
+"""Load a Hugging Face Llama folder: (sharded) *.safetensors weights, plus its config and tokenizer files."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from lljx.config import Llama3RopeScaling, ModelConfig
+from lljx.config import ModelConfig
 from lljx.models.dequant import NP_DTYPES
 from lljx.models.errors import ModelFileError
+from lljx.models.hf_config import config_from_hf, read_json
+from lljx.models.hf_tokenizer import hf_tokenizer
 from lljx.models.model import Model, ResolvedModel
-from lljx.models.vocab import TokenizerFile, stop_token_ids
 from lljx.params import LayerParams, Params
 
-ARCHITECTURES = ("LlamaForCausalLM",)
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -40,95 +39,6 @@ NORMS = ("attn_norm", "ffn_norm")
 
 def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
-    if not path.is_file():
-        if required:
-            raise ModelFileError(path, "missing")
-        return {}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(path, f"not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise ModelFileError(path, "expected a JSON object")
-    return doc
-
-
-def config_from_hf(path: Path, cfg: dict[str, Any], dtype: str = "f32") -> ModelConfig:
-    """ModelConfig from a config.json dict; `path` only names the file in errors."""
-
-    def fail(message: str) -> ModelFileError:
-        return ModelFileError(path, message)
-
-    archs = [a for a in cfg.get("architectures") or [] if isinstance(a, str)] if isinstance(cfg.get("architectures"), list) else []
-    if not (set(archs) & set(ARCHITECTURES)) and cfg.get("model_type") != "llama":
-        raise fail(f"architecture {archs or cfg.get('model_type')!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise fail("attention or MLP biases are not supported")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise fail(f"activation {cfg['hidden_act']!r} is not supported (only silu)")
-
-    def num(key: str, kind: type = int, default: Any = ...) -> Any:
-        value = cfg.get(key, default)
-        if value is ... or value is None:
-            if default is ...:
-                raise fail(f"missing {key!r}")
-            value = default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-            raise fail(f"{key!r} should be {kind.__name__}, got {value!r}")
-        if not 0 < value < (1 << 24 if kind is int else float("inf")):
-            raise fail(f"{key!r} = {value!r} is out of range")
-        return kind(value)
-
-    d_model, n_heads = num("hidden_size"), num("num_attention_heads")
-    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    if not isinstance(rope, dict):
-        raise fail(f"rope_scaling should be an object, got {rope!r}")
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-        raise fail(f"rope_theta should be a positive number, got {theta!r}")
-    scaling, factors = None, None
-    d_head = num("head_dim", int, d_model // n_heads)
-    if rope_type == "llama3":
-        try:
-            scaling = Llama3RopeScaling(
-                factor=float(rope["factor"]),
-                low_freq_factor=float(rope["low_freq_factor"]),
-                high_freq_factor=float(rope["high_freq_factor"]),
-                original_context_length=int(rope["original_max_position_embeddings"]),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise fail(f"incomplete llama3 rope_scaling: {e!r}") from None
-    elif rope_type == "linear":
-        factor = rope.get("factor")
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
-            raise fail(f"linear rope_scaling needs a positive factor, got {factor!r}")
-        factors = (float(factor),) * (d_head // 2)
-    elif rope_type != "default":
-        raise fail(f"RoPE scaling type {rope_type!r} is not supported")
-    fields = dict(
-        vocab_size=num("vocab_size"),
-        d_model=d_model,
-        n_layers=num("num_hidden_layers"),
-        n_heads=n_heads,
-        n_kv_heads=num("num_key_value_heads", int, n_heads),
-        d_head=d_head,
-        d_ffn=num("intermediate_size"),
-        rope_theta=float(theta),
-        norm_eps=num("rms_norm_eps", float, 1e-6),
-        context_length=num("max_position_embeddings"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        rope_scaling=scaling,
-        rope_freq_factors=factors,
-        dtype=dtype,
-    )
-    try:
-        return ModelConfig(**fields)
-    except ValueError as e:  # ModelConfig's own consistency checks
-        raise fail(str(e)) from None
 
 
 def shard_files(folder: Path) -> list[Path]:
@@ -179,7 +89,9 @@ class _Shards(contextlib.ExitStack):
         if got != shape:
             raise ModelFileError(path, f"tensor {name!r} has shape {list(got)}, expected {list(shape)}")
         if dtype not in FLOAT_DTYPES:
-            raise ModelFileError(path, f"tensor {name!r} has unsupported dtype {dtype} (supported: {', '.join(FLOAT_DTYPES)})")
+            raise ModelFileError(
+                path, f"tensor {name!r} has unsupported dtype {dtype} (supported: {', '.join(FLOAT_DTYPES)})"
+            )
 
     def read(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         self.check(name, shape)
@@ -226,10 +138,12 @@ def params_from_hf(folder: Path, config: ModelConfig) -> tuple[Params, str]:
             return jnp.asarray(np.ascontiguousarray(w.T if transpose else w, dtype=dtype))
 
         layers = tuple(
-            LayerParams(**{
-                leaf: read(f"model.layers.{i}.{suffix}", stored[leaf], f32 if leaf in NORMS else dt, transpose)
-                for leaf, (suffix, transpose) in _LAYER_TENSORS.items()
-            })  # fmt: skip
+            LayerParams(
+                **{
+                    leaf: read(f"model.layers.{i}.{suffix}", stored[leaf], f32 if leaf in NORMS else dt, transpose)
+                    for leaf, (suffix, transpose) in _LAYER_TENSORS.items()
+                }
+            )  # fmt: skip
             for i in range(c.n_layers)
         )
         final_norm = read("model.norm.weight", (c.d_model,), f32)
@@ -242,73 +156,13 @@ def params_from_hf(folder: Path, config: ModelConfig) -> tuple[Params, str]:
     return Params(embed=embed, layers=layers, final_norm=final_norm, head=head), stored_dtype
 
 
-def _token_content(value: Any) -> str | None:
-    """tokenizer_config.json writes special tokens as a string or as {"content": ...}."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _first_id(value: Any) -> int | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _ids(value: Any) -> list[int]:
-    values = value if isinstance(value, list) else [value]
-    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-
-
-def chat_template(folder: Path, tok_cfg: dict[str, Any]) -> str | None:
-    """chat_template.jinja if present (newer exports), else tokenizer_config.json's (a string or named list)."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    template = tok_cfg.get("chat_template")
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default", next(iter(named.values()), None))
-    return template if isinstance(template, str) else None
-
-
-def tokenizer_vocab(folder: Path) -> tuple[Path, dict[str, int], dict[str, int]]:
-    """tokenizer.json's path, its special added tokens and its full text -> id map (for bos/eos lookups)."""
-    path = folder / "tokenizer.json"
-    doc = read_json(path)
-    specials: dict[str, int] = {}
-    for t in doc.get("added_tokens") or []:
-        if isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int) and t.get("special", False):
-            specials[t["content"]] = t["id"]
-    model = doc.get("model")
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    return path, specials, vocab if isinstance(vocab, dict) else {}
-
-
 def load_hf(resolved: ResolvedModel, dtype: str) -> Model:
+    """Read, validate and convert one HF folder into a Model."""
     folder = Path(resolved.path)
     cfg = read_json(folder / "config.json")
     config = config_from_hf(folder / "config.json", cfg, dtype)
-    tok_cfg = read_json(folder / "tokenizer_config.json", required=False)
-    gen_cfg = read_json(folder / "generation_config.json", required=False)
-    tok_path, specials, vocab = tokenizer_vocab(folder)
-
-    def lookup(text: str | None) -> int | None:
-        if text is None:
-            return None
-        return specials.get(text, vocab.get(text) if isinstance(vocab.get(text), int) else None)
-
-    bos_token, eos_token = _token_content(tok_cfg.get("bos_token")), _token_content(tok_cfg.get("eos_token"))
-    bos_id = lookup(bos_token) if bos_token else _first_id(cfg.get("bos_token_id"))
-    eos_id = lookup(eos_token) if eos_token else _first_id(cfg.get("eos_token_id"))
-    id_to_text = {i: t for t, i in {**vocab, **specials}.items() if isinstance(i, int)}
-    if bos_token is None and bos_id is not None:
-        bos_token = id_to_text.get(bos_id)
-    if eos_token is None and eos_id is not None:
-        eos_token = id_to_text.get(eos_id)
-
+    tok = hf_tokenizer(folder, cfg)
     params, stored_dtype = params_from_hf(folder, config)
-    eos_ids = [eos_id, *_ids(gen_cfg.get("eos_token_id")), *_ids(cfg.get("eos_token_id"))]
     return Model(
         name=resolved.name,
         source=resolved.source,
@@ -316,11 +170,11 @@ def load_hf(resolved: ResolvedModel, dtype: str) -> Model:
         path=resolved.path,
         config=config,
         params=params,
-        tokenizer_spec=TokenizerFile(str(tok_path), bos_token, eos_token, add_bos if isinstance(add_bos := tok_cfg.get("add_bos_token"), bool) else None),
-        chat_template=chat_template(folder, tok_cfg),
-        bos_token=bos_token,
-        eos_token=eos_token,
-        stop_token_ids=stop_token_ids(eos_ids, specials),
+        tokenizer_spec=tok.spec,
+        chat_template=tok.chat_template,
+        bos_token=tok.bos_token,
+        eos_token=tok.eos_token,
+        stop_token_ids=tok.stop_token_ids,
         quantization=stored_dtype,
         file_size=resolved.file_size,
         metadata=cfg,

@@ -1,11 +1,15 @@
-"""What a loader knows about the tokenizer (a recipe, not a Tokenizer), the one place that builds it, and stop tokens."""
+"""Tokenizer recipes (not Tokenizers): read from a GGUF vocabulary or a file, built in one place, plus stop tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
+
+import numpy as np
 
 from lljx.models.errors import ModelError
+from lljx.models.gguf_file import GGUFFile
 
 # Tokens that end a turn in the chat formats we meet (Llama 3, ChatML, Gemma, Phi); a model
 # stops on whichever of these its vocabulary holds as a special token, besides its eos.
@@ -77,3 +81,42 @@ def stop_token_ids(eos_ids: Iterable[int | None], specials: dict[str, int]) -> t
         if i is not None and i >= 0 and i not in out:
             out.append(int(i))
     return tuple(out)
+
+
+def gguf_vocab(gf: GGUFFile) -> tuple[GGUFVocab, dict[str, int]]:
+    """The tokenizer recipe and the special tokens (text -> id) of a GGUF vocabulary."""
+    tokens = gf.fields.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens[:1]):
+        raise gf.error("missing or malformed tokenizer.ggml.tokens")
+    n = len(tokens)
+    types = gf.fields.get("tokenizer.ggml.token_type")
+    types = np.asarray(types, dtype=np.int64) if isinstance(types, np.ndarray) else np.ones(n, dtype=np.int64)
+    if len(types) != n:
+        raise gf.error(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+    merges = gf.fields.get("tokenizer.ggml.merges", [])
+    if not isinstance(merges, list):
+        raise gf.error("tokenizer.ggml.merges is not a list of strings")
+    model = gf.value("tokenizer.ggml.model", str)
+
+    def token_id(key: str) -> int | None:
+        value = gf.value(key, int, None)
+        if value is not None and not 0 <= value < n:
+            raise gf.error(f"{key} = {value} is outside the vocabulary of {n} tokens")
+        return value
+
+    vocab = GGUFVocab(
+        model=model,
+        pre=gf.value("tokenizer.ggml.pre", str, "default"),
+        tokens=tokens,
+        merges=merges,
+        token_types=types.tolist(),
+        bos_id=token_id("tokenizer.ggml.bos_token_id"),
+        eos_id=token_id("tokenizer.ggml.eos_token_id"),
+        # llama.cpp's default: SentencePiece vocabularies add BOS, BPE ones say so explicitly.
+        add_bos=bool(gf.fields.get("tokenizer.ggml.add_bos_token", model == "llama")),
+    )
+    specials = {tokens[i]: i for i in np.flatnonzero(np.isin(types, SPECIAL_TOKEN_TYPES)).tolist()}
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        if (i := token_id(key)) is not None:
+            specials.setdefault(tokens[i], i)
+    return vocab, specials
