@@ -231,3 +231,25 @@ def test_listing_flags_other_architectures(tmp_path, monkeypatch):
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "none"))
     (row,) = list_models([str(path)], include_embedded=False)
     assert row.architecture == "qwen2" and row.n_params and "not supported" in row.error
+
+
+def test_tokenizer_without_weights(random_llama):
+    pytest.importorskip("lljx.tokenizer")
+    from lljx.models import load_tokenizer, tokenizer_spec
+
+    assert tokenizer_spec(str(random_llama[1])).path == str(random_llama[1] / "tokenizer.json")
+    ids = [load_tokenizer(str(p)).encode("Hello world 123") for p in random_llama]
+    assert ids[0] == ids[1] == [56, 478, 95, 458, 400, 216, 33, 34, 35]
+    assert load_tokenizer(None).encode("Hello, world!") == [19556, 28, 905, 17]
+
+
+def test_rows_as_dicts_for_tables():
+    from lljx.models.inventory import ModelInfo, human_count, human_size
+
+    row = ModelInfo(
+        "m", "m", "/m.gguf", "gguf", "file", file_size=2_019_393_189, n_params=3_212_749_888, context_length=8
+    )
+    d = row.as_dict()
+    assert (d["size"], d["params"], d["context"], d["file_size"]) == ("2.0 GB", "3.2B", 8, 2_019_393_189)
+    assert [human_size(n) for n in (None, 12, 98_362_432)] == [None, "12 B", "98 MB"]
+    assert [human_count(n) for n in (None, 999, 106_816, 134_515_008)] == [None, "999", "107K", "135M"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from lljx.config import DTYPES
 from lljx.models.errors import ModelError, ModelFileError, ModelNotFoundError
 from lljx.models.inventory import ModelInfo, list_models
 from lljx.models.model import Model, ResolvedModel
 from lljx.models.resolve import resolve
+from lljx.models.vocab import TokenizerSpec, build_tokenizer, gguf_vocab
 
 
 def load_model(spec: str | None, *, dtype: str = "f32") -> Model:
@@ -27,6 +31,25 @@ def load_resolved(resolved: ResolvedModel, *, dtype: str = "f32") -> Model:
     return load_hf(resolved, dtype)
 
 
+def tokenizer_spec(spec: str | None) -> TokenizerSpec:
+    """The tokenizer recipe of a model, from its GGUF header or tokenizer files; no weights are read."""
+    resolved = resolve(spec)
+    if resolved.format == "gguf":
+        from lljx.models.gguf_file import read_gguf_header
+
+        return gguf_vocab(read_gguf_header(resolved.path))[0]
+    from lljx.models.hf_config import read_json
+    from lljx.models.hf_tokenizer import hf_tokenizer
+
+    folder = Path(resolved.path)
+    return hf_tokenizer(folder, read_json(folder / "config.json")).spec
+
+
+def load_tokenizer(spec: str | None) -> Any:
+    """lljx.tokenizer.Tokenizer of a model (None: the embedded one) without loading its weights."""
+    return build_tokenizer(tokenizer_spec(spec))
+
+
 __all__ = [
     "Model",
     "ModelError",
@@ -37,5 +60,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_resolved",
+    "load_tokenizer",
     "resolve",
+    "tokenizer_spec",
 ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from lljx.models import embedded, ollama
 from lljx.models.errors import ModelError
@@ -31,6 +32,35 @@ class ModelInfo:
     context_length: int | None = None
     architecture: str | None = None
     error: str | None = None  # why the entry cannot be loaded; the other fields may then be None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, plus `size`, `params` and `context` formatted for a table (Ollama's units)."""
+        return {
+            **asdict(self),
+            "size": human_size(self.file_size),
+            "params": human_count(self.n_params),
+            "context": self.context_length,
+        }
+
+
+def human_size(n: int | None) -> str | None:
+    """Bytes in decimal units, as `ollama list` prints them: 98 MB, 2.0 GB."""
+    if n is None:
+        return None
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
+def human_count(n: int | None) -> str | None:
+    """A parameter count as Ollama's parameter_size: 3.2B, 135M, 107K."""
+    if n is None:
+        return None
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}" if unit == "B" else f"{n / scale:.0f}{unit}"
+    return str(n)
 
 
 def describe(resolved: ResolvedModel) -> ModelInfo:
