@@ -101,6 +101,7 @@ class Generation:
         self.budget = min(max_tokens, context - len(prompt_ids))
         self.stop_token_ids = frozenset(stop_token_ids)
         self.stats = Stats(prompt_tokens=len(prompt_ids))
+        self.token_ids: list[int] = []  # the generated ids, stop token excluded
 
     def __iter__(self) -> Iterator[str]:
         stats = self.stats
@@ -126,6 +127,7 @@ class Generation:
                 stats.stop_reason = "stop"
                 break
             stats.gen_tokens += 1
+            self.token_ids.append(token)
             text = detok.push(token)
             if text:
                 yield text
