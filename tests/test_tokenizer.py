@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata
+import json
 import random
 from pathlib import Path
 
@@ -156,6 +157,74 @@ def llama_cpp_vocab(smollm2_gguf: Path):
     return llama_cpp.Llama(model_path=str(smollm2_gguf), vocab_only=True, verbose=False)
 
 
+@pytest.fixture(scope="module")
+def llama3_gguf(tmp_path_factory: pytest.TempPathFactory, llama3_json: Path) -> Path:
+    """A vocabulary-only GGUF of the Llama 3 tokenizer (pre "llama-bpe"), written with the
+    gguf package from tokenizer.json, so llama.cpp can be the reference for that path too."""
+    gguf = pytest.importorskip("gguf")
+    spec = json.loads(llama3_json.read_text())
+    tokens = [""] * (len(spec["model"]["vocab"]) + len(spec["added_tokens"]))
+    types = [1] * len(tokens)
+    for token, i in spec["model"]["vocab"].items():
+        tokens[i] = token
+    for added in spec["added_tokens"]:
+        tokens[added["id"]], types[added["id"]] = added["content"], 3
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    path = tmp_path_factory.mktemp("gguf") / "llama3-vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    # llama.cpp reads these hyperparameters even when it loads only the vocabulary.
+    writer.add_context_length(8192)
+    writer.add_embedding_length(64)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(16)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(128000)
+    writer.add_eos_token_id(128001)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def gguf_tokenizer_fields(path: Path) -> dict[str, object]:
+    gguf = pytest.importorskip("gguf")
+    reader = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
+
+
+@pytest.fixture(scope="module")
+def llama3_from_gguf(llama3_gguf: Path) -> Tokenizer:
+    return from_gguf(gguf_tokenizer_fields(llama3_gguf))
+
+
+@pytest.fixture(scope="module")
+def llama3_llama_cpp(llama3_gguf: Path):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    return llama_cpp.Llama(model_path=str(llama3_gguf), vocab_only=True, verbose=False)
+
+
+def llama_cpp_piece(llm, token: int) -> bytes:
+    """llama.cpp's bytes for one token (special tokens as text), through the C API: the
+    high-level detokenize truncates pieces longer than its small buffer."""
+    import ctypes
+
+    import llama_cpp
+
+    buf = ctypes.create_string_buffer(512)
+    n = llama_cpp.llama_token_to_piece(llm._model.vocab, token, buf, len(buf), 0, True)
+    assert n >= 0
+    return buf.raw[:n]
+
+
 def mismatches(ours, reference, texts) -> list[tuple[str, list[int], list[int]]]:
     out = []
     for text in texts:
@@ -190,14 +259,32 @@ def test_smollm2_gguf_vocab_matches_llama_cpp(name: str, smol: Tokenizer, llama_
         assert smol.encode(text, parse_special=special) == expected, f"special={special}"
 
 
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_llama3_gguf_vocab_matches_llama_cpp(name: str, llama3_from_gguf: Tokenizer, llama3_llama_cpp) -> None:
+    text = CORPUS[name]
+    for special in (False, True):
+        expected = llama3_llama_cpp.tokenize(text.encode(), add_bos=False, special=special)
+        assert llama3_from_gguf.encode(text, parse_special=special) == expected, f"special={special}"
+
+
 @pytest.mark.slow
 def test_random_strings_match_every_reference(
-    ours_json: Tokenizer, ours_model: Tokenizer, smol: Tokenizer, hf, tiktoken_enc, llama_cpp_vocab
+    ours_json: Tokenizer, ours_model: Tokenizer, smol: Tokenizer, llama3_from_gguf: Tokenizer,
+    hf, tiktoken_enc, llama_cpp_vocab, llama3_llama_cpp,
 ) -> None:
     assert mismatches(ours_json.encode, lambda t: hf.encode(t, add_special_tokens=False).ids, RANDOM) == []
     assert mismatches(ours_model.encode, tiktoken_enc.encode_ordinary, RANDOM) == []
-    llama_cpp = lambda t: llama_cpp_vocab.tokenize(t.encode(), add_bos=False, special=False)  # noqa: E731
-    assert mismatches(smol.encode, llama_cpp, RANDOM) == []
+    for ours, llm in ((smol, llama_cpp_vocab), (llama3_from_gguf, llama3_llama_cpp)):
+        reference = lambda t, llm=llm: llm.tokenize(t.encode(), add_bos=False, special=False)  # noqa: E731
+        assert mismatches(ours.encode, reference, RANDOM) == []
+
+
+def test_every_token_has_llama_cpps_bytes(smol: Tokenizer, llama_cpp_vocab, llama3_from_gguf: Tokenizer,
+                                          llama3_llama_cpp, ours_json: Tokenizer) -> None:
+    for ours, llm in ((smol, llama_cpp_vocab), (llama3_from_gguf, llama3_llama_cpp)):
+        assert ours.vocab_size == llm.n_vocab()
+        assert [i for i in range(ours.vocab_size) if ours.token_bytes(i) != llama_cpp_piece(llm, i)] == []
+    assert all(ours_json.token_bytes(i) == llama3_from_gguf.token_bytes(i) for i in range(ours_json.vocab_size))
 
 
 def test_decode_matches_references(ours_json: Tokenizer, ours_model: Tokenizer, hf, tiktoken_enc) -> None:
@@ -227,8 +314,6 @@ def test_smollm2_vocab_metadata(smol: Tokenizer, gguf_fields: dict[str, object],
     types = gguf_fields["tokenizer.ggml.token_type"]
     assert smol.special_ids == frozenset(i for i, t in enumerate(types) if t == 3)
     assert smol.id_to_token(1) == "<|im_start|>"
-    for i in [0, 1, 17, 100, 1000, 49151]:
-        assert smol.token_bytes(i) == llama_cpp_vocab.detokenize([i], special=True)
 
 
 # --- round trips ---------------------------------------------------------------------------
