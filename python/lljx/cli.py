@@ -24,23 +24,37 @@ def one_line_errors(command: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt, BrokenPipeError):
             raise
-        except KeyboardInterrupt:
-            click.echo("lljx: interrupted", err=True)
-            sys.exit(130)
-        except BrokenPipeError:
-            # The reader went away (e.g. `| head`); stop quietly like other Unix tools.
-            sys.stderr.close()
-            sys.exit(0)
         except Exception as error:  # noqa: BLE001 - the boundary where every error becomes one line
             if os.environ.get("LLJX_DEBUG"):
                 raise
-            message = " ".join(str(error).split()) or type(error).__name__
-            click.echo(f"lljx: error: {message}", err=True)
-            sys.exit(1)
+            fail(" ".join(str(error).split()) or type(error).__name__, 1)
 
     return run  # type: ignore[return-value]
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"lljx: error: {message}", err=True)
+    sys.exit(code)
+
+
+def entry_point() -> None:
+    """The console script: click's own errors (bad options, usage) also become one line."""
+    try:
+        code = main.main(prog_name="lljx", standalone_mode=False)
+    except click.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        fail(error.format_message() + hint, error.exit_code)
+    except click.ClickException as error:
+        fail(error.format_message(), error.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); stop quietly like other Unix tools.
+        sys.stderr.close()
+        sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def default_dtype() -> str:
@@ -133,7 +147,10 @@ def generate(
 
 
 def jsonl_inputs(path: str) -> Iterator[str]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    except OSError as error:
+        raise click.ClickException(f"{path}: {error.strerror}") from None
     with stream:
         for number, line in enumerate(stream, 1):
             if not line.strip():
@@ -165,8 +182,9 @@ def tokenize(text: str | None, model_spec: str | None, tokenizer_path: str | Non
         raise click.UsageError("give TEXT or --jsonl, not both")
     tokenizer = Tokenizer.from_file(tokenizer_path) if tokenizer_path else load_tokenizer(model_spec)
     if jsonl_path is not None:
-        for item in jsonl_inputs(jsonl_path):
-            click.echo(json.dumps(tokenizer.encode(item)))
+        # Read and check every line before printing, so a bad line leaves no partial output.
+        items = list(jsonl_inputs(jsonl_path))
+        click.echo("".join(json.dumps(tokenizer.encode(item)) + "\n" for item in items), nl=False)
         return
     click.echo(json.dumps(tokenizer.encode(read_prompt(text))))
 
@@ -195,4 +213,4 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point()
