@@ -52,9 +52,14 @@ impl From<Data> for Value {
             Data::Int(i) => Value::from(i),
             Data::Float(f) => Value::from(f),
             Data::Str(s) => Value::from(s),
-            Data::List(items) => Value::from(items.into_iter().map(Value::from).collect::<Vec<_>>()),
+            Data::List(items) => {
+                Value::from(items.into_iter().map(Value::from).collect::<Vec<_>>())
+            }
             Data::Map(pairs) => Value::from(
-                pairs.into_iter().map(|(k, v)| (Value::from(k), Value::from(v))).collect::<IndexMap<_, _>>(),
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (Value::from(k), Value::from(v)))
+                    .collect::<IndexMap<_, _>>(),
             ),
         }
     }
@@ -95,11 +100,17 @@ fn template_error(err: minijinja::Error) -> Error {
     let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
         if let Some(raised) = s.downcast_ref::<Raised>() {
-            return Error::Template(format!("chat template raised an exception: {}", one_line(&raised.0)));
+            return Error::Template(format!(
+                "chat template raised an exception: {}",
+                one_line(&raised.0)
+            ));
         }
         source = s.source();
     }
-    Error::Template(format!("chat template error: {}", one_line(&err.to_string())))
+    Error::Template(format!(
+        "chat template error: {}",
+        one_line(&err.to_string())
+    ))
 }
 
 impl ChatTemplate {
@@ -120,7 +131,11 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.unwrap_or(LLAMA3_TEMPLATE).to_owned())
             .map_err(template_error)?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
     }
 
     /// Renders `messages` (a list of maps). `extra` adds or overrides template variables.
@@ -141,22 +156,41 @@ impl ChatTemplate {
             ctx.insert(Value::from(k), Value::from(v));
         }
         ctx.insert("messages".into(), Value::from(messages));
-        ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
-        ctx.insert(CLOCK_KEY.into(), Value::from(vec![clock.unix_seconds, clock.utc_offset_seconds]));
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+        ctx.insert(
+            CLOCK_KEY.into(),
+            Value::from(vec![clock.unix_seconds, clock.utc_offset_seconds]),
+        );
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(template_error)?;
         template.render(Value::from(ctx)).map_err(template_error)
     }
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(Raised(message)))
+    Err(
+        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(Raised(message)),
+    )
 }
 
 fn strftime_now(state: &State, format: &str) -> std::result::Result<Value, minijinja::Error> {
     let clock = state
         .lookup(CLOCK_KEY)
-        .and_then(|v| Some((i64::try_from(v.get_item_by_index(0).ok()?).ok()?, i64::try_from(v.get_item_by_index(1).ok()?).ok()?)))
-        .ok_or_else(|| minijinja::Error::new(ErrorKind::InvalidOperation, "strftime_now has no clock"))?;
+        .and_then(|v| {
+            Some((
+                i64::try_from(v.get_item_by_index(0).ok()?).ok()?,
+                i64::try_from(v.get_item_by_index(1).ok()?).ok()?,
+            ))
+        })
+        .ok_or_else(|| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, "strftime_now has no clock")
+        })?;
     Ok(Value::from(strftime(format, clock.0 + clock.1, clock.1)))
 }
 
@@ -174,10 +208,28 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-const WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-    "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 
 /// C-locale strftime of a local time given as seconds since the epoch.
@@ -204,7 +256,13 @@ pub fn strftime(format: &str, local_seconds: i64, utc_offset_seconds: i64) -> St
         if unpadded {
             chars.next();
         }
-        let num = |n: i64, width: usize| if unpadded { n.to_string() } else { format!("{n:0width$}") };
+        let num = |n: i64, width: usize| {
+            if unpadded {
+                n.to_string()
+            } else {
+                format!("{n:0width$}")
+            }
+        };
         let Some(d) = chars.next() else {
             out.push('%');
             break;
@@ -215,7 +273,13 @@ pub fn strftime(format: &str, local_seconds: i64, utc_offset_seconds: i64) -> St
             'b' | 'h' => MONTHS[month as usize - 1][..3].to_owned(),
             'B' => MONTHS[month as usize - 1].to_owned(),
             'd' => num(i64::from(day), 2),
-            'e' => if unpadded { day.to_string() } else { format!("{day:>2}") },
+            'e' => {
+                if unpadded {
+                    day.to_string()
+                } else {
+                    format!("{day:>2}")
+                }
+            }
             'm' => num(i64::from(month), 2),
             'y' => num(year.rem_euclid(100), 2),
             'Y' => year.to_string(),
@@ -269,19 +333,36 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
         Some(v) => match (v.as_str(), i64::try_from(v.clone())) {
             (Some(s), _) => Some(s.to_owned()),
             (None, Ok(n)) => Some(" ".repeat(n.max(0) as usize)),
-            _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or str")),
+            _ => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an int or str",
+                ))
+            }
         },
     };
     let separators: Option<Value> = kwargs.get("separators")?;
     let (item_sep, key_sep) = match separators.filter(|v| !v.is_none()) {
         Some(v) => {
-            let part = |i| v.get_item_by_index(i).ok().and_then(|s| s.as_str().map(str::to_owned));
+            let part = |i| {
+                v.get_item_by_index(i)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+            };
             match (part(0), part(1)) {
                 (Some(a), Some(b)) => (a, b),
-                _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: separators must be two strings")),
+                _ => {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be two strings",
+                    ))
+                }
             }
         }
-        None => ((if indent.is_some() { "," } else { ", " }).to_owned(), ": ".to_owned()),
+        None => (
+            (if indent.is_some() { "," } else { ", " }).to_owned(),
+            ": ".to_owned(),
+        ),
     };
     let style = JsonStyle {
         indent,
@@ -297,7 +378,10 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
 }
 
 fn not_json(what: impl std::fmt::Display) -> minijinja::Error {
-    minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {what} is not JSON serializable"))
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("tojson: {what} is not JSON serializable"),
+    )
 }
 
 fn newline(out: &mut String, style: &JsonStyle, depth: usize) {
@@ -309,16 +393,25 @@ fn newline(out: &mut String, style: &JsonStyle, depth: usize) {
     }
 }
 
-fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) -> std::result::Result<(), minijinja::Error> {
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    style: &JsonStyle,
+    depth: usize,
+) -> std::result::Result<(), minijinja::Error> {
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
         ValueKind::Number if value.is_integer() => write!(out, "{value}").unwrap_or(()),
         ValueKind::Number => out.push_str(&py_float_repr(f64::try_from(value.clone())?)),
-        ValueKind::String => write_json_str(out, value.as_str().unwrap_or_default(), style.ensure_ascii),
+        ValueKind::String => {
+            write_json_str(out, value.as_str().unwrap_or_default(), style.ensure_ascii)
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            write_container(out, style, depth, '[', ']', &items, |out, item| write_json(out, item, style, depth + 1))?;
+            write_container(out, style, depth, '[', ']', &items, |out, item| {
+                write_json(out, item, style, depth + 1)
+            })?;
         }
         ValueKind::Map => {
             let mut pairs = Vec::new();
@@ -406,21 +499,30 @@ pub fn py_float_repr(f: f64) -> String {
     let sci = format!("{f:e}");
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
-    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let (sign, mantissa) = mantissa
+        .strip_prefix('-')
+        .map_or(("", mantissa), |m| ("-", m));
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     if (-4..16).contains(&exp) {
         let point = exp + 1;
         if point <= 0 {
             format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
         } else if point as usize >= digits.len() {
-            format!("{sign}{digits}{}.0", "0".repeat(point as usize - digits.len()))
+            format!(
+                "{sign}{digits}{}.0",
+                "0".repeat(point as usize - digits.len())
+            )
         } else {
             let (int, frac) = digits.split_at(point as usize);
             format!("{sign}{int}.{frac}")
         }
     } else {
         let (first, rest) = digits.split_at(1);
-        let frac = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        let frac = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{first}{frac}e{esign}{:02}", exp.abs())
     }
@@ -430,10 +532,16 @@ pub fn py_float_repr(f: f64) -> String {
 mod tests {
     use super::*;
 
-    const NOON: Clock = Clock { unix_seconds: 1_721_822_400, utc_offset_seconds: 0 }; // 2024-07-24 12:00 UTC
+    const NOON: Clock = Clock {
+        unix_seconds: 1_721_822_400,
+        utc_offset_seconds: 0,
+    }; // 2024-07-24 12:00 UTC
 
     fn msg(role: &str, content: &str) -> Data {
-        Data::Map(vec![("role".into(), Data::Str(role.into())), ("content".into(), Data::Str(content.into()))])
+        Data::Map(vec![
+            ("role".into(), Data::Str(role.into())),
+            ("content".into(), Data::Str(content.into())),
+        ])
     }
 
     fn render(source: Option<&str>, messages: Vec<Data>, gen: bool) -> Result<String> {
@@ -442,7 +550,12 @@ mod tests {
 
     #[test]
     fn builtin_llama3_format() {
-        let out = render(None, vec![msg("system", "Be brief. "), msg("user", "\nHi")], true).unwrap();
+        let out = render(
+            None,
+            vec![msg("system", "Be brief. "), msg("user", "\nHi")],
+            true,
+        )
+        .unwrap();
         assert_eq!(
             out,
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
@@ -456,55 +569,123 @@ mod tests {
     #[test]
     fn python_methods_and_transformers_whitespace() {
         let src = "{% for m in messages %}\n  {% if m.content.strip().startswith('x') %}{{ m['role'].upper() }}{% endif %}\n{% endfor %}{{ bos_token }}";
-        let out = render(Some(src), vec![msg("user", "  xy "), msg("bot", "no")], true).unwrap();
+        let out = render(
+            Some(src),
+            vec![msg("user", "  xy "), msg("bot", "no")],
+            true,
+        )
+        .unwrap();
         assert_eq!(out, "USER<s>");
     }
 
     #[test]
     fn errors_are_one_line() {
-        let err = render(Some("{% for x in %}"), vec![], true).unwrap_err().to_string();
-        assert!(err.starts_with("chat template error: syntax error"), "{err}");
+        let err = render(Some("{% for x in %}"), vec![], true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("chat template error: syntax error"),
+            "{err}"
+        );
         assert!(!err.contains('\n'));
-        let err = render(Some("{{ raise_exception('Roles must\nalternate') }}"), vec![], true).unwrap_err();
-        assert_eq!(err, Error::Template("chat template raised an exception: Roles must alternate".into()));
+        let err = render(
+            Some("{{ raise_exception('Roles must\nalternate') }}"),
+            vec![],
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Error::Template("chat template raised an exception: Roles must alternate".into())
+        );
     }
 
     #[test]
     fn extra_variables_and_clock() {
-        let t = ChatTemplate::new(Some("{{ name }} {{ strftime_now('%d %b %Y %H:%M %j %a') }} {{ tools is none }}"), "", "").unwrap();
-        let out = t.render(Data::List(vec![]), true, vec![("name".into(), Data::Str("x".into()))], NOON).unwrap();
+        let t = ChatTemplate::new(
+            Some("{{ name }} {{ strftime_now('%d %b %Y %H:%M %j %a') }} {{ tools is none }}"),
+            "",
+            "",
+        )
+        .unwrap();
+        let out = t
+            .render(
+                Data::List(vec![]),
+                true,
+                vec![("name".into(), Data::Str("x".into()))],
+                NOON,
+            )
+            .unwrap();
         assert_eq!(out, "x 24 Jul 2024 12:00 206 Wed True");
     }
 
     #[test]
     fn strftime_matches_known_dates() {
         // 2000-02-29 23:59:59 (a leap day) and 1969-12-31 (before the epoch).
-        assert_eq!(strftime("%Y-%m-%d %H:%M:%S %j %A %-d %e", 951_868_799, 0), "2000-02-29 23:59:59 060 Tuesday 29 29");
-        assert_eq!(strftime("%F %I %p %y %B %%", -1, 0), "1969-12-31 11 PM 69 December %");
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S %j %A %-d %e", 951_868_799, 0),
+            "2000-02-29 23:59:59 060 Tuesday 29 29"
+        );
+        assert_eq!(
+            strftime("%F %I %p %y %B %%", -1, 0),
+            "1969-12-31 11 PM 69 December %"
+        );
         assert_eq!(strftime("%z", 0, -5 * 3600 - 1800), "-0530");
     }
 
     #[test]
     fn tojson_follows_python_json_dumps() {
         let data = Data::Map(vec![
-            ("b".into(), Data::List(vec![Data::Int(1), Data::Float(2.5), Data::None, Data::Bool(true)])),
+            (
+                "b".into(),
+                Data::List(vec![
+                    Data::Int(1),
+                    Data::Float(2.5),
+                    Data::None,
+                    Data::Bool(true),
+                ]),
+            ),
             ("a".into(), Data::Str("é\"\n<".into())),
             ("c".into(), Data::Map(vec![])),
         ]);
         let t = |src: &str| {
             ChatTemplate::new(Some(src), "", "")
                 .unwrap()
-                .render(Data::List(vec![]), false, vec![("d".into(), data.clone())], NOON)
+                .render(
+                    Data::List(vec![]),
+                    false,
+                    vec![("d".into(), data.clone())],
+                    NOON,
+                )
                 .unwrap()
         };
-        assert_eq!(t("{{ d | tojson }}"), r#"{"b": [1, 2.5, null, true], "a": "é\"\n<", "c": {}}"#);
-        assert_eq!(t("{{ d | tojson(sort_keys=true, ensure_ascii=true) }}"), r#"{"a": "\u00e9\"\n<", "b": [1, 2.5, null, true], "c": {}}"#);
-        assert_eq!(t("{{ d.b | tojson(indent=2) }}"), "[\n  1,\n  2.5,\n  null,\n  true\n]");
+        assert_eq!(
+            t("{{ d | tojson }}"),
+            r#"{"b": [1, 2.5, null, true], "a": "é\"\n<", "c": {}}"#
+        );
+        assert_eq!(
+            t("{{ d | tojson(sort_keys=true, ensure_ascii=true) }}"),
+            r#"{"a": "\u00e9\"\n<", "b": [1, 2.5, null, true], "c": {}}"#
+        );
+        assert_eq!(
+            t("{{ d.b | tojson(indent=2) }}"),
+            "[\n  1,\n  2.5,\n  null,\n  true\n]"
+        );
     }
 
     #[test]
     fn float_repr_is_pythons() {
-        for (f, s) in [(1.0, "1.0"), (0.1, "0.1"), (1e16, "1e+16"), (1e15, "1000000000000000.0"), (1e-5, "1e-05"), (0.0001, "0.0001"), (-0.0, "-0.0"), (1.5e300, "1.5e+300"), (123.456, "123.456")] {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (-0.0, "-0.0"),
+            (1.5e300, "1.5e+300"),
+            (123.456, "123.456"),
+        ] {
             assert_eq!(py_float_repr(f), s);
         }
     }

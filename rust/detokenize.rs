@@ -38,7 +38,9 @@ impl Utf8Stream {
                 Err(e) => {
                     let valid = start + e.valid_up_to();
                     // The error vouches for this prefix, so the fallback is never taken.
-                    out.push_str(std::str::from_utf8(&self.pending[start..valid]).unwrap_or_default());
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[start..valid]).unwrap_or_default(),
+                    );
                     match e.error_len() {
                         // Invalid whatever follows: replace it now.
                         Some(n) => {
@@ -81,7 +83,11 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new(tokenizer: Arc<Tokenizer>, skip_special: bool) -> Self {
-        StreamDecoder { tokenizer, skip_special, utf8: Utf8Stream::new() }
+        StreamDecoder {
+            tokenizer,
+            skip_special,
+            utf8: Utf8Stream::new(),
+        }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -185,7 +191,18 @@ mod tests {
     #[test]
     fn streaming_invalid_bytes_matches_lossy_decoding() {
         // Byte-at-a-time over a mix of valid, truncated and stray bytes.
-        let bytes: Vec<u8> = [&b"ok "[..], &[0xE4, 0xB8], b" ", &[0xF0, 0x9F, 0x98, 0x80], &[0xC0, 0xAF], &[0xED, 0xA0, 0x80], &[0xF4, 0x90], b"!", &[0xE2, 0x82]].concat();
+        let bytes: Vec<u8> = [
+            &b"ok "[..],
+            &[0xE4, 0xB8],
+            b" ",
+            &[0xF0, 0x9F, 0x98, 0x80],
+            &[0xC0, 0xAF],
+            &[0xED, 0xA0, 0x80],
+            &[0xF4, 0x90],
+            b"!",
+            &[0xE2, 0x82],
+        ]
+        .concat();
         let mut s = Utf8Stream::new();
         let mut out = String::new();
         for b in &bytes {

@@ -26,11 +26,17 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn io(path: &str, err: impl fmt::Display) -> Self {
-        Error::Io { path: path.to_owned(), message: err.to_string() }
+        Error::Io {
+            path: path.to_owned(),
+            message: err.to_string(),
+        }
     }
 
     pub(crate) fn format(path: &str, message: impl Into<String>) -> Self {
-        Error::Format { path: path.to_owned(), message: message.into() }
+        Error::Format {
+            path: path.to_owned(),
+            message: message.into(),
+        }
     }
 
     pub(crate) fn vocab(message: impl Into<String>) -> Self {
@@ -41,8 +47,12 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { path, message } => write!(f, "cannot read tokenizer file {path:?}: {message}"),
-            Error::Format { path, message } => write!(f, "invalid tokenizer file {path:?}: {message}"),
+            Error::Io { path, message } => {
+                write!(f, "cannot read tokenizer file {path:?}: {message}")
+            }
+            Error::Format { path, message } => {
+                write!(f, "invalid tokenizer file {path:?}: {message}")
+            }
             Error::Vocab(message) => write!(f, "invalid vocabulary: {message}"),
             Error::TokenId { id, vocab_size } => write!(
                 f,
@@ -64,7 +74,13 @@ mod tests {
     fn messages_name_the_file_and_the_id() {
         let e = Error::io("/x/tokenizer.json", "No such file or directory");
         assert!(e.to_string().contains("\"/x/tokenizer.json\""));
-        let e = Error::TokenId { id: -1, vocab_size: 10 };
-        assert_eq!(e.to_string(), "token id -1 is not in the vocabulary (valid ids are 0..10)");
+        let e = Error::TokenId {
+            id: -1,
+            vocab_size: 10,
+        };
+        assert_eq!(
+            e.to_string(),
+            "token id -1 is not in the vocabulary (valid ids are 0..10)"
+        );
     }
 }

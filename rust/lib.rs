@@ -6,6 +6,5 @@ pub mod detokenize;
 pub mod error;
 pub mod tokenizer;
 
-
 #[cfg(feature = "python")]
 mod py;

@@ -31,9 +31,11 @@ impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         match err {
             Error::Template(_) => TemplateError::new_err(err.to_string()),
-            Error::Io { .. } | Error::Format { .. } | Error::Vocab(_) | Error::TokenId { .. } | Error::Encode(_) => {
-                TokenizerError::new_err(err.to_string())
-            }
+            Error::Io { .. }
+            | Error::Format { .. }
+            | Error::Vocab(_)
+            | Error::TokenId { .. }
+            | Error::Encode(_) => TokenizerError::new_err(err.to_string()),
         }
     }
 }
@@ -59,9 +61,16 @@ impl PyTokenizer {
         add_bos: Option<bool>,
         tiktoken_specials: Option<Vec<String>>,
     ) -> PyResult<Self> {
-        let overrides = SpecialOverrides { bos, eos, add_bos, tiktoken_specials };
+        let overrides = SpecialOverrides {
+            bos,
+            eos,
+            add_bos,
+            tiktoken_specials,
+        };
         let inner = py.detach(|| Tokenizer::from_file(&path, &overrides))?;
-        Ok(PyTokenizer { inner: Arc::new(inner) })
+        Ok(PyTokenizer {
+            inner: Arc::new(inner),
+        })
     }
 
     #[staticmethod]
@@ -89,11 +98,19 @@ impl PyTokenizer {
             add_bos,
         };
         let inner = py.detach(|| Tokenizer::from_gguf(vocab))?;
-        Ok(PyTokenizer { inner: Arc::new(inner) })
+        Ok(PyTokenizer {
+            inner: Arc::new(inner),
+        })
     }
 
     #[pyo3(signature = (text, *, add_bos, parse_special))]
-    fn encode(&self, py: Python<'_>, text: &str, add_bos: bool, parse_special: bool) -> PyResult<Vec<u32>> {
+    fn encode(
+        &self,
+        py: Python<'_>,
+        text: &str,
+        add_bos: bool,
+        parse_special: bool,
+    ) -> PyResult<Vec<u32>> {
         Ok(py.detach(|| self.inner.encode(text, add_bos, parse_special))?)
     }
 
@@ -149,7 +166,9 @@ impl PyTokenizer {
 
     #[pyo3(signature = (*, skip_special))]
     fn stream_decoder(&self, skip_special: bool) -> PyStreamDecoder {
-        PyStreamDecoder { inner: StreamDecoder::new(self.inner.clone(), skip_special) }
+        PyStreamDecoder {
+            inner: StreamDecoder::new(self.inner.clone(), skip_special),
+        }
     }
 }
 
@@ -180,17 +199,25 @@ const MAX_DEPTH: usize = 64;
 
 fn to_data(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Data> {
     if depth > MAX_DEPTH {
-        return Err(TemplateError::new_err("chat template data is nested too deeply (or contains itself)"));
+        return Err(TemplateError::new_err(
+            "chat template data is nested too deeply (or contains itself)",
+        ));
     }
     let items = |seq: Vec<Bound<'_, PyAny>>| -> PyResult<Data> {
-        Ok(Data::List(seq.iter().map(|v| to_data(v, depth + 1)).collect::<PyResult<_>>()?))
+        Ok(Data::List(
+            seq.iter()
+                .map(|v| to_data(v, depth + 1))
+                .collect::<PyResult<_>>()?,
+        ))
     };
     Ok(if obj.is_none() {
         Data::None
     } else if let Ok(b) = obj.cast::<PyBool>() {
         Data::Bool(b.is_true())
     } else if let Ok(i) = obj.cast::<PyInt>() {
-        Data::Int(i.extract().map_err(|_| TemplateError::new_err(format!("integer {i} is too large for a chat template")))?)
+        Data::Int(i.extract().map_err(|_| {
+            TemplateError::new_err(format!("integer {i} is too large for a chat template"))
+        })?)
     } else if let Ok(f) = obj.cast::<PyFloat>() {
         Data::Float(f.value())
     } else if let Ok(s) = obj.cast::<PyString>() {
@@ -202,20 +229,37 @@ fn to_data(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Data> {
     } else if let Ok(dict) = obj.cast::<PyDict>() {
         Data::Map(map_pairs(dict.iter().collect(), depth)?)
     } else if let Ok(mapping) = obj.cast::<PyMapping>() {
-        let pairs = mapping.items()?.iter().map(|kv| kv.extract()).collect::<PyResult<Vec<_>>>()?;
+        let pairs = mapping
+            .items()?
+            .iter()
+            .map(|kv| kv.extract())
+            .collect::<PyResult<Vec<_>>>()?;
         Data::Map(map_pairs(pairs, depth)?)
     } else {
         let type_name = obj.get_type().name()?;
-        return Err(TemplateError::new_err(format!("a {type_name} cannot be passed to a chat template")));
+        return Err(TemplateError::new_err(format!(
+            "a {type_name} cannot be passed to a chat template"
+        )));
     })
 }
 
-fn map_pairs(pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>, depth: usize) -> PyResult<Vec<(String, Data)>> {
+fn map_pairs(
+    pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
+    depth: usize,
+) -> PyResult<Vec<(String, Data)>> {
     let mut out = Vec::with_capacity(pairs.len());
     for (k, v) in pairs {
         let key = k
             .cast::<PyString>()
-            .map_err(|_| TemplateError::new_err(format!("chat template map keys must be str, not {}", k.get_type().name().map(|n| n.to_string()).unwrap_or_default())))?
+            .map_err(|_| {
+                TemplateError::new_err(format!(
+                    "chat template map keys must be str, not {}",
+                    k.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?
             .to_str()?
             .to_owned();
         out.push((key, to_data(&v, depth + 1)?));
@@ -228,7 +272,9 @@ impl PyChatTemplate {
     #[new]
     #[pyo3(signature = (source, *, bos_token, eos_token))]
     fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> PyResult<Self> {
-        Ok(PyChatTemplate { inner: ChatTemplate::new(source, bos_token, eos_token)? })
+        Ok(PyChatTemplate {
+            inner: ChatTemplate::new(source, bos_token, eos_token)?,
+        })
     }
 
     /// `utc_offset` is the local offset in seconds, which only Python knows portably.
@@ -243,9 +289,17 @@ impl PyChatTemplate {
     ) -> PyResult<String> {
         let messages = to_data(messages, 0)?;
         let extra = map_pairs(extra.iter().collect(), 0)?;
-        let unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let clock = Clock { unix_seconds, utc_offset_seconds: utc_offset };
-        Ok(py.detach(|| self.inner.render(messages, add_generation_prompt, extra, clock))?)
+        let unix_seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let clock = Clock {
+            unix_seconds,
+            utc_offset_seconds: utc_offset,
+        };
+        Ok(py.detach(|| {
+            self.inner
+                .render(messages, add_generation_prompt, extra, clock)
+        })?)
     }
 }
 

@@ -25,7 +25,8 @@ pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}
 // llama.cpp spells the contractions out instead of using (?i:); GGUF vocabularies follow it.
 const LLAMA3_GGUF_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
 /// Names of the 256 special tokens Meta's Llama 3 tokenizer.model implies, from id
 /// `len(ranks)` on; the file itself holds only the ranks.
@@ -72,12 +73,10 @@ impl PreTokenizer {
             | "minerva-7b" => PreTokenizer::SmolLm,
             "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" => PreTokenizer::Gpt2,
             "default" => PreTokenizer::Default,
-            other => {
-                return Err(Error::vocab(format!(
-                    "unknown GGUF pre-tokenizer {other:?}; supported: llama-bpe (llama3, llama-v3), \
+            other => return Err(Error::vocab(format!(
+                "unknown GGUF pre-tokenizer {other:?}; supported: llama-bpe (llama3, llama-v3), \
                      qwen2, smollm (starcoder, refact, command-r, ...), gpt2, default"
-                )))
-            }
+            ))),
         })
     }
 
@@ -88,9 +87,12 @@ impl PreTokenizer {
             PreTokenizer::Qwen2 => &[QWEN2_PATTERN],
             PreTokenizer::SmolLm => &[r"\p{N}", GPT2_PATTERN],
             PreTokenizer::Gpt2 => &[GPT2_PATTERN],
-            PreTokenizer::Default => {
-                &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]"]
-            }
+            PreTokenizer::Default => &[
+                r"[\p{P}\$\+<=>\^~\|]+",
+                GPT2_PATTERN,
+                r"\p{N}+",
+                r"[0-9][0-9][0-9]",
+            ],
         }
     }
 
@@ -139,7 +141,10 @@ pub fn byte_level_encode(bytes: &[u8]) -> String {
 /// The bytes a byte-level token spells, or None if it has a character outside the table.
 pub fn byte_level_decode(token: &str) -> Option<Vec<u8>> {
     let table = byte_level_table();
-    token.chars().map(|c| table.to_byte.get(c as usize).copied().flatten()).collect()
+    token
+        .chars()
+        .map(|c| table.to_byte.get(c as usize).copied().flatten())
+        .collect()
 }
 
 /// Bytes of a vocabulary entry; entries outside the byte alphabet stand for their own
@@ -194,7 +199,11 @@ pub fn merges_from_ranks(ranks: &[(Vec<u8>, u32)]) -> Vec<(Vec<u8>, Vec<u8>)> {
         }
         // Ties between splits of one token cannot change the result; order them stably.
         splits.sort_unstable();
-        merges.extend(splits.iter().map(|&(_, _, i)| (token[..i].to_vec(), token[i..].to_vec())));
+        merges.extend(
+            splits
+                .iter()
+                .map(|&(_, _, i)| (token[..i].to_vec(), token[i..].to_vec())),
+        );
     }
     merges
 }
@@ -267,7 +276,9 @@ fn pre_tokenizer(patterns: &[&str]) -> Result<PreTokenizerWrapper> {
         steps.push(PreTokenizerWrapper::Split(split));
     }
     // The regexes above already split; ByteLevel only maps bytes to the vocabulary alphabet.
-    steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)));
+    steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, true, false,
+    )));
     Ok(PreTokenizerWrapper::Sequence(Sequence::new(steps)))
 }
 
@@ -285,7 +296,9 @@ fn bpe_engine(
         .map_err(|e| Error::vocab(e.to_string()))?;
     let mut engine = Engine::new(bpe);
     engine.with_pre_tokenizer(Some(pre_tokenizer(patterns)?));
-    engine.add_tokens(added).map_err(|e| Error::vocab(e.to_string()))?;
+    engine
+        .add_tokens(added)
+        .map_err(|e| Error::vocab(e.to_string()))?;
     Ok(engine)
 }
 
@@ -302,7 +315,9 @@ impl Tokenizer {
         add_bos: bool,
     ) -> Result<Self> {
         if add_bos && bos.is_none() {
-            return Err(Error::vocab("add_bos is set but the tokenizer has no BOS token"));
+            return Err(Error::vocab(
+                "add_bos is set but the tokenizer has no BOS token",
+            ));
         }
         let special_ids = entries
             .iter()
@@ -312,7 +327,15 @@ impl Tokenizer {
             .collect();
         let mut literal = engine.clone();
         literal.set_encode_special_tokens(true);
-        Ok(Tokenizer { parsing: engine, literal, entries, special_ids, bos, eos, add_bos })
+        Ok(Tokenizer {
+            parsing: engine,
+            literal,
+            entries,
+            special_ids,
+            bos,
+            eos,
+            add_bos,
+        })
     }
 
     /// Loads a tokenizer.json or a tiktoken tokenizer.model, told apart by content.
@@ -334,19 +357,27 @@ impl Tokenizer {
         if model_type.is_some_and(|t| t != "BPE") {
             return Err(Error::format(
                 name,
-                format!("model type {:?} is not supported, only byte-level BPE", model_type.unwrap_or("")),
+                format!(
+                    "model type {:?} is not supported, only byte-level BPE",
+                    model_type.unwrap_or("")
+                ),
             ));
         }
         let byte_level = json.get("decoder").is_some_and(mentions_byte_level)
             || json.get("pre_tokenizer").is_some_and(mentions_byte_level);
         if !byte_level {
-            return Err(Error::format(name, "only byte-level BPE tokenizers are supported"));
+            return Err(Error::format(
+                name,
+                "only byte-level BPE tokenizers are supported",
+            ));
         }
         let template = json.get("post_processor").and_then(template_specials);
         let mut engine: Engine = serde_json::from_value(json)
             .map_err(|e| Error::format(name, format!("not a tokenizer: {e}")))?;
         // Files may ask for truncation or padding; ids must never be silently cut or padded.
-        engine.with_truncation(None).map_err(|e| Error::format(name, e.to_string()))?;
+        engine
+            .with_truncation(None)
+            .map_err(|e| Error::format(name, e.to_string()))?;
         engine.with_padding(None);
 
         let added = engine.get_added_tokens_decoder();
@@ -359,25 +390,37 @@ impl Tokenizer {
             .map_or(0, |&m| m as usize + 1);
         let entries = (0..size as u32)
             .map(|id| match added.get(&id) {
-                Some(t) => Some(Entry { bytes: t.content.as_bytes().to_vec(), special: t.special }),
-                None => model
-                    .id_to_token(id)
-                    .map(|t| Entry { bytes: vocab_token_bytes(&t), special: false }),
+                Some(t) => Some(Entry {
+                    bytes: t.content.as_bytes().to_vec(),
+                    special: t.special,
+                }),
+                None => model.id_to_token(id).map(|t| Entry {
+                    bytes: vocab_token_bytes(&t),
+                    special: false,
+                }),
             })
             .collect::<Vec<_>>();
 
         let lookup = |token: &str| -> Option<u32> {
-            engine.token_to_id(token).filter(|&id| entries[id as usize].as_ref().is_some_and(|e| e.special))
+            engine
+                .token_to_id(token)
+                .filter(|&id| entries[id as usize].as_ref().is_some_and(|e| e.special))
         };
         let by_name = |names: &[&str]| names.iter().find_map(|n| lookup(n));
         let (template_bos, template_eos) = template.clone().unwrap_or_default();
         let bos = match &overrides.bos {
             Some(t) => Some(resolve(&engine, t, "BOS")?),
-            None => template_bos.as_deref().and_then(|t| engine.token_to_id(t)).or_else(|| by_name(&BOS_NAMES)),
+            None => template_bos
+                .as_deref()
+                .and_then(|t| engine.token_to_id(t))
+                .or_else(|| by_name(&BOS_NAMES)),
         };
         let eos = match &overrides.eos {
             Some(t) => Some(resolve(&engine, t, "EOS")?),
-            None => template_eos.as_deref().and_then(|t| engine.token_to_id(t)).or_else(|| by_name(&EOS_NAMES)),
+            None => template_eos
+                .as_deref()
+                .and_then(|t| engine.token_to_id(t))
+                .or_else(|| by_name(&EOS_NAMES)),
         };
         // A post-processor template is the file's own statement about BOS; without one,
         // Llama-family files want BOS whenever they have one.
@@ -398,12 +441,20 @@ impl Tokenizer {
             if line.is_empty() {
                 continue;
             }
-            let bad = || Error::format(name, format!("line {}: expected \"<base64 token> <rank>\"", i + 1));
+            let bad = || {
+                Error::format(
+                    name,
+                    format!("line {}: expected \"<base64 token> <rank>\"", i + 1),
+                )
+            };
             let mut fields = line.split_ascii_whitespace();
-            let (Some(token), Some(rank), None) = (fields.next(), fields.next(), fields.next()) else {
+            let (Some(token), Some(rank), None) = (fields.next(), fields.next(), fields.next())
+            else {
                 return Err(bad());
             };
-            let token = base64_decode(token).filter(|t| !t.is_empty()).ok_or_else(bad)?;
+            let token = base64_decode(token)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(bad)?;
             let rank: u32 = rank.parse().map_err(|_| bad())?;
             ranks.push((token, rank));
         }
@@ -413,17 +464,29 @@ impl Tokenizer {
         for (token, rank) in &ranks {
             let r = *rank as usize;
             if r >= n || std::mem::replace(&mut seen_rank[r], true) {
-                return Err(Error::format(name, format!("ranks must be 0..{n} with no repeats (saw {r})")));
+                return Err(Error::format(
+                    name,
+                    format!("ranks must be 0..{n} with no repeats (saw {r})"),
+                ));
             }
             if seen_token.insert(token.as_slice(), ()).is_some() {
-                return Err(Error::format(name, format!("token of rank {r} appears twice")));
+                return Err(Error::format(
+                    name,
+                    format!("token of rank {r} appears twice"),
+                ));
             }
         }
         if let Some(missing) = (0..=255u8).find(|b| !seen_token.contains_key(&[*b][..])) {
-            return Err(Error::format(name, format!("no token for the single byte {missing:#04x}")));
+            return Err(Error::format(
+                name,
+                format!("no token for the single byte {missing:#04x}"),
+            ));
         }
 
-        let specials = overrides.tiktoken_specials.clone().unwrap_or_else(llama3_special_tokens);
+        let specials = overrides
+            .tiktoken_specials
+            .clone()
+            .unwrap_or_else(llama3_special_tokens);
         let merges = merges_from_ranks(&ranks)
             .into_iter()
             .map(|(l, r)| (byte_level_encode(&l), byte_level_encode(&r)))
@@ -432,11 +495,17 @@ impl Tokenizer {
         let mut vocab = AHashMap::with_capacity(n);
         for (token, rank) in ranks {
             vocab.insert(byte_level_encode(&token), rank);
-            entries[rank as usize] = Some(Entry { bytes: token, special: false });
+            entries[rank as usize] = Some(Entry {
+                bytes: token,
+                special: false,
+            });
         }
         let mut added = Vec::with_capacity(specials.len());
         for (i, special) in specials.iter().enumerate() {
-            entries[n + i] = Some(Entry { bytes: special.as_bytes().to_vec(), special: true });
+            entries[n + i] = Some(Entry {
+                bytes: special.as_bytes().to_vec(),
+                special: true,
+            });
             added.push(added_token(special, true));
         }
         // Added tokens outside the BPE vocabulary are numbered from its size on, which is
@@ -450,7 +519,12 @@ impl Tokenizer {
             }
         }
 
-        let default = |names: &[&str]| names.iter().find_map(|n| engine.token_to_id(n)).filter(|&id| id as usize >= n);
+        let default = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| engine.token_to_id(n))
+                .filter(|&id| id as usize >= n)
+        };
         let bos = match &overrides.bos {
             Some(t) => Some(resolve(&engine, t, "BOS")?),
             None => default(&BOS_NAMES[..1]),
@@ -489,9 +563,9 @@ impl Tokenizer {
         }
         let check_id = |id: Option<i64>, what: &str| -> Result<Option<u32>> {
             match id {
-                Some(i) if i < 0 || i as usize >= n => {
-                    Err(Error::vocab(format!("{what} id {i} is outside the {n}-token vocabulary")))
-                }
+                Some(i) if i < 0 || i as usize >= n => Err(Error::vocab(format!(
+                    "{what} id {i} is outside the {n}-token vocabulary"
+                ))),
                 other => Ok(other.map(|i| i as u32)),
             }
         };
@@ -504,30 +578,50 @@ impl Tokenizer {
         for (id, token) in v.tokens.iter().enumerate() {
             let kind = v.token_types.get(id).copied().unwrap_or(1);
             // llama.cpp names empty tokens so that they stay distinct.
-            let text = if token.is_empty() { format!("[EMPTY_{id}]") } else { token.clone() };
+            let text = if token.is_empty() {
+                format!("[EMPTY_{id}]")
+            } else {
+                token.clone()
+            };
             // 2 unknown and 3 control are special: matched in text only when parsing
             // specials. 4 user-defined is always matched. Others are plain BPE tokens.
             let (raw, special) = match kind {
                 1 | 5 | 6 | 0 => (false, false),
                 2 | 3 => (true, true),
                 4 => (true, false),
-                other => return Err(Error::vocab(format!("token {id} has unknown GGUF type {other}"))),
+                other => {
+                    return Err(Error::vocab(format!(
+                        "token {id} has unknown GGUF type {other}"
+                    )))
+                }
             };
             if raw {
                 added.push(added_token(&text, special));
             }
-            let bytes = if raw { text.as_bytes().to_vec() } else { vocab_token_bytes(&text) };
+            let bytes = if raw {
+                text.as_bytes().to_vec()
+            } else {
+                vocab_token_bytes(&text)
+            };
             if let Some(first) = vocab.insert(text, id as u32) {
-                return Err(Error::vocab(format!("token {token:?} appears twice (ids {first} and {id})")));
+                return Err(Error::vocab(format!(
+                    "token {token:?} appears twice (ids {first} and {id})"
+                )));
             }
             entries.push(Some(Entry { bytes, special }));
         }
         let mut merges = Vec::with_capacity(v.merges.len());
         for (i, merge) in v.merges.iter().enumerate() {
             // The first half may itself start with a space, so split at the first space after it.
-            let split = merge.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(p, _)| p);
+            let split = merge
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == ' ')
+                .map(|(p, _)| p);
             let Some(p) = split else {
-                return Err(Error::vocab(format!("merge {i} ({merge:?}) is not \"<left> <right>\"")));
+                return Err(Error::vocab(format!(
+                    "merge {i} ({merge:?}) is not \"<left> <right>\""
+                )));
             };
             merges.push((merge[..p].to_owned(), merge[p + 1..].to_owned()));
         }
@@ -562,13 +656,19 @@ impl Tokenizer {
         u32::try_from(id)
             .ok()
             .filter(|&i| matches!(self.entries.get(i as usize), Some(Some(_))))
-            .ok_or(Error::TokenId { id, vocab_size: self.vocab_size() })
+            .ok_or(Error::TokenId {
+                id,
+                vocab_size: self.vocab_size(),
+            })
     }
 
     fn entry(&self, id: u32) -> Result<&Entry> {
         match self.entries.get(id as usize) {
             Some(Some(e)) => Ok(e),
-            _ => Err(Error::TokenId { id: i64::from(id), vocab_size: self.vocab_size() }),
+            _ => Err(Error::TokenId {
+                id: i64::from(id),
+                vocab_size: self.vocab_size(),
+            }),
         }
     }
 
@@ -584,9 +684,10 @@ impl Tokenizer {
     /// The vocabulary spelling of an id (byte-level, e.g. "Ġthe").
     pub fn id_to_token(&self, id: u32) -> Result<String> {
         self.entry(id)?;
-        self.parsing
-            .id_to_token(id)
-            .ok_or(Error::TokenId { id: i64::from(id), vocab_size: self.vocab_size() })
+        self.parsing.id_to_token(id).ok_or(Error::TokenId {
+            id: i64::from(id),
+            vocab_size: self.vocab_size(),
+        })
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -596,11 +697,19 @@ impl Tokenizer {
     /// Text to ids. With `parse_special`, special-token text becomes the special id;
     /// without, it is encoded like any other text.
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<u32>> {
-        let engine = if parse_special { &self.parsing } else { &self.literal };
-        let encoding = engine.encode_fast(text, false).map_err(|e| Error::Encode(e.to_string()))?;
+        let engine = if parse_special {
+            &self.parsing
+        } else {
+            &self.literal
+        };
+        let encoding = engine
+            .encode_fast(text, false)
+            .map_err(|e| Error::Encode(e.to_string()))?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
         if add_bos {
-            ids.push(self.bos.ok_or_else(|| Error::vocab("add_bos was asked for but the tokenizer has no BOS token"))?);
+            ids.push(self.bos.ok_or_else(|| {
+                Error::vocab("add_bos was asked for but the tokenizer has no BOS token")
+            })?);
         }
         ids.extend_from_slice(encoding.get_ids());
         Ok(ids)
@@ -647,13 +756,21 @@ fn template_specials(pp: &serde_json::Value) -> Option<(Option<String>, Option<S
     match pp.get("type")?.as_str()? {
         "TemplateProcessing" => {
             let single = pp.get("single")?.as_array()?;
-            let special = |p: &serde_json::Value| p.pointer("/SpecialToken/id").and_then(|v| v.as_str()).map(str::to_owned);
+            let special = |p: &serde_json::Value| {
+                p.pointer("/SpecialToken/id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
             let seq = single.iter().position(|p| p.get("Sequence").is_some())?;
             let bos = single[..seq].iter().find_map(special);
             let eos = single[seq + 1..].iter().find_map(special);
             Some((bos, eos))
         }
-        "Sequence" => pp.get("processors")?.as_array()?.iter().find_map(template_specials),
+        "Sequence" => pp
+            .get("processors")?
+            .as_array()?
+            .iter()
+            .find_map(template_specials),
         _ => None,
     }
 }
@@ -711,12 +828,24 @@ mod tests {
 
     #[test]
     fn pre_tokenizers_split_digits_as_llama_cpp_does() {
-        assert_eq!(pieces(PreTokenizer::Llama3, "x 12345"), ["x", " ", "123", "45"]);
-        assert_eq!(pieces(PreTokenizer::SmolLm, "x 123"), ["x", " ", "1", "2", "3"]);
+        assert_eq!(
+            pieces(PreTokenizer::Llama3, "x 12345"),
+            ["x", " ", "123", "45"]
+        );
+        assert_eq!(
+            pieces(PreTokenizer::SmolLm, "x 123"),
+            ["x", " ", "1", "2", "3"]
+        );
         assert_eq!(pieces(PreTokenizer::Gpt2, "x 123"), ["x", " 123"]);
         assert_eq!(pieces(PreTokenizer::Qwen2, "ab12"), ["ab", "1", "2"]);
-        assert_eq!(pieces(PreTokenizer::Llama3, "I'LL go\r\n\n  x"), ["I", "'LL", " go", "\r\n\n", " ", " x"]);
-        assert_eq!(pieces(PreTokenizer::Default, "a+b 1234"), ["a", "+", "b", " ", "123", "4"]);
+        assert_eq!(
+            pieces(PreTokenizer::Llama3, "I'LL go\r\n\n  x"),
+            ["I", "'LL", " go", "\r\n\n", " ", " x"]
+        );
+        assert_eq!(
+            pieces(PreTokenizer::Default, "a+b 1234"),
+            ["a", "+", "b", " ", "123", "4"]
+        );
     }
 
     /// tiktoken's rule, written directly: merge the adjacent pair whose concatenation has
@@ -728,7 +857,11 @@ mod tests {
         let mut parts: Vec<Vec<u8>> = word.iter().map(|&b| vec![b]).collect();
         loop {
             let best = (0..parts.len().saturating_sub(1))
-                .filter_map(|i| ranks.get(&[parts[i].clone(), parts[i + 1].clone()].concat()).map(|&r| (r, i)))
+                .filter_map(|i| {
+                    ranks
+                        .get(&[parts[i].clone(), parts[i + 1].clone()].concat())
+                        .map(|&r| (r, i))
+                })
                 .min();
             let Some((_, i)) = best else { break };
             let right = parts.remove(i + 1);
@@ -740,7 +873,9 @@ mod tests {
     fn tiny_tiktoken() -> (Tokenizer, HashMap<Vec<u8>, u32>) {
         // Every byte must exist, as in any tiktoken file; a few multi-byte tokens on top.
         let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-        for t in ["ab", "bc", "abc", "ca", "cab", "bb", "abb", "bca", "aa", "aaa"] {
+        for t in [
+            "ab", "bc", "abc", "ca", "cab", "bb", "abb", "bca", "aa", "aaa",
+        ] {
             tokens.push(t.as_bytes().to_vec());
         }
         // Shuffle ranks deterministically so longer tokens are not always ranked last.
@@ -751,7 +886,8 @@ mod tests {
             const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
             let mut s = String::new();
             for chunk in bytes.chunks(3) {
-                let v = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+                let v = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
+                    << (8 * (3 - chunk.len()));
                 for k in 0..=chunk.len() {
                     s.push(A[((v >> (18 - 6 * k)) & 63) as usize] as char);
                 }
@@ -759,7 +895,11 @@ mod tests {
             s
         };
         for (i, t) in tokens.iter().enumerate() {
-            let rank = if i < 256 { i as u32 } else { 256 + order[i - 256] as u32 };
+            let rank = if i < 256 {
+                i as u32
+            } else {
+                256 + order[i - 256] as u32
+            };
             lines.push_str(&format!("{} {rank}\n", encode64(t)));
             ranks.insert(t.clone(), rank);
         }
@@ -767,7 +907,10 @@ mod tests {
             tiktoken_specials: Some(vec!["<|begin_of_text|>".into(), "<|end_of_text|>".into()]),
             ..Default::default()
         };
-        (Tokenizer::from_tiktoken("tiny", lines.as_bytes(), &overrides).unwrap(), ranks)
+        (
+            Tokenizer::from_tiktoken("tiny", lines.as_bytes(), &overrides).unwrap(),
+            ranks,
+        )
     }
 
     #[test]
@@ -810,7 +953,13 @@ mod tests {
     #[test]
     fn out_of_range_ids_are_errors() {
         let (tok, _) = tiny_tiktoken();
-        assert_eq!(tok.decode(&[268], false), Err(Error::TokenId { id: 268, vocab_size: 268 }));
+        assert_eq!(
+            tok.decode(&[268], false),
+            Err(Error::TokenId {
+                id: 268,
+                vocab_size: 268
+            })
+        );
         assert!(tok.token_bytes(u32::MAX).is_err());
         assert!(tok.check_id(-3).is_err());
         assert_eq!(tok.check_id(5), Ok(5));
@@ -831,7 +980,7 @@ mod tests {
         tokens.extend((0..=255u8).map(|b| byte_level_encode(&[b])));
         tokens.extend(["Ġa", "Ġab", "12"].map(String::from));
         let mut types = vec![3, 4];
-        types.extend(std::iter::repeat(1).take(259));
+        types.extend(std::iter::repeat_n(1, 259));
         (tokens, types)
     }
 
