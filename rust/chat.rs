@@ -332,11 +332,12 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
         Some(v) if v.is_none() => None,
         Some(v) => match (v.as_str(), i64::try_from(v.clone())) {
             (Some(s), _) => Some(s.to_owned()),
-            (None, Ok(n)) => Some(" ".repeat(n.max(0) as usize)),
+            // Bounded so a template cannot make us allocate without limit.
+            (None, Ok(n)) if n <= 1024 => Some(" ".repeat(n.max(0) as usize)),
             _ => {
                 return Err(minijinja::Error::new(
                     ErrorKind::InvalidOperation,
-                    "tojson: indent must be an int or str",
+                    "tojson: indent must be a str or an int up to 1024",
                 ))
             }
         },

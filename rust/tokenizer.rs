@@ -388,6 +388,11 @@ impl Tokenizer {
             .chain(added.keys())
             .max()
             .map_or(0, |&m| m as usize + 1);
+        // Ids index a table, so a corrupt file with one huge id must not size it.
+        let count = model.get_vocab_size() + added.len();
+        if size > 2 * count + 1024 {
+            return Err(Error::format(name, format!("token ids go up to {size} for {count} tokens")));
+        }
         let entries = (0..size as u32)
             .map(|id| match added.get(&id) {
                 Some(t) => Some(Entry {

@@ -497,6 +497,10 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
         "bad_base64.model": b"IQ== 0\n%%% 1\n",
         "bad_rank.model": b"IQ== 0\nIg== zero\n",
         "binary.model": bytes(range(256)),
+        "huge_id.json": json.dumps({
+            "model": {"type": "BPE", "vocab": {"a": 0, "b": 3_000_000_000}, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        }).encode(),
     }
     for name, data in cases.items():
         path = tmp_path / name
@@ -526,3 +530,24 @@ def test_gguf_vocab_is_validated(gguf_fields: dict[str, object]) -> None:
     for pre in ["gpt2", "default", "llama-bpe", "qwen2"]:
         tok = build(pre=pre)
         assert tok.decode(tok.encode("a 123, b's\n\n  x")) == "a 123, b's\n\n  x"
+
+
+@pytest.mark.parametrize("single, bos, add_bos", [("<s> $A </s>", "<s>", True), ("$A", "<s>", False)])
+def test_tokenizer_json_post_processor_decides_bos(tmp_path: Path, single: str, bos: str, add_bos: bool) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)} | {"Ġt": 256, "Ġth": 257, "he": 258}
+    hf_tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, [("Ġ", "t"), ("Ġt", "h"), ("h", "e")]))
+    hf_tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf_tok.decoder = tokenizers.decoders.ByteLevel()
+    hf_tok.add_special_tokens(["<s>", "</s>"])
+    hf_tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single=single, special_tokens=[("<s>", 259), ("</s>", 260)]
+    )
+    path = tmp_path / "tokenizer.json"
+    hf_tok.save(str(path))
+    tok = Tokenizer.from_file(path)
+    assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.vocab_size) == (hf_tok.token_to_id(bos), 260, add_bos, 261)
+    for text in ["the then", " th", "<s>x</s>", *CORPUS.values()]:
+        assert tok.encode(text, parse_special=True) == hf_tok.encode(text, add_special_tokens=False).ids
+        assert tok.decode(tok.encode(text)) == text
