@@ -15,7 +15,8 @@ LOGITS = jnp.log(jnp.asarray([[0.05, 0.5, 0.3, 0.1, 0.05]], jnp.float32))
 def draw(settings: SamplerSettings, n: int = 400) -> np.ndarray:
     sample = jax.jit(make_sampler(settings, LOGITS.shape[-1]))
     keys = jax.random.split(jax.random.key(settings.seed), n)
-    return np.asarray(jax.vmap(lambda k: sample(LOGITS, k))(keys))[:, 0]
+    knobs = settings.knobs()
+    return np.asarray(jax.vmap(lambda k: sample(LOGITS, k, knobs))(keys))[:, 0]
 
 
 def test_greedy_is_argmax():
@@ -77,3 +78,13 @@ def test_seed_reproduces_and_differs():
 def test_invalid_settings_are_rejected(kwargs, word):
     with pytest.raises(SamplingError, match=word):
         SamplerSettings(**kwargs)
+
+
+def test_knobs_change_without_recompiling():
+    """Temperature, top-p and min-p are traced values: one compiled sampler serves them all."""
+    base = SamplerSettings(temperature=1.0, top_k=3, top_p=1.0)
+    sample = jax.jit(make_sampler(base, LOGITS.shape[-1]))
+    key = jax.random.key(0)
+    for settings in (base, SamplerSettings(temperature=0.3, top_k=3, top_p=0.5, min_p=0.1)):
+        sample(LOGITS, key, settings.knobs())
+    assert sample._cache_size() == 1

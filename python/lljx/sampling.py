@@ -10,11 +10,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-Sampler = Callable[[jax.Array, jax.Array], jax.Array]
+
+class SamplerKnobs(NamedTuple):
+    """The continuous sampler settings, passed as device scalars so changing them never recompiles."""
+
+    temperature: jax.Array
+    top_p: jax.Array
+    min_p: jax.Array
+
+
+Sampler = Callable[[jax.Array, jax.Array, SamplerKnobs], jax.Array]
 
 
 class SamplingError(ValueError):
@@ -50,39 +61,47 @@ class SamplerSettings:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def structure(self) -> tuple[bool, int]:
+        """What a compiled sampler depends on: greedy or not, and the top-k width."""
+        return (self.greedy, 0 if self.greedy else self.top_k)
 
-def apply_top_p(sorted_logits: jax.Array, top_p: float) -> jax.Array:
-    """Keep the smallest prefix of descending logits whose probability mass reaches top_p."""
+    def knobs(self) -> SamplerKnobs:
+        return SamplerKnobs(np.float32(max(self.temperature, 1e-6)), np.float32(self.top_p), np.float32(self.min_p))
+
+
+def apply_top_p(sorted_logits: jax.Array, top_p: jax.Array | float) -> jax.Array:
+    """Keep the smallest prefix of descending logits whose probability mass reaches top_p (1 keeps all)."""
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    return jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
+    return jnp.where((mass_before < top_p) | (top_p >= 1), sorted_logits, -jnp.inf)
 
 
-def apply_min_p(sorted_logits: jax.Array, min_p: float) -> jax.Array:
-    """Drop candidates whose probability is below min_p times the most likely one's."""
+def apply_min_p(sorted_logits: jax.Array, min_p: jax.Array | float) -> jax.Array:
+    """Drop candidates whose probability is below min_p times the most likely one's (0 keeps all)."""
     threshold = sorted_logits[..., :1] + jnp.log(min_p)
     return jnp.where(sorted_logits >= threshold, sorted_logits, -jnp.inf)
 
 
-def greedy(logits: jax.Array, key: jax.Array) -> jax.Array:
-    del key  # greedy needs no randomness; the signature matches the other samplers
+def greedy(logits: jax.Array, key: jax.Array, knobs: SamplerKnobs) -> jax.Array:
+    del key, knobs  # greedy needs neither; the signature matches the other samplers
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 def make_sampler(settings: SamplerSettings, vocab_size: int) -> Sampler:
-    """A pure function (logits [batch, vocab] f32, key) -> token ids [batch] int32."""
+    """A pure function (logits [batch, vocab] f32, key, knobs) -> token ids [batch] int32.
+
+    Only `settings.structure` shapes the function; temperature, top-p and min-p arrive as knobs.
+    """
     if settings.greedy:
         return greedy
     k = vocab_size if settings.top_k == 0 else min(settings.top_k, vocab_size)
 
-    def sample(logits: jax.Array, key: jax.Array) -> jax.Array:
+    def sample(logits: jax.Array, key: jax.Array, knobs: SamplerKnobs) -> jax.Array:
         with jax.named_scope("sample"):
-            scaled = logits.astype(jnp.float32) / settings.temperature
+            scaled = logits.astype(jnp.float32) / knobs.temperature
             candidates, candidate_ids = jax.lax.top_k(scaled, k)
-            if settings.top_p < 1:
-                candidates = apply_top_p(candidates, settings.top_p)
-            if settings.min_p > 0:
-                candidates = apply_min_p(candidates, settings.min_p)
+            candidates = apply_min_p(apply_top_p(candidates, knobs.top_p), knobs.min_p)
             choice = jax.random.categorical(key, candidates, axis=-1)
             return jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 

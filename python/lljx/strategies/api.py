@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from lljx.core.kv_cache import KVCache
-from lljx.sampling import SamplerSettings
+from lljx.sampling import SamplerKnobs, SamplerSettings
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -19,13 +19,15 @@ class DecodeState(NamedTuple):
     """What one prefill or decode call leaves on the device.
 
     tokens [batch, k] holds the k newest token ids (k is 1 for per-token strategies);
-    position [batch] is where the next token will be written in the cache.
+    position [batch] is where the next token will be written in the cache; knobs are the
+    sampler's continuous settings, carried so one compiled decoder serves any values.
     """
 
     tokens: jax.Array
     cache: KVCache
     position: jax.Array
     key: jax.Array
+    knobs: SamplerKnobs
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class Decoder(Protocol):
         """Compile ahead of time what `plan` needs, so no compile happens inside a timed run."""
         ...
 
-    def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan) -> DecodeState: ...
+    def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None) -> DecodeState:
+        """Start a generation; `settings` may change seed and knobs, not `structure`, from the build's."""
+        ...
 
     def decode(self, previous: DecodeState) -> DecodeState: ...
 

@@ -18,7 +18,7 @@ Executable = Any  # jax.stages.Compiled
 
 
 class CompiledDecoder:
-    """Runs `prefill(params, padded_ids, prompt_len, key)` and `decode(params, tokens, cache, position, key)`.
+    """Runs `prefill(params, padded_ids, prompt_len, key, knobs)` and `decode(params, *state)`.
 
     Both are jitted by the strategy; here they are lowered and compiled once per shape
     (prefill per prompt bucket and cache length, decode per cache length) so compile time
@@ -51,18 +51,25 @@ class CompiledDecoder:
         ids = jax.ShapeDtypeStruct((batch, plan.prompt_bucket), jnp.int32)
         lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
         key = jax.eval_shape(jax.random.key, 0)
+        knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), jnp.float32), self.settings.knobs())
         if prefill_key not in self._prefills:
-            lowered = self._prefill_jit.lower(plan.cache_len, self.params, ids, lengths, key)  # type: ignore[attr-defined]
+            lowered = self._prefill_jit.lower(plan.cache_len, self.params, ids, lengths, key, knobs)  # type: ignore[attr-defined]
             self._prefills[prefill_key] = lowered.compile()
             self.compilations += 1
         if (batch, plan.cache_len) not in self._decodes:
-            state = jax.eval_shape(self._prefill_jit, plan.cache_len, self.params, ids, lengths, key)
-            lowered = self._decode_jit.lower(self.params, state.tokens, state.cache, state.position, state.key)  # type: ignore[attr-defined]
+            state = jax.eval_shape(self._prefill_jit, plan.cache_len, self.params, ids, lengths, key, knobs)
+            lowered = self._decode_jit.lower(self.params, *state)  # type: ignore[attr-defined]
             self._decodes[(batch, plan.cache_len)] = lowered.compile()
             self.compilations += 1
         self.compile_seconds += time.perf_counter() - start
 
-    def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan) -> DecodeState:
+    def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None) -> DecodeState:
+        settings = self.settings if settings is None else settings
+        if settings.structure != self.settings.structure:
+            raise ValueError(
+                f"this decoder was compiled for greedy={self.settings.greedy}, top_k={self.settings.top_k}; "
+                f"build another for greedy={settings.greedy}, top_k={settings.top_k}"
+            )
         ids = np.atleast_2d(np.asarray(prompt_ids, dtype=np.int32))
         batch = ids.shape[0]
         self.prepare(plan, batch)
@@ -71,9 +78,9 @@ class CompiledDecoder:
         lengths = np.full((batch,), ids.shape[1], dtype=np.int32)
         self._decode_exec = self._decodes[(batch, plan.cache_len)]
         run = self._prefills[(batch, plan.prompt_bucket, plan.cache_len)]
-        return run(self.params, padded, lengths, jax.random.key(self.settings.seed))
+        return run(self.params, padded, lengths, jax.random.key(settings.seed), settings.knobs())
 
     def decode(self, previous: DecodeState) -> DecodeState:
         if self._decode_exec is None:
             raise RuntimeError("decode() called before prefill()")
-        return self._decode_exec(self.params, previous.tokens, previous.cache, previous.position, previous.key)
+        return self._decode_exec(self.params, *previous)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from lljx.config import ModelConfig
 from lljx.core import kv_cache, transformer
 from lljx.params import Params
-from lljx.sampling import Sampler
+from lljx.sampling import Sampler, SamplerKnobs
 from lljx.strategies.api import DecodeState
 
 
@@ -20,6 +20,7 @@ def prefill_step(
     padded_ids: jax.Array,
     prompt_len: jax.Array,
     key: jax.Array,
+    knobs: SamplerKnobs,
     *,
     scan_layers: bool = False,
 ) -> DecodeState:
@@ -31,8 +32,8 @@ def prefill_step(
         config, params, padded_ids, positions, cache, prompt_len - 1, scan_layers=scan_layers
     )
     key, step_key = jax.random.split(key)
-    token = sample(logits, step_key)
-    return DecodeState(token[:, None], cache, prompt_len.astype(jnp.int32), key)
+    token = sample(logits, step_key, knobs)
+    return DecodeState(token[:, None], cache, prompt_len.astype(jnp.int32), key, knobs)
 
 
 def decode_step(
@@ -43,6 +44,7 @@ def decode_step(
     cache: kv_cache.KVCache,
     position: jax.Array,
     key: jax.Array,
+    knobs: SamplerKnobs,
     *,
     scan_layers: bool = False,
 ) -> DecodeState:
@@ -52,5 +54,5 @@ def decode_step(
         config, params, last, position[:, None], cache, jnp.zeros_like(position), scan_layers=scan_layers
     )
     key, step_key = jax.random.split(key)
-    token = sample(logits, step_key)
-    return DecodeState(token[:, None], cache, position + 1, key)
+    token = sample(logits, step_key, knobs)
+    return DecodeState(token[:, None], cache, position + 1, key, knobs)
