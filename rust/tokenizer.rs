@@ -4,7 +4,7 @@
 //! Decoding does not go through the engine: every id maps to the exact bytes it stands for,
 //! so `decode`, `token_bytes` and the streaming decoder agree byte for byte.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -73,10 +73,12 @@ impl PreTokenizer {
             | "minerva-7b" => PreTokenizer::SmolLm,
             "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" => PreTokenizer::Gpt2,
             "default" => PreTokenizer::Default,
-            other => return Err(Error::vocab(format!(
+            other => {
+                return Err(Error::vocab(format!(
                 "unknown GGUF pre-tokenizer {other:?}; supported: llama-bpe (llama3, llama-v3), \
                      qwen2, smollm (starcoder, refact, command-r, ...), gpt2, default"
-            ))),
+            )))
+            }
         })
     }
 
@@ -391,7 +393,10 @@ impl Tokenizer {
         // Ids index a table, so a corrupt file with one huge id must not size it.
         let count = model.get_vocab_size() + added.len();
         if size > 2 * count + 1024 {
-            return Err(Error::format(name, format!("token ids go up to {size} for {count} tokens")));
+            return Err(Error::format(
+                name,
+                format!("token ids go up to {size} for {count} tokens"),
+            ));
         }
         let entries = (0..size as u32)
             .map(|id| match added.get(&id) {
@@ -465,7 +470,7 @@ impl Tokenizer {
         }
         let n = ranks.len();
         let mut seen_rank = vec![false; n];
-        let mut seen_token: HashMap<&[u8], ()> = HashMap::with_capacity(n);
+        let mut seen_token: HashSet<&[u8]> = HashSet::with_capacity(n);
         for (token, rank) in &ranks {
             let r = *rank as usize;
             if r >= n || std::mem::replace(&mut seen_rank[r], true) {
@@ -474,14 +479,14 @@ impl Tokenizer {
                     format!("ranks must be 0..{n} with no repeats (saw {r})"),
                 ));
             }
-            if seen_token.insert(token.as_slice(), ()).is_some() {
+            if !seen_token.insert(token.as_slice()) {
                 return Err(Error::format(
                     name,
                     format!("token of rank {r} appears twice"),
                 ));
             }
         }
-        if let Some(missing) = (0..=255u8).find(|b| !seen_token.contains_key(&[*b][..])) {
+        if let Some(missing) = (0..=255u8).find(|b| !seen_token.contains(&[*b][..])) {
             return Err(Error::format(
                 name,
                 format!("no token for the single byte {missing:#04x}"),
