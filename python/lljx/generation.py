@@ -113,27 +113,37 @@ class Generation:
         start = last = time.perf_counter_ns()
         state = self.decoder.prefill(self.prompt_ids, plan)
         stats.stop_reason = "length"
-        while True:
-            # Dispatch the next step before reading this token back, so the device never waits on us.
-            following = self.decoder.decode(state) if stats.gen_tokens + 1 < self.budget else None
-            token = int(np.asarray(state.tokens)[0, -1])
+        finished = False
+        while not finished:
+            # Dispatch the next step before reading these tokens back, so the device never waits on us.
+            more = stats.gen_tokens + 1 < self.budget
+            following = self.decoder.decode(state) if more else None
+            tokens = np.asarray(state.tokens)[0]
             now = time.perf_counter_ns()
-            stats.tokens_read += 1
-            if stats.tokens_read == 1:
+            if stats.tokens_read == 0:
                 stats.ttft_ns = stats.prefill_ns = now - start
-            stats.token_ns.append(now - last)
+            real = [token for token in tokens.tolist() if token >= 0]  # negative ids fill unused slots
+            if not real:  # a decoder that stopped on its own
+                stats.stop_reason, finished = "stop", True
+            for token in real:
+                stats.tokens_read += 1
+                stats.token_ns.append((now - last) // len(real))
+                if token in self.stop_token_ids:
+                    stats.stop_reason, finished = "stop", True
+                    break
+                stats.gen_tokens += 1
+                self.token_ids.append(token)
+                text = detok.push(token)
+                if text:
+                    yield text
+                if stats.gen_tokens >= self.budget:
+                    finished = True
+                    break
             last = now
-            if token in self.stop_token_ids:
-                stats.stop_reason = "stop"
-                break
-            stats.gen_tokens += 1
-            self.token_ids.append(token)
-            text = detok.push(token)
-            if text:
-                yield text
             if following is None:
-                break
-            state = following
+                finished = True
+            else:
+                state = following
         tail = detok.flush()
         if tail:
             yield tail

@@ -13,6 +13,7 @@ import numpy as np
 from lljx.params import Params
 from lljx.sampling import SamplerSettings
 from lljx.strategies.api import DecodePlan, DecodeState
+from lljx.strategies.eager import check_structure, pad_prompt
 
 Executable = Any  # jax.stages.Compiled
 
@@ -64,18 +65,10 @@ class CompiledDecoder:
         self.compile_seconds += time.perf_counter() - start
 
     def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None) -> DecodeState:
-        settings = self.settings if settings is None else settings
-        if settings.structure != self.settings.structure:
-            raise ValueError(
-                f"this decoder was compiled for greedy={self.settings.greedy}, top_k={self.settings.top_k}; "
-                f"build another for greedy={settings.greedy}, top_k={settings.top_k}"
-            )
-        ids = np.atleast_2d(np.asarray(prompt_ids, dtype=np.int32))
-        batch = ids.shape[0]
+        settings = check_structure(self.settings, settings)
+        padded, lengths = pad_prompt(prompt_ids, plan)
+        batch = padded.shape[0]
         self.prepare(plan, batch)
-        padded = np.zeros((batch, plan.prompt_bucket), dtype=np.int32)
-        padded[:, : ids.shape[1]] = ids
-        lengths = np.full((batch,), ids.shape[1], dtype=np.int32)
         self._decode_exec = self._decodes[(batch, plan.cache_len)]
         run = self._prefills[(batch, plan.prompt_bucket, plan.cache_len)]
         return run(self.params, padded, lengths, jax.random.key(settings.seed), settings.knobs())

@@ -1,4 +1,4 @@
-"""Prefill and decode step functions shared by the built-in strategies (pure; jit is the strategy's choice)."""
+"""Pure step functions the built-in strategies jit in different places: transform, sample, prefill, decode."""
 
 from __future__ import annotations
 
@@ -12,47 +12,48 @@ from lljx.sampling import Sampler, SamplerKnobs
 from lljx.strategies.api import DecodeState
 
 
-def prefill_step(
-    config: ModelConfig,
-    sample: Sampler,
-    cache_len: int,
-    params: Params,
-    padded_ids: jax.Array,
-    prompt_len: jax.Array,
-    key: jax.Array,
-    knobs: SamplerKnobs,
-    *,
-    scan_layers: bool = False,
-) -> DecodeState:
-    """Run a right-padded prompt [batch, bucket] through a fresh cache and sample the first token."""
+def prefill_logits(
+    config: ModelConfig, cache_len: int, params: Params, padded_ids: jax.Array, prompt_len: jax.Array,
+    *, scan_layers: bool = False,
+) -> tuple[jax.Array, kv_cache.KVCache]:
+    """Run a right-padded prompt [batch, bucket] through a fresh cache; logits at each row's last token."""
     batch, bucket = padded_ids.shape
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
     cache = kv_cache.create(config, batch, cache_len)
-    logits, cache = transformer.forward(
-        config, params, padded_ids, positions, cache, prompt_len - 1, scan_layers=scan_layers
+    return transformer.forward(config, params, padded_ids, positions, cache, prompt_len - 1, scan_layers=scan_layers)
+
+
+def decode_logits(
+    config: ModelConfig, params: Params, tokens: jax.Array, cache: kv_cache.KVCache, position: jax.Array,
+    *, scan_layers: bool = False,
+) -> tuple[jax.Array, kv_cache.KVCache]:
+    """Feed the newest token of each row at its position; logits for the token after it."""
+    return transformer.forward(
+        config, params, tokens[:, -1:], position[:, None], cache, jnp.zeros_like(position), scan_layers=scan_layers
     )
+
+
+def sample_next(sample: Sampler, logits: jax.Array, key: jax.Array, knobs: SamplerKnobs) -> tuple[jax.Array, jax.Array]:
+    """One token per row [batch, 1] and the key to use next."""
     key, step_key = jax.random.split(key)
-    token = sample(logits, step_key, knobs)
-    return DecodeState(token[:, None], cache, prompt_len.astype(jnp.int32), key, knobs)
+    return sample(logits, step_key, knobs)[:, None], key
+
+
+def prefill_step(
+    config: ModelConfig, sample: Sampler, cache_len: int, params: Params, padded_ids: jax.Array,
+    prompt_len: jax.Array, key: jax.Array, knobs: SamplerKnobs, *, scan_layers: bool = False,
+) -> DecodeState:
+    """Prefill and sample the first token."""
+    logits, cache = prefill_logits(config, cache_len, params, padded_ids, prompt_len, scan_layers=scan_layers)
+    token, key = sample_next(sample, logits, key, knobs)
+    return DecodeState(token, cache, prompt_len.astype(jnp.int32), key, knobs)
 
 
 def decode_step(
-    config: ModelConfig,
-    sample: Sampler,
-    params: Params,
-    tokens: jax.Array,
-    cache: kv_cache.KVCache,
-    position: jax.Array,
-    key: jax.Array,
-    knobs: SamplerKnobs,
-    *,
-    scan_layers: bool = False,
+    config: ModelConfig, sample: Sampler, params: Params, tokens: jax.Array, cache: kv_cache.KVCache,
+    position: jax.Array, key: jax.Array, knobs: SamplerKnobs, *, scan_layers: bool = False,
 ) -> DecodeState:
-    """Feed the newest token of each row at its position and sample the next one."""
-    last = tokens[:, -1:]
-    logits, cache = transformer.forward(
-        config, params, last, position[:, None], cache, jnp.zeros_like(position), scan_layers=scan_layers
-    )
-    key, step_key = jax.random.split(key)
-    token = sample(logits, step_key, knobs)
-    return DecodeState(token[:, None], cache, position + 1, key, knobs)
+    """Decode one token per row."""
+    logits, cache = decode_logits(config, params, tokens, cache, position, scan_layers=scan_layers)
+    token, key = sample_next(sample, logits, key, knobs)
+    return DecodeState(token, cache, position + 1, key, knobs)

@@ -1,0 +1,79 @@
+"""Strategy: one jit per decoder layer (one executable shared by all layers), plus jits for embed and head."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+
+from lljx.config import ModelConfig
+from lljx.core import embeddings, head, kv_cache, layer
+from lljx.core.rope import rope_tables
+from lljx.params import LayerParams, Params
+from lljx.sampling import SamplerKnobs, SamplerSettings, make_sampler
+from lljx.strategies.api import DecodeState
+from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.steps import sample_next
+
+if TYPE_CHECKING:
+    from lljx.models import Model
+
+
+def layer_step(
+    config: ModelConfig, weights: LayerParams, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return layer.forward(config, weights, x, positions, rope_tables(config, positions), cache_k, cache_v)
+
+
+def head_step(
+    config: ModelConfig, sample, params: Params, x: jax.Array, last_index: jax.Array, key: jax.Array, knobs: SamplerKnobs
+) -> tuple[jax.Array, jax.Array]:
+    last = jnp.take_along_axis(x, last_index[:, None, None], axis=1)[:, 0]
+    return sample_next(sample, head.forward(config, params, last), key, knobs)
+
+
+class JitPerLayer:
+    name = "jit-layer"
+    description = "one jit per decoder layer (one executable reused by every layer), plus embed and head jits"
+
+    def build(self, model: Model, sampler: SamplerSettings) -> EagerDecoder:
+        config = model.config
+        embed = jax.jit(embeddings.forward)
+        # The layer's two cache slices (arguments 3 and 4) are donated and updated in place.
+        run_layer = jax.jit(partial(layer_step, config), donate_argnums=(3, 4))
+        finish = jax.jit(partial(head_step, config, make_sampler(sampler, config.vocab_size)))
+        new_cache_slice = jax.jit(
+            lambda batch, length: jnp.zeros((batch, length, config.n_kv_heads, config.d_head), config.jnp_dtype),
+            static_argnums=(0, 1),
+        )
+
+        def forward(params: Params, tokens, positions, cache: kv_cache.KVCache, last_index, key, knobs):
+            x = embed(params, tokens)
+            ks, vs = [], []
+            for weights, cache_k, cache_v in zip(params.layers, cache.k, cache.v):
+                x, cache_k, cache_v = run_layer(weights, x, positions, cache_k, cache_v)
+                ks.append(cache_k)
+                vs.append(cache_v)
+            token, key = finish(params, x, last_index, key, knobs)
+            # The cache is a tuple of per-layer arrays here, so no layer's update copies the others.
+            return token, kv_cache.KVCache(tuple(ks), tuple(vs)), key
+
+        def prefill(cache_len, params, padded_ids, prompt_len, key, knobs) -> DecodeState:
+            batch, bucket = padded_ids.shape
+            positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
+            empty = tuple(new_cache_slice(batch, cache_len) for _ in range(config.n_layers))
+            fresh = kv_cache.KVCache(empty, tuple(new_cache_slice(batch, cache_len) for _ in range(config.n_layers)))
+            lengths = jnp.asarray(prompt_len)
+            token, cache, key = forward(params, padded_ids, positions, fresh, lengths - 1, key, knobs)
+            return DecodeState(token, cache, lengths, key, knobs)
+
+        def decode(params, tokens, cache, position, key, knobs) -> DecodeState:
+            token, cache, key = forward(params, tokens[:, -1:], position[:, None], cache, jnp.zeros_like(position), key, knobs)
+            return DecodeState(token, cache, position + 1, key, knobs)
+
+        return EagerDecoder(model.params, sampler, prefill, decode)
+
+
+strategy = JitPerLayer()

@@ -1,0 +1,43 @@
+"""Strategy: separate jits for the transform and for the sampler, two dispatches per token."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import jax
+
+from lljx.sampling import SamplerKnobs, SamplerSettings, make_sampler
+from lljx.strategies.api import DecodeState
+from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.steps import decode_logits, prefill_logits, sample_next
+
+if TYPE_CHECKING:
+    from lljx.models import Model
+
+
+class JitSplit:
+    name = "jit-split"
+    description = "two jits per token: one around the transform, one around the sampler"
+
+    def build(self, model: Model, sampler: SamplerSettings) -> EagerDecoder:
+        config = model.config
+        transform_prompt = jax.jit(partial(prefill_logits, config), static_argnums=(0,))
+        # Donate the cache (argument 2) so the transform updates it in place.
+        transform_token = jax.jit(partial(decode_logits, config), donate_argnums=(2,))
+        sample = jax.jit(partial(sample_next, make_sampler(sampler, config.vocab_size)))
+
+        def prefill(cache_len, params, padded_ids, prompt_len, key, knobs: SamplerKnobs) -> DecodeState:
+            logits, cache = transform_prompt(cache_len, params, padded_ids, prompt_len)
+            token, key = sample(logits, key, knobs)
+            return DecodeState(token, cache, jax.numpy.asarray(prompt_len), key, knobs)
+
+        def decode(params, tokens, cache, position, key, knobs: SamplerKnobs) -> DecodeState:
+            logits, cache = transform_token(params, tokens, cache, position)
+            token, key = sample(logits, key, knobs)
+            return DecodeState(token, cache, position + 1, key, knobs)
+
+        return EagerDecoder(model.params, sampler, prefill, decode)
+
+
+strategy = JitSplit()

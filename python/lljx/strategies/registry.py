@@ -1,0 +1,116 @@
+"""Strategy discovery through the `lljx.strategies` entry points: lazy, isolated per plugin, filterable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+from lljx.strategies.api import Strategy
+
+GROUP = "lljx.strategies"
+PLUGINS_ENV = "LLJX_PLUGINS"
+
+
+class StrategyError(LookupError):
+    """An unknown strategy name, a duplicate name, or a plugin that failed to load."""
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """One discovered strategy: its name, the distribution providing it and its one-line description."""
+
+    name: str
+    package: str
+    description: str = ""
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        row = {"name": self.name, "package": self.package, "description": self.description}
+        if self.error is not None:
+            row["error"] = self.error
+        return row
+
+
+def package_of(entry_point: EntryPoint) -> str:
+    return entry_point.dist.name if entry_point.dist is not None else "?"
+
+
+def allowed_packages() -> set[str] | None:
+    """LLJX_PLUGINS: a comma-separated list of distributions whose strategies may load; unset means all."""
+    value = os.environ.get(PLUGINS_ENV)
+    if value is None:
+        return None
+    return {normalize(name) for name in value.split(",") if name.strip()}
+
+
+def normalize(package: str) -> str:
+    return package.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def discovered() -> list[EntryPoint]:
+    """Entry points in the group, limited by LLJX_PLUGINS; nothing is imported here."""
+    allowed = allowed_packages()
+    found = entry_points(group=GROUP)
+    return [ep for ep in found if allowed is None or normalize(package_of(ep)) in allowed]
+
+
+def by_name() -> dict[str, list[EntryPoint]]:
+    names: dict[str, list[EntryPoint]] = {}
+    for ep in discovered():
+        names.setdefault(ep.name, []).append(ep)
+    return names
+
+
+def duplicate_error(name: str, providers: list[EntryPoint]) -> str:
+    packages = " and ".join(sorted(f"'{package_of(ep)}'" for ep in providers))
+    return f"strategy '{name}' is provided by more than one package: {packages}"
+
+
+def instantiate(entry_point: EntryPoint) -> Strategy:
+    """Import the entry point; it may name a strategy object, a class or a factory."""
+    target = entry_point.load()
+    strategy = target() if isinstance(target, type) or not hasattr(target, "build") else target
+    missing = [attr for attr in ("name", "description", "build") if not hasattr(strategy, attr)]
+    if missing:
+        raise TypeError(f"{entry_point.value} is not a strategy (missing {', '.join(missing)})")
+    if strategy.name != entry_point.name:
+        raise TypeError(f"{entry_point.value} calls itself '{strategy.name}' but is registered as '{entry_point.name}'")
+    return strategy
+
+
+def load(name: str) -> Strategy:
+    """Load only the strategy called `name`; errors are StrategyError with one line."""
+    names = by_name()
+    providers = names.get(name)
+    if not providers:
+        available = ", ".join(sorted(names)) or "none"
+        raise StrategyError(f"unknown strategy '{name}'; available: {available}")
+    if len(providers) > 1:
+        raise StrategyError(duplicate_error(name, providers))
+    try:
+        return instantiate(providers[0])
+    except Exception as error:  # noqa: BLE001 - a broken plugin is reported, never a crash
+        raise StrategyError(
+            f"strategy '{name}' from '{package_of(providers[0])}' failed to load: {type(error).__name__}: {error}"
+        ) from error
+
+
+def available() -> list[StrategyInfo]:
+    """Every discovered strategy with its description, or with the error that stops it loading."""
+    infos = []
+    for name, providers in sorted(by_name().items()):
+        if len(providers) > 1:
+            for ep in providers:
+                infos.append(StrategyInfo(name, package_of(ep), error=duplicate_error(name, providers)))
+            continue
+        try:
+            strategy = instantiate(providers[0])
+        except Exception as error:  # noqa: BLE001 - listed with its error, breaks nothing else
+            infos.append(StrategyInfo(name, package_of(providers[0]), error=f"{type(error).__name__}: {error}"))
+            continue
+        infos.append(StrategyInfo(name, package_of(providers[0]), " ".join(str(strategy.description).split())))
+    return infos
+
+
+DEFAULT_STRATEGY = "jit-token"
