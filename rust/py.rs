@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -12,6 +12,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMapping, Py
 use crate::chat::{ChatTemplate, Clock, Data};
 use crate::detokenize::StreamDecoder;
 use crate::error::Error;
+use crate::token_loop::{StopReason, TokenLoop};
 use crate::tokenizer::{GgufVocab, SpecialOverrides, Tokenizer};
 
 pyo3::create_exception!(
@@ -303,6 +304,148 @@ impl PyChatTemplate {
     }
 }
 
+/// The generation loop: prefill, then decode with one call dispatched ahead of the
+/// tokens being read, so the device never waits for the host. Iterating yields text.
+#[pyclass(module = "lljx._native", name = "TokenLoop", unsendable)]
+struct PyTokenLoop {
+    decoder: Py<PyAny>,
+    prompt_ids: Py<PyAny>,
+    plan: Py<PyAny>,
+    settings: Py<PyAny>,
+    core: TokenLoop,
+    /// The device result whose tokens are read next.
+    pending: Option<Py<PyAny>>,
+    started: Option<Instant>,
+    done: bool,
+}
+
+fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl PyTokenLoop {
+    /// Reads the newest token ids of row 0 back to the host. `block_until_ready` waits
+    /// with the GIL released (jaxlib drops it), so other Python threads keep running.
+    fn read_tokens(py: Python<'_>, tokens: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
+        tokens.call_method0("block_until_ready")?;
+        let host = py.import("numpy")?.call_method1("asarray", (tokens,))?;
+        host.get_item(0)?.call_method0("tolist")?.extract()
+    }
+
+    fn advance(&mut self, py: Python<'_>) -> PyResult<String> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let state = match self.pending.take() {
+            Some(state) => state.into_bound(py),
+            None => self.decoder.bind(py).call_method1(
+                "prefill",
+                (self.prompt_ids.bind(py), self.plan.bind(py), self.settings.bind(py)),
+            )?,
+        };
+        let tokens = state.getattr("tokens")?;
+        let in_flight: usize = tokens.getattr("shape")?.get_item(1)?.extract()?;
+        let following = if self.core.wants_more(in_flight) {
+            Some(self.decoder.bind(py).call_method1("decode", (&state,))?)
+        } else {
+            None
+        };
+        let ids = Self::read_tokens(py, &tokens)?;
+        let mut step = self.core.on_tokens(&ids, elapsed_ns(started))?;
+        match following {
+            Some(next) if !step.finished => self.pending = Some(next.unbind()),
+            _ => {
+                step.text.push_str(&self.core.end(StopReason::Length).text);
+                self.done = true;
+                self.core.set_total(elapsed_ns(started));
+            }
+        }
+        Ok(step.text)
+    }
+}
+
+#[pymethods]
+impl PyTokenLoop {
+    #[new]
+    #[pyo3(signature = (decoder, tokenizer, prompt_ids, plan, *, max_tokens, stop_ids, stop_strings, settings))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        decoder: Py<PyAny>,
+        tokenizer: &PyTokenizer,
+        prompt_ids: Py<PyAny>,
+        plan: Py<PyAny>,
+        max_tokens: usize,
+        stop_ids: Vec<u32>,
+        stop_strings: Vec<String>,
+        settings: Py<PyAny>,
+        py: Python<'_>,
+    ) -> PyResult<Self> {
+        let prompt_tokens = prompt_ids.bind(py).len()?;
+        Ok(PyTokenLoop {
+            decoder,
+            prompt_ids,
+            plan,
+            settings,
+            core: TokenLoop::new(
+                tokenizer.inner.clone(),
+                prompt_tokens,
+                max_tokens,
+                stop_ids,
+                stop_strings,
+            ),
+            pending: None,
+            started: None,
+            done: max_tokens == 0,
+        })
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
+        while !self.done {
+            let text = self.advance(py).inspect_err(|_| self.done = true)?;
+            if !text.is_empty() {
+                return Ok(Some(text));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stops early (a client went away): no more device calls are made.
+    fn close(&mut self) {
+        if !self.done {
+            self.core.end(StopReason::Stop);
+            self.done = true;
+            self.pending = None;
+            if let Some(started) = self.started {
+                self.core.set_total(elapsed_ns(started));
+            }
+        }
+    }
+
+    #[getter]
+    fn token_ids(&self) -> Vec<u32> {
+        self.core.token_ids.clone()
+    }
+
+    /// Counts and nanosecond timings; `stop_reason` is "stop", "length" or "" while running.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.core.stats;
+        let out = PyDict::new(py);
+        out.set_item("prompt_tokens", s.prompt_tokens)?;
+        out.set_item("gen_tokens", s.gen_tokens)?;
+        out.set_item("tokens_read", s.tokens_read)?;
+        out.set_item("ttft_ns", s.ttft_ns)?;
+        out.set_item("prefill_ns", s.prefill_ns)?;
+        out.set_item("decode_ns", s.decode_ns)?;
+        out.set_item("total_ns", s.total_ns)?;
+        out.set_item("token_ns", s.token_ns.clone())?;
+        out.set_item("stop_reason", s.stop_reason.map_or("", StopReason::as_str))?;
+        Ok(out)
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -311,5 +454,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyStreamDecoder>()?;
     m.add_class::<PyChatTemplate>()?;
+    m.add_class::<PyTokenLoop>()?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 """Type stubs for the Rust extension; tests/test_native_stubs.py checks them against it."""
 
 import os
-from typing import final
+from typing import Any, final
 
-__all__ = ["TokenizerError", "TemplateError", "Tokenizer", "StreamDecoder", "ChatTemplate"]
+__all__ = ["TokenizerError", "TemplateError", "Tokenizer", "StreamDecoder", "ChatTemplate", "TokenLoop"]
 
 class TokenizerError(ValueError):
     """A tokenizer file, vocabulary or token id that cannot be used."""
@@ -68,3 +68,25 @@ class ChatTemplate:
         extra: dict[str, object],
         utc_offset: int,
     ) -> str: ...
+
+@final
+class TokenLoop:
+    def __new__(
+        cls,
+        decoder: object,
+        tokenizer: Tokenizer,
+        prompt_ids: object,
+        plan: object,
+        *,
+        max_tokens: int,
+        stop_ids: list[int],
+        stop_strings: list[str],
+        settings: object,
+    ) -> TokenLoop: ...
+    def __iter__(self) -> TokenLoop: ...
+    def __next__(self) -> str: ...
+    def close(self) -> None: ...
+    @property
+    def token_ids(self) -> list[int]: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...

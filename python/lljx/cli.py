@@ -101,6 +101,8 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
 @click.option("--system", default=None, help="A system message for the chat template.")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
+@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`).")
+@click.option("--stop", "stop_strings", multiple=True, help="Stop when this text appears (repeatable); it is not printed.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print timings to stderr.")
 @one_line_errors
 def generate(
@@ -115,6 +117,8 @@ def generate(
     dtype: str,
     system: str | None,
     raw: bool,
+    strategy_name: str | None,
+    stop_strings: tuple[str, ...],
     show_stats: bool,
 ) -> None:
     """Generate a reply to PROMPT (or stdin), streaming only the generated text to stdout."""
@@ -123,8 +127,9 @@ def generate(
     from lljx.generation import Generation, chat_prompt_ids
     from lljx.models import load_model
     from lljx.sampling import SamplerSettings
-    from lljx.strategies.jit_token import strategy
+    from lljx.strategies import registry
 
+    strategy = registry.load(strategy_name or registry.DEFAULT_STRATEGY)
     text = read_prompt(prompt)
     settings = SamplerSettings(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -136,7 +141,8 @@ def generate(
     model = load_model(model_spec, dtype=default_dtype() if dtype == "auto" else dtype)
     ids = chat_prompt_ids(model, text, system=system, raw=raw)
     generation = Generation(
-        model, strategy.build(model, settings), ids, max_tokens=max_tokens, stop_token_ids=model.stop_token_ids
+        model, strategy.build(model, settings), ids, max_tokens=max_tokens,
+        stop_token_ids=model.stop_token_ids, stop_strings=stop_strings,
     )
     for chunk in generation:
         sys.stdout.write(chunk)
@@ -202,6 +208,22 @@ def models(paths: tuple[str, ...], as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(format_table(rows, ["name", "format", "size", "params", "quantization", "context", "source"]))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, package, description[, error]}.")
+@one_line_errors
+def strategies(as_json: bool) -> None:
+    """List the installed JIT strategies (entry points in the group `lljx.strategies`)."""
+    from lljx.strategies.registry import available
+
+    rows = [info.as_dict() for info in available()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["description"] = row["description"] or f"failed to load: {row.get('error', '')}"
+    click.echo(format_table(rows, ["name", "package", "description"]))
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lljx import _native
+from lljx.sampling import SamplerSettings
 from lljx.strategies.api import Decoder, plan_for
 
 if TYPE_CHECKING:
@@ -77,7 +78,12 @@ def chat_prompt_ids(model: Model, prompt: str, *, system: str | None = None, raw
 
 
 class Generation:
-    """Iterate for text chunks; `stats` is complete once iteration ends."""
+    """Iterate for text chunks; `stats` and `token_ids` are complete once iteration ends.
+
+    The loop itself is the Rust `TokenLoop`: it calls the decoder's prefill and decode,
+    dispatching step n+1 before reading token n, detokenizes UTF-8-safely, applies stop
+    tokens, stop strings and the budget, and times every token.
+    """
 
     def __init__(
         self,
@@ -87,6 +93,8 @@ class Generation:
         *,
         max_tokens: int,
         stop_token_ids: Sequence[int] = (),
+        stop_strings: Sequence[str] = (),
+        settings: SamplerSettings | None = None,
     ) -> None:
         if not prompt_ids:
             raise GenerationError("the prompt is empty")
@@ -99,54 +107,27 @@ class Generation:
         self.decoder = decoder
         self.prompt_ids = np.asarray(prompt_ids, dtype=np.int32)[None]
         self.budget = min(max_tokens, context - len(prompt_ids))
-        self.stop_token_ids = frozenset(stop_token_ids)
-        self.stats = Stats(prompt_tokens=len(prompt_ids))
-        self.token_ids: list[int] = []  # the generated ids, stop token excluded
+        self.plan = plan_for(len(prompt_ids), self.budget, context)
+        compiled_before = decoder.compile_seconds
+        decoder.prepare(self.plan, batch=1)  # compile outside the timed loop
+        self._loop = _native.TokenLoop(
+            decoder, model.tokenizer._native, self.prompt_ids[0], self.plan,
+            max_tokens=self.budget, stop_ids=list(stop_token_ids), stop_strings=list(stop_strings), settings=settings,
+        )
+        self.compile_ns = int((decoder.compile_seconds - compiled_before) * 1e9)
 
     def __iter__(self) -> Iterator[str]:
-        stats = self.stats
-        detok = self.model.tokenizer.stream_decoder()
-        plan = plan_for(self.prompt_ids.shape[1], self.budget, self.model.config.context_length)
-        compiled_before = self.decoder.compile_seconds
-        self.decoder.prepare(plan, batch=1)
-        stats.compile_ns = int((self.decoder.compile_seconds - compiled_before) * 1e9)
-        start = last = time.perf_counter_ns()
-        state = self.decoder.prefill(self.prompt_ids, plan)
-        stats.stop_reason = "length"
-        finished = False
-        while not finished:
-            # Dispatch the next step before reading these tokens back, so the device never waits on us.
-            more = stats.gen_tokens + 1 < self.budget
-            following = self.decoder.decode(state) if more else None
-            tokens = np.asarray(state.tokens)[0]
-            now = time.perf_counter_ns()
-            if stats.tokens_read == 0:
-                stats.ttft_ns = stats.prefill_ns = now - start
-            real = [token for token in tokens.tolist() if token >= 0]  # negative ids fill unused slots
-            if not real:  # a decoder that stopped on its own
-                stats.stop_reason, finished = "stop", True
-            for token in real:
-                stats.tokens_read += 1
-                stats.token_ns.append((now - last) // len(real))
-                if token in self.stop_token_ids:
-                    stats.stop_reason, finished = "stop", True
-                    break
-                stats.gen_tokens += 1
-                self.token_ids.append(token)
-                text = detok.push(token)
-                if text:
-                    yield text
-                if stats.gen_tokens >= self.budget:
-                    finished = True
-                    break
-            last = now
-            if following is None:
-                finished = True
-            else:
-                state = following
-        tail = detok.flush()
-        if tail:
-            yield tail
-        end = time.perf_counter_ns()
-        stats.decode_ns = max(last - start - stats.prefill_ns, 0)
-        stats.total_ns = end - start
+        return self._loop
+
+    def close(self) -> None:
+        """Stop early; no further device calls are made."""
+        self._loop.close()
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The generated ids so far, a final stop token excluded."""
+        return self._loop.token_ids
+
+    @property
+    def stats(self) -> Stats:
+        return Stats(compile_ns=self.compile_ns, **self._loop.stats)
