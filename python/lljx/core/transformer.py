@@ -26,7 +26,7 @@ def run_layers_unrolled(
 
 
 def run_layers_scanned(
-    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache
+    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache, *, unroll: int = 1
 ) -> tuple[jax.Array, KVCache]:
     """`lax.scan` over layers stacked by `stack_layers`: one compiled body, so compile time stays flat in depth."""
     rope = rope_tables(config, positions)
@@ -36,7 +36,7 @@ def run_layers_scanned(
         carry, k, v = layer.forward(config, lp, carry, positions, rope, k, v)
         return carry, (k, v)
 
-    x, (k, v) = jax.lax.scan(body, x, (params.layers, cache.k, cache.v))
+    x, (k, v) = jax.lax.scan(body, x, (params.layers, cache.k, cache.v), unroll=unroll)
     return x, KVCache(k, v)
 
 
@@ -49,16 +49,20 @@ def forward(
     last_index: jax.Array,
     *,
     scan_layers: bool = False,
+    scan_unroll: int = 1,
 ) -> tuple[jax.Array, KVCache]:
     """Logits [batch, vocab] (f32) at each row's `last_index` within tokens [batch, seq], plus the cache.
 
     positions [batch, seq] are absolute; rows may be right-padded past their last real token.
-    With scan_layers, params.layers must be one stacked LayerParams (see `stack_layers`).
+    With scan_layers, params.layers must be one stacked LayerParams (see `stack_layers`), and
+    scan_unroll layers run per scan iteration.
     """
     with jax.named_scope("transformer"):
         x = embeddings.forward(params, tokens)
-        run = run_layers_scanned if scan_layers else run_layers_unrolled
-        x, cache = run(config, params, x, positions, cache)
+        if scan_layers:
+            x, cache = run_layers_scanned(config, params, x, positions, cache, unroll=scan_unroll)
+        else:
+            x, cache = run_layers_unrolled(config, params, x, positions, cache)
         last = jnp.take_along_axis(x, last_index[:, None, None], axis=1)[:, 0]
         return head.forward(config, params, last), cache
 

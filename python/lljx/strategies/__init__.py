@@ -1,1 +1,28 @@
-"""JIT strategies: where jax.jit goes in the decode pipeline, each a plugin building a Decoder."""
+"""JIT strategies: where jax.jit goes in the decode pipeline, each a plugin building a Decoder.
+
+What a third-party strategy package may build on (see plugins/ for an example):
+the contract (`Strategy`, `Decoder`, `DecodeState`, `DecodePlan`), the step functions
+the built-ins jit in different places, and the two decoder shells that compile ahead
+of time (`CompiledDecoder`) or warm up by running (`EagerDecoder`).
+"""
+
+from lljx.strategies.api import DecodePlan, DecodeState, Decoder, Strategy, bucket_length, plan_for
+from lljx.strategies.compiled import CompiledDecoder
+from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.steps import decode_logits, decode_step, prefill_logits, prefill_step, sample_next
+
+__all__ = [
+    "CompiledDecoder",
+    "DecodePlan",
+    "DecodeState",
+    "Decoder",
+    "EagerDecoder",
+    "Strategy",
+    "bucket_length",
+    "decode_logits",
+    "decode_step",
+    "plan_for",
+    "prefill_logits",
+    "prefill_step",
+    "sample_next",
+]

@@ -27,6 +27,12 @@ def layer_step(
     return layer.forward(config, weights, x, positions, rope_tables(config, positions), cache_k, cache_v)
 
 
+def empty_cache_slice(config: ModelConfig, batch: int, length: int) -> jax.Array:
+    """One layer's zeroed K (or V) cache; a named function so profiles and traces say what it is."""
+    with jax.named_scope("new_cache_slice"):
+        return jnp.zeros((batch, length, config.n_kv_heads, config.d_head), config.jnp_dtype)
+
+
 def head_step(
     config: ModelConfig, sample, params: Params, x: jax.Array, last_index: jax.Array, key: jax.Array, knobs: SamplerKnobs
 ) -> tuple[jax.Array, jax.Array]:
@@ -44,10 +50,7 @@ class JitPerLayer:
         # The layer's two cache slices (arguments 3 and 4) are donated and updated in place.
         run_layer = jax.jit(partial(layer_step, config), donate_argnums=(3, 4))
         finish = jax.jit(partial(head_step, config, make_sampler(sampler, config.vocab_size)))
-        new_cache_slice = jax.jit(
-            lambda batch, length: jnp.zeros((batch, length, config.n_kv_heads, config.d_head), config.jnp_dtype),
-            static_argnums=(0, 1),
-        )
+        new_cache_slice = jax.jit(partial(empty_cache_slice, config), static_argnums=(0, 1))
 
         def forward(params: Params, tokens, positions, cache: kv_cache.KVCache, last_index, key, knobs):
             x = embed(params, tokens)

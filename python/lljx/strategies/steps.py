@@ -14,22 +14,25 @@ from lljx.strategies.api import DecodeState
 
 def prefill_logits(
     config: ModelConfig, cache_len: int, params: Params, padded_ids: jax.Array, prompt_len: jax.Array,
-    *, scan_layers: bool = False,
+    **layer_options: int,
 ) -> tuple[jax.Array, kv_cache.KVCache]:
-    """Run a right-padded prompt [batch, bucket] through a fresh cache; logits at each row's last token."""
+    """Run a right-padded prompt [batch, bucket] through a fresh cache; logits at each row's last token.
+
+    layer_options (scan_layers, scan_unroll) pass through to `transformer.forward`.
+    """
     batch, bucket = padded_ids.shape
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
     cache = kv_cache.create(config, batch, cache_len)
-    return transformer.forward(config, params, padded_ids, positions, cache, prompt_len - 1, scan_layers=scan_layers)
+    return transformer.forward(config, params, padded_ids, positions, cache, prompt_len - 1, **layer_options)
 
 
 def decode_logits(
     config: ModelConfig, params: Params, tokens: jax.Array, cache: kv_cache.KVCache, position: jax.Array,
-    *, scan_layers: bool = False,
+    **layer_options: int,
 ) -> tuple[jax.Array, kv_cache.KVCache]:
     """Feed the newest token of each row at its position; logits for the token after it."""
     return transformer.forward(
-        config, params, tokens[:, -1:], position[:, None], cache, jnp.zeros_like(position), scan_layers=scan_layers
+        config, params, tokens[:, -1:], position[:, None], cache, jnp.zeros_like(position), **layer_options
     )
 
 
@@ -41,19 +44,19 @@ def sample_next(sample: Sampler, logits: jax.Array, key: jax.Array, knobs: Sampl
 
 def prefill_step(
     config: ModelConfig, sample: Sampler, cache_len: int, params: Params, padded_ids: jax.Array,
-    prompt_len: jax.Array, key: jax.Array, knobs: SamplerKnobs, *, scan_layers: bool = False,
+    prompt_len: jax.Array, key: jax.Array, knobs: SamplerKnobs, **layer_options: int,
 ) -> DecodeState:
     """Prefill and sample the first token."""
-    logits, cache = prefill_logits(config, cache_len, params, padded_ids, prompt_len, scan_layers=scan_layers)
+    logits, cache = prefill_logits(config, cache_len, params, padded_ids, prompt_len, **layer_options)
     token, key = sample_next(sample, logits, key, knobs)
     return DecodeState(token, cache, prompt_len.astype(jnp.int32), key, knobs)
 
 
 def decode_step(
     config: ModelConfig, sample: Sampler, params: Params, tokens: jax.Array, cache: kv_cache.KVCache,
-    position: jax.Array, key: jax.Array, knobs: SamplerKnobs, *, scan_layers: bool = False,
+    position: jax.Array, key: jax.Array, knobs: SamplerKnobs, **layer_options: int,
 ) -> DecodeState:
     """Decode one token per row."""
-    logits, cache = decode_logits(config, params, tokens, cache, position, scan_layers=scan_layers)
+    logits, cache = decode_logits(config, params, tokens, cache, position, **layer_options)
     token, key = sample_next(sample, logits, key, knobs)
     return DecodeState(token, cache, position + 1, key, knobs)
