@@ -7,7 +7,7 @@ of time (`CompiledDecoder`) or warm up by running (`EagerDecoder`).
 """
 
 from lljx.strategies.api import DecodePlan, DecodeState, Decoder, Strategy, bucket_length, plan_for
-from lljx.strategies.compiled import CompiledDecoder
+from lljx.strategies.compiled import CompiledDecoder, per_token_decoder
 from lljx.strategies.eager import EagerDecoder
 from lljx.strategies.steps import decode_logits, decode_step, prefill_logits, prefill_step, sample_next
 
@@ -21,6 +21,7 @@ __all__ = [
     "bucket_length",
     "decode_logits",
     "decode_step",
+    "per_token_decoder",
     "plan_for",
     "prefill_logits",
     "prefill_step",

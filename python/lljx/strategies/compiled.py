@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lljx.params import Params
-from lljx.sampling import SamplerSettings
+from lljx.sampling import SamplerSettings, make_sampler
 from lljx.strategies.api import DecodePlan, DecodeState
 from lljx.strategies.eager import check_structure, pad_prompt
+from lljx.strategies.steps import decode_step, prefill_step
+
+if TYPE_CHECKING:
+    from lljx.models import Model
 
 Executable = Any  # jax.stages.Compiled
 
@@ -77,3 +82,17 @@ class CompiledDecoder:
         if self._decode_exec is None:
             raise RuntimeError("decode() called before prefill()")
         return self._decode_exec(self.params, *previous)
+
+
+def per_token_decoder(model: Model, sampler: SamplerSettings, *, params: Params | None = None, **layer_options: int) -> CompiledDecoder:
+    """One jit around transform + sampler per token: `prefill_step` and `decode_step` with the cache donated.
+
+    `params` replaces the model's (a strategy's own layout, e.g. stacked layers) and
+    `layer_options` (scan_layers, scan_unroll) pass through to the transformer.
+    """
+    config = model.config
+    sample = make_sampler(sampler, config.vocab_size)
+    prefill = jax.jit(partial(prefill_step, config, sample, **layer_options), static_argnums=(0,))
+    # The cache (argument 2 after params and tokens) is donated: XLA updates it in place, never copies it.
+    decode = jax.jit(partial(decode_step, config, sample, **layer_options), donate_argnums=(2,))
+    return CompiledDecoder(model.params if params is None else params, sampler, prefill, decode)

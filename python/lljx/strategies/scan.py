@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING
 
-import jax
-
 from lljx.params import stack_layers
-from lljx.sampling import SamplerSettings, make_sampler
-from lljx.strategies.compiled import CompiledDecoder
-from lljx.strategies.steps import decode_step, prefill_step
+from lljx.sampling import SamplerSettings
+from lljx.strategies.compiled import CompiledDecoder, per_token_decoder
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -21,13 +17,9 @@ class Scan:
     description = "one jit per token with the layers stacked under lax.scan (one compiled layer body)"
 
     def build(self, model: Model, sampler: SamplerSettings) -> CompiledDecoder:
-        config = model.config
-        sample = make_sampler(sampler, config.vocab_size)
         # A stacked copy of the layer weights, made once here; scan slices it per iteration.
-        params = model.params._replace(layers=stack_layers(model.params.layers))
-        prefill = jax.jit(partial(prefill_step, config, sample, scan_layers=True), static_argnums=(0,))
-        decode = jax.jit(partial(decode_step, config, sample, scan_layers=True), donate_argnums=(2,))
-        return CompiledDecoder(params, sampler, prefill, decode)
+        stacked = model.params._replace(layers=stack_layers(model.params.layers))
+        return per_token_decoder(model, sampler, params=stacked, scan_layers=True)
 
 
 strategy = Scan()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-import jax
-
 from lljx.params import stack_layers
-from lljx.sampling import SamplerSettings, make_sampler
-from lljx.strategies import CompiledDecoder, decode_step, prefill_step
+from lljx.sampling import SamplerSettings
+from lljx.strategies import CompiledDecoder, per_token_decoder
 
 MAX_UNROLL = 6
 
@@ -24,13 +21,9 @@ class ScanUnroll:
     description = "layers under lax.scan with several unrolled per iteration (a plugin package)"
 
     def build(self, model: Any, sampler: SamplerSettings) -> CompiledDecoder:
-        config = model.config
-        sample = make_sampler(sampler, config.vocab_size)
-        options = {"scan_layers": True, "scan_unroll": unroll_for(config.n_layers)}
-        params = model.params._replace(layers=stack_layers(model.params.layers))
-        prefill = jax.jit(partial(prefill_step, config, sample, **options), static_argnums=(0,))
-        decode = jax.jit(partial(decode_step, config, sample, **options), donate_argnums=(2,))
-        return CompiledDecoder(params, sampler, prefill, decode)
+        stacked = model.params._replace(layers=stack_layers(model.params.layers))
+        unroll = unroll_for(model.config.n_layers)
+        return per_token_decoder(model, sampler, params=stacked, scan_layers=True, scan_unroll=unroll)
 
 
 strategy = ScanUnroll()
