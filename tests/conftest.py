@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from fixtures.random_llama import random_llama  # noqa: F401  (a session fixture shared by the model tests)
 from lljx.config import Llama3RopeScaling, ModelConfig
 from lljx.params import LayerParams, Params
 

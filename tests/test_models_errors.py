@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from fixtures.random_llama import (
     TINY,
-    random_llama,  # noqa: F401  (pytest fixture)
     random_weights,
     small_vocab,
     write_gguf,

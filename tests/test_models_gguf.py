@@ -15,7 +15,6 @@ from fixtures.random_llama import (
     Q,
     from_interleaved,
     llama3_rope_factors,
-    random_llama,  # noqa: F401  (pytest fixture)
     to_interleaved,
     write_quantized_llama,
 )

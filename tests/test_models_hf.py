@@ -16,7 +16,6 @@ from fixtures.random_llama import (
     TINY,
     Dims,
     hf_config,
-    random_llama,  # noqa: F401  (pytest fixture)
     random_weights,
     small_vocab,
     write_gguf,

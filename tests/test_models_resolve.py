@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures.random_llama import random_llama  # noqa: F401  (pytest fixture)
 from lljx.models import ModelFileError, ModelNotFoundError, list_models, load_model, resolve
 from lljx.models.embedded import embedded_gguf_path
 from lljx.models.ollama import OllamaName, parse_name
