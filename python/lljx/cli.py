@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -83,7 +84,31 @@ def read_prompt(prompt: str | None) -> str:
     return sys.stdin.read()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose bigger commands live in their own modules, imported only when they run.
+
+    This keeps `lljx generate` from importing the server or the benchmark, and lets those
+    modules import helpers from this one without an import cycle.
+    """
+
+    lazy_commands = {
+        "bench": "lljx.bench.cli:bench",
+        "profile": "lljx.profile_cli:profile",
+        "serve": "lljx.server.cli:serve",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_commands])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands:
+            module, attr = self.lazy_commands[name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lljx")
 def main() -> None:
     """Llama-family inference in JAX, with a Rust tokenizer and token loop."""
@@ -232,6 +257,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
     return "\n".join(lines)
+
 
 
 if __name__ == "__main__":
