@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,13 +64,22 @@ def rate(count: int, duration_ns: int) -> float:
 def chat_prompt_ids(model: Model, prompt: str, *, system: str | None = None, raw: bool = False) -> list[int]:
     """Render the chat template (unless raw) and tokenize, adding BOS once when the model wants it."""
     if raw:
-        text = prompt
-    else:
-        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        text = model.chat.render(messages, add_generation_prompt=True)
-    ids = model.tokenizer.encode(text, parse_special=not raw)
+        return encode_prompt(model, prompt, parse_special=False)
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return messages_prompt_ids(model, messages)
+
+
+def messages_prompt_ids(model: Model, messages: Sequence[Mapping[str, object]], **extra: object) -> list[int]:
+    """A whole conversation through the chat template, ending with the assistant's header."""
+    text = model.chat.render(messages, add_generation_prompt=True, **extra)
+    return encode_prompt(model, text, parse_special=True)
+
+
+def encode_prompt(model: Model, text: str, *, parse_special: bool) -> list[int]:
+    """Tokenize prompt text, adding BOS once when the model wants it (a template may already write it)."""
+    ids = model.tokenizer.encode(text, parse_special=parse_special)
     bos = model.tokenizer.bos_id
     if model.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
         ids.insert(0, bos)

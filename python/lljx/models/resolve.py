@@ -33,6 +33,14 @@ def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = No
     tried = [f"no file or folder {str(path)!r}"]
     if spec.lower().endswith(FILE_SUFFIXES) or spec.startswith((".", "~", os.sep)):
         raise ModelNotFoundError(spec, tried)
+    return resolve_ollama(spec, ollama_root=ollama_root, tried=tried)
+
+
+def resolve_ollama(
+    spec: str, *, ollama_root: str | os.PathLike[str] | None = None, tried: list[str] | None = None
+) -> ResolvedModel:
+    """Only the Ollama store: `spec` is never read as a path (a server must not open what a client names)."""
+    tried = [] if tried is None else tried
     name = ollama.parse_name(spec)
     if name is None:
         tried.append("not an Ollama model name")
