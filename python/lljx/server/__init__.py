@@ -1,0 +1,1 @@
+"""The Ollama-compatible HTTP API (`lljx serve`): routes, request checks, model pool, JSON-constrained output."""
