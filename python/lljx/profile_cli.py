@@ -1,17 +1,13 @@
-"""The `lljx profile` command: pyinstrument flamegraphs of each strategy, a jax.profiler trace on demand.
-
-lljx.cli registers this command at its end, so this module imports lljx.cli only inside
-the command: a top-level import would be circular under `python -m lljx.cli`.
-"""
+"""The `lljx profile` command: pyinstrument flamegraphs of each strategy, a jax.profiler trace on demand."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-DTYPE_CHOICES = ["auto", "f32", "bf16", "f16"]  # as for `generate`
+from lljx.cli import DTYPE_CHOICES, default_dtype, enable_compile_cache, one_line_errors
+
 DEFAULT_OUT = "profiles"
 EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: slow, and its profile is all dispatch
 
@@ -30,14 +26,8 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: slow, and its p
 @click.option("--open", "open_html", is_flag=True, help="Open the HTML profiles in the browser.")
 @click.option("--load", "load_path", type=click.Path(dir_okay=False), default=None,
               help="Re-render a saved .pyisession instead of profiling.")
-def profile(**options: Any) -> None:
-    """Profile generation per strategy: HTML, speedscope flamegraph, session and collapsed stacks, plus a summary."""
-    from lljx.cli import one_line_errors
-
-    one_line_errors(run)(**options)
-
-
-def run(
+@one_line_errors
+def profile(
     strategy_names: tuple[str, ...],
     model_spec: str | None,
     dtype: str,
@@ -49,6 +39,7 @@ def run(
     open_html: bool,
     load_path: str | None,
 ) -> None:
+    """Profile generation per strategy: HTML, speedscope flamegraph, session and collapsed stacks, plus a summary."""
     if load_path is not None:
         if strategy_names or model_spec or jax_trace:
             raise click.UsageError("--load re-renders a saved session; it takes no --strategy, --model or --jax-trace")
@@ -61,7 +52,6 @@ def run(
     if not interval > 0:
         raise click.BadParameter(f"must be positive, got {interval}", param_hint="--interval")
 
-    from lljx.cli import default_dtype, enable_compile_cache
     from lljx.models import load_model
     from lljx.profile import builtin_prompts, profile_strategy
     from lljx.profile_report import summary, write_profile
