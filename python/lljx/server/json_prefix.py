@@ -8,7 +8,7 @@ The root must be an object, as in Ollama's JSON grammar; strings must be valid U
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 MAX_DEPTH = 32  # deeper nesting is refused so a forced completion stays short
 MAX_WHITESPACE = 48  # consecutive whitespace bytes; stops a model padding forever
@@ -125,8 +125,11 @@ def _value_start(stack: str, byte: int) -> State | None:
     return None
 
 
+StringSub = tuple[bool, int, int, int, int]
+
+
 def _string(state: State, byte: int) -> State | None:
-    is_key, escape, left, lo, hi = state.sub  # type: ignore[misc]
+    is_key, escape, left, lo, hi = cast(StringSub, state.sub)
     if left:
         if not lo <= byte <= hi:
             return None
@@ -214,7 +217,7 @@ def _progress(state: State) -> bytes:
     if mode == COLON:
         return b":"
     if mode == STRING:
-        _, escape, left, lo, _ = state.sub  # type: ignore[misc]
+        _, escape, left, lo, _ = cast(StringSub, state.sub)
         if left:
             return bytes([lo])
         return b"n" if escape == 1 else b"0" if escape else b'"'

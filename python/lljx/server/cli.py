@@ -1,0 +1,127 @@
+"""`lljx serve`: the Ollama-compatible API on uvicorn; host parsing as OLLAMA_HOST does it, clean shutdown."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+import click
+
+from lljx.cli import DTYPE_CHOICES, default_dtype, enable_compile_cache, one_line_errors
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """`host`, `host:port`, `:port`, `[v6]:port` or `http://host:port` -> (host, port), as OLLAMA_HOST reads."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    default_port = DEFAULT_PORT
+    if not sep:
+        scheme, rest = "http", text
+    elif scheme in ("http", "https"):
+        default_port = 80 if scheme == "http" else 443
+    else:
+        raise click.BadParameter(f"unsupported scheme {scheme!r} in {value!r}", param_hint="--host")
+    hostport = rest.split("/", 1)[0]
+    host, port_text = hostport, ""
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port_text = tail.removeprefix(":")
+    elif hostport.count(":") == 1:
+        host, port_text = hostport.split(":")
+    elif hostport.count(":") > 1:  # a bare IPv6 address
+        host = hostport
+    if port_text and not (port_text.isdigit() and int(port_text) <= 65535):
+        raise click.BadParameter(f"bad port {port_text!r} in {value!r}", param_hint="--host")
+    return host or DEFAULT_HOST, int(port_text) if port_text else default_port
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so a busy port is one clear error and port 0 picks a free one."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a host name
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lljx: %(message)s"))
+    logger = logging.getLogger("lljx.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@click.command()
+@click.option("--host", default=None, help="host, host:port or http://host:port to listen on [default: $OLLAMA_HOST or 127.0.0.1:11434]")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (overrides one in --host; 0 picks a free port).")
+@click.option("--model", "-m", "models", multiple=True,
+              help="A model to serve besides the embedded one and the Ollama store: GGUF file, HF folder or name (repeatable).")
+@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`).")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
+@click.option("--max-loaded", type=click.IntRange(min=1), default=1, show_default=True, help="Models kept in memory at once.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Requests waiting per model before answering 503.")
+@one_line_errors
+def serve(
+    host: str | None, port: int | None, models: tuple[str, ...], strategy_name: str | None, dtype: str,
+    max_loaded: int, max_queue: int,
+) -> None:
+    """Serve the Ollama HTTP API (/api/generate, /api/chat, /api/tags, /api/show, /api/ps, /api/version)."""
+    import uvicorn
+
+    from lljx.server.app import create_app
+    from lljx.server.catalog import Catalog
+    from lljx.server.pool import ModelPool
+    from lljx.strategies import registry
+
+    address, host_port = parse_host(host if host is not None else os.environ.get("OLLAMA_HOST", "") or DEFAULT_HOST)
+    strategy = registry.load(strategy_name or registry.DEFAULT_STRATEGY)
+    catalog = Catalog.from_specs(models)
+    enable_compile_cache()
+    pool = ModelPool(
+        dtype=default_dtype() if dtype == "auto" else dtype, strategy=strategy, max_loaded=max_loaded, max_queue=max_queue,
+    )
+    sock = listen(address, host_port if port is None else port)
+    setup_logging()
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    logging.getLogger("lljx.server").info(
+        "listening on http://%s:%d (strategy %s, dtype %s)", shown, bound_port, strategy.name, pool.dtype
+    )
+    config = uvicorn.Config(
+        create_app(pool, catalog), log_level="info", timeout_graceful_shutdown=10, lifespan="on",
+    )
+    stopping_server(config, pool).run(sockets=[sock])
+    logging.getLogger("lljx.server").info("stopped")
+
+
+def stopping_server(config: Any, pool: Any) -> Any:
+    """uvicorn's server, except that a signal first stops running generations (so open streams
+    end at once) and the process then exits 0 instead of re-raising the signal."""
+    import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            pool.cancel_all("server stopping")
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return StoppingServer(config)

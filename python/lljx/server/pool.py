@@ -1,0 +1,157 @@
+"""Loaded models: load on first use, keep up to `max_loaded` (least recently used goes first), one worker each.
+
+Each loaded model owns one worker thread (its queue) and caches one decoder per sampler
+structure (greedy or the top-k width), so compiled programs are reused by every request;
+temperature, top-p, min-p and seed are runtime values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import jax
+
+from lljx.models import Model, ResolvedModel, load_resolved
+from lljx.sampling import SamplerSettings
+from lljx.server import jobs
+from lljx.server.json_decoder import JsonDecoder, LogitsEngine
+from lljx.server.schemas import RequestError
+from lljx.strategies.api import Decoder, Strategy
+
+log = logging.getLogger("lljx.server")
+
+
+@dataclass(eq=False)
+class Loaded:
+    """A model in memory with its worker thread and compiled decoders."""
+
+    key: str
+    resolved: ResolvedModel
+    model: Model
+    strategy: Strategy
+    loaded_at: float
+    last_used: float
+    executor: ThreadPoolExecutor
+    pending: int = 0  # requests queued or running
+    unload_when_idle: bool = False
+    decoders: dict[tuple[bool, int], Decoder] = field(default_factory=dict)
+    engine: LogitsEngine | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the weights in memory (what /api/ps reports)."""
+        return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(self.model.params))
+
+    # The two methods below run on the worker thread only, so their caches need no lock.
+    def decoder(self, settings: SamplerSettings) -> Decoder:
+        decoder = self.decoders.get(settings.structure)
+        if decoder is None:
+            decoder = self.decoders[settings.structure] = self.strategy.build(self.model, settings)
+        return decoder
+
+    def json_decoder(self, settings: SamplerSettings, budget: int) -> Decoder:
+        if self.engine is None:
+            self.engine = LogitsEngine(self.model)
+        # Its steps are JsonStep, not DecodeState: the Rust loop reads only `.tokens` and hands the step back.
+        return cast(Decoder, JsonDecoder(self.engine, settings, budget))
+
+
+class ModelPool:
+    """The models in memory, keyed by file; loads happen off the event loop, one per model at a time."""
+
+    def __init__(self, *, dtype: str, strategy: Strategy, max_loaded: int = 1, max_queue: int = 512) -> None:
+        self.dtype = dtype
+        self.strategy = strategy
+        self.max_loaded = max(1, max_loaded)
+        self.max_queue = max_queue
+        self.models: dict[str, Loaded] = {}
+        self.jobs: set[jobs.Job] = set()
+        self._loading: dict[str, asyncio.Lock] = {}
+        self.closing = False
+
+    @staticmethod
+    def key(resolved: ResolvedModel) -> str:
+        return f"{resolved.format}:{resolved.path}"
+
+    async def acquire(self, resolved: ResolvedModel) -> tuple[Loaded, int]:
+        """The loaded model (loading it if needed) with one request reserved on it, and the ns spent getting it."""
+        if self.closing:
+            raise RequestError(503, "the server is shutting down")
+        start = time.perf_counter_ns()
+        key = self.key(resolved)
+        async with self._loading.setdefault(key, asyncio.Lock()):
+            loaded = self.models.get(key)
+            if loaded is None:
+                loaded = await self._load(key, resolved)
+        if loaded.pending >= self.max_queue:
+            raise RequestError(503, "server busy, please try again: maximum pending requests exceeded")
+        loaded.pending += 1
+        loaded.last_used = time.time()
+        loaded.unload_when_idle = False
+        self._evict_idle()
+        return loaded, time.perf_counter_ns() - start
+
+    async def _load(self, key: str, resolved: ResolvedModel) -> Loaded:
+        log.info("loading %s (%s)", resolved.name, self.dtype)
+        try:
+            model = await asyncio.to_thread(load_resolved, resolved, dtype=self.dtype)
+        except Exception as error:  # noqa: BLE001 - a broken file is the request's failure, not the server's
+            raise RequestError(500, f'model "{resolved.name}" failed to load: {error}') from None
+        now = time.time()
+        loaded = Loaded(
+            key, resolved, model, self.strategy, now, now,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lljx-{resolved.name}"),
+        )
+        self.models[key] = loaded
+        return loaded
+
+    def submit(self, loaded: Loaded, work: jobs.Work, job: jobs.Job) -> None:
+        """Queue `work` on the model's worker; the reservation from `acquire` is released when it ends."""
+        self.jobs.add(job)
+        future = asyncio.get_running_loop().run_in_executor(loaded.executor, jobs.run, job, loaded, work)
+
+        def finished(_: Any) -> None:
+            self.jobs.discard(job)
+            self.release(loaded)
+
+        future.add_done_callback(finished)
+
+    def release(self, loaded: Loaded) -> None:
+        loaded.pending -= 1
+        loaded.last_used = time.time()
+        self._evict_idle()
+
+    def unload_after(self, loaded: Loaded) -> None:
+        """keep_alive 0: unload once the model's queued requests are done."""
+        loaded.unload_when_idle = True
+        self._evict_idle()
+
+    def _evict_idle(self) -> None:
+        for loaded in [m for m in self.models.values() if m.unload_when_idle and m.pending == 0]:
+            self._drop(loaded)
+        idle = sorted((m for m in self.models.values() if m.pending == 0), key=lambda m: m.last_used)
+        while len(self.models) > self.max_loaded and idle:
+            self._drop(idle.pop(0))
+
+    def _drop(self, loaded: Loaded) -> None:
+        if self.models.get(loaded.key) is loaded:
+            del self.models[loaded.key]
+            loaded.executor.shutdown(wait=False)
+            log.info("unloaded %s", loaded.resolved.name)
+
+    def cancel_all(self, reason: str) -> None:
+        """Shutdown: stop every running and queued generation (safe from a signal handler or any thread)."""
+        self.closing = True
+        for job in list(self.jobs):
+            job.cancel(reason)
+
+    def close(self) -> None:
+        self.cancel_all("server stopped")
+        for loaded in list(self.models.values()):
+            loaded.executor.shutdown(wait=False, cancel_futures=True)
+        self.models.clear()
