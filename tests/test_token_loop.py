@@ -178,3 +178,10 @@ def test_same_bucket_prompts_do_not_recompile(model):
         assert seen >= 2 and len(compiles) == seen
     finally:
         monitoring.unregister_event_duration_listener(record)
+
+
+def test_an_id_outside_the_vocabulary_is_an_error_not_a_crash(model):
+    from lljx.tokenizer import TokenizerError
+
+    with pytest.raises(TokenizerError, match="not in the vocabulary"):
+        run(model, [42, 10**6])
