@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lljx.bench.requantize import requantized
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[test]')")
 
@@ -19,20 +20,8 @@ def cache_dir() -> Path:
 
 
 def requantize_f32(source: Path) -> Path:
-    """The same weights as an F32 GGUF, written by llama.cpp's own quantizer and cached by size+mtime."""
-    stat = source.stat()
-    target = cache_dir() / f"{source.stem}.{stat.st_size}.{int(stat.st_mtime)}.F32.gguf"
-    if target.exists():
-        return target
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
-    params.allow_requantize = True
-    partial = target.with_suffix(".partial")
-    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama.cpp could not requantize {source} to F32 (code {rc})")
-    partial.rename(target)
-    return target
+    """The same weights as an F32 GGUF, written by llama.cpp's own quantizer (the bench's conversion), cached."""
+    return requantized(source, "F32", cache=cache_dir())
 
 
 def load(path: Path, n_ctx: int = 512, *, logits_all: bool = False):
