@@ -53,13 +53,14 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(folder: Path, *args: str) -> Server:
-    """`lljx serve --port 0`, its output in a file (a pipe nobody reads would block it), ready to answer."""
+def start_server(folder: Path, *args: str, **env_vars: str) -> Server:
+    """`lljx serve` on a free port, its output in a file (a pipe nobody reads would block it), ready to answer."""
     log = folder / "serve.log"
     env = {**os.environ, "OLLAMA_MODELS": str(folder / "no-ollama-store"), "XDG_CACHE_HOME": str(folder.parent / "cache")}
+    env.update(env_vars)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lljx.cli", "serve", "--port", "0", "--dtype", "f32", *args],
+            [sys.executable, "-m", "lljx.cli", "serve", "--dtype", "f32", *(args or ("--port", "0"))],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + 120
@@ -252,17 +253,26 @@ def test_eight_concurrent_clients_get_what_they_would_get_alone(server, first_tw
     assert time.monotonic() - started < 300
 
 
+def wait_for_log(server: Server, text: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and text not in server.log_text():
+        time.sleep(0.1)
+    return server.log_text()
+
+
 def test_a_client_that_disconnects_stops_its_generation(server, first_two):
     body = {"model": MODEL, "prompt": "Count from 1 to 300, separated by commas.",
             "options": {"temperature": 0, "num_predict": 200}}
     with httpx.Client(timeout=120) as http, http.stream("POST", f"{server.url}/api/generate", json=body) as reply:
         lines = reply.iter_lines()
         assert [json.loads(next(lines))["done"] for _ in range(3)] == [False] * 3
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "stopped (client disconnected)" not in server.log_text():
-        time.sleep(0.1)
-    stopped = re.findall(r"generation stopped \(client disconnected\) after (\d+) tokens", server.log_text())
+        # A second client queues behind the first and leaves before its turn.
+        with httpx.Client(timeout=1) as impatient, pytest.raises(httpx.ReadTimeout):
+            impatient.post(f"{server.url}/api/generate", json=body)
+    log = wait_for_log(server, "stopped (client disconnected)")
+    stopped = re.findall(r"generation stopped \(client disconnected\) after (\d+) tokens", log)
     assert stopped and int(stopped[-1]) < 200
+    assert "request dropped before it started (client disconnected)" in wait_for_log(server, "request dropped")
     with server.client() as client:  # the worker is free again
         assert client.generate(model=MODEL, prompt=PROMPTS[0], options=GREEDY).response == first_two[0].response
 
@@ -356,6 +366,7 @@ def test_sigterm_mid_stream_and_ctrl_c_shut_down_cleanly(tmp_path):
     assert "lljx: stopped" in running.log_text() and "Traceback" not in running.log_text()
 
     (tmp_path / "idle").mkdir()
-    idle = start_server(tmp_path / "idle")
+    idle = start_server(tmp_path / "idle", "--strategy", "jit-layer", OLLAMA_HOST="http://127.0.0.1:0")
+    assert "strategy jit-layer" in idle.log_text()
     assert stop_server(idle, signal.SIGINT) == 0
     assert "Traceback" not in idle.log_text()

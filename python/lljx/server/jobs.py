@@ -87,6 +87,7 @@ def budget_for(options: Options, prompt_len: int, context_length: int) -> tuple[
 def run(job: Job, loaded: Loaded, work: Work) -> None:
     """The worker-thread body: build the prompt, compile if needed, stream chunks, report stats."""
     if job.cancelled.is_set():
+        log.info("request dropped before it started (%s)", job.reason)
         job.put("cancelled")
         return
     model = loaded.model
