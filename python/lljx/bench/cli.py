@@ -1,0 +1,199 @@
+"""The `lljx bench` command: strategies side by side with llama.cpp and Ollama, with statistics, files and plots.
+
+lljx.cli registers this command at its end, so lljx.cli is imported here only inside the
+command (a top-level import would be circular under `python -m lljx.cli`), and so are the
+heavy libraries, so `lljx --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+DTYPE_CHOICES = ["auto", "f32", "bf16", "f16"]  # as for `generate`
+PEER_CHOICES = ["llama.cpp", "ollama"]
+FORMAT_CHOICES = ["table", "md", "csv", "json"]
+EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per prompt, and it proves one point
+
+
+@click.command()
+@click.option("--strategy", "-s", "strategy_names", multiple=True,
+              help="Strategy to run (repeatable; default: every installed one except no-jit).")
+@click.option("--peer", "peers", multiple=True, type=click.Choice(PEER_CHOICES),
+              help="Also measure llama.cpp (in process) or an Ollama server at OLLAMA_HOST (repeatable).")
+@click.option("--model", "-m", "model_spec", default=None, help="GGUF file, HF folder, Ollama name or embedded model name.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
+@click.option("--prompts", "n_prompts", type=int, default=None, help="Run the first N prompts [default: all 20 built-in].")
+@click.option("--prompts-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Prompts, one per line (a line may be a JSON string).")
+@click.option("--max-tokens", "-n", type=int, default=100, show_default=True, help="Token budget per prompt.")
+@click.option("--repeat", "-r", type=int, default=1, show_default=True, help="Runs of every prompt.")
+@click.option("--baseline", default=None, help="System the ratios are taken against [default: llama.cpp when run].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed (the runs are greedy).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write runs.csv, runs.json, summary.md and decode_tps.png here.")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True,
+              help="How the summary prints on stdout.")
+@click.option("--ollama-model", default=None, help="Model name for the Ollama peer [default: the Ollama name of --model].")
+@click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Print the change between two saved runs.json files (A then B) and exit.")
+def bench(**options: Any) -> None:
+    """Measure decode speed of lljx strategies and peers on the same prompts, greedy, with a memory-bandwidth roofline.
+
+    Each system is warmed up once (compile and load times are reported apart), then every
+    prompt runs --repeat times. The summary goes to stdout, progress to stderr.
+    """
+    from lljx.cli import one_line_errors
+
+    one_line_errors(run)(**options)
+
+
+def run(
+    strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec: str | None, dtype: str,
+    n_prompts: int | None, prompts_file: Path | None, max_tokens: int, repeat: int, baseline: str | None,
+    seed: int, out_dir: Path | None, fmt: str, ollama_model: str | None, compare_paths: tuple[Path, Path] | None,
+) -> None:
+    if compare_paths:
+        from lljx.bench.compare import compare, format_compare, load_run
+
+        a, b = (load_run(path) for path in compare_paths)
+        click.echo(format_compare(compare(a, b), a, b, fmt))
+        return
+    if max_tokens < 1:
+        raise click.BadParameter(f"must be at least 1, got {max_tokens}", param_hint="--max-tokens")
+    if repeat < 1:
+        raise click.BadParameter(f"must be at least 1, got {repeat}", param_hint="--repeat")
+    from lljx.bench import prompts as prompt_pool
+
+    texts = prompt_pool.select(n_prompts, prompts_file)
+    names = check_strategies(strategy_names)
+    from lljx.bench.environment import collect
+    from lljx.bench.environment import threads as thread_count
+    from lljx.cli import default_dtype, enable_compile_cache
+    from lljx.generation import chat_prompt_ids
+    from lljx.models import load_model
+
+    enable_compile_cache()
+    start = time.perf_counter()
+    model = load_model(model_spec, dtype=default_dtype() if dtype == "auto" else dtype)
+    load_s = time.perf_counter() - start
+    from lljx.bench.runner import Prompt
+
+    prompts = [Prompt(i, text, tuple(chat_prompt_ids(model, text))) for i, text in enumerate(texts)]
+    warmup = Prompt(-1, prompt_pool.WARMUP, tuple(chat_prompt_ids(model, prompt_pool.WARMUP)))
+    threads = thread_count()
+    systems, skipped = make_systems(names, peers, model, prompts, warmup, max_tokens, seed, threads, load_s, ollama_model)
+    if baseline is not None and baseline not in [s.name for s in systems] + list(skipped):
+        raise click.BadParameter(f"'{baseline}' is not among the systems run", param_hint="--baseline")
+
+    rows = measure(systems, prompts, repeat)
+    ran = list(dict.fromkeys(row["system"] for row in rows))
+    from lljx.bench import report
+    from lljx.bench.environment import cpu_model
+    from lljx.bench.roofline import cached_bandwidth, roofline
+
+    chosen = report.pick_baseline(baseline, ran)
+    if baseline is not None and chosen != baseline:
+        click.echo(f"bench: baseline {baseline} did not run; ratios are to {chosen}", err=True)
+    click.echo("bench: memory read bandwidth (measured once per CPU, then cached)...", err=True)
+    bandwidth = cached_bandwidth(cpu_model(), threads)
+    mean_prompt = sum(len(p.ids) for p in prompts) / len(prompts)
+    mean_gen = sum(row["gen_tokens"] for row in rows) / len(rows) if rows else max_tokens
+    # The mean context a decoded token attends over: the prompt plus half of the reply.
+    bound = roofline(model.config, model.params, mean_prompt + mean_gen / 2, bandwidth)
+    summary = report.summarize(rows, chosen, bound)
+    click.echo(report.format_summary(summary, chosen, bound, fmt))
+    if out_dir is not None:
+        from lljx.bench.plots import decode_plot
+
+        document = {
+            "command": "lljx " + shlex.join(sys.argv[1:]),
+            "settings": {
+                "model": model.name, "quantization": model.quantization, "dtype": model.config.dtype,
+                "prompts": len(prompts), "prompts_file": prompts_file.name if prompts_file else None,
+                "max_tokens": max_tokens, "repeat": repeat, "seed": seed, "threads": threads,
+                "sampling": "greedy (temperature 0), stopping at the model's end-of-turn tokens",
+            },
+            "environment": collect(),
+            "baseline": chosen,
+            "skipped": skipped,
+            "prompts": [{"id": p.id, "text": p.text, "tokens": len(p.ids)} for p in prompts],
+        }
+        written = report.write_outputs(out_dir, document, rows, summary, bound)
+        written.append(decode_plot(rows, summary, bound, out_dir / "decode_tps.png"))
+        click.echo(f"bench: wrote {', '.join(str(p) for p in written)}", err=True)
+
+
+def check_strategies(names: tuple[str, ...]) -> list[str]:
+    """The strategies to run: those named (each must load), or every installed one that loads, but no-jit."""
+    from lljx.strategies import registry
+
+    if names:
+        for name in dict.fromkeys(names):
+            registry.load(name)  # an unknown or broken name fails here, before minutes of measuring
+        return list(dict.fromkeys(names))
+    chosen = []
+    for info in registry.available():
+        if info.error is not None:
+            click.echo(f"{info.name}: skipped (failed to load: {info.error})", err=True)
+        elif info.name not in EXCLUDED_BY_DEFAULT:
+            chosen.append(info.name)
+    return chosen
+
+
+def make_systems(
+    names: list[str], peers: tuple[str, ...], model: Any, prompts: list[Any], warmup: Any, max_tokens: int,
+    seed: int, threads: int, load_s: float, ollama_model: str | None,
+) -> tuple[list[Any], dict[str, str]]:
+    """Strategies first, then the peers; a peer that cannot run here is skipped, saying why."""
+    from lljx.bench.peers import LlamaCppSystem, OllamaSystem, Skipped, ollama_name
+    from lljx.bench.runner import StrategySystem
+
+    systems: list[Any] = [
+        StrategySystem(name, model, prompts=prompts, warmup=warmup, max_tokens=max_tokens, seed=seed,
+                       threads=threads, load_s=load_s)
+        for name in names
+    ]
+    skipped: dict[str, str] = {}
+    for peer in dict.fromkeys(peers):
+        try:
+            if peer == "llama.cpp":
+                systems.append(LlamaCppSystem(model, prompts=prompts, warmup=warmup, max_tokens=max_tokens,
+                                              seed=seed, threads=threads))
+            else:
+                systems.append(OllamaSystem(ollama_model or ollama_name(model), warmup=warmup,
+                                            max_tokens=max_tokens, seed=seed))
+        except Skipped as reason:
+            skipped[peer] = str(reason)
+            click.echo(f"{peer}: skipped ({reason})", err=True)
+    return systems, skipped
+
+
+def measure(systems: list[Any], prompts: list[Any], repeat: int) -> list[dict[str, Any]]:
+    """Every system in turn, with a progress bar on stderr naming the system and the prompt."""
+    from lljx.bench.runner import run_system
+
+    rows: list[dict[str, Any]] = []
+    width = max((len(s.name) for s in systems), default=0)
+    for system in systems:
+        with click.progressbar(
+            length=len(prompts) * repeat, label=system.name.ljust(width), file=sys.stderr, show_pos=True,
+            item_show_func=lambda item: item,
+        ) as bar:
+            bar.update(0, "warming up")
+
+            def progress(prompt: Any, r: int, bar: Any = bar) -> None:
+                bar.update(0, f"prompt {prompt.id + 1}/{len(prompts)}" + (f" repeat {r + 1}/{repeat}" if repeat > 1 else ""))
+
+            try:
+                for row in run_system(system, prompts, repeat, progress):
+                    rows.append(row)
+                    bar.update(1)
+            finally:
+                system.close()
+    return rows
