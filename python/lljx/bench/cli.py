@@ -7,6 +7,7 @@ heavy libraries, so `lljx --help` stays fast.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -118,6 +119,8 @@ def run(
                 "prompts": len(prompts), "prompts_file": prompts_file.name if prompts_file else None,
                 "max_tokens": max_tokens, "repeat": repeat, "seed": seed, "threads": threads,
                 "sampling": "greedy (temperature 0), stopping at the model's end-of-turn tokens",
+                # With JAX's persistent cache on, compile_s is mostly the time to load cached executables.
+                "jax_compile_cache": os.environ.get("LLJX_COMPILE_CACHE", "1") != "0",
             },
             "environment": collect(),
             "baseline": chosen,
