@@ -22,6 +22,9 @@ from lljx.models.resolve import resolve_ollama
 from lljx.server.schemas import RequestError
 
 LATEST = ":latest"
+# Ollama's library name for the embedded model: `lljx bench --peer ollama` asks for it, and a
+# store without it pulled gets the embedded file (a pulled one is served from the store).
+EMBEDDED_OLLAMA_PREFIX = "smollm2:135m"
 
 
 def not_found(name: str) -> RequestError:
@@ -51,6 +54,8 @@ class Catalog:
         try:
             return resolve_ollama(name, ollama_root=self.ollama_root)
         except ModelNotFoundError:
+            if name.lower().startswith(EMBEDDED_OLLAMA_PREFIX):
+                return resolve(embedded.NAME)
             raise not_found(name) from None
         except ModelError as error:  # found, but its blobs are unusable
             raise RequestError(500, f'model "{name}" cannot be loaded: {error}') from None
