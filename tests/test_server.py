@@ -264,6 +264,7 @@ def test_a_client_that_disconnects_stops_its_generation(server, first_two):
     body = {"model": MODEL, "prompt": "Count from 1 to 300, separated by commas.",
             "options": {"temperature": 0, "num_predict": 200}}
     with httpx.Client(timeout=120) as http, http.stream("POST", f"{server.url}/api/generate", json=body) as reply:
+        assert reply.headers["content-type"] == "application/x-ndjson"
         lines = reply.iter_lines()
         assert [json.loads(next(lines))["done"] for _ in range(3)] == [False] * 3
         # A second client queues behind the first and leaves before its turn.
