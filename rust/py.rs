@@ -342,8 +342,7 @@ impl PyTokenLoop {
             )?,
         };
         let tokens = state.getattr("tokens")?;
-        let in_flight: usize = tokens.getattr("shape")?.get_item(1)?.extract()?;
-        let following = if self.core.wants_more(in_flight) {
+        let following = if self.core.wants_more() {
             Some(self.decoder.bind(py).call_method1("decode", (&state,))?)
         } else {
             None

@@ -152,10 +152,12 @@ impl TokenLoop {
         self.finished
     }
 
-    /// Whether another decode call is worth dispatching before these tokens are read:
-    /// true unless the budget is already certain to end with the tokens in flight.
-    pub fn wants_more(&self, tokens_in_flight: usize) -> bool {
-        !self.finished && self.stats.gen_tokens + tokens_in_flight.max(1) < self.budget
+    /// Whether another decode call is worth dispatching before the tokens in flight are
+    /// read: true unless the budget is certain to end with them. A call may carry one real
+    /// token in several slots (the rest unused), so only one is counted on; at most one
+    /// call too many is made at the end of a multi-token strategy's budget.
+    pub fn wants_more(&self) -> bool {
+        !self.finished && self.stats.gen_tokens + 1 < self.budget
     }
 
     /// Takes the token ids of one device call (negative ids are unused slots), read back

@@ -185,3 +185,19 @@ def test_an_id_outside_the_vocabulary_is_an_error_not_a_crash(model):
 
     with pytest.raises(TokenizerError, match="not in the vocabulary"):
         run(model, [42, 10**6])
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 8, 9])
+def test_budgets_smaller_than_a_multi_token_call(model, budget):
+    """A first call carrying one real token in eight slots must not end a budget of up to eight."""
+    script = ids(model, "one two three four five six seven eight nine ten eleven")
+    decoder = ScriptedDecoder(script, per_call=8)
+    # The prefill's one real token sits in the last of eight slots, as fused-loop lays it out.
+    first = decoder._state
+    decoder._state = lambda start: (
+        DecodeState(jnp.asarray([[-1] * 7 + script[:1]], jnp.int32), None, jnp.asarray([1]), None, None)
+        if start == 0 else first(start)
+    )
+    generation = Generation(model, decoder, [1, 2], max_tokens=budget, stop_token_ids=())
+    list(generation)
+    assert generation.token_ids == script[:budget] and generation.stats.stop_reason == "length"
