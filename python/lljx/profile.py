@@ -30,23 +30,14 @@ if TYPE_CHECKING:
     from lljx.models import Model
     from lljx.strategies.api import Strategy
 
-# Used until the benchmark's prompt set (lljx.bench.prompts) is installed alongside.
-FALLBACK_PROMPTS = (
-    "Why is the sky blue?",
-    "What makes prime numbers special?",
-    "How do black holes form?",
-)
-
 # Greedy with a fixed seed, as `bench` runs strategies, so a profile and a bench row describe the same work.
 SETTINGS = SamplerSettings(temperature=0.0, seed=0)
 
 
 def builtin_prompts() -> tuple[str, ...]:
     """The benchmark's built-in prompts, so `profile` and `bench` ask the same questions."""
-    try:
-        from lljx.bench.prompts import BUILTIN
-    except ImportError:
-        return FALLBACK_PROMPTS
+    from lljx.bench.prompts import BUILTIN
+
     return tuple(BUILTIN)
 
 
