@@ -45,7 +45,7 @@ def test_generate_streams_text_and_stats():
 
 def test_generate_reads_prompt_from_stdin_and_seed_reproduces():
     args = ("generate", "--temperature", "1.0", "--seed", "7", "-n", "12")
-    first, second = lljx(*args, stdin="Tell me a story."), lljx(*args, stdin="Tell me a story.")
+    first, second = lljx(*args, stdin="Tell me a story.\n"), lljx(*args, "Tell me a story.")
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout and first.stdout.strip()
 

@@ -76,12 +76,15 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def read_prompt(prompt: str | None) -> str:
+def read_prompt(prompt: str | None, *, strip_final_newline: bool = False) -> str:
+    """The PROMPT argument, else all of stdin (exactly, unless strip_final_newline)."""
     if prompt is not None:
         return prompt
     if sys.stdin is None or sys.stdin.isatty():
         raise click.UsageError("give a PROMPT argument or pipe the prompt on stdin")
-    return sys.stdin.read()
+    text = sys.stdin.read()
+    # `echo question | lljx generate` should ask what `lljx generate question` asks.
+    return text.removesuffix("\n").removesuffix("\r") if strip_final_newline else text
 
 
 class LazyGroup(click.Group):
@@ -155,7 +158,7 @@ def generate(
     from lljx.strategies import registry
 
     strategy = registry.load(strategy_name or registry.DEFAULT_STRATEGY)
-    text = read_prompt(prompt)
+    text = read_prompt(prompt, strip_final_newline=True)
     settings = SamplerSettings(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         seed=secrets.randbelow(2**63) if seed is None else seed,
