@@ -75,6 +75,16 @@ def test_models_lists_the_embedded_model_and_paths():
     assert {r["quantization"] for r in rows} == {"Q4_1"} and all(r["context"] == 8192 for r in rows)
 
 
+def test_models_lists_a_broken_path_with_its_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + bytes(60))
+    run = lljx("models", str(bad))
+    assert run.returncode == 0
+    header, *rows = run.stdout.splitlines()
+    assert "ERROR" in header
+    assert any("bad.gguf" in row and "not a GGUF file" in row for row in rows), run.stdout
+
+
 def gguf_header(n_tensors: int, n_kv: int) -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv)
 

@@ -235,7 +235,9 @@ def models(paths: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(format_table(rows, ["name", "format", "size", "params", "quantization", "context", "source"]))
+    columns = ["name", "format", "size", "params", "quantization", "context", "source"]
+    # A path that does not load is listed with the reason, not dropped and not fatal.
+    click.echo(format_table(rows, columns + (["error"] if any(row.get("error") for row in rows) else [])))
 
 
 @main.command()
