@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import jax
+
+Q8_BLOCK = 32  # inputs sharing one int8 scale, as in llama.cpp's Q8_0
+
+
+class Int8Weight(NamedTuple):
+    """An [in, out] projection as int8 values with one f32 scale per 32 consecutive inputs of each output.
+
+    The same numbers as a GGUF Q8_0 tensor (blocks run along the input dimension), laid out
+    [in, out] like the float weights: `values[k, n] * scales[k // 32, n]` is weight (k, n).
+    """
+
+    values: jax.Array  # int8 [in, out]
+    scales: jax.Array  # f32 [in // 32, out]
+
+
+class NativeWeight(NamedTuple):
+    """A weight to multiply with lljx's own CPU matrix-vector kernel when only a few rows come in (decode).
+
+    Wrapping shares the array; nothing is copied. Strategies that use the kernel wrap the
+    projections at build time (see `lljx.core.linear.use_native_kernel`).
+    """
+
+    weight: jax.Array | Int8Weight
+
+
+Weight = Union[jax.Array, Int8Weight, NativeWeight]  # what `lljx.core.linear` multiplies by
 
 
 class LayerParams(NamedTuple):
@@ -16,14 +42,14 @@ class LayerParams(NamedTuple):
     """
 
     attn_norm: jax.Array  # [d_model]
-    wq: jax.Array  # [d_model, n_heads * d_head]
-    wk: jax.Array  # [d_model, n_kv_heads * d_head]
-    wv: jax.Array  # [d_model, n_kv_heads * d_head]
-    wo: jax.Array  # [n_heads * d_head, d_model]
+    wq: Weight  # [d_model, n_heads * d_head]
+    wk: Weight  # [d_model, n_kv_heads * d_head]
+    wv: Weight  # [d_model, n_kv_heads * d_head]
+    wo: Weight  # [n_heads * d_head, d_model]
     ffn_norm: jax.Array  # [d_model]
-    w_gate: jax.Array  # [d_model, d_ffn]
-    w_up: jax.Array  # [d_model, d_ffn]
-    w_down: jax.Array  # [d_ffn, d_model]
+    w_gate: Weight  # [d_model, d_ffn]
+    w_up: Weight  # [d_model, d_ffn]
+    w_down: Weight  # [d_ffn, d_model]
 
 
 class Params(NamedTuple):
@@ -39,7 +65,7 @@ class Params(NamedTuple):
     embed: jax.Array | None  # [vocab, d_model], or None when tied to the head
     layers: tuple[LayerParams, ...]
     final_norm: jax.Array  # [d_model]
-    head: jax.Array  # [d_model, vocab]
+    head: Weight  # [d_model, vocab]
 
 
 def stack_layers(layers: tuple[LayerParams, ...]) -> LayerParams:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from lljx.config import ModelConfig
 from lljx.core import kv_cache
+from lljx.core.linear import project, project_many
 from lljx.core.rope import apply_rope
 from lljx.params import LayerParams
 
@@ -31,9 +32,8 @@ def forward(
     batch, seq, _ = x.shape
     h, kvh, d = config.n_heads, config.n_kv_heads, config.d_head
     with jax.named_scope("qkv"):
-        q = (x @ layer.wq).reshape(batch, seq, h, d)
-        k = (x @ layer.wk).reshape(batch, seq, kvh, d)
-        v = (x @ layer.wv).reshape(batch, seq, kvh, d)
+        q, k, v = project_many(x, (layer.wq, layer.wk, layer.wv))
+        q, k, v = q.reshape(batch, seq, h, d), k.reshape(batch, seq, kvh, d), v.reshape(batch, seq, kvh, d)
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     with jax.named_scope("kv_write"):
@@ -50,4 +50,4 @@ def forward(
         out = jnp.einsum("bkrst,btkd->bskrd", probs, cache_v, preferred_element_type=jnp.float32)
         out = out.reshape(batch, seq, h * d).astype(x.dtype)
     with jax.named_scope("attn_out"):
-        return out @ layer.wo, cache_k, cache_v
+        return project(out, layer.wo), cache_k, cache_v

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import jax
 
+from lljx.core.linear import project, project_many
 from lljx.params import LayerParams
 
 
 def forward(layer: LayerParams, x: jax.Array) -> jax.Array:
     with jax.named_scope("swiglu"):
-        return (jax.nn.silu(x @ layer.w_gate) * (x @ layer.w_up)) @ layer.w_down
+        gate, up = project_many(x, (layer.w_gate, layer.w_up))
+        return project(jax.nn.silu(gate) * up, layer.w_down)

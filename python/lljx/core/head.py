@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lljx.config import ModelConfig
+from lljx.core.linear import project
 from lljx.core.norm import rms_norm
 from lljx.params import Params
 
@@ -14,4 +15,4 @@ def forward(config: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
     """x [..., d_model] -> f32 logits [..., vocab]."""
     with jax.named_scope("head"):
         x = rms_norm(x, params.final_norm, config.norm_eps)
-        return jnp.einsum("...d,dv->...v", x, params.head, preferred_element_type=jnp.float32)
+        return project(x, params.head, jnp.float32)
