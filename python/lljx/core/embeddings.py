@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
 from lljx.core.linear import take_columns
 from lljx.params import Params
 
