@@ -7,7 +7,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyBytes, PyCapsule, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple,
+};
 
 use crate::chat::{ChatTemplate, Clock, Data};
 use crate::detokenize::StreamDecoder;
@@ -338,7 +340,11 @@ impl PyTokenLoop {
             Some(state) => state.into_bound(py),
             None => self.decoder.bind(py).call_method1(
                 "prefill",
-                (self.prompt_ids.bind(py), self.plan.bind(py), self.settings.bind(py)),
+                (
+                    self.prompt_ids.bind(py),
+                    self.plan.bind(py),
+                    self.settings.bind(py),
+                ),
             )?,
         };
         let tokens = state.getattr("tokens")?;
@@ -445,6 +451,17 @@ impl PyTokenLoop {
     }
 }
 
+/// The XLA FFI handler of the matvec kernel, as the capsule `jax.ffi.register_ffi_target` takes.
+#[pyfunction]
+fn matvec_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
+    let handler = crate::xla_ffi::lljx_matvec as *mut std::ffi::c_void;
+    let pointer = std::ptr::NonNull::new(handler).ok_or_else(|| {
+        pyo3::exceptions::PyRuntimeError::new_err("matvec handler has no address")
+    })?;
+    // SAFETY: a function pointer stays valid for the life of the process; the capsule frees nothing.
+    unsafe { PyCapsule::new_with_pointer(py, pointer, c"xla._CUSTOM_CALL_TARGET") }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -454,5 +471,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStreamDecoder>()?;
     m.add_class::<PyChatTemplate>()?;
     m.add_class::<PyTokenLoop>()?;
+    m.add_function(wrap_pyfunction!(matvec_ffi_handler, m)?)?;
     Ok(())
 }

@@ -90,3 +90,6 @@ class TokenLoop:
     def token_ids(self) -> list[int]: ...
     @property
     def stats(self) -> dict[str, Any]: ...
+
+def matvec_ffi_handler() -> object:
+    """The XLA FFI handler of the matvec kernel, as the capsule `jax.ffi.register_ffi_target` takes."""

@@ -1,0 +1,506 @@
+//! Bandwidth-bound matrix-vector products y = x · W over weights stored [in, out]: f32, bf16, f16 or int8 blocks.
+//!
+//! Batch-1 decode reads every weight once per token, so its speed is the speed at which
+//! weights stream from memory. Each call takes a range of input rows and streams those
+//! rows of W front to back, adding x[k] · W[k, :] into the output: one long sequential
+//! read per thread that hardware prefetchers follow, with the output (a few KB) in L1.
+//! Threads split the rows and their partial outputs are summed afterwards.
+
+use std::ops::Range;
+
+/// Inputs sharing one int8 scale (llama.cpp's Q8_0 block).
+pub const Q8_BLOCK: usize = 32;
+
+/// The element storage of a weight matrix, row-major [rows = inputs, cols = outputs].
+#[derive(Clone, Copy, Debug)]
+pub enum Elements<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    F16(&'a [u16]),
+    /// int8 values [rows, cols] and one f32 scale per 32 rows of each column: [rows / 32, cols].
+    Q8 {
+        values: &'a [i8],
+        scales: &'a [f32],
+    },
+}
+
+/// A weight matrix whose slice lengths have been checked against its shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    elements: Elements<'a>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Matrix<'a> {
+    pub fn new(elements: Elements<'a>, rows: usize, cols: usize) -> Result<Self, String> {
+        let cells = rows.checked_mul(cols).ok_or("matrix size overflows")?;
+        let (name, len) = match elements {
+            Elements::F32(w) => ("f32", w.len()),
+            Elements::Bf16(w) => ("bf16", w.len()),
+            Elements::F16(w) => ("f16", w.len()),
+            Elements::Q8 { values, scales } => {
+                if rows % Q8_BLOCK != 0 {
+                    return Err(format!(
+                        "int8 weight has {rows} inputs, not a multiple of {Q8_BLOCK}"
+                    ));
+                }
+                if scales.len() != rows / Q8_BLOCK * cols {
+                    return Err(format!(
+                        "int8 weight [{rows}, {cols}] needs {} scales, got {}",
+                        rows / Q8_BLOCK * cols,
+                        scales.len()
+                    ));
+                }
+                ("int8", values.len())
+            }
+        };
+        if len != cells {
+            return Err(format!(
+                "{name} weight [{rows}, {cols}] needs {cells} elements, got {len}"
+            ));
+        }
+        Ok(Matrix {
+            elements,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row ranges given to `matvec_rows` should start at multiples of this: whole int8 blocks,
+    /// whole 4-row passes for float weights.
+    pub fn row_alignment(&self) -> usize {
+        match self.elements {
+            Elements::Q8 { .. } => Q8_BLOCK,
+            _ => 4,
+        }
+    }
+
+    /// Bytes read from memory for one full product.
+    pub fn bytes(&self) -> usize {
+        let cells = self.rows * self.cols;
+        match self.elements {
+            Elements::F32(_) => cells * 4,
+            Elements::Bf16(_) | Elements::F16(_) => cells * 2,
+            Elements::Q8 { .. } => cells + cells / Q8_BLOCK * 4,
+        }
+    }
+}
+
+/// y = Σ_{k in rows} x[k] · W[k, :], accumulated in f32 (y is overwritten, one value per column).
+///
+/// For int8 weights `rows` must start and end on a 32-row block boundary.
+/// Panics if x, y or `rows` do not fit the matrix (callers validate shapes first).
+pub fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+    assert_eq!(x.len(), matrix.rows, "input length");
+    assert!(
+        rows.start <= rows.end && rows.end <= matrix.rows,
+        "row range"
+    );
+    assert_eq!(y.len(), matrix.cols, "output length");
+    if let Elements::Q8 { .. } = matrix.elements {
+        assert!(
+            rows.start % Q8_BLOCK == 0 && rows.end % Q8_BLOCK == 0,
+            "int8 rows must cover whole blocks"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, and the asserts above keep every access in bounds.
+            unsafe { avx512::matvec_rows(matrix, x, rows, y) };
+            return;
+        }
+    }
+    portable::matvec_rows(matrix, x, rows, y);
+}
+
+/// Plain loops, used on CPUs without AVX-512 and as the reference in tests.
+pub mod portable {
+    use super::{Elements, Matrix, Q8_BLOCK};
+    use half::{bf16, f16};
+    use std::ops::Range;
+
+    pub fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+        let cols = matrix.cols;
+        y.fill(0.0);
+        for k in rows {
+            let xk = x[k];
+            let row = k * cols..(k + 1) * cols;
+            match matrix.elements {
+                Elements::F32(w) => y.iter_mut().zip(&w[row]).for_each(|(o, v)| *o += xk * v),
+                Elements::Bf16(w) => y
+                    .iter_mut()
+                    .zip(&w[row])
+                    .for_each(|(o, v)| *o += xk * bf16::from_bits(*v).to_f32()),
+                Elements::F16(w) => y
+                    .iter_mut()
+                    .zip(&w[row])
+                    .for_each(|(o, v)| *o += xk * f16::from_bits(*v).to_f32()),
+                Elements::Q8 { values, scales } => {
+                    let s = &scales[k / Q8_BLOCK * cols..(k / Q8_BLOCK + 1) * cols];
+                    y.iter_mut()
+                        .zip(&values[row])
+                        .zip(s)
+                        .for_each(|((o, v), s)| *o += xk * (*v as f32 * s));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Elements, Matrix, Q8_BLOCK};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    const LANES: usize = 16;
+    /// Rows per pass over the output: fewer passes when the output is too big for L1.
+    const ROWS_PER_PASS: usize = 4;
+    const L1_OUTPUT_COLS: usize = 4096;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_f32(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_bf16(p: *const u16) -> __m512 {
+        // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+        let halves = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_f16(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_i8(p: *const i8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    /// y[c] (+)= scale[c] · Σ_{u<R} x[u] · W[row u][c] over full vectors of columns;
+    /// `scale` is null for float weights. Returns the columns done (a multiple of 16).
+    macro_rules! pass {
+        ($name:ident, $elem:ty, $load:ident) => {
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $name<const R: usize>(
+                w: [*const $elem; R],
+                x: [f32; R],
+                scale: *const f32,
+                y: *mut f32,
+                cols: usize,
+                first: bool,
+            ) -> usize {
+                let xs = x.map(|v| _mm512_set1_ps(v));
+                let mut c = 0;
+                while c + LANES <= cols {
+                    let mut sum = $load(w[0].add(c));
+                    sum = _mm512_mul_ps(xs[0], sum);
+                    for u in 1..R {
+                        sum = _mm512_fmadd_ps(xs[u], $load(w[u].add(c)), sum);
+                    }
+                    let out = y.add(c);
+                    let prev = if first {
+                        _mm512_setzero_ps()
+                    } else {
+                        _mm512_loadu_ps(out)
+                    };
+                    let next = if scale.is_null() {
+                        _mm512_add_ps(prev, sum)
+                    } else {
+                        _mm512_fmadd_ps(_mm512_loadu_ps(scale.add(c)), sum, prev)
+                    };
+                    _mm512_storeu_ps(out, next);
+                    c += LANES;
+                }
+                c
+            }
+        };
+    }
+
+    pass!(pass_f32, f32, load_f32);
+    pass!(pass_bf16, u16, load_bf16);
+    pass!(pass_f16, u16, load_f16);
+    pass!(pass_i8, i8, load_i8);
+
+    /// Rows [k, k + R) added into y; the last columns (fewer than 16) go through scalar code.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_rows<const R: usize>(
+        matrix: &Matrix,
+        x: &[f32],
+        k: usize,
+        y: &mut [f32],
+        first: bool,
+    ) {
+        let cols = matrix.cols;
+        let xr: [f32; R] = std::array::from_fn(|u| x[k + u]);
+        let out = y.as_mut_ptr();
+        let done = match matrix.elements {
+            Elements::F32(w) => pass_f32::<R>(
+                std::array::from_fn(|u| w.as_ptr().add((k + u) * cols)),
+                xr,
+                std::ptr::null(),
+                out,
+                cols,
+                first,
+            ),
+            Elements::Bf16(w) => pass_bf16::<R>(
+                std::array::from_fn(|u| w.as_ptr().add((k + u) * cols)),
+                xr,
+                std::ptr::null(),
+                out,
+                cols,
+                first,
+            ),
+            Elements::F16(w) => pass_f16::<R>(
+                std::array::from_fn(|u| w.as_ptr().add((k + u) * cols)),
+                xr,
+                std::ptr::null(),
+                out,
+                cols,
+                first,
+            ),
+            Elements::Q8 { values, scales } => {
+                let scale = scales.as_ptr().add(k / Q8_BLOCK * cols);
+                pass_i8::<R>(
+                    std::array::from_fn(|u| values.as_ptr().add((k + u) * cols)),
+                    xr,
+                    scale,
+                    out,
+                    cols,
+                    first,
+                )
+            }
+        };
+        if done < cols {
+            let mut tail = vec![0.0f32; cols];
+            super::portable::matvec_rows(matrix, x, k..k + R, &mut tail);
+            for c in done..cols {
+                y[c] = if first { tail[c] } else { y[c] + tail[c] };
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+        if rows.is_empty() {
+            y.fill(0.0);
+            return;
+        }
+        // Int8 blocks hold 32 rows, a multiple of the 4 rows per pass, so a pass never spans two scales.
+        let per_pass = if matrix.cols > L1_OUTPUT_COLS {
+            ROWS_PER_PASS
+        } else {
+            1
+        };
+        let mut k = rows.start;
+        let mut first = true;
+        while k + per_pass <= rows.end && per_pass == ROWS_PER_PASS {
+            add_rows::<ROWS_PER_PASS>(matrix, x, k, y, first);
+            first = false;
+            k += ROWS_PER_PASS;
+        }
+        while k < rows.end {
+            add_rows::<1>(matrix, x, k, y, first);
+            first = false;
+            k += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny deterministic generator so tests need no extra crates.
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(w: &[f64], rows: usize, cols: usize, x: &[f32]) -> Vec<f64> {
+        (0..cols)
+            .map(|n| (0..rows).map(|k| x[k] as f64 * w[k * cols + n]).sum())
+            .collect()
+    }
+
+    fn check(matrix: Matrix, exact: &[f64], x: &[f32]) {
+        let (rows, cols) = (matrix.rows(), matrix.cols());
+        let step = if matches!(matrix.elements, Elements::Q8 { .. }) {
+            Q8_BLOCK
+        } else {
+            1
+        };
+        let mid = rows / 2 / step * step;
+        for range in [0..rows, 0..mid, mid..rows] {
+            let want = reference(
+                &exact[range.start * cols..range.end * cols],
+                range.len(),
+                cols,
+                &x[range.clone()],
+            );
+            let mut fast = vec![f32::NAN; cols];
+            let mut slow = vec![f32::NAN; cols];
+            matvec_rows(&matrix, x, range.clone(), &mut fast);
+            portable::matvec_rows(&matrix, x, range.clone(), &mut slow);
+            let tol = 1e-5 * (rows as f64).sqrt();
+            for n in 0..cols {
+                let bound = tol * (1.0 + want[n].abs());
+                assert!(
+                    (fast[n] as f64 - want[n]).abs() < bound,
+                    "fast col {n} rows {range:?}: {} vs {}",
+                    fast[n],
+                    want[n]
+                );
+                assert!(
+                    (slow[n] as f64 - want[n]).abs() < bound,
+                    "portable col {n} rows {range:?}: {} vs {}",
+                    slow[n],
+                    want[n]
+                );
+            }
+        }
+    }
+
+    // Shapes cover 1 and 4 rows per pass (more than 4096 columns), 16-wide vectors and ragged tails.
+    // Column counts cover full 128-wide tiles, 16-wide tiles and a ragged tail.
+    const SHAPES: [(usize, usize); 5] = [(64, 128), (96, 200), (576, 960), (32, 7), (64, 4100)];
+
+    #[test]
+    fn f32_matches_reference() {
+        for (rows, cols) in SHAPES {
+            let w = noise(1, rows * cols);
+            let x = noise(2, rows);
+            let exact: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            check(
+                Matrix::new(Elements::F32(&w), rows, cols).unwrap(),
+                &exact,
+                &x,
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_and_f16_match_reference() {
+        for (rows, cols) in SHAPES {
+            let w = noise(3, rows * cols);
+            let x = noise(4, rows);
+            let b: Vec<u16> = w
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+            let exact: Vec<f64> = b
+                .iter()
+                .map(|&v| half::bf16::from_bits(v).to_f64())
+                .collect();
+            check(
+                Matrix::new(Elements::Bf16(&b), rows, cols).unwrap(),
+                &exact,
+                &x,
+            );
+            let h: Vec<u16> = w
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
+            let exact: Vec<f64> = h
+                .iter()
+                .map(|&v| half::f16::from_bits(v).to_f64())
+                .collect();
+            check(
+                Matrix::new(Elements::F16(&h), rows, cols).unwrap(),
+                &exact,
+                &x,
+            );
+        }
+    }
+
+    #[test]
+    fn q8_matches_reference() {
+        for (rows, cols) in SHAPES {
+            let values: Vec<i8> = noise(5, rows * cols)
+                .iter()
+                .map(|v| (v * 127.0) as i8)
+                .collect();
+            let scales: Vec<f32> = noise(6, rows / Q8_BLOCK * cols)
+                .iter()
+                .map(|v| v * 0.01)
+                .collect();
+            let x = noise(7, rows);
+            let exact: Vec<f64> = (0..rows * cols)
+                .map(|i| values[i] as f64 * scales[(i / cols) / Q8_BLOCK * cols + i % cols] as f64)
+                .collect();
+            check(
+                Matrix::new(
+                    Elements::Q8 {
+                        values: &values,
+                        scales: &scales,
+                    },
+                    rows,
+                    cols,
+                )
+                .unwrap(),
+                &exact,
+                &x,
+            );
+        }
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let w = vec![0.0f32; 12];
+        assert!(Matrix::new(Elements::F32(&w), 3, 4).is_ok());
+        assert!(Matrix::new(Elements::F32(&w), 4, 4)
+            .unwrap_err()
+            .contains("needs 16 elements"));
+        let values = vec![0i8; 40];
+        let scales = vec![0.0f32; 2];
+        let err = Matrix::new(
+            Elements::Q8 {
+                values: &values,
+                scales: &scales,
+            },
+            20,
+            2,
+        )
+        .unwrap_err();
+        assert!(err.contains("multiple of 32"), "{err}");
+        let values = vec![0i8; 64];
+        let err = Matrix::new(
+            Elements::Q8 {
+                values: &values,
+                scales: &scales[..1],
+            },
+            32,
+            2,
+        )
+        .unwrap_err();
+        assert!(err.contains("needs 2 scales"), "{err}");
+    }
+}
