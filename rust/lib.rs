@@ -8,6 +8,7 @@ pub mod error;
 pub mod matvec;
 pub mod token_loop;
 pub mod tokenizer;
+pub mod workers;
 pub mod xla_ffi;
 
 #[cfg(feature = "python")]

@@ -40,7 +40,7 @@ impl<'a> Matrix<'a> {
             Elements::Bf16(w) => ("bf16", w.len()),
             Elements::F16(w) => ("f16", w.len()),
             Elements::Q8 { values, scales } => {
-                if rows % Q8_BLOCK != 0 {
+                if !rows.is_multiple_of(Q8_BLOCK) {
                     return Err(format!(
                         "int8 weight has {rows} inputs, not a multiple of {Q8_BLOCK}"
                     ));
@@ -108,7 +108,7 @@ pub fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]
     assert_eq!(y.len(), matrix.cols, "output length");
     if let Elements::Q8 { .. } = matrix.elements {
         assert!(
-            rows.start % Q8_BLOCK == 0 && rows.end % Q8_BLOCK == 0,
+            rows.start.is_multiple_of(Q8_BLOCK) && rows.end.is_multiple_of(Q8_BLOCK),
             "int8 rows must cover whole blocks"
         );
     }

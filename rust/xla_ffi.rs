@@ -8,10 +8,11 @@
 //! matrix [in, out] (f32, bf16 or f16), or an int8 [in, out] matrix followed by its f32
 //! scales [in / 32, out]. Output i is [..., out_i] in f32, bf16 or f16. All outputs share x,
 //! so Q, K and V (or gate and up) cost one call. Each product is split into row ranges that
-//! XLA's own intra-op thread pool and the calling thread claim from a shared counter; the
-//! partial outputs of a split product are summed once every range is done.
+//! the calling thread and lljx's spinning helpers (`workers`) claim from a shared counter;
+//! the partial outputs of a split product are summed once every range is done.
 
 use crate::matvec::{matvec_rows, Elements, Matrix, Q8_BLOCK};
+use crate::workers::{self, SharedJob};
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,32 +45,7 @@ struct ErrorCreateArgs {
     errc: i32,
 }
 
-#[repr(C)]
-struct ErrorDestroyArgs {
-    struct_size: usize,
-    extension_start: *mut ExtensionBase,
-    error: ErrorPtr,
-}
-
-#[repr(C)]
-struct ThreadPoolScheduleArgs {
-    struct_size: usize,
-    extension_start: *mut ExtensionBase,
-    ctx: *mut c_void,
-    task: unsafe extern "C" fn(*mut c_void),
-    data: *mut c_void,
-}
-
-#[repr(C)]
-struct ThreadPoolNumThreadsArgs {
-    struct_size: usize,
-    extension_start: *mut ExtensionBase,
-    ctx: *mut c_void,
-    num_threads: *mut i64,
-}
-
-type Fn = *const c_void;
-
+/// The start of XLA_FFI_Api: the handler only creates errors, the first function in the table.
 #[repr(C)]
 pub struct Api {
     struct_size: usize,
@@ -77,19 +53,6 @@ pub struct Api {
     api_version: ApiVersion,
     internal_api: *const c_void,
     error_create: Option<unsafe extern "C" fn(*mut ErrorCreateArgs) -> ErrorPtr>,
-    error_get_message: Fn,
-    error_destroy: Option<unsafe extern "C" fn(*mut ErrorDestroyArgs)>,
-    handler_register: Fn,
-    stream_get: Fn,
-    type_register: Fn,
-    execution_context_get: Fn,
-    state_set: Fn,
-    state_get: Fn,
-    device_memory_allocate: Fn,
-    device_memory_free: Fn,
-    thread_pool_schedule: Option<unsafe extern "C" fn(*mut ThreadPoolScheduleArgs) -> ErrorPtr>,
-    thread_pool_num_threads:
-        Option<unsafe extern "C" fn(*mut ThreadPoolNumThreadsArgs) -> ErrorPtr>,
 }
 
 #[repr(C)]
@@ -151,9 +114,6 @@ struct MetadataExtension {
 // c_api.h sizes a struct up to the end of its last field (no tail padding).
 const API_VERSION_SIZE: usize = std::mem::offset_of!(ApiVersion, minor) + 4;
 const ERROR_CREATE_ARGS_SIZE: usize = std::mem::offset_of!(ErrorCreateArgs, errc) + 4;
-const ERROR_DESTROY_ARGS_SIZE: usize = std::mem::size_of::<ErrorDestroyArgs>();
-const SCHEDULE_ARGS_SIZE: usize = std::mem::size_of::<ThreadPoolScheduleArgs>();
-const NUM_THREADS_ARGS_SIZE: usize = std::mem::size_of::<ThreadPoolNumThreadsArgs>();
 // c_api.h sizes the call frame up to `attrs`; `future` is not read here.
 const CALL_FRAME_SIZE: usize = std::mem::offset_of!(CallFrame, future);
 
@@ -234,8 +194,7 @@ unsafe fn handle(frame: *mut CallFrame) -> Result<(), String> {
     let args = unsafe { buffers(&frame.args, "argument")? };
     let rets = unsafe { buffers(&frame.rets, "result")? };
     let call = unsafe { Call::parse(&args, &rets)? };
-    let threads = unsafe { pool_threads(frame) };
-    unsafe { call.run(frame, threads) };
+    call.run(workers::threads());
     Ok(())
 }
 
@@ -449,7 +408,7 @@ struct Chunk {
     first_of_group: usize,
 }
 
-/// Shared by the calling thread and pool tasks; a task that starts late finds nothing left to claim.
+/// Shared by the calling thread and the helpers; a helper that comes late finds nothing left to claim.
 struct Work {
     call: Call,
     chunks: Vec<Chunk>,
@@ -548,106 +507,25 @@ impl Work {
     }
 }
 
+impl SharedJob for Work {
+    fn drain(&self) {
+        Work::drain(self)
+    }
+}
+
 impl Call {
-    unsafe fn run(self, frame: &CallFrame, threads: usize) {
+    fn run(self, threads: usize) {
         let work = Arc::new(Work::new(self, threads));
         if threads > 1 && work.chunks.len() > 1 {
-            for _ in 1..threads.min(work.chunks.len()) {
-                unsafe { schedule(frame, Arc::clone(&work)) };
-            }
+            workers::share(work.clone());
         }
         work.drain();
-        // Chunks claimed by pool threads may still be running; their partials must land first.
-        let mut spins = 0u32;
+        // Chunks claimed by helpers may still be running; their partials must land first.
         while work.done.load(Ordering::Acquire) < work.chunks.len() {
-            spins += 1;
-            if spins < 1 << 14 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            std::hint::spin_loop();
         }
         work.reduce();
     }
-}
-
-unsafe extern "C" fn pool_task(data: *mut c_void) {
-    let work = unsafe { Arc::from_raw(data as *const Work) };
-    // A panic must not unwind into XLA's thread pool; the caller then sees an unfinished chunk
-    // count only if a chunk panicked, which the bounds checks in parse() rule out.
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.drain()));
-}
-
-/// Hands one `drain` to XLA's intra-op pool; if the pool is unavailable the caller does all the work.
-unsafe fn schedule(frame: &CallFrame, work: Arc<Work>) {
-    let api = unsafe { &*frame.api };
-    let Some(schedule) = api.thread_pool_schedule else {
-        return;
-    };
-    let data = Arc::into_raw(work) as *mut c_void;
-    let mut args = ThreadPoolScheduleArgs {
-        struct_size: SCHEDULE_ARGS_SIZE,
-        extension_start: std::ptr::null_mut(),
-        ctx: frame.ctx,
-        task: pool_task,
-        data,
-    };
-    let err = unsafe { schedule(&mut args) };
-    if !err.is_null() {
-        drop(unsafe { Arc::from_raw(data as *const Work) });
-        unsafe { destroy(api, err) };
-    }
-}
-
-unsafe fn destroy(api: &Api, err: ErrorPtr) {
-    if let Some(destroy) = api.error_destroy {
-        let mut args = ErrorDestroyArgs {
-            struct_size: ERROR_DESTROY_ARGS_SIZE,
-            extension_start: std::ptr::null_mut(),
-            error: err,
-        };
-        unsafe { destroy(&mut args) };
-    }
-}
-
-/// `LLJX_MATVEC_THREADS` caps the threads one product uses (unset or 0: XLA's whole pool).
-fn thread_cap() -> usize {
-    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CAP.get_or_init(|| {
-        let cap = std::env::var("LLJX_MATVEC_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if cap == 0 {
-            usize::MAX
-        } else {
-            cap
-        }
-    })
-}
-
-/// Threads in XLA's intra-op pool for this call (at most `thread_cap()`), or 1 when there is none.
-unsafe fn pool_threads(frame: &CallFrame) -> usize {
-    let api = unsafe { &*frame.api };
-    if api.struct_size < std::mem::size_of::<Api>() {
-        return 1; // a runtime older than the thread-pool functions
-    }
-    let Some(num_threads) = api.thread_pool_num_threads else {
-        return 1;
-    };
-    let mut n: i64 = 0;
-    let mut args = ThreadPoolNumThreadsArgs {
-        struct_size: NUM_THREADS_ARGS_SIZE,
-        extension_start: std::ptr::null_mut(),
-        ctx: frame.ctx,
-        num_threads: &mut n,
-    };
-    let err = unsafe { num_threads(&mut args) };
-    if !err.is_null() {
-        unsafe { destroy(api, err) };
-        return 1;
-    }
-    usize::try_from(n).unwrap_or(1).clamp(1, thread_cap())
 }
 
 #[cfg(test)]
@@ -668,6 +546,5 @@ mod tests {
         assert_eq!(std::mem::offset_of!(Buffer, dims), 40);
         assert_eq!(std::mem::offset_of!(Metadata, traits), 32);
         assert_eq!(std::mem::offset_of!(Api, error_create), 48);
-        assert_eq!(std::mem::offset_of!(Api, thread_pool_schedule), 48 + 11 * 8);
     }
 }

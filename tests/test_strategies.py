@@ -12,7 +12,7 @@ import pytest
 from lljx.strategies import registry
 from plugin_fakes import BROKEN, WORKING, write_distribution
 
-BUILT_INS = {"no-jit", "jit-token", "jit-split", "jit-layer", "scan", "fused-loop"}
+BUILT_INS = {"no-jit", "jit-token", "jit-split", "jit-layer", "scan", "fused-loop", "native-token", "native-loop"}
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ def expected(model):
 
 
 def test_built_ins_and_plugins_are_all_checked():
-    assert {"no-jit", "jit-token", "jit-split", "jit-layer", "scan", "fused-loop"} <= set(STRATEGIES)
+    assert {"no-jit", "jit-token", "jit-split", "jit-layer", "scan", "fused-loop", "native-token", "native-loop"} <= set(STRATEGIES)
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

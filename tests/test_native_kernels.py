@@ -1,0 +1,125 @@
+"""The Rust matvec kernel inside jitted code: every weight kind against XLA's dot, threads, shapes, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lljx import native_kernels
+from lljx.core import linear
+from lljx.params import Q8_BLOCK, Int8Weight, NativeWeight
+
+RNG = np.random.default_rng(7)
+
+
+def random_int8(n_in: int, n_out: int) -> Int8Weight:
+    values = RNG.integers(-127, 128, size=(n_in, n_out), dtype=np.int8)
+    scales = (RNG.random((n_in // Q8_BLOCK, n_out), dtype=np.float32) * 0.02).astype(np.float32)
+    return Int8Weight(jnp.asarray(values), jnp.asarray(scales))
+
+
+def exact(x: jax.Array, w) -> np.ndarray:
+    """x · w in float64 from the exact values the kernel sees."""
+    dense = linear.dequantize(w) if isinstance(w, Int8Weight) else w
+    return np.asarray(x, np.float64) @ np.asarray(dense.astype(jnp.float32), np.float64)
+
+
+# Shapes: Llama-like, output widths not a multiple of 16, a wide head-like output (4 rows per pass),
+# and input counts that leave a part of a 4-row pass.
+SHAPES = [(576, (576, 192, 192)), (64, (7,)), (96, (200, 33)), (128, (5000,)), (66, (48,))]
+
+
+@pytest.mark.parametrize("n_in,outs", SHAPES)
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_float_weights_match_float64(n_in, outs, dtype, rows):
+    jdt = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16}[dtype]
+    x = jnp.asarray(RNG.standard_normal((rows, n_in), dtype=np.float32)).astype(jdt)
+    weights = [jnp.asarray(RNG.standard_normal((n_in, n), dtype=np.float32) / np.sqrt(n_in)).astype(jdt) for n in outs]
+    got = jax.jit(lambda x, *w: native_kernels.matvec(x, w, jnp.float32))(x, *weights)
+    for y, w in zip(got, weights):
+        assert y.shape == (rows, w.shape[1]) and y.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(y), exact(x, w), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("n_in,outs", [(576, (576, 192)), (64, (7, 5000)), (1536, (576,))])
+def test_int8_weights_match_float64(n_in, outs):
+    x = jnp.asarray(RNG.standard_normal((2, n_in), dtype=np.float32))
+    weights = [random_int8(n_in, n) for n in outs]
+    got = jax.jit(lambda x, w: native_kernels.matvec(x, w, jnp.float32))(x, weights)
+    for y, w in zip(got, weights):
+        want = exact(x, w)
+        np.testing.assert_allclose(np.asarray(y), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_outputs_are_rounded_f32_sums(out_dtype):
+    x = jnp.asarray(RNG.standard_normal((1, 256), dtype=np.float32))
+    w = jnp.asarray(RNG.standard_normal((256, 300), dtype=np.float32) / 16)
+    (y,) = jax.jit(lambda x, w: native_kernels.matvec(x, [w], out_dtype))(x, w)
+    assert y.dtype == out_dtype
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(jnp.asarray(exact(x, w), jnp.float32).astype(out_dtype)))
+
+
+def test_project_many_routes_few_rows_to_the_kernel_and_many_to_xla():
+    w = jnp.asarray(RNG.standard_normal((64, 48), dtype=np.float32))
+    native = NativeWeight(w)
+    few = jnp.ones((1, 2, 64), jnp.float32)
+    many = jnp.ones((1, linear.NATIVE_MAX_ROWS + 1, 64), jnp.float32)
+    assert "lljx_matvec" in jax.jit(lambda x: linear.project(x, native)).lower(few).as_text()
+    assert "lljx_matvec" not in jax.jit(lambda x: linear.project(x, native)).lower(many).as_text()
+    np.testing.assert_allclose(linear.project(few, native), few @ w, rtol=1e-5)
+    np.testing.assert_allclose(linear.project(many, native), many @ w, rtol=1e-5)
+
+
+def test_int8_xla_path_matches_the_kernel():
+    w = random_int8(128, 96)
+    x = jnp.asarray(RNG.standard_normal((1, 128), dtype=np.float32))
+    np.testing.assert_allclose(linear.project(x, NativeWeight(w)), linear.xla_project(x, w), rtol=1e-5, atol=1e-6)
+
+
+def test_one_thread_and_the_pool_agree():
+    """Splitting rows across threads only changes the order of the partial sums."""
+    script = (
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from lljx import native_kernels\n"
+        "r = np.random.default_rng(3)\n"
+        "x = jnp.asarray(r.standard_normal((1, 1024), dtype=np.float32))\n"
+        "w = jnp.asarray(r.standard_normal((1024, 4096), dtype=np.float32))\n"
+        "y = native_kernels.matvec(x, [w], jnp.float32)[0]\n"
+        "import sys; sys.stdout.buffer.write(np.asarray(y).tobytes())\n"
+    )
+
+    def run(threads: str) -> np.ndarray:
+        env = {**os.environ, "LLJX_MATVEC_THREADS": threads}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=True).stdout
+        return np.frombuffer(out, np.float32)
+
+    one, pool = run("1"), run("0")
+    np.testing.assert_allclose(one, pool, rtol=1e-5, atol=1e-4)
+
+
+def test_mismatched_shapes_are_an_error_not_a_crash():
+    native_kernels.register()
+    x = jnp.ones((1, 64), jnp.float32)
+    w = jnp.ones((32, 16), jnp.float32)
+    call = jax.ffi.ffi_call(native_kernels.TARGET, [jax.ShapeDtypeStruct((1, 16), jnp.float32)])
+    with pytest.raises(Exception, match="weight 0 has 32 inputs, x has 64"):
+        jax.block_until_ready(jax.jit(call)(x, w))
+    values = jnp.ones((64, 16), jnp.int8)
+    with pytest.raises(Exception, match="needs f32 scales"):
+        jax.block_until_ready(jax.jit(call)(x, values, jnp.ones((3, 16), jnp.float32)))
+    with pytest.raises(Exception, match="no scales"):
+        jax.block_until_ready(jax.jit(call)(x, values))
+
+
+def test_kernel_strategies_refuse_other_backends(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(ValueError, match="runs on CPU only"):
+        native_kernels.check_available()
