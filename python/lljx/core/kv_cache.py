@@ -22,7 +22,7 @@ class KVCache(NamedTuple):
 def create(config: ModelConfig, batch: int, max_len: int) -> KVCache:
     """Zeroed cache for `batch` rows of up to `max_len` positions."""
     shape = (config.n_layers, batch, max_len, config.n_kv_heads, config.d_head)
-    return KVCache(jnp.zeros(shape, config.jnp_dtype), jnp.zeros(shape, config.jnp_dtype))
+    return KVCache(jnp.zeros(shape, config.activation_dtype), jnp.zeros(shape, config.activation_dtype))
 
 
 def write(cache_layer: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:

@@ -58,7 +58,7 @@ def forward(
     scan_unroll layers run per scan iteration.
     """
     with jax.named_scope("transformer"):
-        x = embeddings.forward(params, tokens)
+        x = embeddings.forward(params, tokens).astype(config.activation_dtype)
         if scan_layers:
             x, cache = run_layers_scanned(config, params, x, positions, cache, unroll=scan_unroll)
         else:
@@ -71,6 +71,6 @@ def all_logits(config: ModelConfig, params: Params, tokens: jax.Array, cache: KV
     """Logits at every position [batch, seq, vocab] of a prompt starting at position 0 (for tests)."""
     batch, seq = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
-    x = embeddings.forward(params, tokens)
+    x = embeddings.forward(params, tokens).astype(config.activation_dtype)
     x, _ = run_layers_unrolled(config, params, x, positions, cache)
     return head.forward(config, params, x)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lljx.config import ModelConfig
 from lljx.params import Params
 from lljx.sampling import SamplerSettings, make_sampler
 from lljx.strategies.api import DecodePlan, DecodeState
@@ -84,13 +85,16 @@ class CompiledDecoder:
         return self._decode_exec(self.params, *previous)
 
 
-def per_token_decoder(model: Model, sampler: SamplerSettings, *, params: Params | None = None, **layer_options: int) -> CompiledDecoder:
+def per_token_decoder(
+    model: Model, sampler: SamplerSettings, *, params: Params | None = None, config: ModelConfig | None = None,
+    **layer_options: int,
+) -> CompiledDecoder:
     """One jit around transform + sampler per token: `prefill_step` and `decode_step` with the cache donated.
 
-    `params` replaces the model's (a strategy's own layout, e.g. stacked layers) and
-    `layer_options` (scan_layers, scan_unroll) pass through to the transformer.
+    `params` and `config` replace the model's (a strategy's own layout, e.g. stacked layers,
+    or f32 activations) and `layer_options` (scan_layers, scan_unroll) pass through to the transformer.
     """
-    config = model.config
+    config = config or model.config
     sample = make_sampler(sampler, config.vocab_size)
     prefill = jax.jit(partial(prefill_step, config, sample, **layer_options), static_argnums=(0,))
     # The cache (argument 2 after params and tokens) is donated: XLA updates it in place, never copies it.

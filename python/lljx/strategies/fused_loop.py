@@ -61,9 +61,11 @@ class FusedLoop:
     description = "an on-device while_loop emitting 8 tokens per dispatch, stopping early at end-of-sequence"
     tokens_per_dispatch = 8
 
-    def build(self, model: Model, sampler: SamplerSettings, *, params: Params | None = None) -> CompiledDecoder:
-        """`params` replaces the model's (e.g. weights routed to the native kernel)."""
-        config = model.config
+    def build(
+        self, model: Model, sampler: SamplerSettings, *, params: Params | None = None, config: ModelConfig | None = None
+    ) -> CompiledDecoder:
+        """`params` and `config` replace the model's (e.g. weights routed to the native kernel, f32 activations)."""
+        config = config or model.config
         sample = make_sampler(sampler, config.vocab_size)
         prefill = jax.jit(partial(prefill_padded, config, sample, self.tokens_per_dispatch), static_argnums=(0,))
         step = partial(decode_k_tokens, config, sample, self.tokens_per_dispatch, tuple(model.stop_token_ids))
