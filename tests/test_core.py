@@ -19,7 +19,7 @@ def prefill_then_decode_logits(config, params, ids, split, *, scan=False):
     """Logits at each position from prefilling ids[:split] then feeding the rest one by one."""
     if scan:
         params = params._replace(layers=stack_layers(params.layers))
-    cache = kv_cache.create(config, 1, 64)
+    cache = kv_cache.create(config, 1, 64, stacked=scan)
     tokens = jnp.asarray([ids[:split]])
     positions = jnp.arange(split)[None]
     logits, cache = transformer.forward(config, params, tokens, positions, cache, jnp.array([split - 1]), scan_layers=scan)

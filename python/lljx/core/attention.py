@@ -40,14 +40,15 @@ def forward(
         cache_k = kv_cache.write(cache_k, k, positions[:, 0])
         cache_v = kv_cache.write(cache_v, v, positions[:, 0])
     with jax.named_scope("attend"):
-        q = q.reshape(batch, seq, kvh, config.n_rep, d)
-        scores = jnp.einsum("bskrd,btkd->bkrst", q, cache_k, preferred_element_type=jnp.float32)
+        # [batch, kv_heads, n_rep, seq, d_head]: each KV head's queries against its cache rows.
+        q = q.reshape(batch, seq, kvh, config.n_rep, d).transpose(0, 2, 3, 1, 4)
+        scores = jnp.einsum("bkrsd,bktd->bkrst", q, cache_k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(d)
-        key_pos = jnp.arange(cache_k.shape[1])
+        key_pos = jnp.arange(cache_k.shape[2])
         visible = key_pos[None, None, :] <= positions[:, :, None]  # [batch, seq, max_len]
         scores = jnp.where(visible[:, None, None, :, :], scores, -jnp.inf)
         probs = jax.nn.softmax(scores, axis=-1).astype(cache_v.dtype)
-        out = jnp.einsum("bkrst,btkd->bskrd", probs, cache_v, preferred_element_type=jnp.float32)
-        out = out.reshape(batch, seq, h * d).astype(x.dtype)
+        out = jnp.einsum("bkrst,bktd->bkrsd", probs, cache_v, preferred_element_type=jnp.float32)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, h * d).astype(x.dtype)
     with jax.named_scope("attn_out"):
         return project(out, layer.wo), cache_k, cache_v

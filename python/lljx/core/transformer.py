@@ -17,12 +17,15 @@ def run_layers_unrolled(
 ) -> tuple[jax.Array, KVCache]:
     """A Python loop over layers: under jit it unrolls, letting XLA fuse across layer boundaries."""
     rope = rope_tables(config, positions)
+    stacked = not isinstance(cache.k, tuple)
     ks, vs = [], []
     for i, layer_weights in enumerate(params.layers):
         x, k, v = layer.forward(config, layer_weights, x, positions, rope, cache.k[i], cache.v[i])
         ks.append(k)
         vs.append(v)
-    return x, KVCache(jnp.stack(ks), jnp.stack(vs))
+    if stacked:
+        return x, KVCache(jnp.stack(ks), jnp.stack(vs))
+    return x, KVCache(tuple(ks), tuple(vs))
 
 
 def run_layers_scanned(

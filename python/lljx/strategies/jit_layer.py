@@ -30,7 +30,7 @@ def layer_step(
 def empty_cache_slice(config: ModelConfig, batch: int, length: int) -> jax.Array:
     """One layer's zeroed K (or V) cache; a named function so profiles and traces say what it is."""
     with jax.named_scope("new_cache_slice"):
-        return jnp.zeros((batch, length, config.n_kv_heads, config.d_head), config.activation_dtype)
+        return jnp.zeros((batch, config.n_kv_heads, length, config.d_head), config.activation_dtype)
 
 
 def head_step(

@@ -22,7 +22,7 @@ def prefill_logits(
     """
     batch, bucket = padded_ids.shape
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
-    cache = kv_cache.create(config, batch, cache_len)
+    cache = kv_cache.create(config, batch, cache_len, stacked=bool(layer_options.get("scan_layers")))
     return transformer.forward(config, params, padded_ids, positions, cache, prompt_len - 1, **layer_options)
 
 
