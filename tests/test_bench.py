@@ -81,6 +81,32 @@ def test_prompts_file_lines_and_json_strings(tmp_path):
         prompt_pool.select(None, tmp_path / "missing.txt")
 
 
+@pytest.fixture(scope="module")
+def smollm2():
+    from lljx.models import load_model
+
+    return load_model(None, dtype="f32")
+
+
+def test_a_prompt_stretched_to_exactly_n_tokens_is_the_chat_prompt_of_its_text(smollm2):
+    from lljx.generation import chat_prompt_ids
+
+    for n in (40, 64, 300):
+        stretched = [prompt_pool.exact_length(smollm2, prompt_pool.BUILTIN, i, n) for i in range(3)]
+        assert [len(ids) for _, ids in stretched] == [n, n, n]
+        assert len({ids for _, ids in stretched}) == 3  # each starts from its own prompt
+        for i, (text, ids) in enumerate(stretched):
+            rotated = prompt_pool.BUILTIN[i:] + prompt_pool.BUILTIN[:i]
+            assert text.startswith(rotated[0]) and " ".join(rotated * 4).startswith(text)
+            assert list(ids) == chat_prompt_ids(smollm2, text)  # the same ids a plain prompt of that text gets
+    assert prompt_pool.exact_length(smollm2, prompt_pool.BUILTIN, 19, 64) == prompt_pool.exact_length(
+        smollm2, prompt_pool.BUILTIN, 19, 64)  # deterministic, and cycles past the end of the pool
+    text, _ = prompt_pool.exact_length(smollm2, ["Why?"], 0, 40)
+    assert text.startswith("Why? Why? Why?")
+    with pytest.raises(prompt_pool.PromptError, match="the chat template takes"):
+        prompt_pool.exact_length(smollm2, prompt_pool.BUILTIN, 0, 10)
+
+
 # Rows and rates
 
 
@@ -127,10 +153,12 @@ def test_summary_statistics_baseline_ratio_and_roofline_share():
     assert jit["decode_sd"] == pytest.approx(10.0)
     assert jit["vs_baseline"] == pytest.approx(0.5) and jit["roofline_share"] == pytest.approx(0.25)
     assert summary["llama.cpp"]["vs_baseline"] == pytest.approx(1.0)
+    assert jit["prefill_vs_baseline"] == pytest.approx(1.0)  # every row: 4 prompt tokens in 0.1 s
     scan = summary["scan"]  # nothing measurable: no rates, no ratio, and no crash
     assert scan["n"] == 0 and scan["runs"] == 1 and scan["decode_median"] is None and scan["vs_baseline"] is None
     text = report.format_summary(list(summary.values()), "llama.cpp", bound, "table")
     assert "20.0 ± 10.0" in text and "× llama.cpp" in text and "25%" in text and "80.0 tok/s" in text
+    assert "prefill × llama.cpp" in text
     assert json.loads(report.format_summary(list(summary.values()), "llama.cpp", bound, "json"))["baseline"] == "llama.cpp"
     lines = report.format_summary(list(summary.values()), "llama.cpp", bound, "csv").splitlines()
     assert lines[0].startswith("system,") and len(lines) == 4
@@ -370,6 +398,8 @@ def assert_one_line_error(run: subprocess.CompletedProcess[str], fragment: str) 
 def test_bad_bench_options_are_one_line_errors(tmp_path):
     assert_one_line_error(lljx("bench", "--max-tokens", "0"), "--max-tokens")
     assert_one_line_error(lljx("bench", "--prompts", "0"), "at least 1")
+    assert_one_line_error(lljx("bench", "--prompt-tokens", "0"), "--prompt-tokens")
+    assert_one_line_error(lljx("bench", "-s", "jit-token", "--prompt-tokens", "5"), "the chat template takes")
     assert_one_line_error(lljx("bench", "--strategy", "nope"), "unknown strategy 'nope'")
     assert_one_line_error(lljx("bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")), "a.json")
 
@@ -408,6 +438,27 @@ def test_bench_end_to_end_with_llamacpp_and_no_ollama_server(tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(out / "decode_tps.png").ndim == 3
+
+
+@pytest.mark.slow
+def test_bench_prompt_tokens_gives_every_system_the_same_long_prompts(tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[peers]')")
+    out = tmp_path / "out"
+    run = lljx(
+        "bench", "-s", "jit-token", "--peer", "llama.cpp", "--prompts", "2", "--prompt-tokens", "48",
+        "--max-tokens", "4", "--out", str(out), "--format", "json", env=isolated_cache(tmp_path),
+    )
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    assert [s["system"] for s in printed["systems"]] == ["jit-token", "llama.cpp"]
+    assert all(s["prefill_median_tps"] > 0 for s in printed["systems"])
+    assert printed["systems"][1]["prefill_vs_baseline"] == pytest.approx(1.0)
+    document = json.loads((out / "runs.json").read_text())
+    assert document["settings"]["prompt_tokens"] == 48
+    assert [p["tokens"] for p in document["prompts"]] == [48, 48]
+    assert [r["prompt_tokens"] for r in document["rows"]] == [48, 48, 48, 48]
+    assert all(r["prefill_tps"] > 0 and r["ttft_s"] > 0 for r in document["rows"])
+    assert "prefill × llama.cpp" in (out / "summary.md").read_text()
 
 
 def serve_help() -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,9 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per pro
 @click.option("--prompts", "n_prompts", type=int, default=None, help="Run the first N prompts [default: all 20 built-in].")
 @click.option("--prompts-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompts, one per line (a line may be a JSON string).")
+@click.option("--prompt-tokens", type=int, default=None,
+              help="Stretch every prompt to exactly N tokens, chat template included, continuing it with the "
+                   "next prompts, to measure prefill on a long prompt.")
 @click.option("--max-tokens", "-n", type=int, default=100, show_default=True, help="Token budget per prompt.")
 @click.option("--repeat", "-r", type=int, default=1, show_default=True, help="Runs of every prompt.")
 @click.option("--baseline", default=None, help="System the ratios are taken against [default: llama.cpp when run].")
@@ -44,10 +47,12 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per pro
 @click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Print the change between two saved runs.json files (A then B) and exit.")
 def bench(**options: Any) -> None:
-    """Measure decode speed of lljx strategies and peers on the same prompts, greedy, with a memory-bandwidth roofline.
+    """Measure decode and prefill speed of lljx strategies and peers on the same prompts, greedy, with a memory-bandwidth roofline.
 
     Each system is warmed up once (compile and load times are reported apart), then every
-    prompt runs --repeat times. The summary goes to stdout, progress to stderr.
+    prompt runs --repeat times. Prefill is the time from the call to the first token;
+    --prompt-tokens 512 makes it a long-prompt measurement. The summary goes to stdout,
+    progress to stderr.
     """
     from lljx.cli import one_line_errors
 
@@ -56,8 +61,9 @@ def bench(**options: Any) -> None:
 
 def run(
     strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec: str | None, dtype: str,
-    n_prompts: int | None, prompts_file: Path | None, max_tokens: int, repeat: int, baseline: str | None,
-    seed: int, out_dir: Path | None, fmt: str, ollama_model: str | None, compare_paths: tuple[Path, Path] | None,
+    n_prompts: int | None, prompts_file: Path | None, prompt_tokens: int | None, max_tokens: int, repeat: int,
+    baseline: str | None, seed: int, out_dir: Path | None, fmt: str, ollama_model: str | None,
+    compare_paths: tuple[Path, Path] | None,
 ) -> None:
     if compare_paths:
         from lljx.bench.compare import compare, format_compare, load_run
@@ -69,6 +75,8 @@ def run(
         raise click.BadParameter(f"must be at least 1, got {max_tokens}", param_hint="--max-tokens")
     if repeat < 1:
         raise click.BadParameter(f"must be at least 1, got {repeat}", param_hint="--repeat")
+    if prompt_tokens is not None and prompt_tokens < 1:
+        raise click.BadParameter(f"must be at least 1, got {prompt_tokens}", param_hint="--prompt-tokens")
     from lljx.bench import prompts as prompt_pool
 
     texts = prompt_pool.select(n_prompts, prompts_file)
@@ -85,8 +93,11 @@ def run(
     load_s = time.perf_counter() - start
     from lljx.bench.runner import Prompt
 
-    prompts = [Prompt(i, text, tuple(chat_prompt_ids(model, text))) for i, text in enumerate(texts)]
-    warmup = Prompt(-1, prompt_pool.WARMUP, tuple(chat_prompt_ids(model, prompt_pool.WARMUP)))
+    if prompt_tokens is None:
+        prompts = [Prompt(i, text, tuple(chat_prompt_ids(model, text))) for i, text in enumerate(texts)]
+        warmup = Prompt(-1, prompt_pool.WARMUP, tuple(chat_prompt_ids(model, prompt_pool.WARMUP)))
+    else:
+        prompts, warmup = long_prompts(model, texts, prompt_pool.select(None, prompts_file), prompt_tokens)
     threads = thread_count()
     systems, skipped = make_systems(names, peers, model, prompts, warmup, max_tokens, seed, threads, load_s, ollama_model)
     if baseline is not None and baseline not in [s.name for s in systems] + list(skipped):
@@ -117,6 +128,7 @@ def run(
             "settings": {
                 "model": model.name, "quantization": model.quantization, "dtype": model.config.dtype,
                 "prompts": len(prompts), "prompts_file": prompts_file.name if prompts_file else None,
+                "prompt_tokens": prompt_tokens,
                 "max_tokens": max_tokens, "repeat": repeat, "seed": seed, "threads": threads,
                 "sampling": "greedy (temperature 0), stopping at the model's end-of-turn tokens",
                 # With JAX's persistent cache on, compile_s is mostly the time to load cached executables.
@@ -130,6 +142,23 @@ def run(
         written = report.write_outputs(out_dir, document, rows, summary, bound)
         written.append(decode_plot(rows, summary, bound, out_dir / "decode_tps.png"))
         click.echo(f"bench: wrote {', '.join(str(p) for p in written)}", err=True)
+
+
+def long_prompts(model: Any, texts: list[str], pool: list[str], n_tokens: int) -> tuple[list[Any], Any]:
+    """The prompts, and a warm-up that runs the same prefill shape, each exactly n_tokens long."""
+    from lljx.bench import prompts as prompt_pool
+    from lljx.bench.runner import Prompt
+
+    context = model.config.context_length
+    if n_tokens >= context:
+        raise click.BadParameter(f"must leave room for a reply in the model's context of {context}, got {n_tokens}",
+                                 param_hint="--prompt-tokens")
+    try:
+        prompts = [Prompt(i, *prompt_pool.exact_length(model, pool, i, n_tokens)) for i in range(len(texts))]
+        warmup = Prompt(-1, *prompt_pool.exact_length(model, prompt_pool.BUILTIN, 0, n_tokens))
+    except prompt_pool.PromptError as error:
+        raise click.BadParameter(str(error), param_hint="--prompt-tokens") from None
+    return prompts, warmup
 
 
 def check_strategies(names: tuple[str, ...]) -> list[str]:

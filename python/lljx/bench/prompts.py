@@ -1,9 +1,17 @@
-"""The bench's prompts: 20 short math and science questions (as in the original experiment), or a file."""
+"""The bench's prompts: 20 short math and science questions (as in the original experiment), or a file.
+
+For prefill, `exact_length` stretches a prompt to a given number of tokens.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lljx.models import Model
 
 # Three to six words each, like the prompt pool the notebook this grew from asked a model for.
 BUILTIN = (
@@ -70,3 +78,36 @@ def select(count: int | None = None, path: Path | None = None) -> list[str]:
         where = str(path) if path is not None else "the built-in list"
         raise PromptError(f"asked for {count} prompts, {where} has {len(pool)}")
     return pool[:count]
+
+
+# Stands for the user's message while the chat template is rendered: a private-use character no template writes.
+_MESSAGE = "\ue000"
+
+
+def exact_length(model: Model, pool: Sequence[str], start: int, n_tokens: int) -> tuple[str, tuple[int, ...]]:
+    """A chat prompt of exactly `n_tokens` ids, chat template included, and its user message.
+
+    The message is pool[start] followed by the next prompts of the pool (cycling), joined
+    by spaces and cut at a token boundary, so it is deterministic and the same ids go to
+    every system. The ids are the template's ids before and after the message around the
+    message's own ids; re-tokenizing the whole text may differ by a token at the seams.
+    """
+    from lljx.generation import encode_prompt
+
+    rendered = model.chat.render([{"role": "user", "content": _MESSAGE}], add_generation_prompt=True)
+    before, found, after = rendered.partition(_MESSAGE)
+    if not found or _MESSAGE in after:
+        raise PromptError("the chat template does not write the user's message once as given")
+    head = encode_prompt(model, before, parse_special=True)
+    tail = model.tokenizer.encode(after, parse_special=True)
+    room = n_tokens - len(head) - len(tail)
+    if room < 1:
+        raise PromptError(f"{n_tokens} prompt tokens leave no room for a message: the chat template takes {len(head) + len(tail)}")
+    words = len(pool)
+    while True:
+        message = model.tokenizer.encode(" ".join(pool[(start + i) % len(pool)] for i in range(words)))
+        if len(message) >= room:
+            break
+        words *= 2
+    body = message[:room]
+    return model.tokenizer.decode(body), (*head, *body, *tail)

@@ -70,14 +70,19 @@ def summarize(rows: Sequence[dict[str, Any]], baseline: str | None, roofline: Ro
             "compile_s": number(first(group, "compile_s")),
             "load_s": number(first(group, "load_s")),
         })
-    medians = {s["system"]: s["decode_median"] for s in summary}
-    base = medians.get(baseline) if baseline is not None else None
+    by_name = {s["system"]: s for s in summary}
+    base = by_name.get(baseline, {}) if baseline is not None else {}
     for s in summary:
         median = s["decode_median"]
-        s["vs_baseline"] = median / base if median is not None and base else None
+        s["vs_baseline"] = ratio(median, base.get("decode_median"))
+        s["prefill_vs_baseline"] = ratio(s["prefill_median_tps"], base.get("prefill_median_tps"))
         bound = roofline.bound_tps if roofline is not None else 0.0
         s["roofline_share"] = median / bound if median is not None and bound else None
     return summary
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    return value / base if value is not None and base else None
 
 
 def fixed(value: float | None, digits: int = 1) -> str:
@@ -88,7 +93,8 @@ def display(summary: Sequence[dict[str, Any]], baseline: str | None) -> tuple[li
     """Headers and cells of the human-readable summary."""
     headers = [
         "system", "dtype", "n", "decode tok/s (mean ± sd)", "min", "median", "max", "ttft s (median)",
-        "prefill tok/s", "e2e tok/s", f"× {baseline or 'baseline'}", "of roofline", "compile s",
+        "prefill tok/s", f"prefill × {baseline or 'baseline'}", "e2e tok/s", f"× {baseline or 'baseline'}",
+        "of roofline", "compile s",
     ]
     cells = []
     for s in summary:
@@ -97,7 +103,8 @@ def display(summary: Sequence[dict[str, Any]], baseline: str | None) -> tuple[li
         cells.append([
             s["system"], str(s["dtype"] or "-"), str(s["n"]), mean, fixed(s["decode_min"]), fixed(s["decode_median"]),
             fixed(s["decode_max"]), fixed(s["ttft_median_s"], 3), fixed(s["prefill_median_tps"]),
-            fixed(s["e2e_median_tps"]), fixed(s["vs_baseline"], 2), share, fixed(s["compile_s"], 2),
+            fixed(s["prefill_vs_baseline"], 2), fixed(s["e2e_median_tps"]), fixed(s["vs_baseline"], 2), share,
+            fixed(s["compile_s"], 2),
         ])
     return headers, cells
 
@@ -144,7 +151,8 @@ def format_summary(
     if fmt == "csv":
         return as_csv(summary, list(summary[0]) if summary else ["system"]).rstrip("\n")
     headers, cells = display(summary, baseline)
-    notes = [f"× {baseline}: median decode tok/s over {baseline}'s."] if baseline else []
+    notes = [f"× {baseline}: median decode tok/s over {baseline}'s; prefill × {baseline}: the same for prefill."] \
+        if baseline else []
     notes.append(roofline.describe() + "; 'of roofline' is each median's share of that." if roofline
                  else "decode roofline: not measured")
     if fmt == "md":
