@@ -7,12 +7,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from gguf import LlamaFileType
 
 from lljx.config import ModelConfig
 from lljx.models import dequant
+from lljx.models.arrays import aligned_empty, to_device
 from lljx.models.gguf_file import GGUFFile, TensorInfo, read_gguf_header
 from lljx.models.model import Model, ResolvedModel
 from lljx.models.vocab import gguf_vocab, stop_token_ids
@@ -171,7 +171,7 @@ def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
         shape = info.shape if transpose else tuple(reversed(info.shape))
         with open(gf.path, "rb") as f:
             raw = dequant.read_raw(f, gf.path, info)
-        return jnp.asarray(dequant.decode(raw, info, np.empty(shape, dtype), transpose=transpose, row_order=row_order))
+        return to_device(dequant.decode(raw, info, aligned_empty(shape, dtype), transpose=transpose, row_order=row_order))
 
     jobs: list[tuple[Any, ...]] = [
         (infos[leaf], f32 if leaf in NORMS else dt, transpose, orders[heads] if heads else None)
