@@ -37,8 +37,8 @@ def forward(
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     with jax.named_scope("kv_write"):
-        cache_k = kv_cache.write(cache_k, k, positions[:, 0])
-        cache_v = kv_cache.write(cache_v, v, positions[:, 0])
+        cache_k = kv_cache.write_keys(cache_k, k, positions[:, 0])
+        cache_v = kv_cache.write_values(cache_v, v, positions[:, 0])
     with jax.named_scope("attend"):
         # [batch, kv_heads, n_rep, seq, d_head]: each KV head's queries against its cache rows.
         q = q.reshape(batch, seq, kvh, config.n_rep, d).transpose(0, 2, 3, 1, 4)
@@ -48,7 +48,7 @@ def forward(
         visible = key_pos[None, None, :] <= positions[:, :, None]  # [batch, seq, max_len]
         scores = jnp.where(visible[:, None, None, :, :], scores, -jnp.inf)
         probs = jax.nn.softmax(scores, axis=-1).astype(cache_v.dtype)
-        out = jnp.einsum("bkrst,bktd->bkrsd", probs, cache_v, preferred_element_type=jnp.float32)
+        out = jnp.einsum("bkrst,bkdt->bkrsd", probs, cache_v, preferred_element_type=jnp.float32)
         out = out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, h * d).astype(x.dtype)
     with jax.named_scope("attn_out"):
         return project(out, layer.wo), cache_k, cache_v

@@ -1,4 +1,4 @@
-"""The preallocated key/value cache: per layer [batch, kv_heads, max_len, d_head], updated in place under donation."""
+"""The preallocated key/value cache: per layer K [batch, kv_heads, max_len, d_head] and V transposed, updated in place."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from lljx.config import ModelConfig
 class KVCache(NamedTuple):
     """Keys and values, either one array per layer (tuples) or all layers stacked on axis 0 (for lax.scan).
 
-    Heads come before positions so attention's batched dots read each head's keys in place:
-    with positions first, XLA transposed a copy of every layer's cache on every token.
+    K is [batch, kv_heads, max_len, d_head] and V [batch, kv_heads, d_head, max_len]: both of
+    attention's batched dots then contract their operands' last axes, the layout XLA:CPU reads
+    in place; with positions first (or V untransposed) XLA copied every layer's cache per token.
     Separate per-layer arrays let each layer's write land in its own donated buffer, where a
     stacked cache written by an unrolled loop was copied whole.
     """
@@ -28,21 +29,37 @@ class KVCache(NamedTuple):
         return first.shape[-2]
 
 
+def layer_shapes(config: ModelConfig, batch: int, max_len: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One layer's K and V shapes."""
+    return (batch, config.n_kv_heads, max_len, config.d_head), (batch, config.n_kv_heads, config.d_head, max_len)
+
+
 def create(config: ModelConfig, batch: int, max_len: int, *, stacked: bool = False) -> KVCache:
     """Zeroed cache for `batch` rows of up to `max_len` positions; `stacked` for lax.scan over layers."""
-    shape = (batch, config.n_kv_heads, max_len, config.d_head)
+    k_shape, v_shape = layer_shapes(config, batch, max_len)
     dtype = config.activation_dtype
     if stacked:
-        full = (config.n_layers, *shape)
-        return KVCache(jnp.zeros(full, dtype), jnp.zeros(full, dtype))
+        n = config.n_layers
+        return KVCache(jnp.zeros((n, *k_shape), dtype), jnp.zeros((n, *v_shape), dtype))
     layers = range(config.n_layers)
-    return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers))
+    return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in layers), tuple(jnp.zeros(v_shape, dtype) for _ in layers))
 
 
-def write(cache_layer: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
-    """Write new [batch, seq, kv_heads, d_head] into one layer's cache at each row's start position."""
-    new = jnp.swapaxes(new, 1, 2).astype(cache_layer.dtype)  # [batch, kv_heads, seq, d_head]
+def write_keys(cache_k: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Write new keys [batch, seq, kv_heads, d_head] into one layer's K at each row's start position."""
+    return _write_rows(cache_k, jnp.swapaxes(new, 1, 2), start, axis=2)
+
+
+def write_values(cache_v: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Write new values [batch, seq, kv_heads, d_head] into one layer's (transposed) V."""
+    return _write_rows(cache_v, new.transpose(0, 2, 3, 1), start, axis=3)
+
+
+def _write_rows(cache: jax.Array, new: jax.Array, start: jax.Array, *, axis: int) -> jax.Array:
     # One in-place update per row (batch is static and small), rather than a scatter.
-    for row in range(cache_layer.shape[0]):
-        cache_layer = jax.lax.dynamic_update_slice(cache_layer, new[row : row + 1], (row, 0, start[row], 0))
-    return cache_layer
+    new = new.astype(cache.dtype)
+    for row in range(cache.shape[0]):
+        index = [row, 0, 0, 0]
+        index[axis] = start[row]
+        cache = jax.lax.dynamic_update_slice(cache, new[row : row + 1], tuple(index))
+    return cache

@@ -27,10 +27,11 @@ def layer_step(
     return layer.forward(config, weights, x, positions, rope_tables(config, positions), cache_k, cache_v)
 
 
-def empty_cache_slice(config: ModelConfig, batch: int, length: int) -> jax.Array:
-    """One layer's zeroed K (or V) cache; a named function so profiles and traces say what it is."""
+def empty_cache_slice(config: ModelConfig, batch: int, length: int) -> tuple[jax.Array, jax.Array]:
+    """One layer's zeroed K and V caches; a named function so profiles and traces say what it is."""
     with jax.named_scope("new_cache_slice"):
-        return jnp.zeros((batch, config.n_kv_heads, length, config.d_head), config.activation_dtype)
+        k_shape, v_shape = kv_cache.layer_shapes(config, batch, length)
+        return jnp.zeros(k_shape, config.activation_dtype), jnp.zeros(v_shape, config.activation_dtype)
 
 
 def head_step(
@@ -66,8 +67,8 @@ class JitPerLayer:
         def prefill(cache_len, params, padded_ids, prompt_len, key, knobs) -> DecodeState:
             batch, bucket = padded_ids.shape
             positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
-            empty = tuple(new_cache_slice(batch, cache_len) for _ in range(config.n_layers))
-            fresh = kv_cache.KVCache(empty, tuple(new_cache_slice(batch, cache_len) for _ in range(config.n_layers)))
+            empty = [new_cache_slice(batch, cache_len) for _ in range(config.n_layers)]
+            fresh = kv_cache.KVCache(tuple(k for k, _ in empty), tuple(v for _, v in empty))
             lengths = jnp.asarray(prompt_len)
             token, cache, key = forward(params, padded_ids, positions, fresh, lengths - 1, key, knobs)
             return DecodeState(token, cache, lengths, key, knobs)
