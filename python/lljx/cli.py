@@ -16,7 +16,8 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DTYPE_CHOICES = ["auto", "f32", "bf16", "f16"]
+DTYPE_CHOICES = ["auto", "f32", "bf16", "f16", "int8"]
+DTYPE_HELP = "Compute dtype; int8 keeps the projections as llama.cpp's Q8_0 blocks and computes in f32."
 
 
 def one_line_errors(command: F) -> F:
@@ -138,7 +139,7 @@ def main() -> None:
 @click.option("--top-p", type=float, default=0.9, show_default=True)
 @click.option("--min-p", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for sampling (random when not given).")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--system", default=None, help="A system message for the chat template.")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`).")

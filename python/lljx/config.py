@@ -6,7 +6,9 @@ from dataclasses import dataclass, replace
 
 import jax.numpy as jnp
 
-DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16}
+# Compute dtype name -> the dtype of activations, KV cache and float weights. int8 is weight-only:
+# the layer projections and the head are int8 blocks (llama.cpp's Q8_0), everything else f32.
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "int8": jnp.float32}
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,17 @@ class ModelConfig:
     rope_scaling: Llama3RopeScaling | None = None
     rope_freq_factors: tuple[float, ...] | None = None
     dtype: str = "f32"
-
-    def __post_init__(self) -> None:
     # Activations and KV cache in another float dtype than the weights (e.g. f32 over bf16
     # weights, as the native kernel reads them); None keeps the compute dtype.
     activations: str | None = None
+
+    def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.activations not in (None, "f32", "bf16", "f16"):
             raise ValueError(f"unknown activation dtype {self.activations!r}; expected f32, bf16 or f16")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.d_head % 2:
             raise ValueError(f"d_head ({self.d_head}) must be even for RoPE")
         if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.d_head // 2:
@@ -59,12 +61,12 @@ class ModelConfig:
         return jnp.dtype(DTYPES[self.dtype])
 
     @property
-    def n_rep(self) -> int:
-    @property
     def activation_dtype(self) -> jnp.dtype:
         """The dtype of activations and the KV cache."""
         return jnp.dtype(DTYPES[self.activations or self.dtype])
 
+    @property
+    def n_rep(self) -> int:
         """Query heads per key/value head (grouped-query attention)."""
         return self.n_heads // self.n_kv_heads
 

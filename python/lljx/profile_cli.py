@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lljx.cli import DTYPE_CHOICES, default_dtype, enable_compile_cache, one_line_errors
+from lljx.cli import DTYPE_CHOICES, DTYPE_HELP, default_dtype, enable_compile_cache, one_line_errors
 
 DEFAULT_OUT = "profiles"
 EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: slow, and its profile is all dispatch
@@ -16,7 +16,7 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: slow, and its p
 @click.option("--strategy", "-s", "strategy_names", multiple=True,
               help="Strategy to profile (repeatable; default: every installed one except no-jit).")
 @click.option("--model", "-m", "model_spec", default=None, help="GGUF file, HF folder, Ollama name or embedded model name.")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--prompts", "n_prompts", type=int, default=3, show_default=True, help="How many prompts to run.")
 @click.option("--max-tokens", "-n", type=int, default=64, show_default=True, help="Most tokens per prompt.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,

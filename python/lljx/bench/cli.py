@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-DTYPE_CHOICES = ["auto", "f32", "bf16", "f16"]  # as for `generate`
+DTYPE_CHOICES = ["auto", "f32", "bf16", "f16", "int8"]  # as for `generate`
+DTYPE_HELP = "Compute dtype; int8 keeps the projections as llama.cpp's Q8_0 blocks and computes in f32 (llama.cpp runs Q8_0)."
 PEER_CHOICES = ["llama.cpp", "ollama"]
 FORMAT_CHOICES = ["table", "md", "csv", "json"]
 EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per prompt, and it proves one point
@@ -28,7 +29,7 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per pro
 @click.option("--peer", "peers", multiple=True, type=click.Choice(PEER_CHOICES),
               help="Also measure llama.cpp (in process) or an Ollama server at OLLAMA_HOST (repeatable).")
 @click.option("--model", "-m", "model_spec", default=None, help="GGUF file, HF folder, Ollama name or embedded model name.")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--prompts", "n_prompts", type=int, default=None, help="Run the first N prompts [default: all 20 built-in].")
 @click.option("--prompts-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompts, one per line (a line may be a JSON string).")

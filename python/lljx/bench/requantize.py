@@ -1,7 +1,8 @@
-"""A GGUF rewritten at F32 or F16 by llama.cpp's own quantizer, cached by the source's size and mtime.
+"""A GGUF rewritten at F32, F16 or Q8_0 by llama.cpp's own quantizer, cached by the source's size and mtime.
 
-llama.cpp then runs the same weights lljx dequantizes, at the precision lljx computes in,
-so the comparison is engine against engine rather than Q4 against f32.
+llama.cpp then runs the same weights lljx dequantizes, at the precision lljx computes in
+(Q8_0 for int8, whose blocks lljx computes exactly as llama.cpp does), so the comparison is
+engine against engine rather than Q4 against f32.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 from lljx.bench.cache import cache_dir
 
 # llama.cpp file types, by the names llama.cpp gives them.
-FTYPES = {"F32": "LLAMA_FTYPE_ALL_F32", "F16": "LLAMA_FTYPE_MOSTLY_F16"}
+FTYPES = {"F32": "LLAMA_FTYPE_ALL_F32", "F16": "LLAMA_FTYPE_MOSTLY_F16", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 # The GGUF type matching a compute dtype: llama.cpp's CPU path has no BF16 matmul worth
 # comparing against, and F16 reads the same bytes per weight.
-GGUF_TYPE = {"f32": "F32", "f16": "F16", "bf16": "F16"}
+GGUF_TYPE = {"f32": "F32", "f16": "F16", "bf16": "F16", "int8": "Q8_0"}
 
 
 class RequantizeError(RuntimeError):
@@ -31,7 +32,7 @@ def cached_name(source: Path, ftype: str) -> str:
 
 
 def requantized(source: Path, ftype: str, *, cache: Path | None = None) -> Path:
-    """`source` as a GGUF of type `ftype` ("F32" or "F16"), converted once and cached.
+    """`source` as a GGUF of type `ftype` ("F32", "F16" or "Q8_0"), converted once and cached.
 
     Needs llama-cpp-python (ImportError otherwise). Writes through a per-process partial
     file and renames it, so concurrent callers never read a half-written model.

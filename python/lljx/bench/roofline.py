@@ -54,7 +54,11 @@ class Roofline:
 
 
 def weight_bytes(params: Params) -> int:
-    """Bytes of weights one decoded token reads: all of them, except that an untied embedding table gives one row."""
+    """Bytes of weights one decoded token reads: all of them, except that an untied embedding table gives one row.
+
+    Every leaf counts at its stored size: f32 norms 4 bytes a weight, an Int8Weight 1 byte a
+    weight plus its f32 scales (4 bytes per 32 weights).
+    """
     import jax
 
     total = sum(leaf.nbytes for leaf in jax.tree.leaves(params))

@@ -14,7 +14,7 @@ from lljx.models.vocab import TokenizerSpec, build_tokenizer, gguf_vocab
 
 
 def load_model(spec: str | None, *, dtype: str = "f32") -> Model:
-    """Resolve `spec` (None means the embedded SmolLM2) and load it with weights at `dtype` (f32, bf16, f16)."""
+    """Resolve `spec` (None means the embedded SmolLM2) and load it with weights at `dtype` (f32, bf16, f16, int8)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     return load_resolved(resolve(spec), dtype=dtype)

@@ -12,10 +12,12 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from lljx.models.errors import ModelFileError
 from lljx.models.gguf_file import TensorInfo
 
+# Float weights at each compute dtype; int8 is weight-only, so what is not int8 stays f32.
 NP_DTYPES: dict[str, np.dtype] = {
     "f32": np.dtype(np.float32),
     "bf16": np.dtype(ml_dtypes.bfloat16),
     "f16": np.dtype(np.float16),
+    "int8": np.dtype(np.float32),
 }
 
 # Float formats numpy can view directly: cast once into the output, never through f32.
@@ -54,6 +56,28 @@ def read_raw(f: BufferedReader, path: str, info: TensorInfo) -> np.ndarray:
     return buf
 
 
+def packed_rows(raw: np.ndarray, info: TensorInfo, row_order: np.ndarray | None = None) -> np.ndarray:
+    """The tensor's bytes as [rows, bytes per row] (rows = ggml's outermost axes), rows picked by `row_order`.
+
+    Permuting rows works on the packed bytes: quantization blocks run along a row, so a row
+    moves as a unit.
+    """
+    row_length = info.shape[0]
+    rows = info.n_elements // row_length if row_length else 0
+    block, type_size = GGML_QUANT_SIZES[info.ggml_type]
+    packed = raw.reshape(rows, row_length // block * type_size)
+    return packed if row_order is None else packed[row_order]
+
+
+def rows_to_f32(packed: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
+    """Some packed rows [n, bytes per row] of a tensor of `ggml_type` as f32 [n, row_length]."""
+    if ggml_type in _VIEWABLE:
+        return packed.view(_VIEWABLE[ggml_type]).astype(np.float32)
+    # Hostile files can hold inf/NaN scales; they decode to inf/NaN, which is not our call to reject.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return gguf.quants.dequantize(packed, ggml_type)
+
+
 def decode(
     raw: np.ndarray,
     info: TensorInfo,
@@ -65,16 +89,12 @@ def decode(
     """Write the tensor's values into `out` (any float dtype) and return it.
 
     The numpy view of a GGUF tensor is [rows, row_length] (ggml's ne reversed). `row_order`
-    picks rows before anything else; `transpose` writes [row_length, rows], i.e. [in, out]
-    for a projection. Permuting rows works on the packed bytes: quantization blocks run
-    along a row, so a row moves as a unit.
+    picks rows before anything else (see `packed_rows`); `transpose` writes
+    [row_length, rows], i.e. [in, out] for a projection.
     """
     row_length = info.shape[0]
     rows = info.n_elements // row_length if row_length else 0
-    block, type_size = GGML_QUANT_SIZES[info.ggml_type]
-    packed = raw.reshape(rows, row_length // block * type_size)
-    if row_order is not None:
-        packed = packed[row_order]
+    packed = packed_rows(raw, info, row_order)
     expected = (row_length, rows) if transpose else (rows, row_length)
     if out.size != rows * row_length:
         raise ValueError(f"output holds {out.size} values, tensor {info.name} has {rows * row_length}")
@@ -87,9 +107,7 @@ def decode(
 
     step = max(1, CHUNK_ELEMENTS // max(1, row_length))
     for r0 in range(0, rows, step):
-        # Hostile files can hold inf/NaN scales; they decode to inf/NaN, which is not our call to reject.
-        with np.errstate(over="ignore", invalid="ignore"):
-            chunk = gguf.quants.dequantize(packed[r0 : r0 + step], info.ggml_type)
+        chunk = rows_to_f32(packed[r0 : r0 + step], info.ggml_type)
         if transpose:
             out2[:, r0 : r0 + step] = chunk.T
         else:

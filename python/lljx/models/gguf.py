@@ -1,4 +1,4 @@
-"""Load a Llama GGUF file: config from metadata; weights dequantized, transposed, Q/K re-ordered for rotate-half."""
+"""Load a Llama GGUF file: config from metadata; weights dequantized (or int8), transposed, Q/K re-ordered for rotate-half."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from gguf import LlamaFileType
 
 from lljx.config import ModelConfig
-from lljx.models import dequant
+from lljx.models import dequant, quantize
 from lljx.models.arrays import aligned_empty, to_device
 from lljx.models.gguf_file import GGUFFile, TensorInfo, read_gguf_header
 from lljx.models.model import Model, ResolvedModel
@@ -151,7 +151,10 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
-    """Every weight at the compute dtype (norms in f32), validated against the config before any is read."""
+    """Every weight at the compute dtype (norms in f32), validated against the config before any is read.
+
+    At dtype int8 the projections and the head are Int8Weight (Q8_0 blocks) and the rest is f32.
+    """
     shapes = expected_shapes(config)
     layer_infos = [
         {leaf: _tensor(gf, f"blk.{i}.{suffix}", shapes[leaf]) for leaf, (suffix, _, _) in _LAYER_TENSORS.items()}
@@ -160,6 +163,7 @@ def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
     embd = _tensor(gf, "token_embd.weight", (config.d_model, config.vocab_size))
     norm = _tensor(gf, "output_norm.weight", (config.d_model,))
     head = None if config.tie_embeddings else _tensor(gf, "output.weight", (config.d_model, config.vocab_size))
+    int8 = config.dtype == "int8"
     dt = dequant.NP_DTYPES[config.dtype]
     f32 = dequant.NP_DTYPES["f32"]
     orders = {
@@ -167,24 +171,30 @@ def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
         "n_kv_heads": interleaved_to_half(config.n_kv_heads, config.d_head),
     }
 
-    def read(info: TensorInfo, dtype: np.dtype, *, transpose: bool = False, row_order: np.ndarray | None = None) -> Any:
+    def read(info: TensorInfo, dtype: np.dtype, transpose: bool, row_order: np.ndarray | None, q8: bool) -> Any:
         shape = info.shape if transpose else tuple(reversed(info.shape))
         with open(gf.path, "rb") as f:
             raw = dequant.read_raw(f, gf.path, info)
+        if q8:
+            return quantize.from_gguf(raw, info, row_order)
         return to_device(dequant.decode(raw, info, aligned_empty(shape, dtype), transpose=transpose, row_order=row_order))
 
+    # (tensor, dtype, transpose to [in, out], row order, as int8): projections are the transposed layer tensors.
     jobs: list[tuple[Any, ...]] = [
-        (infos[leaf], f32 if leaf in NORMS else dt, transpose, orders[heads] if heads else None)
+        (infos[leaf], f32 if leaf in NORMS else dt, transpose, orders[heads] if heads else None, int8 and transpose)
         for infos in layer_infos
         for leaf, (_, transpose, heads) in _LAYER_TENSORS.items()
     ]
     # The head is kept [d_model, vocab]; a tied model keeps only that, read straight from token_embd.
-    jobs += [(norm, f32, False, None), (embd if head is None else head, dt, True, None)]
+    jobs += [(norm, f32, False, None, False), (embd if head is None else head, dt, True, None, int8)]
     if head is not None:
-        jobs.append((embd, dt, False, None))
+        jobs.append((embd, dt, False, None, False))
+    for info, _, _, _, q8 in jobs:
+        if q8:
+            quantize.check_inputs(gf.path, info.name, info.shape[0])
     # numpy releases the GIL in the decode arithmetic, so tensors decode in parallel on all cores.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(lambda job: read(job[0], job[1], transpose=job[2], row_order=job[3]), jobs))
+        arrays = list(pool.map(lambda job: read(*job), jobs))
     n = len(_LAYER_TENSORS)
     layers = tuple(LayerParams(*arrays[i * n : (i + 1) * n]) for i in range(config.n_layers))
     rest = arrays[config.n_layers * n :]

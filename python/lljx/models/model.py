@@ -38,7 +38,9 @@ class Model:
     format: Format
     path: str
     config: ModelConfig  # config.dtype is the compute dtype
-    params: Params  # jax arrays at config.dtype, except the RMSNorm weights, kept in f32 (the core norms in f32)
+    # jax arrays at config.dtype, except the RMSNorm weights, kept in f32 (the core norms in f32);
+    # at int8 the projections and head are Int8Weight and the rest f32
+    params: Params
     tokenizer_spec: TokenizerSpec
     chat_template: str | None  # Jinja source (GGUF tokenizer.chat_template, tokenizer_config.json)
     bos_token: str | None

@@ -12,6 +12,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from lljx.config import ModelConfig
+from lljx.models import quantize
 from lljx.models.dequant import NP_DTYPES
 from lljx.models.errors import ModelFileError
 from lljx.models.hf_config import config_from_hf, read_json
@@ -113,7 +114,10 @@ class _Shards(contextlib.ExitStack):
 
 
 def params_from_hf(folder: Path, config: ModelConfig) -> tuple[Params, str]:
-    """Weights at the compute dtype (norms f32), plus the commonest dtype in the files (the "quantization")."""
+    """Weights at the compute dtype (norms f32), plus the commonest dtype in the files (the "quantization").
+
+    At dtype int8 the projections and the head are Int8Weight (Q8_0 blocks) and the rest is f32.
+    """
     c = config
     q, kv = c.n_heads * c.d_head, c.n_kv_heads * c.d_head
     stored = {  # as saved: [out, in]
@@ -132,9 +136,21 @@ def params_from_hf(folder: Path, config: ModelConfig) -> tuple[Params, str]:
         shards.check("model.norm.weight", (c.d_model,))
         if not c.tie_embeddings:
             shards.check("lm_head.weight", (c.vocab_size, c.d_model))
+        int8 = c.dtype == "int8"
+        if int8:  # the projections (the transposed tensors) and the head, with their input counts
+            quantized = [
+                (f"model.layers.{i}.{suffix}", stored[leaf][1])
+                for leaf, (suffix, transpose) in _LAYER_TENSORS.items() if transpose
+                for i in range(c.n_layers)
+            ]  # fmt: skip
+            quantized.append(("model.embed_tokens.weight" if c.tie_embeddings else "lm_head.weight", c.d_model))
+            for name, n_in in quantized:
+                quantize.check_inputs(shards.where[name][0], name, n_in)
 
         def read(name: str, shape: tuple[int, ...], dtype: np.dtype, transpose: bool = False) -> Any:
             w = shards.read(name, shape)
+            if int8 and transpose:  # [out, in] as stored, which is how Q8_0 blocks run
+                return quantize.from_rows(w)
             return jnp.asarray(np.ascontiguousarray(w.T if transpose else w, dtype=dtype))
 
         layers = tuple(

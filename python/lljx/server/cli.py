@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lljx.cli import DTYPE_CHOICES, default_dtype, enable_compile_cache, one_line_errors
+from lljx.cli import DTYPE_CHOICES, DTYPE_HELP, default_dtype, enable_compile_cache, one_line_errors
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -75,7 +75,7 @@ def setup_logging() -> None:
 @click.option("--model", "-m", "models", multiple=True,
               help="A model to serve besides the embedded one and the Ollama store: GGUF file, HF folder or name (repeatable).")
 @click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`).")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help="Compute dtype.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--max-loaded", type=click.IntRange(min=1), default=1, show_default=True, help="Models kept in memory at once.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
               help="Requests waiting per model before answering 503.")
