@@ -451,15 +451,26 @@ impl PyTokenLoop {
     }
 }
 
+fn handler_capsule(
+    py: Python<'_>,
+    handler: unsafe extern "C" fn(*mut crate::xla_ffi::CallFrame) -> crate::xla_ffi::ErrorPtr,
+) -> PyResult<Bound<'_, PyCapsule>> {
+    let pointer = std::ptr::NonNull::new(handler as *mut std::ffi::c_void)
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("FFI handler has no address"))?;
+    // SAFETY: a function pointer stays valid for the life of the process; the capsule frees nothing.
+    unsafe { PyCapsule::new_with_pointer(py, pointer, c"xla._CUSTOM_CALL_TARGET") }
+}
+
 /// The XLA FFI handler of the matvec kernel, as the capsule `jax.ffi.register_ffi_target` takes.
 #[pyfunction]
 fn matvec_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
-    let handler = crate::xla_ffi::lljx_matvec as *mut std::ffi::c_void;
-    let pointer = std::ptr::NonNull::new(handler).ok_or_else(|| {
-        pyo3::exceptions::PyRuntimeError::new_err("matvec handler has no address")
-    })?;
-    // SAFETY: a function pointer stays valid for the life of the process; the capsule frees nothing.
-    unsafe { PyCapsule::new_with_pointer(py, pointer, c"xla._CUSTOM_CALL_TARGET") }
+    handler_capsule(py, crate::ffi_matvec::lljx_matvec)
+}
+
+/// The XLA FFI handler of the decode attention kernel, as `jax.ffi.register_ffi_target` takes it.
+#[pyfunction]
+fn attend_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
+    handler_capsule(py, crate::ffi_attend::lljx_attend)
 }
 
 #[pymodule]
@@ -472,5 +483,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyChatTemplate>()?;
     m.add_class::<PyTokenLoop>()?;
     m.add_function(wrap_pyfunction!(matvec_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(attend_ffi_handler, m)?)?;
     Ok(())
 }

@@ -47,6 +47,20 @@ pub fn share(job: Arc<dyn SharedJob>) {
     }
 }
 
+/// Waits for pieces claimed by helpers: a short spin, then yields, since a helper descheduled
+/// mid-piece needs a CPU to finish it.
+pub fn wait_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        spins = spins.saturating_add(1);
+        if spins < 4096 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
 fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {

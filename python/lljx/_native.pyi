@@ -93,3 +93,6 @@ class TokenLoop:
 
 def matvec_ffi_handler() -> object:
     """The XLA FFI handler of the matvec kernel, as the capsule `jax.ffi.register_ffi_target` takes."""
+
+def attend_ffi_handler() -> object:
+    """The XLA FFI handler of the decode attention kernel, as `jax.ffi.register_ffi_target` takes it."""

@@ -1,4 +1,4 @@
-"""lljx's Rust matrix-vector kernel inside jitted JAX code on CPU: registration with XLA and the call."""
+"""lljx's Rust decode kernels inside jitted JAX code on CPU (matrix-vector product, attention): registration and calls."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from lljx import _native
 from lljx.params import Int8Weight
 
 TARGET = "lljx_matvec"
+ATTEND_TARGET = "lljx_attend"
 
 
 @functools.cache
 def register() -> None:
-    """Registers the handler with XLA's CPU backend once per process."""
+    """Registers the handlers with XLA's CPU backend once per process."""
     jax.ffi.register_ffi_target(TARGET, _native.matvec_ffi_handler(), platform="cpu")
+    jax.ffi.register_ffi_target(ATTEND_TARGET, _native.attend_ffi_handler(), platform="cpu")
 
 
 def check_available() -> None:
@@ -42,3 +44,11 @@ def matvec(x: jax.Array, weights: Sequence[jax.Array | Int8Weight], out_dtype: j
             n_out = w.shape[1]
         results.append(jax.ShapeDtypeStruct((rows, n_out), out_dtype))
     return list(jax.ffi.ffi_call(TARGET, results)(*operands))
+
+
+def attend(q: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.Array) -> jax.Array:
+    """Decode attention: q [batch, heads, d_head] against K [batch, kv_heads, max_len, d_head] and
+    V [batch, kv_heads, d_head, max_len] up to each row's position [batch]; all f32."""
+    register()
+    call = jax.ffi.ffi_call(ATTEND_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32))
+    return call(q, cache_k, cache_v, positions.astype(jnp.int32))

@@ -11,7 +11,7 @@ from lljx.config import ModelConfig
 from lljx.core import kv_cache
 from lljx.core.linear import project, project_many
 from lljx.core.rope import apply_rope
-from lljx.params import LayerParams
+from lljx.params import LayerParams, NativeWeight
 
 
 def forward(
@@ -40,15 +40,34 @@ def forward(
         cache_k = kv_cache.write_keys(cache_k, k, positions[:, 0])
         cache_v = kv_cache.write_values(cache_v, v, positions[:, 0])
     with jax.named_scope("attend"):
-        # [batch, kv_heads, n_rep, seq, d_head]: each KV head's queries against its cache rows.
-        q = q.reshape(batch, seq, kvh, config.n_rep, d).transpose(0, 2, 3, 1, 4)
-        scores = jnp.einsum("bkrsd,bktd->bkrst", q, cache_k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(d)
-        key_pos = jnp.arange(cache_k.shape[2])
-        visible = key_pos[None, None, :] <= positions[:, :, None]  # [batch, seq, max_len]
-        scores = jnp.where(visible[:, None, None, :, :], scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cache_v.dtype)
-        out = jnp.einsum("bkrst,bkdt->bkrsd", probs, cache_v, preferred_element_type=jnp.float32)
-        out = out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, h * d).astype(x.dtype)
+        if seq == 1 and uses_native_kernels(layer) and cache_k.dtype == q.dtype == jnp.float32:
+            from lljx import native_kernels
+
+            out = native_kernels.attend(q[:, 0], cache_k, cache_v, positions[:, 0]).reshape(batch, 1, h * d)
+        else:
+            out = attend_xla(config, q, cache_k, cache_v, positions).astype(x.dtype)
     with jax.named_scope("attn_out"):
         return project(out, layer.wo), cache_k, cache_v
+
+
+def uses_native_kernels(layer: LayerParams) -> bool:
+    """A layer whose projections go to the native matvec kernel also attends with the native kernel."""
+    return isinstance(layer.wq, NativeWeight)
+
+
+def attend_xla(
+    config: ModelConfig, q: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.Array
+) -> jax.Array:
+    """q [batch, seq, heads, d_head] against the layer's cache, causal by position; [batch, seq, heads * d_head]."""
+    batch, seq, h, d = q.shape
+    kvh = config.n_kv_heads
+    # [batch, kv_heads, n_rep, seq, d_head]: each KV head's queries against its cache rows.
+    q = q.reshape(batch, seq, kvh, config.n_rep, d).transpose(0, 2, 3, 1, 4)
+    scores = jnp.einsum("bkrsd,bktd->bkrst", q, cache_k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(d)
+    key_pos = jnp.arange(cache_k.shape[2])
+    visible = key_pos[None, None, :] <= positions[:, :, None]  # [batch, seq, max_len]
+    scores = jnp.where(visible[:, None, None, :, :], scores, -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cache_v.dtype)
+    out = jnp.einsum("bkrst,bkdt->bkrsd", probs, cache_v, preferred_element_type=jnp.float32)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, h * d)
