@@ -9,6 +9,7 @@ import ml_dtypes
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from lljx.models import block_quants
 from lljx.models.errors import ModelFileError
 from lljx.models.gguf_file import TensorInfo
 
@@ -75,7 +76,7 @@ def rows_to_f32(packed: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarr
         return packed.view(_VIEWABLE[ggml_type]).astype(np.float32)
     # Hostile files can hold inf/NaN scales; they decode to inf/NaN, which is not our call to reject.
     with np.errstate(over="ignore", invalid="ignore"):
-        return gguf.quants.dequantize(packed, ggml_type)
+        return block_quants.dequantize(packed, ggml_type)
 
 
 def decode(
