@@ -164,7 +164,7 @@ mod avx512 {
     use std::ops::Range;
 
     const LANES: usize = 16;
-    /// Rows per pass over the output: fewer passes when the output is too big for L1.
+    /// Rows per pass over an output too wide for L1 (more than 4096 columns).
     const ROWS_PER_PASS: usize = 4;
     const L1_OUTPUT_COLS: usize = 4096;
 
@@ -299,21 +299,90 @@ mod avx512 {
         }
     }
 
+    /// y += x[k] · W[k, :] for each row in turn: one sequential read of the whole range, the
+    /// output (at most 16 KB) staying in L1. Best when rows are short.
+    macro_rules! stream_rows {
+        ($name:ident, $elem:ty, $load:ident, $scalar:expr) => {
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+                y.fill(0.0);
+                let out = y.as_mut_ptr();
+                for k in rows {
+                    let xk = x[k];
+                    let xv = _mm512_set1_ps(xk);
+                    let row = w.as_ptr().add(k * cols);
+                    let mut c = 0;
+                    while c + 4 * LANES <= cols {
+                        for u in 0..4 {
+                            let o = out.add(c + u * LANES);
+                            _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, $load(row.add(c + u * LANES)), _mm512_loadu_ps(o)));
+                        }
+                        c += 4 * LANES;
+                    }
+                    while c + LANES <= cols {
+                        let o = out.add(c);
+                        _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, $load(row.add(c)), _mm512_loadu_ps(o)));
+                        c += LANES;
+                    }
+                    for (o, v) in y[c..].iter_mut().zip(&w[k * cols + c..(k + 1) * cols]) {
+                        *o += xk * $scalar(*v);
+                    }
+                }
+            }
+        };
+    }
+
+    stream_rows!(stream_f32, f32, load_f32, |v: f32| v);
+    stream_rows!(stream_bf16, u16, load_bf16, |v: u16| half::bf16::from_bits(v).to_f32());
+    stream_rows!(stream_f16, u16, load_f16, |v: u16| half::f16::from_bits(v).to_f32());
+    stream_rows!(stream_i8, i8, load_i8, |v: i8| v as f32);
+
+    /// Int8 rows streamed a block of 32 at a time into a partial sum, then scaled into y.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn stream_q8(values: &[i8], scales: &[f32], cols: usize, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+        y.fill(0.0);
+        let mut part = vec![0.0f32; cols];
+        let mut k = rows.start;
+        while k < rows.end {
+            stream_i8(values, cols, x, k..k + Q8_BLOCK, &mut part);
+            let scale = &scales[k / Q8_BLOCK * cols..(k / Q8_BLOCK + 1) * cols];
+            let (out, p, s) = (y.as_mut_ptr(), part.as_ptr(), scale.as_ptr());
+            let mut c = 0;
+            while c + LANES <= cols {
+                let sum = _mm512_fmadd_ps(_mm512_loadu_ps(s.add(c)), _mm512_loadu_ps(p.add(c)), _mm512_loadu_ps(out.add(c)));
+                _mm512_storeu_ps(out.add(c), sum);
+                c += LANES;
+            }
+            for c in c..cols {
+                y[c] += scale[c] * part[c];
+            }
+            k += Q8_BLOCK;
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
         if rows.is_empty() {
             y.fill(0.0);
             return;
         }
-        // Int8 blocks hold 32 rows, a multiple of the 4 rows per pass, so a pass never spans two scales.
-        let per_pass = if matrix.cols > L1_OUTPUT_COLS {
-            ROWS_PER_PASS
-        } else {
-            1
-        };
+        let cols = matrix.cols;
+        if cols <= L1_OUTPUT_COLS {
+            match matrix.elements {
+                Elements::F32(w) => stream_f32(w, cols, x, rows, y),
+                Elements::Bf16(w) => stream_bf16(w, cols, x, rows, y),
+                Elements::F16(w) => stream_f16(w, cols, x, rows, y),
+                Elements::Q8 { values, scales } => stream_q8(values, scales, cols, x, rows, y),
+            }
+            return;
+        }
+        // Wide outputs (the head) do not fit L1: four rows per pass quarter the output traffic.
+        // Int8 blocks hold 32 rows, a multiple of 4, so a pass never spans two scales.
         let mut k = rows.start;
         let mut first = true;
-        while k + per_pass <= rows.end && per_pass == ROWS_PER_PASS {
+        while k + ROWS_PER_PASS <= rows.end {
             add_rows::<ROWS_PER_PASS>(matrix, x, k, y, first);
             first = false;
             k += ROWS_PER_PASS;
