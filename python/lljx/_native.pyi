@@ -3,7 +3,16 @@
 import os
 from typing import Any, final
 
-__all__ = ["TokenizerError", "TemplateError", "Tokenizer", "StreamDecoder", "ChatTemplate", "TokenLoop"]
+__all__ = [
+    "TokenizerError",
+    "TemplateError",
+    "Tokenizer",
+    "StreamDecoder",
+    "ChatTemplate",
+    "TokenLoop",
+    "matvec_ffi_handler",
+    "attend_ffi_handler",
+]
 
 class TokenizerError(ValueError):
     """A tokenizer file, vocabulary or token id that cannot be used."""
