@@ -128,6 +128,20 @@ def test_rates_of_tiny_durations_are_null_not_huge():
     assert row["decode_tps"] is None and row["prefill_tps"] is None  # sub-microsecond spans
 
 
+def test_waiting_for_the_device_waits_for_work_dispatched_before():
+    import jax
+    import jax.numpy as jnp
+
+    from lljx.bench.runner import wait_for_device
+
+    slow = jax.jit(lambda x: jax.lax.fori_loop(0, 300, lambda i, y: jnp.tanh(y @ x), x))
+    x = jnp.eye(256) * 0.5
+    slow(x).block_until_ready()  # compiled
+    pending = slow(x)  # like the decode call a run leaves in flight, never read
+    wait_for_device()
+    assert pending.is_ready()
+
+
 def test_timed_stream_counts_a_stop_token_as_read_not_generated():
     timed = timed_stream(iter([5, 6, 7, 0, 9]), prompt_tokens=3, budget=10, is_stop=lambda t: t == 0)
     assert (timed.gen_tokens, timed.tokens_read, timed.stop_reason) == (3, 4, "stop")
