@@ -142,7 +142,7 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--system", default=None, help="A system message for the chat template.")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
-@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`).")
+@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`); default native-token on CPU, jit-token elsewhere.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop when this text appears (repeatable); it is not printed.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print timings to stderr.")
 @one_line_errors
@@ -170,7 +170,7 @@ def generate(
     from lljx.sampling import SamplerSettings
     from lljx.strategies import registry
 
-    strategy = registry.load(strategy_name or registry.DEFAULT_STRATEGY)
+    strategy = registry.load(strategy_name or registry.default_strategy())
     text = read_prompt(prompt, strip_final_newline=True)
     settings = SamplerSettings(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

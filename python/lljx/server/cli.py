@@ -74,7 +74,7 @@ def setup_logging() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (overrides one in --host; 0 picks a free port).")
 @click.option("--model", "-m", "models", multiple=True,
               help="A model to serve besides the embedded one and the Ollama store: GGUF file, HF folder or name (repeatable).")
-@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`).")
+@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`); default native-token on CPU, jit-token elsewhere.")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--max-loaded", type=click.IntRange(min=1), default=1, show_default=True, help="Models kept in memory at once.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
@@ -93,7 +93,7 @@ def serve(
     from lljx.strategies import registry
 
     address, host_port = parse_host(host if host is not None else os.environ.get("OLLAMA_HOST", "") or DEFAULT_HOST)
-    strategy = registry.load(strategy_name or registry.DEFAULT_STRATEGY)
+    strategy = registry.load(strategy_name or registry.default_strategy())
     catalog = Catalog.from_specs(models)
     enable_compile_cache()
     pool = ModelPool(

@@ -113,4 +113,12 @@ def available() -> list[StrategyInfo]:
     return infos
 
 
-DEFAULT_STRATEGY = "jit-token"
+DEFAULT_STRATEGY = "jit-token"  # pure JAX: what runs on every backend
+CPU_DEFAULT_STRATEGY = "native-token"  # lljx's Rust decode kernels, faster than XLA:CPU's
+
+
+def default_strategy() -> str:
+    """The strategy `generate` and `serve` use when none is named: native-token on CPU, jit-token elsewhere."""
+    import jax
+
+    return CPU_DEFAULT_STRATEGY if jax.default_backend() == "cpu" else DEFAULT_STRATEGY
