@@ -240,6 +240,12 @@ mod avx512 {
     pass!(pass_f16, u16, load_f16);
     pass!(pass_i8, i8, load_i8);
 
+    /// Pointers to the starts of rows k..k + R of a row-major matrix with `cols` columns.
+    #[inline(always)]
+    unsafe fn row_starts<T, const R: usize>(w: &[T], k: usize, cols: usize) -> [*const T; R] {
+        std::array::from_fn(|u| w.as_ptr().add((k + u) * cols))
+    }
+
     /// Rows [k, k + R) added into y; the last columns (fewer than 16) go through scalar code.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -255,7 +261,7 @@ mod avx512 {
         let out = y.as_mut_ptr();
         let done = match matrix.elements {
             Elements::F32(w) => pass_f32::<R>(
-                std::array::from_fn(|u| w.as_ptr().add((k + u) * cols)),
+                row_starts(w, k, cols),
                 xr,
                 std::ptr::null(),
                 out,
@@ -263,7 +269,7 @@ mod avx512 {
                 first,
             ),
             Elements::Bf16(w) => pass_bf16::<R>(
-                std::array::from_fn(|u| w.as_ptr().add((k + u) * cols)),
+                row_starts(w, k, cols),
                 xr,
                 std::ptr::null(),
                 out,
@@ -271,7 +277,7 @@ mod avx512 {
                 first,
             ),
             Elements::F16(w) => pass_f16::<R>(
-                std::array::from_fn(|u| w.as_ptr().add((k + u) * cols)),
+                row_starts(w, k, cols),
                 xr,
                 std::ptr::null(),
                 out,
@@ -280,14 +286,7 @@ mod avx512 {
             ),
             Elements::Q8 { values, scales } => {
                 let scale = scales.as_ptr().add(k / Q8_BLOCK * cols);
-                pass_i8::<R>(
-                    std::array::from_fn(|u| values.as_ptr().add((k + u) * cols)),
-                    xr,
-                    scale,
-                    out,
-                    cols,
-                    first,
-                )
+                pass_i8::<R>(row_starts(values, k, cols), xr, scale, out, cols, first)
             }
         };
         if done < cols {
@@ -305,7 +304,13 @@ mod avx512 {
         ($name:ident, $elem:ty, $load:ident, $scalar:expr) => {
             #[inline]
             #[target_feature(enable = "avx512f")]
-            unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+            unsafe fn $name(
+                w: &[$elem],
+                cols: usize,
+                x: &[f32],
+                rows: Range<usize>,
+                y: &mut [f32],
+            ) {
                 y.fill(0.0);
                 let out = y.as_mut_ptr();
                 for k in rows {
@@ -316,13 +321,23 @@ mod avx512 {
                     while c + 4 * LANES <= cols {
                         for u in 0..4 {
                             let o = out.add(c + u * LANES);
-                            _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, $load(row.add(c + u * LANES)), _mm512_loadu_ps(o)));
+                            _mm512_storeu_ps(
+                                o,
+                                _mm512_fmadd_ps(
+                                    xv,
+                                    $load(row.add(c + u * LANES)),
+                                    _mm512_loadu_ps(o),
+                                ),
+                            );
                         }
                         c += 4 * LANES;
                     }
                     while c + LANES <= cols {
                         let o = out.add(c);
-                        _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, $load(row.add(c)), _mm512_loadu_ps(o)));
+                        _mm512_storeu_ps(
+                            o,
+                            _mm512_fmadd_ps(xv, $load(row.add(c)), _mm512_loadu_ps(o)),
+                        );
                         c += LANES;
                     }
                     for (o, v) in y[c..].iter_mut().zip(&w[k * cols + c..(k + 1) * cols]) {
@@ -334,14 +349,25 @@ mod avx512 {
     }
 
     stream_rows!(stream_f32, f32, load_f32, |v: f32| v);
-    stream_rows!(stream_bf16, u16, load_bf16, |v: u16| half::bf16::from_bits(v).to_f32());
-    stream_rows!(stream_f16, u16, load_f16, |v: u16| half::f16::from_bits(v).to_f32());
+    stream_rows!(stream_bf16, u16, load_bf16, |v: u16| half::bf16::from_bits(
+        v
+    )
+    .to_f32());
+    stream_rows!(stream_f16, u16, load_f16, |v: u16| half::f16::from_bits(v)
+        .to_f32());
     stream_rows!(stream_i8, i8, load_i8, |v: i8| v as f32);
 
     /// Int8 rows streamed a block of 32 at a time into a partial sum, then scaled into y.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn stream_q8(values: &[i8], scales: &[f32], cols: usize, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+    unsafe fn stream_q8(
+        values: &[i8],
+        scales: &[f32],
+        cols: usize,
+        x: &[f32],
+        rows: Range<usize>,
+        y: &mut [f32],
+    ) {
         y.fill(0.0);
         let mut part = vec![0.0f32; cols];
         let mut k = rows.start;
@@ -351,7 +377,11 @@ mod avx512 {
             let (out, p, s) = (y.as_mut_ptr(), part.as_ptr(), scale.as_ptr());
             let mut c = 0;
             while c + LANES <= cols {
-                let sum = _mm512_fmadd_ps(_mm512_loadu_ps(s.add(c)), _mm512_loadu_ps(p.add(c)), _mm512_loadu_ps(out.add(c)));
+                let sum = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(s.add(c)),
+                    _mm512_loadu_ps(p.add(c)),
+                    _mm512_loadu_ps(out.add(c)),
+                );
                 _mm512_storeu_ps(out.add(c), sum);
                 c += LANES;
             }
