@@ -2,7 +2,8 @@
 //!
 //! Call shape: one input x [..., in] (f32, bf16 or f16), then one weight per output: a float
 //! matrix [in, out] (f32, bf16 or f16), or an int8 [in, out] matrix followed by its f32
-//! scales [in / 32, out]. Output i is [..., out_i] in f32, bf16 or f16. All outputs share x,
+//! scales [in / 32, out], or the same int8 numbers tiled for VNNI as uint8 (see
+//! `matvec::Elements::Q8Tiled`; activations are then quantized to int8 per block of 32). Output i is [..., out_i] in f32, bf16 or f16. All outputs share x,
 //! so Q, K and V (or gate and up) cost one call. The call's bytes are cut into one contiguous
 //! share per thread (row ranges of one or more products) that the calling thread and lljx's
 //! spinning helpers (`workers`) claim from a shared counter; the partial outputs of a split
@@ -11,7 +12,7 @@
 use crate::matvec::{matvec_rows, Elements, Matrix, Q8_BLOCK};
 use crate::workers::{self, SharedJob};
 use crate::xla_ffi::{
-    dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, BF16, F16, F32, S8,
+    dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, BF16, F16, F32, S8, U8,
 };
 use std::ffi::c_void;
 use std::ops::Range;
@@ -101,7 +102,7 @@ impl Call {
                 F16 => Elements::F16(unsafe {
                     std::slice::from_raw_parts(w.data as *const u16, cells)
                 }),
-                S8 => {
+                S8 | U8 => {
                     let s = weights
                         .get(next)
                         .ok_or_else(|| format!("int8 weight {i} has no scales"))?;
@@ -114,11 +115,18 @@ impl Call {
                             dtype_name(s.dtype)
                         ));
                     }
-                    let values = unsafe { std::slice::from_raw_parts(w.data as *const i8, cells) };
                     let scales = unsafe {
                         std::slice::from_raw_parts(s.data as *const f32, s_dims[0] * w_out)
                     };
-                    Elements::Q8 { values, scales }
+                    if w.dtype == S8 {
+                        let values =
+                            unsafe { std::slice::from_raw_parts(w.data as *const i8, cells) };
+                        Elements::Q8 { values, scales }
+                    } else {
+                        let values =
+                            unsafe { std::slice::from_raw_parts(w.data as *const u8, cells) };
+                        Elements::Q8Tiled { values, scales }
+                    }
                 }
                 other => {
                     return Err(format!(

@@ -22,6 +22,55 @@ pub enum Elements<'a> {
         values: &'a [i8],
         scales: &'a [f32],
     },
+    /// The same int8 numbers re-laid for VNNI dot products (`tiled_index` gives the order):
+    /// per 32-row block and 16-column tile, 512 bytes [8 quads of rows][16 columns][4 rows],
+    /// each value stored + 128 as u8; scales as in `Q8`. Multiplied with activations
+    /// quantized per block of 32 to int8 (as llama.cpp does for Q8_0), sums exact in i32.
+    Q8Tiled {
+        values: &'a [u8],
+        scales: &'a [f32],
+    },
+}
+
+/// Columns per tile of `Elements::Q8Tiled`.
+pub const Q8_TILE_COLS: usize = 16;
+
+/// Position of weight (row k, column c) in a `Q8Tiled` matrix with `cols` columns.
+pub fn tiled_index(k: usize, c: usize, cols: usize) -> usize {
+    let (block, in_block) = (k / Q8_BLOCK, k % Q8_BLOCK);
+    block * Q8_BLOCK * cols
+        + c / Q8_TILE_COLS * Q8_BLOCK * Q8_TILE_COLS
+        + in_block / 4 * Q8_TILE_COLS * 4
+        + c % Q8_TILE_COLS * 4
+        + in_block % 4
+}
+
+/// Whether `Elements::Q8Tiled` runs on the fast VNNI kernel here (else a slow portable loop).
+pub fn tiled_kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One block of 32 activations as int8 the way llama.cpp's Q8_0 does it: scale = max |x| / 127,
+/// values rounded to nearest (ties to even). Returns the values, the scale and their sum.
+pub fn quantize_block(x: &[f32]) -> ([i8; Q8_BLOCK], f32, i32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let mut q = [0i8; Q8_BLOCK];
+    let mut sum = 0i32;
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * inverse).round_ties_even() as i8;
+        sum += *q as i32;
+    }
+    (q, scale, sum)
 }
 
 /// A weight matrix whose slice lengths have been checked against its shape.
@@ -54,6 +103,21 @@ impl<'a> Matrix<'a> {
                 }
                 ("int8", values.len())
             }
+            Elements::Q8Tiled { values, scales } => {
+                if !rows.is_multiple_of(Q8_BLOCK) || !cols.is_multiple_of(Q8_TILE_COLS) {
+                    return Err(format!(
+                        "tiled int8 weight [{rows}, {cols}] needs inputs in multiples of {Q8_BLOCK} and outputs in multiples of {Q8_TILE_COLS}"
+                    ));
+                }
+                if scales.len() != rows / Q8_BLOCK * cols {
+                    return Err(format!(
+                        "int8 weight [{rows}, {cols}] needs {} scales, got {}",
+                        rows / Q8_BLOCK * cols,
+                        scales.len()
+                    ));
+                }
+                ("tiled int8", values.len())
+            }
         };
         if len != cells {
             return Err(format!(
@@ -79,7 +143,7 @@ impl<'a> Matrix<'a> {
     /// whole 4-row passes for float weights.
     pub fn row_alignment(&self) -> usize {
         match self.elements {
-            Elements::Q8 { .. } => Q8_BLOCK,
+            Elements::Q8 { .. } | Elements::Q8Tiled { .. } => Q8_BLOCK,
             _ => 4,
         }
     }
@@ -90,7 +154,7 @@ impl<'a> Matrix<'a> {
         match self.elements {
             Elements::F32(_) => cells * 4,
             Elements::Bf16(_) | Elements::F16(_) => cells * 2,
-            Elements::Q8 { .. } => cells + cells / Q8_BLOCK * 4,
+            Elements::Q8 { .. } | Elements::Q8Tiled { .. } => cells + cells / Q8_BLOCK * 4,
         }
     }
 }
@@ -106,7 +170,7 @@ pub fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]
         "row range"
     );
     assert_eq!(y.len(), matrix.cols, "output length");
-    if let Elements::Q8 { .. } = matrix.elements {
+    if let Elements::Q8 { .. } | Elements::Q8Tiled { .. } = matrix.elements {
         assert!(
             rows.start.is_multiple_of(Q8_BLOCK) && rows.end.is_multiple_of(Q8_BLOCK),
             "int8 rows must cover whole blocks"
@@ -114,6 +178,15 @@ pub fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if let Elements::Q8Tiled { values, scales } = matrix.elements {
+            if tiled_kernel_available() {
+                // SAFETY: the CPU has AVX-512 VNNI/BW; Matrix::new checked the slice lengths and
+                // the asserts above the row range.
+                unsafe { vnni::matvec_tiled(values, scales, matrix.cols, x, rows, y) };
+                return;
+            }
+            return portable::matvec_rows(matrix, x, rows, y);
+        }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F, and the asserts above keep every access in bounds.
             unsafe { avx512::matvec_rows(matrix, x, rows, y) };
@@ -125,13 +198,28 @@ pub fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]
 
 /// Plain loops, used on CPUs without AVX-512 and as the reference in tests.
 pub mod portable {
-    use super::{Elements, Matrix, Q8_BLOCK};
+    use super::{quantize_block, tiled_index, Elements, Matrix, Q8_BLOCK};
     use half::{bf16, f16};
     use std::ops::Range;
 
     pub fn matvec_rows(matrix: &Matrix, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
         let cols = matrix.cols;
         y.fill(0.0);
+        if let Elements::Q8Tiled { values, scales } = matrix.elements {
+            for block in rows.step_by(Q8_BLOCK) {
+                let (q, scale, _) = quantize_block(&x[block..block + Q8_BLOCK]);
+                let s = &scales[block / Q8_BLOCK * cols..][..cols];
+                for (c, out) in y.iter_mut().enumerate() {
+                    let dot: i32 = (0..Q8_BLOCK)
+                        .map(|u| {
+                            (values[tiled_index(block + u, c, cols)] as i32 - 128) * q[u] as i32
+                        })
+                        .sum();
+                    *out += dot as f32 * (s[c] * scale);
+                }
+            }
+            return;
+        }
         for k in rows {
             let xk = x[k];
             let row = k * cols..(k + 1) * cols;
@@ -152,6 +240,7 @@ pub mod portable {
                         .zip(s)
                         .for_each(|((o, v), s)| *o += xk * (*v as f32 * s));
                 }
+                Elements::Q8Tiled { .. } => unreachable!("handled above"),
             }
         }
     }
@@ -288,6 +377,8 @@ mod avx512 {
                 let scale = scales.as_ptr().add(k / Q8_BLOCK * cols);
                 pass_i8::<R>(row_starts(values, k, cols), xr, scale, out, cols, first)
             }
+            // Dispatched to the VNNI or portable kernel before reaching here.
+            Elements::Q8Tiled { .. } => 0,
         };
         if done < cols {
             let mut tail = vec![0.0f32; cols];
@@ -405,6 +496,7 @@ mod avx512 {
                 Elements::Bf16(w) => stream_bf16(w, cols, x, rows, y),
                 Elements::F16(w) => stream_f16(w, cols, x, rows, y),
                 Elements::Q8 { values, scales } => stream_q8(values, scales, cols, x, rows, y),
+                Elements::Q8Tiled { .. } => super::portable::matvec_rows(matrix, x, rows, y),
             }
             return;
         }
@@ -421,6 +513,66 @@ mod avx512 {
             add_rows::<1>(matrix, x, k, y, first);
             first = false;
             k += 1;
+        }
+    }
+}
+
+/// Tiled int8 weights times int8-quantized activations with AVX-512 VNNI (`vpdpbusd`).
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{quantize_block, Q8_BLOCK, Q8_TILE_COLS};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// y = Σ over the blocks in `rows` of scale_w · scale_x · (Σ (w + 128) · q - 128 · Σ q).
+    /// Each block's tiles are 512 contiguous bytes, so the weights stream strictly in order.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn matvec_tiled(
+        values: &[u8],
+        scales: &[f32],
+        cols: usize,
+        x: &[f32],
+        rows: Range<usize>,
+        y: &mut [f32],
+    ) {
+        y.fill(0.0);
+        let out = y.as_mut_ptr();
+        for block in rows.step_by(Q8_BLOCK) {
+            let (q, x_scale, q_sum) = quantize_block(&x[block..block + Q8_BLOCK]);
+            if x_scale == 0.0 {
+                continue;
+            }
+            // Each quad of four activations, broadcast to every 32-bit lane.
+            let quads: [__m512i; 8] = std::array::from_fn(|j| {
+                _mm512_set1_epi32(i32::from_le_bytes([
+                    q[4 * j] as u8,
+                    q[4 * j + 1] as u8,
+                    q[4 * j + 2] as u8,
+                    q[4 * j + 3] as u8,
+                ]))
+            });
+            let offset = _mm512_set1_epi32(128 * q_sum);
+            let xs = _mm512_set1_ps(x_scale);
+            let tiles = values.as_ptr().add(block * cols);
+            let scale_row = scales.as_ptr().add(block / Q8_BLOCK * cols);
+            for t in 0..cols / Q8_TILE_COLS {
+                let w = tiles.add(t * Q8_BLOCK * Q8_TILE_COLS) as *const __m512i;
+                // Two chains halve the dependency on vpdpbusd's latency.
+                let mut even = _mm512_setzero_si512();
+                let mut odd = _mm512_setzero_si512();
+                for j in (0..8).step_by(2) {
+                    even = _mm512_dpbusd_epi32(even, _mm512_loadu_si512(w.add(j)), quads[j]);
+                    odd = _mm512_dpbusd_epi32(odd, _mm512_loadu_si512(w.add(j + 1)), quads[j + 1]);
+                }
+                let dot = _mm512_sub_epi32(_mm512_add_epi32(even, odd), offset);
+                let c = t * Q8_TILE_COLS;
+                let scale = _mm512_mul_ps(_mm512_loadu_ps(scale_row.add(c)), xs);
+                let o = out.add(c);
+                _mm512_storeu_ps(
+                    o,
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, _mm512_loadu_ps(o)),
+                );
+            }
         }
     }
 }
@@ -452,7 +604,10 @@ mod tests {
 
     fn check(matrix: Matrix, exact: &[f64], x: &[f32]) {
         let (rows, cols) = (matrix.rows(), matrix.cols());
-        let step = if matches!(matrix.elements, Elements::Q8 { .. }) {
+        let step = if matches!(
+            matrix.elements,
+            Elements::Q8 { .. } | Elements::Q8Tiled { .. }
+        ) {
             Q8_BLOCK
         } else {
             1
@@ -538,6 +693,143 @@ mod tests {
                 &x,
             );
         }
+    }
+
+    /// Int8 values [rows, cols] re-laid as `Elements::Q8Tiled` wants them.
+    fn tile(values: &[i8], rows: usize, cols: usize) -> Vec<u8> {
+        let mut tiled = vec![0u8; rows * cols];
+        for k in 0..rows {
+            for c in 0..cols {
+                tiled[tiled_index(k, c, cols)] = (values[k * cols + c] as i16 + 128) as u8;
+            }
+        }
+        tiled
+    }
+
+    #[test]
+    fn tiled_index_is_a_permutation() {
+        let (rows, cols) = (64, 48);
+        let mut seen = vec![false; rows * cols];
+        for k in 0..rows {
+            for c in 0..cols {
+                let i = tiled_index(k, c, cols);
+                assert!(!seen[i]);
+                seen[i] = true;
+            }
+        }
+    }
+
+    #[test]
+    fn q8_tiled_matches_reference_on_activations_int8_represents_exactly() {
+        for (rows, cols) in [(64, 16), (96, 48), (576, 192), (1536, 576), (64, 4112)] {
+            let values: Vec<i8> = noise(11, rows * cols)
+                .iter()
+                .map(|v| (v * 127.0) as i8)
+                .collect();
+            let scales: Vec<f32> = noise(12, rows / Q8_BLOCK * cols)
+                .iter()
+                .map(|v| v * 0.01)
+                .collect();
+            // Activations of the form q · d with one |q| = 127 per block: quantizing them is exact.
+            let mut x: Vec<f32> = noise(13, rows)
+                .iter()
+                .map(|v| (v * 127.0).round())
+                .collect();
+            for (b, block) in x.chunks_mut(Q8_BLOCK).enumerate() {
+                block[b % Q8_BLOCK] = if b % 2 == 0 { 127.0 } else { -127.0 };
+                let d = 0.001 * (b + 1) as f32;
+                block.iter_mut().for_each(|v| *v *= d);
+            }
+            let tiled = tile(&values, rows, cols);
+            let exact: Vec<f64> = (0..rows * cols)
+                .map(|i| values[i] as f64 * scales[(i / cols) / Q8_BLOCK * cols + i % cols] as f64)
+                .collect();
+            let matrix = Matrix::new(
+                Elements::Q8Tiled {
+                    values: &tiled,
+                    scales: &scales,
+                },
+                rows,
+                cols,
+            )
+            .unwrap();
+            check(matrix, &exact, &x);
+        }
+    }
+
+    #[test]
+    fn q8_tiled_stays_within_activation_rounding_of_the_float_product() {
+        let (rows, cols) = (576, 1536);
+        let values: Vec<i8> = noise(14, rows * cols)
+            .iter()
+            .map(|v| (v * 127.0) as i8)
+            .collect();
+        let scales: Vec<f32> = noise(15, rows / Q8_BLOCK * cols)
+            .iter()
+            .map(|v| v.abs() * 0.01)
+            .collect();
+        let x = noise(16, rows);
+        let tiled = tile(&values, rows, cols);
+        let matrix = Matrix::new(
+            Elements::Q8Tiled {
+                values: &tiled,
+                scales: &scales,
+            },
+            rows,
+            cols,
+        )
+        .unwrap();
+        let (mut fast, mut slow) = (vec![0.0; cols], vec![0.0; cols]);
+        matvec_rows(&matrix, &x, 0..rows, &mut fast);
+        portable::matvec_rows(&matrix, &x, 0..rows, &mut slow);
+        for c in 0..cols {
+            // Same integer sums: the two paths differ only in f32 rounding of the block sums.
+            assert!(
+                (fast[c] - slow[c]).abs() <= 1e-5 * (1.0 + slow[c].abs()),
+                "col {c}"
+            );
+            // Each activation moves by at most half a quantization step (max |x| / 254 per block).
+            let mut exact = 0.0f64;
+            let mut bound = 0.0f64;
+            for k in 0..rows {
+                let w = values[k * cols + c] as f64 * scales[k / Q8_BLOCK * cols + c] as f64;
+                exact += w * x[k] as f64;
+                let amax = x[k / Q8_BLOCK * Q8_BLOCK..][..Q8_BLOCK]
+                    .iter()
+                    .fold(0.0f32, |m, v| m.max(v.abs()));
+                bound += w.abs() * amax as f64 / 254.0;
+            }
+            assert!(
+                (fast[c] as f64 - exact).abs() <= bound * 1.0001 + 1e-6,
+                "col {c}: {} vs {exact}",
+                fast[c]
+            );
+        }
+    }
+
+    #[test]
+    fn q8_tiled_shapes_are_checked() {
+        let (values, scales) = (vec![0u8; 32 * 24], vec![0f32; 24]);
+        let err = Matrix::new(
+            Elements::Q8Tiled {
+                values: &values,
+                scales: &scales,
+            },
+            32,
+            24,
+        )
+        .unwrap_err();
+        assert!(err.contains("multiples of 16"), "{err}");
+        let (values, scales) = (vec![0u8; 32 * 16], vec![0f32; 15]);
+        assert!(Matrix::new(
+            Elements::Q8Tiled {
+                values: &values,
+                scales: &scales
+            },
+            32,
+            16
+        )
+        .is_err());
     }
 
     #[test]

@@ -473,6 +473,13 @@ fn attend_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
     handler_capsule(py, crate::ffi_attend::lljx_attend)
 }
 
+/// Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
+/// without it those weights would take a slow portable path, so callers keep the plain layout.
+#[pyfunction]
+fn int8_dot_kernel_available() -> bool {
+    crate::matvec::tiled_kernel_available()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -484,5 +491,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenLoop>()?;
     m.add_function(wrap_pyfunction!(matvec_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(attend_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;
     Ok(())
 }

@@ -117,6 +117,7 @@ const FFI_MINOR: i32 = 3;
 
 pub const S8: i32 = 2;
 pub const S32: i32 = 4;
+pub const U8: i32 = 6;
 pub const F16: i32 = 10;
 pub const F32: i32 = 11;
 pub const BF16: i32 = 16;
@@ -219,6 +220,7 @@ pub fn dims(buffer: &Buffer) -> Result<Vec<usize>, String> {
 pub fn dtype_name(dtype: i32) -> String {
     match dtype {
         S8 => "int8".into(),
+        U8 => "uint8".into(),
         F16 => "f16".into(),
         F32 => "f32".into(),
         BF16 => "bf16".into(),

@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from lljx import native_kernels
+from lljx import _native, native_kernels
 from lljx.core import linear
-from lljx.params import Q8_BLOCK, Int8Weight, NativeWeight
+from lljx.params import Q8_BLOCK, Int8Weight, NativeWeight, TiledInt8Weight
 
 RNG = np.random.default_rng(7)
 
@@ -56,6 +55,61 @@ def test_int8_weights_match_float64(n_in, outs):
     for y, w in zip(got, weights):
         want = exact(x, w)
         np.testing.assert_allclose(np.asarray(y), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.bfloat16, jnp.float16])
+def quantized_activations(x: np.ndarray) -> np.ndarray:
+    """x as the int8 dot-product kernel sees it: per block of 32, int8 values (ties to even) times max |x| / 127."""
+    blocks = np.asarray(x, np.float32).reshape(*x.shape[:-1], -1, Q8_BLOCK)
+    scale = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
+    inverse = np.where(scale != 0, np.float32(1) / np.where(scale != 0, scale, np.float32(1)), np.float32(0))
+    return (np.rint(blocks * inverse.astype(np.float32)) * scale).reshape(x.shape)
+
+
+needs_int8_dot = pytest.mark.skipif(
+    not _native.int8_dot_kernel_available(), reason="this CPU has no AVX-512 VNNI for the int8 dot-product kernel"
+)
+
+
+@needs_int8_dot
+@pytest.mark.parametrize("n_in,outs", [(576, (576, 192, 192)), (64, (16, 5008)), (1536, (576,))])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_tiled_int8_weights_are_the_int8_product_on_block_quantized_activations(n_in, outs, rows):
+    x = RNG.standard_normal((rows, n_in), dtype=np.float32)
+    x[0, :Q8_BLOCK] = 0.0  # an all-zero block has scale 0
+    weights = [random_int8(n_in, n) for n in outs]
+    tiled = [linear.tile_int8(w) for w in weights]
+    assert all(t.values.dtype == jnp.uint8 and t.values.shape == w.values.shape for t, w in zip(tiled, weights))
+    got = jax.jit(lambda x, w: native_kernels.matvec(x, w, jnp.float32))(jnp.asarray(x), tiled)
+    for y, w in zip(got, weights):
+        want = exact(jnp.asarray(quantized_activations(x)), w)
+        np.testing.assert_allclose(np.asarray(y), want, rtol=0, atol=2e-6 * np.abs(want).max())
+        # The activations' rounding stays small next to the product itself.
+        np.testing.assert_allclose(np.asarray(y), exact(jnp.asarray(x), w), rtol=0, atol=0.02 * np.abs(want).max())
+
+
+def test_use_native_kernel_tiles_int8_weights_only_when_asked(tiny_params):
+    from lljx.models.quantize import from_rows
+
+    layer = tiny_params.layers[0]
+    int8_wq = from_rows(np.asarray(layer.wq).T)
+    params = tiny_params._replace(layers=(layer._replace(wq=int8_wq), *tiny_params.layers[1:]))
+    tiled = linear.use_native_kernel(params, int8_dot=True).layers[0]
+    assert isinstance(tiled.wq.packed, TiledInt8Weight) and tiled.wq.weight is int8_wq
+    assert tiled.wk.packed is None and tiled.wk.weight is layer.wk  # float weights are shared, never copied
+    assert linear.use_native_kernel(params, int8_dot=False).layers[0].wq.packed is None
+
+    w, f = random_int8(64, 32), jnp.ones((64, 32), jnp.float32)
+    x = jnp.asarray(RNG.standard_normal((1, 64), dtype=np.float32))
+    packed = NativeWeight(w, linear.tile_int8(w))
+    assert isinstance(packed.packed, TiledInt8Weight)
+    if _native.int8_dot_kernel_available():
+        text = jax.jit(lambda x: linear.project(x, packed)).lower(x).as_text()
+        assert "ui8" in text and "lljx_matvec" in text
+    # Prompts (many rows) multiply the original int8 weight with XLA, unquantized activations.
+    many = jnp.asarray(RNG.standard_normal((1, 9, 64), dtype=np.float32))
+    np.testing.assert_allclose(linear.project(many, packed), linear.xla_project(many, w), rtol=1e-5, atol=1e-6)
+    assert not linear.can_tile(f) and not linear.can_tile(random_int8(64, 24)) and linear.can_tile(w)
 
 
 @pytest.mark.parametrize("out_dtype", [jnp.bfloat16, jnp.float16])
@@ -117,6 +171,10 @@ def test_mismatched_shapes_are_an_error_not_a_crash():
         jax.block_until_ready(jax.jit(call)(x, values, jnp.ones((3, 16), jnp.float32)))
     with pytest.raises(Exception, match="no scales"):
         jax.block_until_ready(jax.jit(call)(x, values))
+    tiled = jnp.ones((64, 24), jnp.uint8)
+    wide = jax.ffi.ffi_call(native_kernels.TARGET, [jax.ShapeDtypeStruct((1, 24), jnp.float32)])
+    with pytest.raises(Exception, match="multiples of 16"):
+        jax.block_until_ready(jax.jit(wide)(x, tiled, jnp.ones((2, 24), jnp.float32)))
 
 
 def test_kernel_strategies_refuse_other_backends(monkeypatch):

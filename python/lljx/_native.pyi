@@ -12,6 +12,7 @@ __all__ = [
     "TokenLoop",
     "matvec_ffi_handler",
     "attend_ffi_handler",
+    "int8_dot_kernel_available",
 ]
 
 class TokenizerError(ValueError):
@@ -105,3 +106,7 @@ def matvec_ffi_handler() -> object:
 
 def attend_ffi_handler() -> object:
     """The XLA FFI handler of the decode attention kernel, as `jax.ffi.register_ffi_target` takes it."""
+
+def int8_dot_kernel_available() -> bool:
+    """Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
+    without it those weights would take a slow portable path, so callers keep the plain layout."""

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from lljx import _native
-from lljx.params import Int8Weight
+from lljx.params import Int8Weight, TiledInt8Weight
 
 TARGET = "lljx_matvec"
 ATTEND_TARGET = "lljx_attend"
@@ -29,14 +29,16 @@ def check_available() -> None:
         raise ValueError(f"the native matvec kernel runs on CPU only; the default JAX backend here is {backend}")
 
 
-def matvec(x: jax.Array, weights: Sequence[jax.Array | Int8Weight], out_dtype: jnp.dtype) -> list[jax.Array]:
+def matvec(
+    x: jax.Array, weights: Sequence[jax.Array | Int8Weight | TiledInt8Weight], out_dtype: jnp.dtype
+) -> list[jax.Array]:
     """x [rows, in] · each weight [in, out_i] in one call; outputs [rows, out_i] at out_dtype."""
     register()
     rows = x.shape[0]
     operands: list[jax.Array] = [x]
     results = []
     for w in weights:
-        if isinstance(w, Int8Weight):
+        if isinstance(w, (Int8Weight, TiledInt8Weight)):
             operands += [w.values, w.scales]
             n_out = w.values.shape[1]
         else:

@@ -20,14 +20,29 @@ class Int8Weight(NamedTuple):
     scales: jax.Array  # f32 [in // 32, out]
 
 
+class TiledInt8Weight(NamedTuple):
+    """An Int8Weight's numbers in the order lljx's int8 dot-product kernel (AVX-512 VNNI) streams.
+
+    Per 32-input block and 16-output tile, 512 bytes: [8 groups of 4 inputs][16 outputs][4 inputs],
+    each value stored + 128 as uint8 (see `lljx.core.linear.tile_int8`). The kernel multiplies
+    them with the activations quantized to int8 per block of 32, as llama.cpp does for Q8_0.
+    """
+
+    values: jax.Array  # uint8 [in, out], in tile order
+    scales: jax.Array  # f32 [in // 32, out], as in Int8Weight
+
+
 class NativeWeight(NamedTuple):
     """A weight to multiply with lljx's own CPU matrix-vector kernel when only a few rows come in (decode).
 
-    Wrapping shares the array; nothing is copied. Strategies that use the kernel wrap the
-    projections at build time (see `lljx.core.linear.use_native_kernel`).
+    Wrapping shares the array; nothing is copied, except `packed`: an int8 weight's copy in the
+    layout of the int8 dot-product kernel, when the CPU has one. Prompts (many rows) still
+    multiply `weight` with XLA. Strategies that use the kernel wrap the projections at build time
+    (see `lljx.core.linear.use_native_kernel`).
     """
 
     weight: jax.Array | Int8Weight
+    packed: TiledInt8Weight | None = None
 
 
 Weight = Union[jax.Array, Int8Weight, NativeWeight]  # what `lljx.core.linear` multiplies by

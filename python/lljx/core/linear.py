@@ -7,8 +7,20 @@ from math import prod
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from lljx.params import Q8_BLOCK, Int8Weight, LayerParams, NativeWeight, Params, Weight
+from lljx.params import (
+    Q8_BLOCK,
+    Int8Weight,
+    LayerParams,
+    NativeWeight,
+    Params,
+    TiledInt8Weight,
+    Weight,
+)
+
+# Outputs per tile of the int8 dot-product kernel's layout.
+INT8_TILE = 16
 
 # Up to this many rows (batch × tokens) the native kernel runs; more rows (prefill) go to XLA,
 # whose matrix-matrix products reuse each weight across rows.
@@ -41,7 +53,8 @@ def project_many(x: jax.Array, weights: Sequence[Weight], out_dtype: jnp.dtype |
     if rows <= NATIVE_MAX_ROWS and all(isinstance(w, NativeWeight) for w in weights):
         from lljx import native_kernels
 
-        flat = native_kernels.matvec(x.reshape(rows, x.shape[-1]), [w.weight for w in weights], out_dtype)  # type: ignore[union-attr]
+        kernel_weights = [w.packed or w.weight for w in weights]  # type: ignore[union-attr]
+        flat = native_kernels.matvec(x.reshape(rows, x.shape[-1]), kernel_weights, out_dtype)
         return tuple(y.reshape(*x.shape[:-1], y.shape[-1]) for y in flat)
     return tuple(xla_project(x, w, out_dtype) for w in weights)
 
@@ -65,11 +78,37 @@ def take_columns(w: Weight, ids: jax.Array) -> jax.Array:
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
-def use_native_kernel(params: Params) -> Params:
-    """The same params with every projection and the head routed to the native kernel (no copies)."""
+def tile_int8(w: Int8Weight) -> TiledInt8Weight:
+    """The int8 dot-product kernel's copy of `w`: values + 128 as uint8, reordered so each
+    32-input block of 16 outputs is 512 contiguous bytes [8][16 outputs][4 inputs]."""
+    n_in, n_out = w.values.shape
+    shifted = (np.asarray(w.values).astype(np.int16) + 128).astype(np.uint8)
+    tiles = shifted.reshape(n_in // Q8_BLOCK, Q8_BLOCK // 4, 4, n_out // INT8_TILE, INT8_TILE)
+    ordered = np.ascontiguousarray(tiles.transpose(0, 3, 1, 4, 2)).reshape(n_in, n_out)
+    return TiledInt8Weight(jnp.asarray(ordered), w.scales)
+
+
+def can_tile(w: Weight) -> bool:
+    """Int8 weights whose shape fits the tiled layout (whole blocks and tiles)."""
+    return isinstance(w, Int8Weight) and w.values.shape[0] % Q8_BLOCK == 0 and w.values.shape[1] % INT8_TILE == 0
+
+
+def use_native_kernel(params: Params, *, int8_dot: bool | None = None) -> Params:
+    """The same params with every projection and the head routed to the native kernel.
+
+    Float weights are shared, not copied. Int8 weights also get a tiled copy for the int8
+    dot-product kernel when `int8_dot` (default: when the CPU has AVX-512 VNNI); decode then
+    quantizes activations to int8 per block of 32 as llama.cpp does, and prompts keep XLA's f32 path.
+    """
+    if int8_dot is None:
+        from lljx import _native
+
+        int8_dot = _native.int8_dot_kernel_available()
 
     def wrap(w: Weight) -> Weight:
-        return w if isinstance(w, NativeWeight) else NativeWeight(w)
+        if isinstance(w, NativeWeight):
+            return w
+        return NativeWeight(w, tile_int8(w) if int8_dot and can_tile(w) else None)  # type: ignore[arg-type]
 
     def wrap_layer(layer: LayerParams) -> LayerParams:
         return layer._replace(**{name: wrap(getattr(layer, name)) for name in PROJECTIONS})
