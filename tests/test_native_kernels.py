@@ -132,6 +132,21 @@ def test_project_many_routes_few_rows_to_the_kernel_and_many_to_xla():
     np.testing.assert_allclose(linear.project(many, native), many @ w, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_prompts_over_16_bit_weights_multiply_16_bit_activations_accumulating_in_f32(dtype):
+    """The native strategies' prompt path: f32 activations round to the weight's dtype, the sum stays f32."""
+    w = jnp.asarray(RNG.standard_normal((96, 40), dtype=np.float32) / 10).astype(dtype)
+    x = jnp.asarray(RNG.standard_normal((1, 12, 96), dtype=np.float32))
+    y = linear.project(x, NativeWeight(w))
+    assert y.dtype == jnp.float32
+    rounded = np.asarray(x.astype(dtype).astype(jnp.float32), np.float64)
+    np.testing.assert_allclose(np.asarray(y), rounded @ np.asarray(w.astype(jnp.float32), np.float64), rtol=0, atol=1e-5)
+    hlo = jax.jit(lambda x: linear.project(x, NativeWeight(w))).lower(x).as_text()
+    name = "bf16" if dtype == jnp.bfloat16 else "f16"
+    dots = [line for line in hlo.splitlines() if "dot_general" in line]
+    assert len(dots) == 1 and f"(tensor<1x12x96x{name}>, tensor<96x40x{name}>) -> tensor<1x12x40xf32>" in dots[0]
+
+
 def test_int8_xla_path_matches_the_kernel():
     w = random_int8(128, 96)
     x = jnp.asarray(RNG.standard_normal((1, 128), dtype=np.float32))
