@@ -201,3 +201,17 @@ def test_budgets_smaller_than_a_multi_token_call(model, budget):
     generation = Generation(model, decoder, [1, 2], max_tokens=budget, stop_token_ids=())
     list(generation)
     assert generation.token_ids == script[:budget] and generation.stats.stop_reason == "length"
+
+
+@pytest.mark.slow
+def test_fast_start_compiles_decode_in_the_background_and_changes_no_token(model):
+    """`lljx generate` starts the first token before the decode step is compiled; same tokens, same compile count."""
+    prompt = chat_prompt_ids(model, "What is two plus two?")
+    runs = []
+    for fast_start in (False, True, True):
+        decoder = registry.load("jit-token").build(model, SamplerSettings(temperature=0))
+        generation = Generation(model, decoder, prompt, max_tokens=12, stop_token_ids=(), fast_start=fast_start)
+        "".join(generation)
+        assert decoder.compilations == 2 and generation.stats.compile_ns > 0
+        runs.append(generation.token_ids)
+    assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 12

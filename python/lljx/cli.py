@@ -183,7 +183,7 @@ def generate(
     ids = chat_prompt_ids(model, text, system=system, raw=raw)
     generation = Generation(
         model, strategy.build(model, settings), ids, max_tokens=max_tokens,
-        stop_token_ids=model.stop_token_ids, stop_strings=stop_strings,
+        stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True,
     )
     for chunk in generation:
         sys.stdout.write(chunk)

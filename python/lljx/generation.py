@@ -104,7 +104,10 @@ class Generation:
         stop_token_ids: Sequence[int] = (),
         stop_strings: Sequence[str] = (),
         settings: SamplerSettings | None = None,
+        fast_start: bool = False,
     ) -> None:
+        """`fast_start` lets a decoder that can (`prepare_prefill_first`) compile its decode step
+        while the first token is computed; otherwise everything compiles before the loop starts."""
         if not prompt_ids:
             raise GenerationError("the prompt is empty")
         if max_tokens <= 0:
@@ -117,13 +120,13 @@ class Generation:
         self.prompt_ids = np.asarray(prompt_ids, dtype=np.int32)[None]
         self.budget = min(max_tokens, context - len(prompt_ids))
         self.plan = plan_for(len(prompt_ids), self.budget, context)
-        compiled_before = decoder.compile_seconds
-        decoder.prepare(self.plan, batch=1)  # compile outside the timed loop
+        self._compiled_before = decoder.compile_seconds
+        early = getattr(decoder, "prepare_prefill_first", None) if fast_start else None
+        (early or decoder.prepare)(self.plan, batch=1)  # compile outside the timed loop
         self._loop = _native.TokenLoop(
             decoder, model.tokenizer._native, self.prompt_ids[0], self.plan,
             max_tokens=self.budget, stop_ids=list(stop_token_ids), stop_strings=list(stop_strings), settings=settings,
         )
-        self.compile_ns = int((decoder.compile_seconds - compiled_before) * 1e9)
 
     def __iter__(self) -> Iterator[str]:
         return self._loop
@@ -136,6 +139,11 @@ class Generation:
     def token_ids(self) -> list[int]:
         """The generated ids so far, a final stop token excluded."""
         return self._loop.token_ids
+
+    @property
+    def compile_ns(self) -> int:
+        """Compile time this generation caused, a decode step compiled in the background included."""
+        return int((self.decoder.compile_seconds - self._compiled_before) * 1e9)
 
     @property
     def stats(self) -> Stats:

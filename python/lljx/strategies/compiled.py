@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -45,44 +47,90 @@ class CompiledDecoder:
         self._decode_jit = decode
         self._prefills: dict[tuple[int, int, int], Executable] = {}
         self._decodes: dict[tuple[int, int], Executable] = {}
+        self._pending: dict[tuple[int, int], Future[Executable]] = {}
+        self._decode_key: tuple[int, int] | None = None
         self._decode_exec: Executable | None = None
+        self._lock = threading.Lock()
         self.compile_seconds = 0.0
         self.compilations = 0
 
     def prepare(self, plan: DecodePlan, batch: int = 1) -> None:
         """Compile what `plan` needs, unless already compiled; adds to compile_seconds."""
-        prefill_key = (batch, plan.prompt_bucket, plan.cache_len)
-        if prefill_key in self._prefills and (batch, plan.cache_len) in self._decodes:
+        self._prepare_prefill(plan, batch)
+        key = (batch, plan.cache_len)
+        if key not in self._decodes:
+            self._decodes[key] = self._pending.pop(key).result() if key in self._pending else self._compile_decode(plan, batch)
+
+    def prepare_prefill_first(self, plan: DecodePlan, batch: int = 1) -> None:
+        """Compile the prefill now and the decode step on a background thread, so the first token
+        does not wait for the second program (process start to first token); `decode` waits for it."""
+        self._prepare_prefill(plan, batch)
+        key = (batch, plan.cache_len)
+        if key not in self._decodes and key not in self._pending:
+            self._pending[key] = _background().submit(self._compile_decode, plan, batch)
+
+    def _prepare_prefill(self, plan: DecodePlan, batch: int) -> None:
+        key = (batch, plan.prompt_bucket, plan.cache_len)
+        if key in self._prefills:
             return
         start = time.perf_counter()
+        lowered = self._prefill_jit.lower(plan.cache_len, self.params, *self._prefill_shapes(plan, batch))  # type: ignore[attr-defined]
+        self._prefills[key] = lowered.compile()
+        self._count(time.perf_counter() - start)
+
+    def _compile_decode(self, plan: DecodePlan, batch: int) -> Executable:
+        start = time.perf_counter()
+        state = jax.eval_shape(self._prefill_jit, plan.cache_len, self.params, *self._prefill_shapes(plan, batch))
+        compiled = self._decode_jit.lower(self.params, *state).compile()  # type: ignore[attr-defined]
+        self._count(time.perf_counter() - start)
+        return compiled
+
+    def _prefill_shapes(self, plan: DecodePlan, batch: int) -> tuple[Any, ...]:
         ids = jax.ShapeDtypeStruct((batch, plan.prompt_bucket), jnp.int32)
         lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
         key = jax.eval_shape(jax.random.key, 0)
         knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), jnp.float32), self.settings.knobs())
-        if prefill_key not in self._prefills:
-            lowered = self._prefill_jit.lower(plan.cache_len, self.params, ids, lengths, key, knobs)  # type: ignore[attr-defined]
-            self._prefills[prefill_key] = lowered.compile()
+        return ids, lengths, key, knobs
+
+    def _count(self, seconds: float) -> None:
+        with self._lock:
+            self.compile_seconds += seconds
             self.compilations += 1
-        if (batch, plan.cache_len) not in self._decodes:
-            state = jax.eval_shape(self._prefill_jit, plan.cache_len, self.params, ids, lengths, key, knobs)
-            lowered = self._decode_jit.lower(self.params, *state)  # type: ignore[attr-defined]
-            self._decodes[(batch, plan.cache_len)] = lowered.compile()
-            self.compilations += 1
-        self.compile_seconds += time.perf_counter() - start
 
     def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None) -> DecodeState:
         settings = check_structure(self.settings, settings)
         padded, lengths = pad_prompt(prompt_ids, plan)
         batch = padded.shape[0]
-        self.prepare(plan, batch)
-        self._decode_exec = self._decodes[(batch, plan.cache_len)]
+        key = (batch, plan.cache_len)
+        if key in self._pending:
+            self._prepare_prefill(plan, batch)
+        else:
+            self.prepare(plan, batch)
+        self._decode_key = key
+        self._decode_exec = self._decodes.get(key)
         run = self._prefills[(batch, plan.prompt_bucket, plan.cache_len)]
         return run(self.params, padded, lengths, jax.random.key(settings.seed), settings.knobs())
 
     def decode(self, previous: DecodeState) -> DecodeState:
         if self._decode_exec is None:
-            raise RuntimeError("decode() called before prefill()")
+            if self._decode_key is None:
+                raise RuntimeError("decode() called before prefill()")
+            pending = self._pending.pop(self._decode_key, None)
+            if pending is not None:
+                self._decodes[self._decode_key] = pending.result()
+            self._decode_exec = self._decodes[self._decode_key]
         return self._decode_exec(self.params, *previous)
+
+
+_BACKGROUND: ThreadPoolExecutor | None = None
+
+
+def _background() -> ThreadPoolExecutor:
+    """One thread for compiles that run while the first token is computed."""
+    global _BACKGROUND
+    if _BACKGROUND is None:
+        _BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lljx-compile")
+    return _BACKGROUND
 
 
 def per_token_decoder(
