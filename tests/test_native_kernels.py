@@ -95,14 +95,15 @@ def test_use_native_kernel_tiles_int8_weights_only_when_asked(tiny_params):
     int8_wq = from_rows(np.asarray(layer.wq).T)
     params = tiny_params._replace(layers=(layer._replace(wq=int8_wq), *tiny_params.layers[1:]))
     tiled = linear.use_native_kernel(params, int8_dot=True).layers[0]
-    assert isinstance(tiled.wq.packed, TiledInt8Weight) and tiled.wq.weight is int8_wq
+    assert isinstance(tiled.wq.kernel_weight(), TiledInt8Weight) and tiled.wq.weight is int8_wq
+    assert tiled.wq.kernel_weight().scales is int8_wq.scales  # shared, passed to compiled code once
     assert tiled.wk.packed is None and tiled.wk.weight is layer.wk  # float weights are shared, never copied
     assert linear.use_native_kernel(params, int8_dot=False).layers[0].wq.packed is None
 
     w, f = random_int8(64, 32), jnp.ones((64, 32), jnp.float32)
     x = jnp.asarray(RNG.standard_normal((1, 64), dtype=np.float32))
-    packed = NativeWeight(w, linear.tile_int8(w))
-    assert isinstance(packed.packed, TiledInt8Weight)
+    packed = NativeWeight(w, linear.tile_int8(w).values)
+    assert isinstance(packed.kernel_weight(), TiledInt8Weight)
     if _native.int8_dot_kernel_available():
         text = jax.jit(lambda x: linear.project(x, packed)).lower(x).as_text()
         assert "ui8" in text and "lljx_matvec" in text

@@ -35,14 +35,21 @@ class TiledInt8Weight(NamedTuple):
 class NativeWeight(NamedTuple):
     """A weight to multiply with lljx's own CPU matrix-vector kernel when only a few rows come in (decode).
 
-    Wrapping shares the array; nothing is copied, except `packed`: an int8 weight's copy in the
-    layout of the int8 dot-product kernel, when the CPU has one. Prompts (many rows) still
-    multiply `weight` with XLA. Strategies that use the kernel wrap the projections at build time
-    (see `lljx.core.linear.use_native_kernel`).
+    Wrapping shares the array; nothing is copied, except `packed`: an int8 weight's values in the
+    layout of the int8 dot-product kernel (`TiledInt8Weight.values`; the scales stay shared with
+    `weight`, so each array is passed to compiled code once), when the CPU has that kernel.
+    Prompts (many rows) still multiply `weight` with XLA. Strategies that use the kernel wrap
+    the projections at build time (see `lljx.core.linear.use_native_kernel`).
     """
 
     weight: jax.Array | Int8Weight
-    packed: TiledInt8Weight | None = None
+    packed: jax.Array | None = None
+
+    def kernel_weight(self) -> jax.Array | Int8Weight | TiledInt8Weight:
+        """What the native kernel multiplies by."""
+        if self.packed is not None and isinstance(self.weight, Int8Weight):
+            return TiledInt8Weight(self.packed, self.weight.scales)
+        return self.weight
 
 
 Weight = Union[jax.Array, Int8Weight, NativeWeight]  # what `lljx.core.linear` multiplies by

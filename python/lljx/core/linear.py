@@ -58,7 +58,7 @@ def project_many(x: jax.Array, weights: Sequence[Weight], out_dtype: jnp.dtype |
     if rows <= NATIVE_MAX_ROWS and all(isinstance(w, NativeWeight) for w in weights):
         from lljx import native_kernels
 
-        kernel_weights = [w.packed or w.weight for w in weights]  # type: ignore[union-attr]
+        kernel_weights = [w.kernel_weight() for w in weights]  # type: ignore[union-attr]
         flat = native_kernels.matvec(x.reshape(rows, x.shape[-1]), kernel_weights, out_dtype)
         return tuple(y.reshape(*x.shape[:-1], y.shape[-1]) for y in flat)
     return tuple(xla_project(x, w, out_dtype) for w in weights)
@@ -113,7 +113,7 @@ def use_native_kernel(params: Params, *, int8_dot: bool | None = None) -> Params
     def wrap(w: Weight) -> Weight:
         if isinstance(w, NativeWeight):
             return w
-        return NativeWeight(w, tile_int8(w) if int8_dot and can_tile(w) else None)  # type: ignore[arg-type]
+        return NativeWeight(w, tile_int8(w).values if int8_dot and can_tile(w) else None)  # type: ignore[arg-type]
 
     def wrap_layer(layer: LayerParams) -> LayerParams:
         return layer._replace(**{name: wrap(getattr(layer, name)) for name in PROJECTIONS})

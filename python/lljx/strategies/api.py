@@ -19,8 +19,9 @@ class DecodeState(NamedTuple):
     """What one prefill or decode call leaves on the device.
 
     tokens [batch, k] holds the k newest token ids (k is 1 for per-token strategies);
-    position [batch] is where the next token will be written in the cache; knobs are the
-    sampler's continuous settings, carried so one compiled decoder serves any values.
+    position [batch] is where the next token will be written in the cache; key is the sampler's
+    PRNG key as raw uint32 data (`steps.initial_key`); knobs are the sampler's continuous
+    settings, carried so one compiled decoder serves any values.
     """
 
     tokens: jax.Array

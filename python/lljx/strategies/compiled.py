@@ -18,7 +18,7 @@ from lljx.params import Params
 from lljx.sampling import SamplerSettings, make_sampler
 from lljx.strategies.api import DecodePlan, DecodeState
 from lljx.strategies.eager import check_structure, pad_prompt
-from lljx.strategies.steps import decode_step, prefill_step
+from lljx.strategies.steps import decode_step, initial_key, prefill_step
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -88,7 +88,7 @@ class CompiledDecoder:
     def _prefill_shapes(self, plan: DecodePlan, batch: int) -> tuple[Any, ...]:
         ids = jax.ShapeDtypeStruct((batch, plan.prompt_bucket), jnp.int32)
         lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
-        key = jax.eval_shape(jax.random.key, 0)
+        key = jax.eval_shape(initial_key, 0)
         knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), jnp.float32), self.settings.knobs())
         return ids, lengths, key, knobs
 
@@ -109,7 +109,7 @@ class CompiledDecoder:
         self._decode_key = key
         self._decode_exec = self._decodes.get(key)
         run = self._prefills[(batch, plan.prompt_bucket, plan.cache_len)]
-        return run(self.params, padded, lengths, jax.random.key(settings.seed), settings.knobs())
+        return run(self.params, padded, lengths, initial_key(settings.seed), settings.knobs())
 
     def decode(self, previous: DecodeState) -> DecodeState:
         if self._decode_exec is None:

@@ -16,6 +16,7 @@ import numpy as np
 from lljx.params import Params
 from lljx.sampling import SamplerSettings
 from lljx.strategies.api import DecodePlan, DecodeState
+from lljx.strategies.steps import initial_key
 
 PrefillFn = Callable[[int, Params, np.ndarray, np.ndarray, jax.Array, object], DecodeState]
 DecodeFn = Callable[..., DecodeState]
@@ -45,7 +46,7 @@ class EagerDecoder:
     def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None) -> DecodeState:
         settings = check_structure(self.settings, settings)
         padded, lengths = pad_prompt(prompt_ids, plan)
-        return self._prefill(plan.cache_len, self.params, padded, lengths, jax.random.key(settings.seed), settings.knobs())
+        return self._prefill(plan.cache_len, self.params, padded, lengths, initial_key(settings.seed), settings.knobs())
 
     def decode(self, previous: DecodeState) -> DecodeState:
         return self._decode(self.params, *previous)
