@@ -32,6 +32,12 @@ pub enum Elements<'a> {
     },
 }
 
+/// How far ahead of its reads a kernel asks for weights (into L2). One core's hardware
+/// prefetchers alone keep too few lines in flight for DRAM: measured in decode on a 2-core
+/// Zen 4 VM, 6 KB ahead made bf16 7-8% and tiled int8 about 10% faster (f32 unchanged);
+/// 2-3 KB helped less and 24 KB no more.
+pub const PREFETCH_AHEAD: usize = 6 * 1024;
+
 /// Columns per tile of `Elements::Q8Tiled`.
 pub const Q8_TILE_COLS: usize = 16;
 
@@ -248,11 +254,18 @@ pub mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Elements, Matrix, Q8_BLOCK};
+    use super::{Elements, Matrix, PREFETCH_AHEAD, Q8_BLOCK};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
     const LANES: usize = 16;
+
+    /// Asks for the cache line PREFETCH_AHEAD bytes past `at` into L2. The address may lie past
+    /// the matrix: a prefetch never faults, and `wrapping_add` keeps the pointer arithmetic defined.
+    #[inline(always)]
+    pub(super) unsafe fn prefetch_ahead(at: *const i8) {
+        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_AHEAD));
+    }
     /// Rows per pass over an output too wide for L1 (more than 4096 columns).
     const ROWS_PER_PASS: usize = 4;
     const L1_OUTPUT_COLS: usize = 4096;
@@ -300,6 +313,11 @@ mod avx512 {
                 let xs = x.map(|v| _mm512_set1_ps(v));
                 let mut c = 0;
                 while c + LANES <= cols {
+                    if (c * std::mem::size_of::<$elem>()).is_multiple_of(64) {
+                        for row in w {
+                            prefetch_ahead(row.add(c) as *const i8);
+                        }
+                    }
                     let mut sum = $load(w[0].add(c));
                     sum = _mm512_mul_ps(xs[0], sum);
                     for u in 1..R {
@@ -404,12 +422,17 @@ mod avx512 {
             ) {
                 y.fill(0.0);
                 let out = y.as_mut_ptr();
+                const STEP: usize = 4 * LANES * std::mem::size_of::<$elem>();
                 for k in rows {
                     let xk = x[k];
                     let xv = _mm512_set1_ps(xk);
                     let row = w.as_ptr().add(k * cols);
                     let mut c = 0;
                     while c + 4 * LANES <= cols {
+                        let next = row.add(c) as *const i8;
+                        for line in (0..STEP).step_by(64) {
+                            prefetch_ahead(next.wrapping_add(line));
+                        }
                         for u in 0..4 {
                             let o = out.add(c + u * LANES);
                             _mm512_storeu_ps(
@@ -557,6 +580,9 @@ mod vnni {
             let scale_row = scales.as_ptr().add(block / Q8_BLOCK * cols);
             for t in 0..cols / Q8_TILE_COLS {
                 let w = tiles.add(t * Q8_BLOCK * Q8_TILE_COLS) as *const __m512i;
+                for line in 0..8 {
+                    super::avx512::prefetch_ahead((w as *const i8).wrapping_add(64 * line));
+                }
                 // Two chains halve the dependency on vpdpbusd's latency.
                 let mut even = _mm512_setzero_si512();
                 let mut odd = _mm512_setzero_si512();
