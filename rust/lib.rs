@@ -7,6 +7,7 @@ pub mod chat;
 pub mod detokenize;
 pub mod error;
 pub mod ffi_attend;
+pub mod ffi_columns;
 pub mod ffi_matvec;
 pub mod matvec;
 pub mod token_loop;

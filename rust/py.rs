@@ -473,6 +473,12 @@ fn attend_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
     handler_capsule(py, crate::ffi_attend::lljx_attend)
 }
 
+/// The XLA FFI handler that reads embedding vectors from a head's columns, as `jax.ffi.register_ffi_target` takes it.
+#[pyfunction]
+fn columns_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
+    handler_capsule(py, crate::ffi_columns::lljx_columns)
+}
+
 /// Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
 /// without it those weights would take a slow portable path, so callers keep the plain layout.
 #[pyfunction]
@@ -492,5 +498,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matvec_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(attend_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;
+    m.add_function(wrap_pyfunction!(columns_ffi_handler, m)?)?;
     Ok(())
 }

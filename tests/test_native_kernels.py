@@ -257,3 +257,36 @@ def test_native_params_decode_like_xla(tiny_config, tiny_params):
         config, native, jnp.asarray([[1]]), jnp.array([[4]]), kv_cache.create(config, 1, 16), jnp.array([0])
     ).as_text()
     assert "lljx_attend" in step_text and "lljx_matvec" in step_text
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_columns_kernel_reads_the_same_values_as_take(dtype):
+    table = jnp.asarray(RNG.standard_normal((48, 300), dtype=np.float32)).astype(dtype)
+    ids = jnp.asarray([[0, 299, 17], [5, 5, 123]], jnp.int32)
+    got = jax.jit(native_kernels.columns)(table, ids)
+    assert got.shape == (2, 3, 48) and got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.moveaxis(jnp.take(table, ids, axis=1), 0, -1), np.float32))
+    with pytest.raises(Exception, match="id 300 is outside the table of 300"):
+        jax.block_until_ready(jax.jit(native_kernels.columns)(table, jnp.asarray([300], jnp.int32)))
+
+
+def test_a_decode_loop_never_converts_a_16_bit_tied_head_to_f32(tiny_config, tiny_params):
+    """XLA:CPU gathers a bf16 table by converting all of it, hoisted out of the loop; the native
+    strategies read embedding columns with the kernel instead."""
+    from lljx.core import embeddings
+    from lljx.core.linear import use_native_kernel
+
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if a.ndim == 2 else a, tiny_params)
+    assert params.embed is None  # tied: embeddings are columns of the head
+    native = use_native_kernel(params)
+    vocab, d = tiny_config.vocab_size, tiny_config.d_model
+
+    def loop(p, token):
+        body = lambda i, t: jnp.argmax(embeddings.forward(p, t[None, None])[0, 0].astype(jnp.float32)).astype(jnp.int32) % vocab
+        return jax.lax.fori_loop(0, 4, body, token)
+
+    plain = jax.jit(loop).lower(params, jnp.int32(3)).compile().as_text()
+    assert f"f32[{d},{vocab}]" in plain  # what XLA does on its own
+    compiled = jax.jit(loop).lower(native, jnp.int32(3)).compile().as_text()
+    assert f"f32[{d},{vocab}]" not in compiled and "lljx_columns" in compiled
+    assert int(jax.jit(loop)(native, jnp.int32(3))) == int(jax.jit(loop)(params, jnp.int32(3)))

@@ -13,6 +13,7 @@ __all__ = [
     "matvec_ffi_handler",
     "attend_ffi_handler",
     "int8_dot_kernel_available",
+    "columns_ffi_handler",
 ]
 
 class TokenizerError(ValueError):
@@ -106,6 +107,9 @@ def matvec_ffi_handler() -> object:
 
 def attend_ffi_handler() -> object:
     """The XLA FFI handler of the decode attention kernel, as `jax.ffi.register_ffi_target` takes it."""
+
+def columns_ffi_handler() -> object:
+    """The XLA FFI handler that reads embedding vectors from a head's columns, as `jax.ffi.register_ffi_target` takes it."""
 
 def int8_dot_kernel_available() -> bool:
     """Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;

@@ -13,6 +13,7 @@ from lljx.params import Int8Weight, TiledInt8Weight
 
 TARGET = "lljx_matvec"
 ATTEND_TARGET = "lljx_attend"
+COLUMNS_TARGET = "lljx_columns"
 
 
 @functools.cache
@@ -20,6 +21,7 @@ def register() -> None:
     """Registers the handlers with XLA's CPU backend once per process."""
     jax.ffi.register_ffi_target(TARGET, _native.matvec_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(ATTEND_TARGET, _native.attend_ffi_handler(), platform="cpu")
+    jax.ffi.register_ffi_target(COLUMNS_TARGET, _native.columns_ffi_handler(), platform="cpu")
 
 
 def check_available() -> None:
@@ -54,3 +56,11 @@ def attend(q: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.
     register()
     call = jax.ffi.ffi_call(ATTEND_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32))
     return call(q, cache_k, cache_v, positions.astype(jnp.int32))
+
+
+def columns(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """Columns `ids` [...] of a float [in, out] table as f32 rows [..., in] (tied embeddings)."""
+    register()
+    flat = ids.reshape(-1).astype(jnp.int32)
+    call = jax.ffi.ffi_call(COLUMNS_TARGET, jax.ShapeDtypeStruct((flat.shape[0], table.shape[0]), jnp.float32))
+    return call(table, flat).reshape(*ids.shape, table.shape[0])

@@ -72,6 +72,12 @@ def project(x: jax.Array, w: Weight, out_dtype: jnp.dtype | None = None) -> jax.
 def take_columns(w: Weight, ids: jax.Array) -> jax.Array:
     """Columns `ids` of an [in, out] weight as float rows [*ids.shape, in] (embedding lookup in a tied head)."""
     if isinstance(w, NativeWeight):
+        if isinstance(w.weight, jax.Array) and w.weight.dtype in (jnp.bfloat16, jnp.float16):
+            # XLA:CPU gathers 16-bit tables by converting them whole to f32, and decode loops
+            # hoist that conversion: a 113 MB copy per call for a 49152-token head.
+            from lljx import native_kernels
+
+            return native_kernels.columns(w.weight, ids)
         w = w.weight
     if isinstance(w, Int8Weight):
         values = jnp.take(w.values, ids, axis=1).astype(jnp.float32)  # [in, *ids]
