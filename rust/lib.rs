@@ -6,6 +6,7 @@ pub mod attention;
 pub mod chat;
 pub mod detokenize;
 pub mod error;
+pub mod ffi_argmax;
 pub mod ffi_attend;
 pub mod ffi_columns;
 pub mod ffi_matvec;

@@ -479,6 +479,12 @@ fn columns_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
     handler_capsule(py, crate::ffi_columns::lljx_columns)
 }
 
+/// The XLA FFI handler of greedy sampling's argmax, as `jax.ffi.register_ffi_target` takes it.
+#[pyfunction]
+fn argmax_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
+    handler_capsule(py, crate::ffi_argmax::lljx_argmax)
+}
+
 /// Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
 /// without it those weights would take a slow portable path, so callers keep the plain layout.
 #[pyfunction]
@@ -499,5 +505,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attend_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;
     m.add_function(wrap_pyfunction!(columns_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(argmax_ffi_handler, m)?)?;
     Ok(())
 }

@@ -290,3 +290,28 @@ def test_a_decode_loop_never_converts_a_16_bit_tied_head_to_f32(tiny_config, tin
     compiled = jax.jit(loop).lower(native, jnp.int32(3)).compile().as_text()
     assert f"f32[{d},{vocab}]" not in compiled and "lljx_columns" in compiled
     assert int(jax.jit(loop)(native, jnp.int32(3))) == int(jax.jit(loop)(params, jnp.int32(3)))
+
+
+def test_argmax_kernel_is_jnp_argmax():
+    logits = RNG.standard_normal((4, 49152), dtype=np.float32)
+    logits[1, [7, 900]] = 50.0  # a tie: the first index wins
+    logits[2, [33, 40000]] = np.nan  # NaN counts as the largest, the first one wins
+    logits[3] = -np.inf
+    got = jax.jit(native_kernels.argmax)(jnp.asarray(logits))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+
+
+@pytest.mark.slow
+def test_native_strategies_sample_greedily_with_the_argmax_kernel():
+    from lljx.models import load_model
+    from lljx.sampling import SamplerSettings
+    from lljx.strategies import registry
+    from lljx.strategies.api import plan_for
+
+    model = load_model(None, dtype="bf16")
+    for name in ("native-token", "native-loop"):
+        decoder = registry.load(name).build(model, SamplerSettings(temperature=0))
+        plan = plan_for(5, 8, model.config.context_length)
+        decoder.prepare(plan)
+        assert all("lljx_argmax" in e.as_text() for e in decoder._decodes.values()), name

@@ -14,6 +14,7 @@ __all__ = [
     "attend_ffi_handler",
     "int8_dot_kernel_available",
     "columns_ffi_handler",
+    "argmax_ffi_handler",
 ]
 
 class TokenizerError(ValueError):
@@ -110,6 +111,9 @@ def attend_ffi_handler() -> object:
 
 def columns_ffi_handler() -> object:
     """The XLA FFI handler that reads embedding vectors from a head's columns, as `jax.ffi.register_ffi_target` takes it."""
+
+def argmax_ffi_handler() -> object:
+    """The XLA FFI handler of greedy sampling's argmax, as `jax.ffi.register_ffi_target` takes it."""
 
 def int8_dot_kernel_available() -> bool:
     """Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;

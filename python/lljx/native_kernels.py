@@ -14,6 +14,7 @@ from lljx.params import Int8Weight, TiledInt8Weight
 TARGET = "lljx_matvec"
 ATTEND_TARGET = "lljx_attend"
 COLUMNS_TARGET = "lljx_columns"
+ARGMAX_TARGET = "lljx_argmax"
 
 
 @functools.cache
@@ -22,6 +23,7 @@ def register() -> None:
     jax.ffi.register_ffi_target(TARGET, _native.matvec_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(ATTEND_TARGET, _native.attend_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(COLUMNS_TARGET, _native.columns_ffi_handler(), platform="cpu")
+    jax.ffi.register_ffi_target(ARGMAX_TARGET, _native.argmax_ffi_handler(), platform="cpu")
 
 
 def check_available() -> None:
@@ -64,3 +66,11 @@ def columns(table: jax.Array, ids: jax.Array) -> jax.Array:
     flat = ids.reshape(-1).astype(jnp.int32)
     call = jax.ffi.ffi_call(COLUMNS_TARGET, jax.ShapeDtypeStruct((flat.shape[0], table.shape[0]), jnp.float32))
     return call(table, flat).reshape(*ids.shape, table.shape[0])
+
+
+def argmax(logits: jax.Array) -> jax.Array:
+    """`jnp.argmax(logits, axis=-1)` as int32 over f32 logits [batch, vocab], in a few microseconds."""
+    register()
+    rows = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    out = jax.ffi.ffi_call(ARGMAX_TARGET, jax.ShapeDtypeStruct((rows.shape[0],), jnp.int32))(rows)
+    return out.reshape(logits.shape[:-1])

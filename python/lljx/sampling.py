@@ -88,13 +88,23 @@ def greedy(logits: jax.Array, key: jax.Array, knobs: SamplerKnobs) -> jax.Array:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
-def make_sampler(settings: SamplerSettings, vocab_size: int) -> Sampler:
+def make_sampler(
+    settings: SamplerSettings, vocab_size: int, *, argmax: Callable[[jax.Array], jax.Array] | None = None
+) -> Sampler:
     """A pure function (logits [batch, vocab] f32, key, knobs) -> token ids [batch] int32.
 
     Only `settings.structure` shapes the function; temperature, top-p and min-p arrive as knobs.
+    `argmax` replaces `jnp.argmax` in greedy sampling (the native strategies pass their kernel's).
     """
     if settings.greedy:
-        return greedy
+        if argmax is None:
+            return greedy
+
+        def greedy_with(logits: jax.Array, key: jax.Array, knobs: SamplerKnobs) -> jax.Array:
+            del key, knobs
+            return argmax(logits).astype(jnp.int32)
+
+        return greedy_with
     k = vocab_size if settings.top_k == 0 else min(settings.top_k, vocab_size)
 
     def sample(logits: jax.Array, key: jax.Array, knobs: SamplerKnobs) -> jax.Array:

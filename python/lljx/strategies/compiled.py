@@ -135,15 +135,15 @@ def _background() -> ThreadPoolExecutor:
 
 def per_token_decoder(
     model: Model, sampler: SamplerSettings, *, params: Params | None = None, config: ModelConfig | None = None,
-    **layer_options: int,
+    argmax: Callable[[jax.Array], jax.Array] | None = None, **layer_options: int,
 ) -> CompiledDecoder:
     """One jit around transform + sampler per token: `prefill_step` and `decode_step` with the cache donated.
 
     `params` and `config` replace the model's (a strategy's own layout, e.g. stacked layers,
-    or f32 activations) and `layer_options` (scan_layers, scan_unroll) pass through to the transformer.
+    or f32 activations), `argmax` replaces greedy sampling's `jnp.argmax`, and `layer_options` (scan_layers, scan_unroll) pass through to the transformer.
     """
     config = config or model.config
-    sample = make_sampler(sampler, config.vocab_size)
+    sample = make_sampler(sampler, config.vocab_size, argmax=argmax)
     prefill = jax.jit(partial(prefill_step, config, sample, **layer_options), static_argnums=(0,))
     # The cache (argument 2 after params and tokens) is donated: XLA updates it in place, never copies it.
     decode = jax.jit(partial(decode_step, config, sample, **layer_options), donate_argnums=(2,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -62,11 +63,13 @@ class FusedLoop:
     tokens_per_dispatch = 8
 
     def build(
-        self, model: Model, sampler: SamplerSettings, *, params: Params | None = None, config: ModelConfig | None = None
+        self, model: Model, sampler: SamplerSettings, *, params: Params | None = None, config: ModelConfig | None = None,
+        argmax: Callable[[jax.Array], jax.Array] | None = None,
     ) -> CompiledDecoder:
-        """`params` and `config` replace the model's (e.g. weights routed to the native kernel, f32 activations)."""
+        """`params` and `config` replace the model's (e.g. weights routed to the native kernel, f32 activations);
+        `argmax` replaces greedy sampling's `jnp.argmax`."""
         config = config or model.config
-        sample = make_sampler(sampler, config.vocab_size)
+        sample = make_sampler(sampler, config.vocab_size, argmax=argmax)
         prefill = jax.jit(partial(prefill_padded, config, sample, self.tokens_per_dispatch), static_argnums=(0,))
         step = partial(decode_k_tokens, config, sample, self.tokens_per_dispatch, tuple(model.stop_token_ids))
         decode = jax.jit(step, donate_argnums=(2,))

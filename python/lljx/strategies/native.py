@@ -31,7 +31,9 @@ class NativeToken:
 
     def build(self, model: Model, sampler: SamplerSettings) -> CompiledDecoder:
         native_kernels.check_available()
-        return per_token_decoder(model, sampler, params=use_native_kernel(model.params), config=kernel_config(model))
+        return per_token_decoder(
+            model, sampler, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+        )
 
 
 class NativeLoop:
@@ -40,7 +42,9 @@ class NativeLoop:
 
     def build(self, model: Model, sampler: SamplerSettings) -> CompiledDecoder:
         native_kernels.check_available()
-        return FusedLoop().build(model, sampler, params=use_native_kernel(model.params), config=kernel_config(model))
+        return FusedLoop().build(
+            model, sampler, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+        )
 
 
 native_token = NativeToken()
