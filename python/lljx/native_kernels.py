@@ -1,4 +1,4 @@
-"""lljx's Rust decode kernels inside jitted JAX code on CPU (matrix-vector product, attention): registration and calls."""
+"""lljx's Rust decode kernels inside jitted JAX code on CPU (matrix-vector product, attention, embedding columns, argmax): registration and calls."""
 
 from __future__ import annotations
 
