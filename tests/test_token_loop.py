@@ -215,3 +215,39 @@ def test_fast_start_compiles_decode_in_the_background_and_changes_no_token(model
         assert decoder.compilations == 2 and generation.stats.compile_ns > 0
         runs.append(generation.token_ids)
     assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "int8"])
+def test_programs_compiled_while_the_weights_load_serve_the_loaded_model(dtype, random_llama):
+    """`lljx generate`'s head start: weights as shapes, a prefill compiled on them, adopted after loading."""
+    import jax
+
+    from lljx.models import load_model, load_model_early
+    from lljx.strategies.api import plan_for
+
+    gguf_path, _ = random_llama
+    skeleton, loading = load_model_early(str(gguf_path), dtype=dtype)
+    model = loading.result()
+    shapes = lambda p: jax.tree.map(lambda x: (tuple(x.shape), x.dtype), p)  # noqa: E731
+    assert jax.tree.structure(skeleton.params) == jax.tree.structure(model.params)
+    assert shapes(skeleton.params) == shapes(model.params)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(skeleton.params))
+
+    settings = SamplerSettings(temperature=0)
+    prompt = [1, 5, 9, 2, 7]
+    for name in ("native-token", "jit-token"):
+        early = registry.load(name).build(skeleton, settings)
+        early.prepare_prefill_first(plan_for(len(prompt), 6, model.config.context_length))
+        decoder = registry.load(name).build(model, settings)
+        assert decoder.adopt_programs(early)
+        generation = Generation(model, decoder, prompt, max_tokens=6, stop_token_ids=())
+        "".join(generation)
+        assert decoder.compilations == 2  # the adopted prefill and decode step, nothing compiled again
+        reference = Generation(load_model(str(gguf_path), dtype=dtype), registry.load(name).build(model, settings),
+                               prompt, max_tokens=6, stop_token_ids=())
+        "".join(reference)
+        assert generation.token_ids == reference.token_ids, name
+    # Weights of another shape are refused, and that decoder compiles its own programs.
+    other = registry.load("jit-token").build(load_model(None, dtype=dtype), settings)
+    assert not other.adopt_programs(registry.load("jit-token").build(skeleton, settings))

@@ -179,10 +179,10 @@ def generate(
     if max_tokens <= 0:
         raise click.BadParameter(f"must be at least 1, got {max_tokens}", param_hint="--max-tokens")
     enable_compile_cache()
-    model = load_model(model_spec, dtype=default_dtype() if dtype == "auto" else dtype)
-    ids = chat_prompt_ids(model, text, system=system, raw=raw)
+    model, decoder, ids = start_quickly(strategy, model_spec, default_dtype() if dtype == "auto" else dtype, settings,
+                                        lambda m: chat_prompt_ids(m, text, system=system, raw=raw), max_tokens)
     generation = Generation(
-        model, strategy.build(model, settings), ids, max_tokens=max_tokens,
+        model, decoder, ids, max_tokens=max_tokens,
         stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True,
     )
     for chunk in generation:
@@ -191,6 +191,31 @@ def generate(
     sys.stdout.write("\n")
     if show_stats:
         click.echo(generation.stats.summary(), err=True)
+
+
+def start_quickly(strategy: Any, model_spec: str | None, dtype: str, settings: Any,
+                  prompt_ids: Callable[[Any], list[int]], max_tokens: int) -> tuple[Any, Any, list[int]]:
+    """Model, decoder and prompt ids for one generation, with the prefill compiled (or loaded from
+    the compilation cache) while the weights decode on another thread: the first token comes
+    sooner. A strategy that cannot be built on shapes-only weights just builds after loading."""
+    from lljx.models import load_model_early
+    from lljx.strategies.api import plan_for
+
+    skeleton, loading = load_model_early(model_spec, dtype=dtype)
+    ids = prompt_ids(skeleton)
+    early = None
+    try:
+        early = strategy.build(skeleton, settings)
+        budget = min(max_tokens, skeleton.config.context_length - len(ids))
+        if ids and budget > 0:
+            early.prepare_prefill_first(plan_for(len(ids), budget, skeleton.config.context_length))
+    except Exception:  # noqa: BLE001  (any failure here only means no head start)
+        early = None
+    model = loading.result()
+    decoder = strategy.build(model, settings)
+    if early is not None and hasattr(decoder, "adopt_programs"):
+        decoder.adopt_programs(early)
+    return model, decoder, ids
 
 
 def jsonl_inputs(path: str) -> Iterator[str]:

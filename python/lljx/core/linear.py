@@ -93,6 +93,8 @@ def tile_int8(w: Int8Weight) -> TiledInt8Weight:
     """The int8 dot-product kernel's copy of `w`: values + 128 as uint8, reordered so each
     32-input block of 16 outputs is 512 contiguous bytes [8][16 outputs][4 inputs]."""
     n_in, n_out = w.values.shape
+    if isinstance(w.values, jax.ShapeDtypeStruct):  # weights not loaded yet: shapes only
+        return TiledInt8Weight(jax.ShapeDtypeStruct((n_in, n_out), jnp.uint8), w.scales)
     shifted = (np.asarray(w.values).astype(np.int16) + 128).astype(np.uint8)
     tiles = shifted.reshape(n_in // Q8_BLOCK, Q8_BLOCK // 4, 4, n_out // INT8_TILE, INT8_TILE)
     ordered = np.ascontiguousarray(tiles.transpose(0, 3, 1, 4, 2)).reshape(n_in, n_out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,27 @@ def load_resolved(resolved: ResolvedModel, *, dtype: str = "f32") -> Model:
     from lljx.models.safetensors import load_hf
 
     return load_hf(resolved, dtype)
+
+
+def load_model_early(spec: str | None, *, dtype: str = "f32") -> tuple[Model, Future[Model]]:
+    """The model with its weights as shapes only (jax.ShapeDtypeStruct), at once, and the loaded
+    model from a background thread: programs can compile while the weights decode. A format
+    that cannot describe its weights before reading them loads synchronously."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    resolved = resolve(spec)
+    if resolved.format != "gguf":
+        model = load_resolved(resolved, dtype=dtype)
+        done: Future[Model] = Future()
+        done.set_result(model)
+        return model, done
+    from lljx.models.gguf import load_gguf
+
+    skeleton = load_gguf(resolved, dtype, abstract=True)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lljx-load")
+    loading = pool.submit(load_gguf, resolved, dtype)
+    pool.shutdown(wait=False)
+    return skeleton, loading
 
 
 def tokenizer_spec(spec: str | None) -> TokenizerSpec:

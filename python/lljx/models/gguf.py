@@ -7,6 +7,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import jax
 import numpy as np
 from gguf import LlamaFileType
 
@@ -16,7 +17,7 @@ from lljx.models.arrays import aligned_empty, to_device
 from lljx.models.gguf_file import GGUFFile, TensorInfo, read_gguf_header
 from lljx.models.model import Model, ResolvedModel
 from lljx.models.vocab import gguf_vocab, stop_token_ids
-from lljx.params import LayerParams, Params
+from lljx.params import Q8_BLOCK, Int8Weight, LayerParams, Params
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 # Arrays too big to be useful in `show`; everything else in the header is kept as metadata.
@@ -150,10 +151,12 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
-def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
+def params_from_gguf(gf: GGUFFile, config: ModelConfig, *, abstract: bool = False) -> Params:
     """Every weight at the compute dtype (norms in f32), validated against the config before any is read.
 
     At dtype int8 the projections and the head are Int8Weight (Q8_0 blocks) and the rest is f32.
+    `abstract` reads nothing and gives each leaf's jax.ShapeDtypeStruct instead: the same pytree,
+    so programs can be compiled while the weights load.
     """
     shapes = expected_shapes(config)
     layer_infos = [
@@ -173,6 +176,12 @@ def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
 
     def read(info: TensorInfo, dtype: np.dtype, transpose: bool, row_order: np.ndarray | None, q8: bool) -> Any:
         shape = info.shape if transpose else tuple(reversed(info.shape))
+        if abstract:
+            if q8:
+                return Int8Weight(
+                    jax.ShapeDtypeStruct(shape, np.int8), jax.ShapeDtypeStruct((shape[0] // Q8_BLOCK, shape[1]), np.float32)
+                )
+            return jax.ShapeDtypeStruct(shape, dtype)
         with open(gf.path, "rb") as f:
             raw = dequant.read_raw(f, gf.path, info)
         if q8:
@@ -192,6 +201,12 @@ def params_from_gguf(gf: GGUFFile, config: ModelConfig) -> Params:
     for info, _, _, _, q8 in jobs:
         if q8:
             quantize.check_inputs(gf.path, info.name, info.shape[0])
+    if abstract:
+        arrays = [read(*job) for job in jobs]
+        n = len(_LAYER_TENSORS)
+        layers = tuple(LayerParams(*arrays[i * n : (i + 1) * n]) for i in range(config.n_layers))
+        rest = arrays[config.n_layers * n :]
+        return Params(embed=rest[2] if head is not None else None, layers=layers, final_norm=rest[0], head=rest[1])
     # numpy releases the GIL in the decode arithmetic, so tensors decode in parallel on all cores.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         arrays = list(pool.map(lambda job: read(*job), jobs))
@@ -232,14 +247,14 @@ def metadata(gf: GGUFFile) -> dict[str, Any]:
     return out
 
 
-def load_gguf(resolved: ResolvedModel, dtype: str) -> Model:
-    """Read, validate and convert one GGUF file into a Model."""
+def load_gguf(resolved: ResolvedModel, dtype: str, *, abstract: bool = False) -> Model:
+    """Read, validate and convert one GGUF file into a Model (`abstract`: weights as shapes only)."""
     gf = read_gguf_header(resolved.path)
     config = config_from_gguf(gf, dtype)
     vocab, specials = gguf_vocab(gf)
     if len(vocab.tokens) > config.vocab_size:
         raise gf.error(f"{len(vocab.tokens)} tokens for an embedding of {config.vocab_size} rows")
-    params = params_from_gguf(gf, config)
+    params = params_from_gguf(gf, config, abstract=abstract)
 
     def token_text(i: int | None) -> str | None:
         return None if i is None else vocab.tokens[i]

@@ -51,6 +51,7 @@ class CompiledDecoder:
         self._decode_key: tuple[int, int] | None = None
         self._decode_exec: Executable | None = None
         self._lock = threading.Lock()
+        self._counts_into: CompiledDecoder = self
         self.compile_seconds = 0.0
         self.compilations = 0
 
@@ -68,6 +69,26 @@ class CompiledDecoder:
         key = (batch, plan.cache_len)
         if key not in self._decodes and key not in self._pending:
             self._pending[key] = _background().submit(self._compile_decode, plan, batch)
+
+    def adopt_programs(self, early: CompiledDecoder) -> bool:
+        """Take the programs `early` (the same strategy, built on shapes-only weights while the
+        real ones loaded) compiled, if its weights have exactly this decoder's pytree, shapes
+        and dtypes; says whether it did. Their compile time is added to this decoder's."""
+
+        def avals(params: Params) -> Any:
+            return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), params)
+
+        if jax.tree.structure(early.params) != jax.tree.structure(self.params) or avals(early.params) != avals(self.params):
+            return False
+        self._prefills.update(early._prefills)
+        self._decodes.update(early._decodes)
+        self._pending.update(early._pending)
+        with early._lock:
+            # A decode step still compiling in the background counts here when it finishes.
+            early._counts_into = self
+            seconds, programs = early.compile_seconds, early.compilations
+        self._count(seconds, programs)
+        return True
 
     def _prepare_prefill(self, plan: DecodePlan, batch: int) -> None:
         key = (batch, plan.prompt_bucket, plan.cache_len)
@@ -92,10 +113,14 @@ class CompiledDecoder:
         knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), jnp.float32), self.settings.knobs())
         return ids, lengths, key, knobs
 
-    def _count(self, seconds: float) -> None:
+    def _count(self, seconds: float, programs: int = 1) -> None:
         with self._lock:
-            self.compile_seconds += seconds
-            self.compilations += 1
+            target = self._counts_into
+            if target is self:
+                self.compile_seconds += seconds
+                self.compilations += programs
+                return
+        target._count(seconds, programs)
 
     def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None) -> DecodeState:
         settings = check_structure(self.settings, settings)
