@@ -208,7 +208,8 @@ def start_quickly(strategy: Any, model_spec: str | None, dtype: str, settings: A
         early = strategy.build(skeleton, settings)
         budget = min(max_tokens, skeleton.config.context_length - len(ids))
         if ids and budget > 0:
-            early.prepare_prefill_first(plan_for(len(ids), budget, skeleton.config.context_length))
+            # Only the prefill: the decode step starts compiling once the weights are in.
+            early.prepare_prefill_first(plan_for(len(ids), budget, skeleton.config.context_length), decode=False)
     except Exception:  # noqa: BLE001  (any failure here only means no head start)
         early = None
     model = loading.result()

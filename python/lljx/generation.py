@@ -122,7 +122,10 @@ class Generation:
         self.plan = plan_for(len(prompt_ids), self.budget, context)
         self._compiled_before = decoder.compile_seconds
         early = getattr(decoder, "prepare_prefill_first", None) if fast_start else None
-        (early or decoder.prepare)(self.plan, batch=1)  # compile outside the timed loop
+        if early is not None:
+            early(self.plan, batch=1, decode=self.budget > 1)  # one token needs no decode step
+        else:
+            decoder.prepare(self.plan, batch=1)  # compile outside the timed loop
         self._loop = _native.TokenLoop(
             decoder, model.tokenizer._native, self.prompt_ids[0], self.plan,
             max_tokens=self.budget, stop_ids=list(stop_token_ids), stop_strings=list(stop_strings), settings=settings,

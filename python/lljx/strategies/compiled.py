@@ -62,12 +62,13 @@ class CompiledDecoder:
         if key not in self._decodes:
             self._decodes[key] = self._pending.pop(key).result() if key in self._pending else self._compile_decode(plan, batch)
 
-    def prepare_prefill_first(self, plan: DecodePlan, batch: int = 1) -> None:
+    def prepare_prefill_first(self, plan: DecodePlan, batch: int = 1, *, decode: bool = True) -> None:
         """Compile the prefill now and the decode step on a background thread, so the first token
-        does not wait for the second program (process start to first token); `decode` waits for it."""
+        does not wait for the second program (process start to first token); `decode` waits for it.
+        With `decode` False (a one-token budget, or weights still loading) no decode step is started."""
         self._prepare_prefill(plan, batch)
         key = (batch, plan.cache_len)
-        if key not in self._decodes and key not in self._pending:
+        if decode and key not in self._decodes and key not in self._pending:
             self._pending[key] = _background().submit(self._compile_decode, plan, batch)
 
     def adopt_programs(self, early: CompiledDecoder) -> bool:
