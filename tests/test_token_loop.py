@@ -216,6 +216,15 @@ def test_fast_start_compiles_decode_in_the_background_and_changes_no_token(model
         runs.append(generation.token_ids)
     assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 12
 
+    # A one-token budget compiles no decode step; the next generation that needs one compiles it.
+    decoder = registry.load("jit-token").build(model, SamplerSettings(temperature=0))
+    one = Generation(model, decoder, prompt, max_tokens=1, stop_token_ids=(), fast_start=True)
+    "".join(one)
+    assert decoder.compilations == 1 and one.token_ids == runs[0][:1]
+    more = Generation(model, decoder, prompt, max_tokens=12, stop_token_ids=(), fast_start=True)
+    "".join(more)
+    assert decoder.compilations == 2 and more.token_ids == runs[0]
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "int8"])

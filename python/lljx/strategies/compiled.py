@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 Executable = Any  # jax.stages.Compiled
 
+# XLA:CPU options for a program whose first run matters most (see `prepare_prefill_first`).
+FIRST_RUN_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
 
 class CompiledDecoder:
     """Runs `prefill(params, padded_ids, prompt_len, key, knobs)` and `decode(params, *state)`.
@@ -48,6 +51,7 @@ class CompiledDecoder:
         self._prefills: dict[tuple[int, int, int], Executable] = {}
         self._decodes: dict[tuple[int, int], Executable] = {}
         self._pending: dict[tuple[int, int], Future[Executable]] = {}
+        self._deferred: dict[tuple[int, int], DecodePlan] = {}
         self._decode_key: tuple[int, int] | None = None
         self._decode_exec: Executable | None = None
         self._lock = threading.Lock()
@@ -59,17 +63,27 @@ class CompiledDecoder:
         """Compile what `plan` needs, unless already compiled; adds to compile_seconds."""
         self._prepare_prefill(plan, batch)
         key = (batch, plan.cache_len)
+        self._deferred.pop(key, None)
         if key not in self._decodes:
             self._decodes[key] = self._pending.pop(key).result() if key in self._pending else self._compile_decode(plan, batch)
 
     def prepare_prefill_first(self, plan: DecodePlan, batch: int = 1, *, decode: bool = True) -> None:
         """Compile the prefill now and the decode step on a background thread, so the first token
         does not wait for the second program (process start to first token); `decode` waits for it.
-        With `decode` False (a one-token budget, or weights still loading) no decode step is started."""
-        self._prepare_prefill(plan, batch)
+        With `decode` False (a one-token budget, or weights still loading) no decode step is started.
+
+        The prefill is compiled for a quick first run: without XLA:CPU's YNN fusions, whose
+        one-time setup on a program's first run (about 0.2 s for a short prompt here) costs more
+        than they save when the program runs once or a few times."""
+        self._prepare_prefill(plan, batch, compiler_options=FIRST_RUN_OPTIONS)
         key = (batch, plan.cache_len)
-        if decode and key not in self._decodes and key not in self._pending:
+        if key in self._decodes or key in self._pending:
+            return
+        if decode:
+            self._deferred.pop(key, None)
             self._pending[key] = _background().submit(self._compile_decode, plan, batch)
+        else:
+            self._deferred[key] = plan  # compiled by the first decode() that needs it
 
     def adopt_programs(self, early: CompiledDecoder) -> bool:
         """Take the programs `early` (the same strategy, built on shapes-only weights while the
@@ -84,6 +98,7 @@ class CompiledDecoder:
         self._prefills.update(early._prefills)
         self._decodes.update(early._decodes)
         self._pending.update(early._pending)
+        self._deferred.update(early._deferred)
         with early._lock:
             # A decode step still compiling in the background counts here when it finishes.
             early._counts_into = self
@@ -91,13 +106,14 @@ class CompiledDecoder:
         self._count(seconds, programs)
         return True
 
-    def _prepare_prefill(self, plan: DecodePlan, batch: int) -> None:
+    def _prepare_prefill(self, plan: DecodePlan, batch: int, compiler_options: dict[str, Any] | None = None) -> None:
         key = (batch, plan.prompt_bucket, plan.cache_len)
         if key in self._prefills:
             return
         start = time.perf_counter()
         lowered = self._prefill_jit.lower(plan.cache_len, self.params, *self._prefill_shapes(plan, batch))  # type: ignore[attr-defined]
-        self._prefills[key] = lowered.compile()
+        options = compiler_options if jax.default_backend() == "cpu" else None
+        self._prefills[key] = lowered.compile(compiler_options=options)
         self._count(time.perf_counter() - start)
 
     def _compile_decode(self, plan: DecodePlan, batch: int) -> Executable:
@@ -128,7 +144,7 @@ class CompiledDecoder:
         padded, lengths = pad_prompt(prompt_ids, plan)
         batch = padded.shape[0]
         key = (batch, plan.cache_len)
-        if key in self._pending:
+        if key in self._pending or key in self._deferred:
             self._prepare_prefill(plan, batch)
         else:
             self.prepare(plan, batch)
@@ -141,10 +157,13 @@ class CompiledDecoder:
         if self._decode_exec is None:
             if self._decode_key is None:
                 raise RuntimeError("decode() called before prefill()")
-            pending = self._pending.pop(self._decode_key, None)
+            key = self._decode_key
+            pending = self._pending.pop(key, None)
             if pending is not None:
-                self._decodes[self._decode_key] = pending.result()
-            self._decode_exec = self._decodes[self._decode_key]
+                self._decodes[key] = pending.result()
+            elif key in self._deferred:
+                self._decodes[key] = self._compile_decode(self._deferred.pop(key), key[0])
+            self._decode_exec = self._decodes[key]
         return self._decode_exec(self.params, *previous)
 
 
