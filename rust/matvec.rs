@@ -87,6 +87,17 @@ pub struct Matrix<'a> {
     cols: usize,
 }
 
+/// Int8 weights carry one scale per 32 inputs of each output.
+fn check_scales(rows: usize, cols: usize, count: usize) -> Result<(), String> {
+    let want = rows / Q8_BLOCK * cols;
+    if count != want {
+        return Err(format!(
+            "int8 weight [{rows}, {cols}] needs {want} scales, got {count}"
+        ));
+    }
+    Ok(())
+}
+
 impl<'a> Matrix<'a> {
     pub fn new(elements: Elements<'a>, rows: usize, cols: usize) -> Result<Self, String> {
         let cells = rows.checked_mul(cols).ok_or("matrix size overflows")?;
@@ -100,13 +111,7 @@ impl<'a> Matrix<'a> {
                         "int8 weight has {rows} inputs, not a multiple of {Q8_BLOCK}"
                     ));
                 }
-                if scales.len() != rows / Q8_BLOCK * cols {
-                    return Err(format!(
-                        "int8 weight [{rows}, {cols}] needs {} scales, got {}",
-                        rows / Q8_BLOCK * cols,
-                        scales.len()
-                    ));
-                }
+                check_scales(rows, cols, scales.len())?;
                 ("int8", values.len())
             }
             Elements::Q8Tiled { values, scales } => {
@@ -115,13 +120,7 @@ impl<'a> Matrix<'a> {
                         "tiled int8 weight [{rows}, {cols}] needs inputs in multiples of {Q8_BLOCK} and outputs in multiples of {Q8_TILE_COLS}"
                     ));
                 }
-                if scales.len() != rows / Q8_BLOCK * cols {
-                    return Err(format!(
-                        "int8 weight [{rows}, {cols}] needs {} scales, got {}",
-                        rows / Q8_BLOCK * cols,
-                        scales.len()
-                    ));
-                }
+                check_scales(rows, cols, scales.len())?;
                 ("tiled int8", values.len())
             }
         };
