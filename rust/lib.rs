@@ -1,20 +1,15 @@
-//! lljx's native core: tokenizer, streaming detokenizer, chat templates, the host token loop,
-//! and the decode kernels (matrix-vector product, attention) with their XLA FFI handlers; `py` binds them to Python
-//! when the `python` feature is on.
+//! lljx's native core in two halves. The text side: tokenizer, streaming detokenizer, chat
+//! templates and the host token loop. The compute side: CPU kernels (`kernels`) and the XLA
+//! FFI handlers that call them from jitted code (`ffi`). `py` binds both to Python when the
+//! `python` feature is on.
 
-pub mod attention;
 pub mod chat;
 pub mod detokenize;
 pub mod error;
-pub mod ffi_argmax;
-pub mod ffi_attend;
-pub mod ffi_columns;
-pub mod ffi_matvec;
-pub mod matvec;
+pub mod ffi;
+pub mod kernels;
 pub mod token_loop;
 pub mod tokenizer;
-pub mod workers;
-pub mod xla_ffi;
 
 #[cfg(feature = "python")]
 mod py;

@@ -453,7 +453,7 @@ impl PyTokenLoop {
 
 fn handler_capsule(
     py: Python<'_>,
-    handler: unsafe extern "C" fn(*mut crate::xla_ffi::CallFrame) -> crate::xla_ffi::ErrorPtr,
+    handler: unsafe extern "C" fn(*mut crate::ffi::xla::CallFrame) -> crate::ffi::xla::ErrorPtr,
 ) -> PyResult<Bound<'_, PyCapsule>> {
     let pointer = std::ptr::NonNull::new(handler as *mut std::ffi::c_void)
         .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("FFI handler has no address"))?;
@@ -464,32 +464,32 @@ fn handler_capsule(
 /// The XLA FFI handler of the matvec kernel, as the capsule `jax.ffi.register_ffi_target` takes.
 #[pyfunction]
 fn matvec_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
-    handler_capsule(py, crate::ffi_matvec::lljx_matvec)
+    handler_capsule(py, crate::ffi::matvec::lljx_matvec)
 }
 
 /// The XLA FFI handler of the decode attention kernel, as `jax.ffi.register_ffi_target` takes it.
 #[pyfunction]
 fn attend_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
-    handler_capsule(py, crate::ffi_attend::lljx_attend)
+    handler_capsule(py, crate::ffi::attend::lljx_attend)
 }
 
 /// The XLA FFI handler that reads embedding vectors from a head's columns, as `jax.ffi.register_ffi_target` takes it.
 #[pyfunction]
 fn columns_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
-    handler_capsule(py, crate::ffi_columns::lljx_columns)
+    handler_capsule(py, crate::ffi::columns::lljx_columns)
 }
 
 /// The XLA FFI handler of greedy sampling's argmax, as `jax.ffi.register_ffi_target` takes it.
 #[pyfunction]
 fn argmax_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
-    handler_capsule(py, crate::ffi_argmax::lljx_argmax)
+    handler_capsule(py, crate::ffi::argmax::lljx_argmax)
 }
 
 /// Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
 /// without it those weights would take a slow portable path, so callers keep the plain layout.
 #[pyfunction]
 fn int8_dot_kernel_available() -> bool {
-    crate::matvec::tiled_kernel_available()
+    crate::kernels::matvec::tiled_kernel_available()
 }
 
 #[pymodule]

@@ -6,9 +6,9 @@
 //! All f32. Query heads are grouped by the KV head they share (grouped-query attention);
 //! groups are spread over the calling thread and lljx's helpers when the cache is large.
 
-use crate::attention::attend_group;
-use crate::workers::{self, SharedJob};
-use crate::xla_ffi::{dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, F32};
+use crate::kernels::attention::attend_group;
+use crate::kernels::workers::{self, SharedJob};
+use crate::ffi::xla::{dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, F32};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -113,7 +113,7 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
             [batch, kv_heads, d, t_max]
         ));
     }
-    if pos_dims != [batch] || pos.dtype != crate::xla_ffi::S32 {
+    if pos_dims != [batch] || pos.dtype != crate::ffi::xla::S32 {
         return Err(format!(
             "positions must be int32 [{batch}], got {} {pos_dims:?}",
             dtype_name(pos.dtype)

@@ -5,7 +5,7 @@
 //! Semantics follow `jnp.argmax`: the first index of the maximum, and a NaN counts as the
 //! maximum (the first NaN wins). Call shape: logits f32 [rows, n] -> int32 [rows].
 
-use crate::xla_ffi::{dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, F32, S32};
+use crate::ffi::xla::{dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, F32, S32};
 
 /// The handler XLA calls; registered from Python under the name `lljx_argmax` for the CPU platform.
 ///

@@ -9,9 +9,9 @@
 //! spinning helpers (`workers`) claim from a shared counter; the partial outputs of a split
 //! product are summed once every share is done.
 
-use crate::matvec::{matvec_rows, Elements, Matrix, Q8_BLOCK};
-use crate::workers::{self, SharedJob};
-use crate::xla_ffi::{
+use crate::kernels::matvec::{matvec_rows, Elements, Matrix, Q8_BLOCK};
+use crate::kernels::workers::{self, SharedJob};
+use crate::ffi::xla::{
     dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, BF16, F16, F32, S8, U8,
 };
 use std::ffi::c_void;

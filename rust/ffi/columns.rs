@@ -6,7 +6,7 @@
 //! head. This handler reads only the requested columns. Call shape: table [in, out] (f32, bf16
 //! or f16), ids int32 [n]; result f32 [n, in]. An id outside the table is an error.
 
-use crate::xla_ffi::{
+use crate::ffi::xla::{
     dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, BF16, F16, F32, S32,
 };
 

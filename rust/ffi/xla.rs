@@ -3,7 +3,7 @@
 //! XLA's FFI is a C ABI (xla/ffi/api/c_api.h, API version 0.3). Only the structs the
 //! handlers read are mirrored here. Every argument is checked before any pointer is read;
 //! problems become XLA errors (raised in Python), never panics across the boundary.
-//! The handlers themselves live in `ffi_matvec`, `ffi_attend`, `ffi_columns` and `ffi_argmax`.
+//! The handlers themselves live beside this module: `matvec`, `attend`, `columns` and `argmax`.
 
 use std::ffi::{c_char, c_void, CString};
 
