@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 import jax
@@ -52,7 +53,33 @@ class NativeWeight(NamedTuple):
         return self.weight
 
 
-Weight = Union[jax.Array, Int8Weight, NativeWeight]  # what `lljx.core.linear` multiplies by
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class GGMLWeight:
+    """A weight kept exactly as its GGUF file stores it, [out, in] with blocks along each output row.
+
+    `data` is the tensor's bytes as uint8 [n_out, bytes per row] for block formats (Q4_K, Q8_0...),
+    or the values [n_out, n_in] for the float formats (f32, f16, bf16); on CPU it is a view of
+    the memory-mapped file wherever the data is 64-byte aligned. `ggml_type` (a
+    `gguf.GGMLQuantizationType` value) and `n_in` are static under jit. lljx's Rust kernels
+    multiply the blocks in place; XLA-only code dequantizes them.
+    """
+
+    data: jax.Array
+    ggml_type: int = field(metadata=dict(static=True))
+    n_in: int = field(metadata=dict(static=True))
+
+    @property
+    def n_out(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(in, out), the orientation of every other weight kind."""
+        return (self.n_in, self.n_out)
+
+
+Weight = Union[jax.Array, Int8Weight, NativeWeight, GGMLWeight]  # what `lljx.core.linear` multiplies by
 
 
 class LayerParams(NamedTuple):
@@ -84,7 +111,7 @@ class Params(NamedTuple):
     keeps only that array (`embed` is None) and looks embeddings up by column.
     """
 
-    embed: jax.Array | None  # [vocab, d_model], or None when tied to the head
+    embed: jax.Array | GGMLWeight | None  # [vocab, d_model], or None when tied to the head
     layers: tuple[LayerParams, ...]
     final_norm: jax.Array  # [d_model]
     head: Weight  # [d_model, vocab]
