@@ -17,7 +17,10 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 DTYPE_CHOICES = ["auto", "f32", "bf16", "f16", "int8"]
-DTYPE_HELP = "Compute dtype; int8 keeps the projections as llama.cpp's Q8_0 blocks and computes in f32."
+DTYPE_HELP = (
+    "Weights' dtype; auto (on CPU) keeps the file's own formats (Q4_K, Q8_0, F16...) read in place, "
+    "int8 makes the projections llama.cpp's Q8_0 blocks; activations are f32 on CPU."
+)
 
 
 def one_line_errors(command: F) -> F:
@@ -72,10 +75,10 @@ def run_main() -> None:
 
 
 def default_dtype() -> str:
-    """f32 on CPU, where XLA's 16-bit dots are slow; bf16 on accelerators."""
+    """auto on CPU (the file's formats, read in place by lljx's kernels); bf16 on accelerators."""
     import jax
 
-    return "f32" if jax.default_backend() == "cpu" else "bf16"
+    return "auto" if jax.default_backend() == "cpu" else "bf16"
 
 
 def enable_compile_cache() -> None:
@@ -199,13 +202,14 @@ def start_quickly(strategy: Any, model_spec: str | None, dtype: str, settings: A
     the compilation cache) while the weights decode on another thread: the first token comes
     sooner. A strategy that cannot be built on shapes-only weights just builds after loading."""
     from lljx.models import load_model_early
+    from lljx.strategies import registry
     from lljx.strategies.api import plan_for
 
     skeleton, loading = load_model_early(model_spec, dtype=dtype)
     ids = prompt_ids(skeleton)
     early = None
     try:
-        early = strategy.build(skeleton, settings)
+        early = registry.build(strategy, skeleton, settings)
         budget = min(max_tokens, skeleton.config.context_length - len(ids))
         if ids and budget > 0:
             # Only the prefill: the decode step starts compiling once the weights are in.
@@ -213,7 +217,7 @@ def start_quickly(strategy: Any, model_spec: str | None, dtype: str, settings: A
     except Exception:  # noqa: BLE001  (any failure here only means no head start)
         early = None
     model = loading.result()
-    decoder = strategy.build(model, settings)
+    decoder = registry.build(strategy, model, settings)
     if early is not None and hasattr(decoder, "adopt_programs"):
         decoder.adopt_programs(early)
     return model, decoder, ids
@@ -274,7 +278,7 @@ def models(paths: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    columns = ["name", "format", "size", "params", "quantization", "context", "source"]
+    columns = ["name", "format", "size", "params", "quantization", "context", "stored", "source"]
     # A path that does not load is listed with the reason, not dropped and not fatal.
     click.echo(format_table(rows, columns + (["error"] if any(row.get("error") for row in rows) else [])))
 
@@ -292,7 +296,7 @@ def strategies(as_json: bool) -> None:
         return
     for row in rows:
         row["description"] = row["description"] or f"failed to load: {row.get('error', '')}"
-    click.echo(format_table(rows, ["name", "package", "description"]))
+    click.echo(format_table(rows, ["name", "package", "weights", "description"]))
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 
 # Compute dtype name -> the dtype of activations, KV cache and float weights. int8 is weight-only:
 # the layer projections and the head are int8 blocks (llama.cpp's Q8_0), everything else f32.
-DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "int8": jnp.float32}
+# auto keeps every weight in its file's own format (GGUF blocks read in place by lljx's CPU
+# kernels; an HF folder's torch_dtype) and computes in f32.
+DTYPES = {"auto": jnp.float32, "f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "int8": jnp.float32}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 
 from lljx.generation import Generation, Stats, chat_prompt_ids
 from lljx.sampling import SamplerSettings
+from lljx.strategies import registry
 from lljx.strategies.api import DecodePlan, Decoder, DecodeState
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ def profile_strategy(
         raise ValueError("at least one prompt is needed")
     if not interval > 0:
         raise ValueError(f"the sampling interval must be positive, got {interval}")
-    inner = strategy.build(model, SETTINGS)
+    inner = registry.build(strategy, model, SETTINGS)
     decoder = ProbedDecoder(inner)
     start = time.perf_counter()
     compile_and_warm(model, decoder, prompts, max_tokens)

@@ -160,7 +160,7 @@ class StrategySystem:
     def warm_up(self) -> Readiness:
         from lljx.strategies import registry
 
-        self.decoder = registry.load(self.name).build(self.model_, self.settings)
+        self.decoder = registry.build(registry.load(self.name), self.model_, self.settings)
         start = time.perf_counter()
         # Compile every shape the prompts need (constructing a Generation compiles, iterating runs),
         # then run each executable once.

@@ -11,7 +11,7 @@ from lljx.config import ModelConfig
 from lljx.core import kv_cache
 from lljx.core.linear import project, project_many
 from lljx.core.rope import apply_rope
-from lljx.params import LayerParams, NativeWeight
+from lljx.params import GGMLWeight, LayerParams, NativeWeight
 
 
 def forward(
@@ -52,7 +52,7 @@ def forward(
 
 def uses_native_kernels(layer: LayerParams) -> bool:
     """A layer whose projections go to the native matvec kernel also attends with the native kernel."""
-    return isinstance(layer.wq, NativeWeight)
+    return isinstance(layer.wq, (NativeWeight, GGMLWeight))
 
 
 def attend_xla(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lljx.core.linear import take_columns
-from lljx.params import Params
+from lljx.core.linear import embedding_rows, take_columns
+from lljx.params import GGMLWeight, Params
 
 
 def forward(params: Params, tokens: jax.Array) -> jax.Array:
@@ -14,4 +14,6 @@ def forward(params: Params, tokens: jax.Array) -> jax.Array:
     with jax.named_scope("embed"):
         if params.embed is None:
             return take_columns(params.head, tokens)
+        if isinstance(params.embed, GGMLWeight):
+            return embedding_rows(params.embed, tokens)
         return jnp.take(params.embed, tokens, axis=0)

@@ -11,6 +11,7 @@ import numpy as np
 
 from lljx.params import (
     Q8_BLOCK,
+    GGMLWeight,
     Int8Weight,
     LayerParams,
     NativeWeight,
@@ -39,6 +40,10 @@ def xla_project(x: jax.Array, w: Weight, out_dtype: jnp.dtype | None = None) -> 
     out_dtype = out_dtype or x.dtype
     if isinstance(w, NativeWeight):
         w = w.weight
+    if isinstance(w, GGMLWeight):
+        # XLA-only strategies get dense weights at build time (lljx.models.dense); a file-format
+        # weight reaching XLA means a caller skipped that step.
+        raise ValueError("a weight in its file's format needs lljx's native kernels; dequantize it first (lljx.models.dense)")
     if isinstance(w, Int8Weight):
         return jnp.matmul(x.astype(jnp.float32), dequantize(w)).astype(out_dtype)
     if x.dtype == jnp.float32 and w.dtype in (jnp.bfloat16, jnp.float16):
@@ -55,6 +60,12 @@ def project_many(x: jax.Array, weights: Sequence[Weight], out_dtype: jnp.dtype |
     """x · w for each weight sharing one input, e.g. Q, K and V: one native call when all are native."""
     out_dtype = out_dtype or x.dtype
     rows = prod(x.shape[:-1])
+    if weights and all(isinstance(w, GGMLWeight) for w in weights):
+        # Blocks in the file's format: lljx's kernels for every row count, prompts included.
+        from lljx import native_kernels
+
+        flat = native_kernels.block_matmul(x.reshape(rows, x.shape[-1]).astype(jnp.float32), weights)  # type: ignore[arg-type]
+        return tuple(y.reshape(*x.shape[:-1], y.shape[-1]).astype(out_dtype) for y in flat)
     if rows <= NATIVE_MAX_ROWS and all(isinstance(w, NativeWeight) for w in weights):
         from lljx import native_kernels
 
@@ -71,6 +82,8 @@ def project(x: jax.Array, w: Weight, out_dtype: jnp.dtype | None = None) -> jax.
 
 def take_columns(w: Weight, ids: jax.Array) -> jax.Array:
     """Columns `ids` of an [in, out] weight as float rows [*ids.shape, in] (embedding lookup in a tied head)."""
+    if isinstance(w, GGMLWeight):
+        return embedding_rows(w, ids)
     if isinstance(w, NativeWeight):
         if isinstance(w.weight, jax.Array) and w.weight.dtype in (jnp.bfloat16, jnp.float16):
             # XLA:CPU gathers 16-bit tables by converting them whole to f32, and decode loops
@@ -84,6 +97,13 @@ def take_columns(w: Weight, ids: jax.Array) -> jax.Array:
         scales = jnp.repeat(jnp.take(w.scales, ids, axis=1), Q8_BLOCK, axis=0)
         return jnp.moveaxis(values * scales, 0, -1)
     return jnp.moveaxis(jnp.take(w, ids, axis=1), 0, -1)
+
+
+def embedding_rows(table: GGMLWeight, ids: jax.Array) -> jax.Array:
+    """Rows `ids` of a file-format table [vocab, d_model] as f32 [*ids.shape, d_model], dequantized in Rust."""
+    from lljx import native_kernels
+
+    return native_kernels.block_rows(table, ids)
 
 
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -119,7 +139,7 @@ def use_native_kernel(params: Params, *, int8_dot: bool | None = None) -> Params
         int8_dot = _native.int8_dot_kernel_available()
 
     def wrap(w: Weight) -> Weight:
-        if isinstance(w, NativeWeight):
+        if isinstance(w, (NativeWeight, GGMLWeight)):  # file formats already go to the kernels
             return w
         return NativeWeight(w, tile_int8(w).values if int8_dot and can_tile(w) else None)  # type: ignore[arg-type]
 

@@ -15,6 +15,7 @@ from lljx.models.gguf_file import TensorInfo
 
 # Float weights at each compute dtype; int8 is weight-only, so what is not int8 stays f32.
 NP_DTYPES: dict[str, np.dtype] = {
+    "auto": np.dtype(np.float32),
     "f32": np.dtype(np.float32),
     "bf16": np.dtype(ml_dtypes.bfloat16),
     "f16": np.dtype(np.float16),

@@ -12,7 +12,7 @@ import numpy as np
 from gguf import LlamaFileType
 
 from lljx.config import ModelConfig
-from lljx.models import dequant, quantize
+from lljx.models import dequant, gguf_mapped, quantize
 from lljx.models.arrays import aligned_empty, to_device
 from lljx.models.gguf_file import GGUFFile, TensorInfo, read_gguf_header
 from lljx.models.model import Model, ResolvedModel
@@ -166,6 +166,8 @@ def params_from_gguf(gf: GGUFFile, config: ModelConfig, *, abstract: bool = Fals
     embd = _tensor(gf, "token_embd.weight", (config.d_model, config.vocab_size))
     norm = _tensor(gf, "output_norm.weight", (config.d_model,))
     head = None if config.tie_embeddings else _tensor(gf, "output.weight", (config.d_model, config.vocab_size))
+    if config.dtype == "auto":
+        return _mapped_params(gf, config, layer_infos, embd, norm, head, abstract=abstract)
     int8 = config.dtype == "int8"
     dt = dequant.NP_DTYPES[config.dtype]
     f32 = dequant.NP_DTYPES["f32"]
@@ -216,6 +218,41 @@ def params_from_gguf(gf: GGUFFile, config: ModelConfig, *, abstract: bool = Fals
     return Params(embed=rest[2] if head is not None else None, layers=layers, final_norm=rest[0], head=rest[1])
 
 
+def _mapped_params(
+    gf: GGUFFile, config: ModelConfig, layer_infos: list[dict[str, TensorInfo]], embd: TensorInfo,
+    norm: TensorInfo, head: TensorInfo | None, *, abstract: bool,
+) -> Params:
+    """Params at dtype auto: every matrix a GGMLWeight in the file's format (see gguf_mapped), norms f32."""
+    weight = gguf_mapped.weight_reader(gf, abstract=abstract)
+    orders = {
+        "n_heads": interleaved_to_half(config.n_heads, config.d_head),
+        "n_kv_heads": interleaved_to_half(config.n_kv_heads, config.d_head),
+    }
+
+    def norm_f32(info: TensorInfo) -> Any:
+        if abstract:
+            return jax.ShapeDtypeStruct(info.shape, np.float32)
+        with open(gf.path, "rb") as f:
+            raw = dequant.read_raw(f, gf.path, info)
+        return to_device(dequant.decode(raw, info, aligned_empty(info.shape, np.dtype(np.float32))))
+
+    def layer(infos: dict[str, TensorInfo]) -> LayerParams:
+        return LayerParams(**{
+            leaf: norm_f32(infos[leaf]) if leaf in NORMS else weight(infos[leaf], orders[heads] if heads else None)
+            for leaf, (_, _, heads) in _LAYER_TENSORS.items()
+        })  # fmt: skip
+
+    layers = tuple(layer(infos) for infos in layer_infos)
+    table = weight(embd, None)
+    # A tied model multiplies by the embedding table itself: [vocab, d_model] is the head's [out, in].
+    return Params(
+        embed=None if head is None else table,
+        layers=layers,
+        final_norm=norm_f32(norm),
+        head=table if head is None else weight(head, None),
+    )
+
+
 def quantization(gf: GGUFFile) -> str:
     """The file type llama.cpp names (Q4_K_M...), else the commonest type among the 2-D weights."""
     ftype = gf.fields.get("general.file_type")
@@ -231,6 +268,14 @@ def quantization(gf: GGUFFile) -> str:
         if len(info.shape) >= 2:
             counts[info.type_name] += info.n_elements
     return counts.most_common(1)[0][0] if counts else "unknown"
+
+
+def format_bytes(gf: GGUFFile) -> dict[str, int]:
+    """Bytes stored per tensor format, largest first: {"Q4_K": 560_000_000, "Q6_K": ..., "F32": ...}."""
+    sizes: Counter[str] = Counter()
+    for info in gf.tensors.values():
+        sizes[info.type_name] += info.n_bytes
+    return dict(sizes.most_common())
 
 
 def parameter_count(gf: GGUFFile) -> int:

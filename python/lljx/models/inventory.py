@@ -10,7 +10,7 @@ from typing import Any
 
 from lljx.models import embedded, ollama
 from lljx.models.errors import ModelError
-from lljx.models.gguf import architecture, parameter_count, quantization
+from lljx.models.gguf import architecture, format_bytes, parameter_count, quantization
 from lljx.models.gguf_file import read_gguf_header
 from lljx.models.model import ResolvedModel
 from lljx.models.resolve import resolve
@@ -32,15 +32,25 @@ class ModelInfo:
     context_length: int | None = None
     architecture: str | None = None
     error: str | None = None  # why the entry cannot be loaded; the other fields may then be None
+    # Bytes stored per tensor format (GGUF types, or safetensors dtypes), largest first.
+    formats: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field, plus `size`, `params` and `context` formatted for a table (Ollama's units)."""
+        """Every field, plus `size`, `params`, `context` and `stored` (bytes per format) formatted for a table (Ollama's units)."""
         return {
             **asdict(self),
             "size": human_size(self.file_size),
             "params": human_count(self.n_params),
             "context": self.context_length,
+            "stored": describe_formats(self.formats),
         }
+
+
+def describe_formats(formats: dict[str, int] | None) -> str | None:
+    """"Q4_K 560 MB, Q6_K 215 MB, F32 0.3 MB": each format's share of the file."""
+    if not formats:
+        return None
+    return ", ".join(f"{name} {human_size(size) if size >= 1e6 else f'{size / 1e6:.1f} MB'}" for name, size in formats.items())
 
 
 def human_size(n: int | None) -> str | None:
@@ -80,13 +90,14 @@ def describe(resolved: ResolvedModel) -> ModelInfo:
                 quantization=quantization(gf),
                 context_length=int(ctx) if isinstance(ctx, int) else None,
                 architecture=str(arch) if arch is not None else None,
+                formats=format_bytes(gf),
             )
             try:
                 architecture(gf)
             except ModelError as e:  # listed with its numbers, but flagged: we cannot run it
                 return replace(info, error=str(e))
             return info
-        config, n_params, dtype, size = describe_hf(Path(resolved.path))
+        config, n_params, dtype, size, formats = describe_hf(Path(resolved.path))
         return replace(
             base,
             file_size=size,
@@ -94,6 +105,7 @@ def describe(resolved: ResolvedModel) -> ModelInfo:
             quantization=dtype,
             context_length=config.context_length,
             architecture="llama",
+            formats=formats,
         )
     except ModelError as e:
         return replace(base, file_size=resolved.file_size, error=str(e))

@@ -21,6 +21,7 @@ from lljx.models.model import Model, ResolvedModel
 from lljx.params import LayerParams, Params
 
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 INDEX_FILE = "model.safetensors.index.json"
 
 # LayerParams field -> (tensor name under model.layers.{i}., stored [out, in] and so transposed?)
@@ -112,6 +113,14 @@ class _Shards(contextlib.ExitStack):
             dtypes[dtype] += n
         return total, dtypes.most_common(1)[0][0] if dtypes else "unknown"
 
+    def dtype_bytes(self) -> dict[str, int]:
+        """Bytes stored per dtype, largest first."""
+        sizes = Counter[str]()
+        for name in self.where:
+            shape, dtype = self.info(name)
+            sizes[dtype] += int(np.prod(shape, dtype=np.int64)) * ITEM_BYTES.get(dtype, 1)
+        return dict(sizes.most_common())
+
 
 def params_from_hf(folder: Path, config: ModelConfig) -> tuple[Params, str]:
     """Weights at the compute dtype (norms f32), plus the commonest dtype in the files (the "quantization").
@@ -176,6 +185,8 @@ def load_hf(resolved: ResolvedModel, dtype: str) -> Model:
     """Read, validate and convert one HF folder into a Model."""
     folder = Path(resolved.path)
     cfg = read_json(folder / "config.json")
+    if dtype == "auto":
+        dtype = stored_dtype_of(folder, cfg)
     config = config_from_hf(folder / "config.json", cfg, dtype)
     tok = hf_tokenizer(folder, cfg)
     params, stored_dtype = params_from_hf(folder, config)
@@ -198,10 +209,24 @@ def load_hf(resolved: ResolvedModel, dtype: str) -> Model:
     )
 
 
-def describe_hf(folder: Path) -> tuple[ModelConfig, int, str, int]:
-    """(config, parameter count, stored dtype, bytes on disk) from headers only, for listings."""
+# torch_dtype / safetensors dtype -> the compute dtype that keeps the weights as stored.
+STORED_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "BF16": "bf16", "F16": "f16", "F32": "f32"}
+
+
+def stored_dtype_of(folder: Path, cfg: dict[str, Any]) -> str:
+    """The dtype `--dtype auto` keeps for an HF folder: config.json's torch_dtype, else the shards' commonest."""
+    declared = cfg.get("torch_dtype", cfg.get("dtype"))
+    if isinstance(declared, str) and declared in STORED_DTYPES:
+        return STORED_DTYPES[declared]
+    with _Shards(folder, shard_files(folder)) as shards:
+        return STORED_DTYPES.get(shards.commonest_dtype()[1], "f32")
+
+
+def describe_hf(folder: Path) -> tuple[ModelConfig, int, str, int, dict[str, int]]:
+    """(config, parameter count, stored dtype, bytes on disk, bytes per dtype) from headers only, for listings."""
     config = config_from_hf(folder / "config.json", read_json(folder / "config.json"))
     files = shard_files(folder)
     with _Shards(folder, files) as shards:
         n_params, dtype = shards.commonest_dtype()
-    return config, n_params, dtype, sum(f.stat().st_size for f in files)
+        formats = shards.dtype_bytes()
+    return config, n_params, dtype, sum(f.stat().st_size for f in files), formats

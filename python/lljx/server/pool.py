@@ -21,6 +21,7 @@ from lljx.sampling import SamplerSettings
 from lljx.server import jobs
 from lljx.server.json_decoder import JsonDecoder, LogitsEngine
 from lljx.server.schemas import RequestError
+from lljx.strategies import registry
 from lljx.strategies.api import Decoder, Strategy
 
 log = logging.getLogger("lljx.server")
@@ -51,7 +52,7 @@ class Loaded:
     def decoder(self, settings: SamplerSettings) -> Decoder:
         decoder = self.decoders.get(settings.structure)
         if decoder is None:
-            decoder = self.decoders[settings.structure] = self.strategy.build(self.model, settings)
+            decoder = self.decoders[settings.structure] = registry.build(self.strategy, self.model, settings)
         return decoder
 
     def json_decoder(self, settings: SamplerSettings, budget: int) -> Decoder:

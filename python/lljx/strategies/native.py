@@ -27,6 +27,7 @@ def kernel_config(model: Model) -> ModelConfig:
 
 class NativeToken:
     name = "native-token"
+    reads_file_formats = True
     description = "jit-token with every decode projection in lljx's Rust matvec kernel (XLA FFI, CPU)"
 
     def build(self, model: Model, sampler: SamplerSettings) -> CompiledDecoder:
@@ -38,6 +39,7 @@ class NativeToken:
 
 class NativeLoop:
     name = "native-loop"
+    reads_file_formats = True
     description = "fused-loop (8 tokens per dispatch) with every decode projection in lljx's Rust matvec kernel"
 
     def build(self, model: Model, sampler: SamplerSettings) -> CompiledDecoder:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
-from lljx.strategies.api import Strategy
+from lljx.strategies.api import Decoder, Strategy
+
+if TYPE_CHECKING:
+    from lljx.models import Model
+    from lljx.sampling import SamplerSettings
 
 GROUP = "lljx.strategies"
 PLUGINS_ENV = "LLJX_PLUGINS"
@@ -24,9 +30,10 @@ class StrategyInfo:
     package: str
     description: str = ""
     error: str | None = None
+    weights: str = ""  # how it reads weights kept in a file's format (see WEIGHTS_IN_PLACE)
 
     def as_dict(self) -> dict[str, str]:
-        row = {"name": self.name, "package": self.package, "description": self.description}
+        row = {"name": self.name, "package": self.package, "weights": self.weights, "description": self.description}
         if self.error is not None:
             row["error"] = self.error
         return row
@@ -109,8 +116,43 @@ def available() -> list[StrategyInfo]:
         except Exception as error:  # noqa: BLE001 - listed with its error, breaks nothing else
             infos.append(StrategyInfo(name, package_of(providers[0]), error=f"{type(error).__name__}: {error}"))
             continue
-        infos.append(StrategyInfo(name, package_of(providers[0]), " ".join(str(strategy.description).split())))
+        description = " ".join(str(strategy.description).split())
+        infos.append(StrategyInfo(name, package_of(providers[0]), description, weights=weights_note(strategy)))
     return infos
+
+
+WEIGHTS_IN_PLACE = "file formats in place"
+WEIGHTS_DEQUANTIZED = "dequantized to f32"
+
+
+def reads_file_formats(strategy: Strategy) -> bool:
+    """A strategy that multiplies GGUF blocks as they are stored says so with `reads_file_formats = True`."""
+    return bool(getattr(strategy, "reads_file_formats", False))
+
+
+def weights_note(strategy: Strategy) -> str:
+    """What happens to weights loaded at dtype auto (GGUF blocks) under this strategy."""
+    return WEIGHTS_IN_PLACE if reads_file_formats(strategy) else WEIGHTS_DEQUANTIZED
+
+
+_DENSE_TWINS: weakref.WeakKeyDictionary[Model, Model] = weakref.WeakKeyDictionary()
+
+
+def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder:
+    """The decoder of `strategy` for `model`: every caller builds through here.
+
+    Weights kept in their file's format (dtype auto) are read only by lljx's Rust kernels; a
+    strategy that does not declare `reads_file_formats` (the XLA-only ones, and third-party
+    strategies unless they opt in) gets the model's dense f32 twin, made once per model.
+    """
+    if not reads_file_formats(strategy):
+        from lljx.models.dense import dense_model
+
+        twin = _DENSE_TWINS.get(model)
+        if twin is None:
+            twin = _DENSE_TWINS[model] = dense_model(model)
+        model = twin
+    return strategy.build(model, sampler)
 
 
 DEFAULT_STRATEGY = "jit-token"  # pure JAX: what runs on every backend

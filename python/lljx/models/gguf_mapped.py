@@ -1,0 +1,133 @@
+"""GGUF weights kept in the file's own formats (`--dtype auto`): memory-mapped views wrapped as GGMLWeight.
+
+Nothing is decoded: each projection, the head and the embedding table stay the blocks the
+file holds (Q4_K, Q6_K, Q8_0, F16...), which lljx's Rust kernels multiply in place. A tensor
+whose data starts on a 64-byte boundary is handed to JAX as a view of the mapping, so its
+pages are shared with the page cache and read from disk only when first touched. The few
+exceptions are copied: Q and K rows re-ordered for rotate-half RoPE (about 0.5% of a Llama's
+weights), a tensor the file does not align to 64 bytes, and a type without a kernel, which
+is dequantized to F16 with a warning. The RMSNorm weights (a few KB) are decoded to f32.
+"""
+
+from __future__ import annotations
+
+import mmap
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from lljx.models import dequant
+from lljx.models.arrays import ALIGNMENT, aligned_empty, to_device
+from lljx.models.gguf_file import GGUFFile, TensorInfo
+
+# Float formats the kernels read as typed values [n_out, n_in]; every other format is raw bytes.
+FLOAT_VIEWS: dict[GGMLQuantizationType, np.dtype] = {
+    GGMLQuantizationType.F32: np.dtype(np.float32),
+    GGMLQuantizationType.F16: np.dtype(np.float16),
+    GGMLQuantizationType.BF16: np.dtype(ml_dtypes.bfloat16),
+}
+FALLBACK_TYPE = GGMLQuantizationType.F16
+
+
+class FormatFallbackWarning(UserWarning):
+    """A tensor's format has no kernel, so it was dequantized to F16 at load."""
+
+
+def kernel_types() -> frozenset[int]:
+    """The ggml types lljx's kernels multiply on this CPU."""
+    from lljx import _native
+
+    return frozenset(_native.block_kernel_types())
+
+
+def storage_shape(ggml_type: GGMLQuantizationType, n_out: int, n_in: int) -> tuple[tuple[int, int], np.dtype]:
+    """The (shape, dtype) of a GGMLWeight's `data` for a tensor of this type and size."""
+    if ggml_type in FLOAT_VIEWS:
+        return (n_out, n_in), FLOAT_VIEWS[ggml_type]
+    block, type_size = GGML_QUANT_SIZES[ggml_type]
+    return (n_out, n_in // block * type_size), np.dtype(np.uint8)
+
+
+class MappedFile:
+    """One read-only mapping of a GGUF file, and the GGMLWeight arrays made from it.
+
+    Views keep the mapping alive (numpy holds a reference to it); the file object is closed
+    at once. `copied_bytes` counts what could not be a view.
+    """
+
+    def __init__(self, gf: GGUFFile, supported: frozenset[int]) -> None:
+        self.gf = gf
+        self.supported = supported
+        self.copied_bytes = 0
+        self.fallbacks: list[str] = []
+        with open(gf.path, "rb") as f:
+            # The header reader checked every tensor's extent against this size, so no view
+            # reaches past the end of the file (a read there would be SIGBUS, not an error).
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if len(self.map) != gf.file_size:
+            raise gf.error(f"file changed size while loading ({gf.file_size} -> {len(self.map)} bytes)")
+
+    def rows(self, info: TensorInfo) -> np.ndarray:
+        """The tensor's stored rows [n_out, bytes per row], a view of the mapping."""
+        return dequant.packed_rows(np.frombuffer(self.map, np.uint8, count=info.n_bytes, offset=info.offset), info)
+
+    def weight(self, info: TensorInfo, row_order: np.ndarray | None = None) -> Any:
+        """A GGMLWeight of the tensor [n_out = ggml ne1, n_in = ne0], rows re-ordered by `row_order`."""
+        from lljx.params import GGMLWeight
+
+        n_in = info.shape[0]
+        ggml_type = info.ggml_type
+        if ggml_type not in self.supported:
+            return GGMLWeight(to_device(self._fallback(info, row_order)), int(FALLBACK_TYPE), n_in)
+        rows = self.rows(info)
+        if row_order is not None:
+            rows = rows[row_order]  # a copy: rows move as units, blocks run along them
+        if row_order is not None or rows.ctypes.data % ALIGNMENT:
+            rows = self._aligned_copy(rows)
+        if ggml_type in FLOAT_VIEWS:
+            rows = rows.view(FLOAT_VIEWS[ggml_type])
+        return GGMLWeight(to_device(rows), int(ggml_type), n_in)
+
+    def _aligned_copy(self, rows: np.ndarray) -> np.ndarray:
+        out = aligned_empty(rows.shape, rows.dtype)
+        out[...] = rows
+        self.copied_bytes += out.nbytes
+        return out
+
+    def _fallback(self, info: TensorInfo, row_order: np.ndarray | None) -> np.ndarray:
+        n_in = info.shape[0]
+        out = aligned_empty((info.n_elements // n_in, n_in), np.dtype(np.float16))
+        dequant.decode(self.rows(info).reshape(-1), info, out, row_order=row_order)
+        self.copied_bytes += out.nbytes
+        self.fallbacks.append(info.name)
+        warnings.warn(
+            f"{self.gf.path}: tensor {info.name!r} is {info.type_name}, which lljx's kernels do not read; "
+            f"dequantized to F16 at load ({out.nbytes / 1e6:.0f} MB)",
+            FormatFallbackWarning,
+            stacklevel=2,
+        )
+        return out
+
+
+def abstract_weight(info: TensorInfo, supported: frozenset[int]) -> Any:
+    """The GGMLWeight `MappedFile.weight` would give, as shapes only (jax.ShapeDtypeStruct)."""
+    from lljx.params import GGMLWeight
+
+    n_in = info.shape[0]
+    n_out = info.n_elements // n_in
+    ggml_type = info.ggml_type if info.ggml_type in supported else FALLBACK_TYPE
+    shape, dtype = storage_shape(ggml_type, n_out, n_in)
+    return GGMLWeight(jax.ShapeDtypeStruct(shape, dtype), int(ggml_type), n_in)
+
+
+def weight_reader(gf: GGUFFile, *, abstract: bool) -> Callable[[TensorInfo, np.ndarray | None], Any]:
+    """A function (tensor, row order) -> GGMLWeight for the file, or its shapes-only twin."""
+    supported = kernel_types()
+    if abstract:
+        return lambda info, row_order=None: abstract_weight(info, supported)
+    return MappedFile(gf, supported).weight
