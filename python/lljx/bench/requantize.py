@@ -15,7 +15,12 @@ from pathlib import Path
 from lljx.bench.cache import cache_dir
 
 # llama.cpp file types, by the names llama.cpp gives them.
-FTYPES = {"F32": "LLAMA_FTYPE_ALL_F32", "F16": "LLAMA_FTYPE_MOSTLY_F16", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+FTYPES = {
+    "F32": "LLAMA_FTYPE_ALL_F32",
+    "F16": "LLAMA_FTYPE_MOSTLY_F16",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
 # The GGUF type matching a compute dtype: llama.cpp's CPU path has no BF16 matmul worth
 # comparing against, and F16 reads the same bytes per weight.
 GGUF_TYPE = {"f32": "F32", "f16": "F16", "bf16": "F16", "int8": "Q8_0"}
@@ -32,7 +37,7 @@ def cached_name(source: Path, ftype: str) -> str:
 
 
 def requantized(source: Path, ftype: str, *, cache: Path | None = None) -> Path:
-    """`source` as a GGUF of type `ftype` ("F32", "F16" or "Q8_0"), converted once and cached.
+    """`source` as a GGUF of type `ftype` (a key of FTYPES), converted once and cached.
 
     Needs llama-cpp-python (ImportError otherwise). Writes through a per-process partial
     file and renames it, so concurrent callers never read a half-written model.

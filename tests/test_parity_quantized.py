@@ -1,0 +1,65 @@
+"""Greedy text at dtype auto against llama.cpp on the very same quantized file (no requantizing on either side).
+
+The kernels round activations as llama.cpp's CPU backend does for each weight format (Q8_1 for
+the embedded model's Q4_1 projections, Q8_0 for its Q8_0 head, Q8_K for K-quants), so the same
+file gives the same tokens; what still differs is the order of f32 sums and llama.cpp's f16 KV cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import pytest
+
+import llamacpp_oracle as oracle
+from fixtures.random_llama import QUANTIZABLE, random_weights, small_vocab, write_gguf
+from lljx.bench.requantize import requantized
+from lljx.generation import Generation, chat_prompt_ids, encode_prompt
+from lljx.models import load_model
+from lljx.sampling import SamplerSettings
+from lljx.strategies import registry
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Why is the sky blue?", "What is the derivative of x squared?", "Explain photosynthesis in one sentence."]
+GREEDY_TOKENS = 32
+
+
+def greedy(model, strategy: str, ids: list[int], n: int) -> list[int]:
+    decoder = registry.build(registry.load(strategy), model, SamplerSettings(temperature=0))
+    generation = Generation(model, decoder, ids, max_tokens=n, stop_token_ids=model.stop_token_ids)
+    "".join(generation)
+    return generation.token_ids
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model(None, dtype="auto")
+
+
+@pytest.mark.parametrize("strategy", ["native-token", "native-loop"])
+def test_embedded_q4_1_file_greedy_text_equals_llamacpp_on_the_same_file(embedded, strategy):
+    llama = oracle.load(Path(embedded.path), n_ctx=256)
+    for prompt in PROMPTS:
+        ids = chat_prompt_ids(embedded, prompt)
+        assert greedy(embedded, strategy, ids, GREEDY_TOKENS) == oracle.greedy_tokens(llama, ids, GREEDY_TOKENS), prompt
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_k_m(tmp_path_factory) -> Path:
+    """A one-layer model whose rows are multiples of 256, quantized to Q4_K_M by llama.cpp's own quantizer."""
+    directory = tmp_path_factory.mktemp("q4km")
+    f32 = write_gguf(directory / "tiny-f32.gguf", random_weights(QUANTIZABLE, seed=3), small_vocab(), QUANTIZABLE)
+    return requantized(f32, "Q4_K_M", cache=directory)
+
+
+def test_tiny_q4_k_m_file_holds_k_quants_and_greedy_text_equals_llamacpp(tiny_q4_k_m):
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tiny_q4_k_m).tensors}
+    assert types["blk.0.ffn_gate.weight"] == gguf.GGMLQuantizationType.Q4_K
+    assert gguf.GGMLQuantizationType.Q6_K in types.values()
+    model = load_model(str(tiny_q4_k_m), dtype="auto")
+    llama = oracle.load(tiny_q4_k_m, n_ctx=256)
+    for text in ["The capital of France is", "1 2 3 4", "Hello"]:
+        ids = encode_prompt(model, text, parse_special=False)
+        assert greedy(model, "native-token", ids, 16) == oracle.greedy_tokens(llama, ids, 16), text
