@@ -485,6 +485,28 @@ fn argmax_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
     handler_capsule(py, crate::ffi::argmax::lljx_argmax)
 }
 
+/// The XLA FFI handler that multiplies activations by GGUF-format weights, as `jax.ffi.register_ffi_target` takes it.
+#[pyfunction]
+fn block_matmul_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
+    handler_capsule(py, crate::ffi::block_matmul::lljx_block_matmul)
+}
+
+/// The XLA FFI handler that dequantizes rows of a GGUF-format table, as `jax.ffi.register_ffi_target` takes it.
+#[pyfunction]
+fn block_rows_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
+    handler_capsule(py, crate::ffi::block_rows::lljx_block_rows)
+}
+
+/// The ggml type ids (`gguf.GGMLQuantizationType` values) the block kernels multiply on this CPU;
+/// tensors of other types need a fallback.
+#[pyfunction]
+fn block_kernel_types() -> Vec<i64> {
+    crate::kernels::ggml::ALL_TYPES
+        .iter()
+        .map(|t| t.id())
+        .collect()
+}
+
 /// Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
 /// without it those weights would take a slow portable path, so callers keep the plain layout.
 #[pyfunction]
@@ -506,5 +528,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;
     m.add_function(wrap_pyfunction!(columns_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(argmax_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(block_matmul_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(block_rows_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(block_kernel_types, m)?)?;
     Ok(())
 }

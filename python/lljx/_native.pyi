@@ -15,6 +15,9 @@ __all__ = [
     "int8_dot_kernel_available",
     "columns_ffi_handler",
     "argmax_ffi_handler",
+    "block_matmul_ffi_handler",
+    "block_rows_ffi_handler",
+    "block_kernel_types",
 ]
 
 class TokenizerError(ValueError):
@@ -114,6 +117,16 @@ def columns_ffi_handler() -> object:
 
 def argmax_ffi_handler() -> object:
     """The XLA FFI handler of greedy sampling's argmax, as `jax.ffi.register_ffi_target` takes it."""
+
+def block_matmul_ffi_handler() -> object:
+    """The XLA FFI handler that multiplies activations by GGUF-format weights, as `jax.ffi.register_ffi_target` takes it."""
+
+def block_rows_ffi_handler() -> object:
+    """The XLA FFI handler that dequantizes rows of a GGUF-format table, as `jax.ffi.register_ffi_target` takes it."""
+
+def block_kernel_types() -> list[int]:
+    """The ggml type ids (`gguf.GGMLQuantizationType` values) the block kernels multiply on this CPU;
+    tensors of other types need a fallback."""
 
 def int8_dot_kernel_available() -> bool:
     """Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;

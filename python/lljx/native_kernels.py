@@ -1,4 +1,4 @@
-"""lljx's Rust decode kernels inside jitted JAX code on CPU (matrix-vector product, attention, embedding columns, argmax): registration and calls."""
+"""lljx's Rust kernels inside jitted JAX code on CPU (matrix products over [in, out] and GGUF-format weights, attention, embedding lookups, argmax): registration and calls."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lljx import _native
-from lljx.params import Int8Weight, TiledInt8Weight
+from lljx.params import GGMLWeight, Int8Weight, TiledInt8Weight
 
 TARGET = "lljx_matvec"
 ATTEND_TARGET = "lljx_attend"
 COLUMNS_TARGET = "lljx_columns"
 ARGMAX_TARGET = "lljx_argmax"
+BLOCK_MATMUL_TARGET = "lljx_block_matmul"
+BLOCK_ROWS_TARGET = "lljx_block_rows"
 
 
 @functools.cache
@@ -24,6 +27,8 @@ def register() -> None:
     jax.ffi.register_ffi_target(ATTEND_TARGET, _native.attend_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(COLUMNS_TARGET, _native.columns_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(ARGMAX_TARGET, _native.argmax_ffi_handler(), platform="cpu")
+    jax.ffi.register_ffi_target(BLOCK_MATMUL_TARGET, _native.block_matmul_ffi_handler(), platform="cpu")
+    jax.ffi.register_ffi_target(BLOCK_ROWS_TARGET, _native.block_rows_ffi_handler(), platform="cpu")
 
 
 def check_available() -> None:
@@ -74,3 +79,48 @@ def argmax(logits: jax.Array) -> jax.Array:
     rows = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
     out = jax.ffi.ffi_call(ARGMAX_TARGET, jax.ShapeDtypeStruct((rows.shape[0],), jnp.int32))(rows)
     return out.reshape(logits.shape[:-1])
+
+
+@functools.cache
+def block_kernel_types() -> frozenset[int]:
+    """The ggml type ids `block_matmul` and `block_rows` accept on this CPU."""
+    return frozenset(_native.block_kernel_types())
+
+
+def _check_block_type(w: GGMLWeight) -> None:
+    if int(w.ggml_type) not in block_kernel_types():
+        import gguf
+
+        name = gguf.GGMLQuantizationType(w.ggml_type).name
+        raise ValueError(f"the block kernels have no {name} kernel; dequantize that weight instead")
+
+
+def block_matmul(x: jax.Array, weights: Sequence[GGMLWeight]) -> list[jax.Array]:
+    """x f32 [..., n_in] times each GGUF-format weight ([n_out, n_in] as stored) in one call: f32 [..., n_out_i].
+
+    The weights share x (Q/K/V, or gate/up); x is rounded once per activation format, the
+    way llama.cpp rounds activations for each weight type (Q8_0, Q8_1, Q8_K, f16, bf16).
+    Few rows stream the weights once; many rows take the cache-tiled GEMM path. A row's
+    result does not depend on the other rows of the call.
+    """
+    register()
+    if not weights:
+        raise ValueError("block_matmul needs at least one weight")
+    n_in = x.shape[-1]
+    for w in weights:
+        _check_block_type(w)
+        if w.n_in != n_in:
+            raise ValueError(f"a weight takes {w.n_in} inputs but x has {n_in}")
+    lead = tuple(x.shape[:-1])
+    results = [jax.ShapeDtypeStruct((*lead, w.n_out), jnp.float32) for w in weights]
+    types = np.asarray([int(w.ggml_type) for w in weights], dtype=np.int32)
+    call = jax.ffi.ffi_call(BLOCK_MATMUL_TARGET, results)
+    return list(call(x.astype(jnp.float32), *(w.data for w in weights), ggml_types=types))
+
+
+def block_rows(w: GGMLWeight, ids: jax.Array) -> jax.Array:
+    """Rows `ids` (any shape) of a GGUF-format table as f32 [*ids.shape, n_in], bit-equal to gguf's dequantize."""
+    register()
+    _check_block_type(w)
+    call = jax.ffi.ffi_call(BLOCK_ROWS_TARGET, jax.ShapeDtypeStruct((*ids.shape, w.n_in), jnp.float32))
+    return call(w.data, ids.astype(jnp.int32), ggml_type=np.int32(w.ggml_type))

@@ -3,6 +3,8 @@
 
 pub mod argmax;
 pub mod attend;
+pub mod block_matmul;
+pub mod block_rows;
 pub mod columns;
 pub mod matvec;
 pub mod xla;

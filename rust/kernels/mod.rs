@@ -1,6 +1,18 @@
 //! CPU kernels for decode and prompts: weight formats and matrix products, attention, and the
 //! worker threads they share. Plain Rust over slices; `crate::ffi` exposes them to XLA.
+//!
+//! Two families of products: `matvec` over weights laid out [in, out] (f32, bf16, f16, int8)
+//! for explicit dtypes, and `block_matmul` over GGUF weights as their files store them
+//! ([out, in] rows of blocks: `ggml`, `blocks`, `activations`, `portable_dot`).
 
+pub mod activations;
 pub mod attention;
+pub mod block_matmul;
+pub mod blocks;
+pub mod ggml;
 pub mod matvec;
+pub mod portable_dot;
 pub mod workers;
+
+#[cfg(test)]
+mod block_tests;

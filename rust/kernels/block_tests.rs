@@ -1,0 +1,268 @@
+//! Tests of the block kernels as a whole: every format and path against a float64 reference, invariance, threads, errors.
+
+use super::activations::{quantize_q8, quantize_q8k};
+use super::block_matmul::{block_matmul, Output, Path};
+use super::blocks::dequantize_row;
+use super::ggml::{ActFormat, BlockWeight, GgmlType, ALL_TYPES, QK32, QK_K};
+
+/// A small deterministic generator so tests need no extra crates.
+pub struct Noise(u64);
+
+impl Noise {
+    pub fn new(seed: u64) -> Noise {
+        Noise(
+            seed.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn float(&mut self) -> f32 {
+        (self.next_u64() >> 29) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    pub fn floats(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.float()).collect()
+    }
+}
+
+/// Where each format keeps its f16 scales (random bytes there could be inf or NaN).
+fn f16_fields(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q6K => &[208],
+        _ => &[],
+    }
+}
+
+/// A random weight's bytes: random quants (every bit pattern is valid) with small f16 scales.
+pub fn random_weight(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
+    let mut noise = Noise::new(seed);
+    let row_bytes = ty.row_bytes(n_in).unwrap();
+    let mut data: Vec<u8> = (0..n_out * row_bytes)
+        .map(|_| noise.next_u64() as u8)
+        .collect();
+    let put = |data: &mut [u8], at: usize, v: f32, ty: GgmlType| match ty {
+        GgmlType::F32 => data[at..at + 4].copy_from_slice(&v.to_le_bytes()),
+        GgmlType::Bf16 => {
+            data[at..at + 2].copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes())
+        }
+        _ => data[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
+    };
+    if ty.is_float() {
+        for k in 0..n_out * n_in {
+            put(&mut data, k * ty.block_bytes(), noise.float() * 0.1, ty);
+        }
+    } else {
+        for block in 0..data.len() / ty.block_bytes() {
+            for &field in f16_fields(ty) {
+                let v = 0.001 + 0.02 * noise.float().abs();
+                put(&mut data, block * ty.block_bytes() + field, v, ty);
+            }
+        }
+    }
+    data
+}
+
+/// What llama.cpp computes for one output, in float64, and the sum of |terms|.
+fn reference(w: &BlockWeight, row: usize, x: &[f32]) -> (f64, f64) {
+    let n = w.n_in;
+    let mut dense = vec![0.0f32; n];
+    dequantize_row(w.ty, w.row(row), &mut dense);
+    let act: Vec<f64> = match w.ty.act_format() {
+        ActFormat::F32 => x.iter().map(|&v| v as f64).collect(),
+        ActFormat::F16 => x.iter().map(|&v| half::f16::from_f32(v).to_f64()).collect(),
+        ActFormat::Bf16 => x
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f64())
+            .collect(),
+        ActFormat::Q8_0 | ActFormat::Q8_1 => {
+            let q = quantize_q8(x, n, false);
+            (0..n)
+                .map(|k| q.qs[k] as f64 * q.d[k / QK32] as f64)
+                .collect()
+        }
+        ActFormat::Q8K => {
+            let q = quantize_q8k(x, n);
+            (0..n)
+                .map(|k| q.qs[k] as f64 * q.d[k / QK_K] as f64)
+                .collect()
+        }
+    };
+    let mut y: f64 = dense.iter().zip(&act).map(|(&w, &a)| w as f64 * a).sum();
+    let scale: f64 = dense
+        .iter()
+        .zip(&act)
+        .map(|(&w, &a)| (w as f64 * a).abs())
+        .sum();
+    if w.ty.act_format() == ActFormat::Q8_1 {
+        // llama.cpp adds min · s, s being f16(unrounded scale · Σq), not min · d · Σq.
+        let q = quantize_q8(x, n, true);
+        for b in 0..n / QK32 {
+            let block = &w.row(row)[b * w.ty.block_bytes()..];
+            let m = half::f16::from_bits(u16::from_le_bytes([block[2], block[3]])).to_f64();
+            y += m * (q.s[b] as f64 - q.d[b] as f64 * q.sum[b] as f64);
+        }
+    }
+    (y, scale)
+}
+
+fn run(
+    x: &[f32],
+    rows: usize,
+    weights: &[BlockWeight],
+    threads: usize,
+    path: Path,
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = weights
+        .iter()
+        .map(|w| vec![f32::NAN; rows * w.n_out])
+        .collect();
+    let ptrs: Vec<Output> = outs.iter_mut().map(|o| Output(o.as_mut_ptr())).collect();
+    unsafe { block_matmul(x, rows, weights, &ptrs, threads, path).unwrap() };
+    outs
+}
+
+fn n_in_for(ty: GgmlType, blocks: usize) -> usize {
+    if ty.is_float() {
+        blocks * 16 + 7
+    } else {
+        blocks * ty.block_values()
+    }
+}
+
+#[test]
+fn every_format_matches_the_float64_reference_on_both_paths() {
+    for ty in ALL_TYPES {
+        for blocks in [1, 5] {
+            let n_in = n_in_for(ty, blocks);
+            for (rows, n_out) in [(1, 33), (3, 7), (9, 200), (8, 1)] {
+                let data = random_weight(ty, n_out, n_in, 3 + rows as u64);
+                let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
+                let mut noise = Noise::new(rows as u64);
+                let mut x = noise.floats(rows * n_in);
+                x[..n_in.min(32)].fill(0.0);
+                for path in [Path::Fast, Path::Portable] {
+                    let y = &run(&x, rows, &[w], 2, path)[0];
+                    for t in 0..rows {
+                        for r in 0..n_out {
+                            let (want, scale) = reference(&w, r, &x[t * n_in..(t + 1) * n_in]);
+                            let got = y[t * n_out + r] as f64;
+                            let tol = 4e-7 * (blocks as f64 * 16.0).sqrt() * scale + 1e-30;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{} {path:?} rows {rows} n_in {n_in} out {r} token {t}: {got} vs {want}",
+                                ty.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_and_portable_paths_agree_bit_for_bit_except_bf16() {
+    for ty in ALL_TYPES {
+        let n_in = n_in_for(ty, 3);
+        let data = random_weight(ty, 50, n_in, 9);
+        let w = BlockWeight::new(ty, &data, n_in, 50).unwrap();
+        let x = Noise::new(4).floats(12 * n_in);
+        let fast = run(&x, 12, &[w], 1, Path::Fast);
+        let slow = run(&x, 12, &[w], 1, Path::Portable);
+        if ty == GgmlType::Bf16 {
+            for (a, b) in fast[0].iter().zip(&slow[0]) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        } else {
+            assert_eq!(fast, slow, "{}", ty.name());
+        }
+    }
+}
+
+#[test]
+fn a_rows_result_is_the_same_alone_in_a_batch_and_across_paths_and_threads() {
+    for ty in ALL_TYPES {
+        let n_in = n_in_for(ty, 2);
+        let data = random_weight(ty, 70, n_in, 11);
+        let w = BlockWeight::new(ty, &data, n_in, 70).unwrap();
+        let x = Noise::new(5).floats(100 * n_in);
+        let all = &run(&x, 100, &[w], 2, Path::Fast)[0];
+        let one_thread = &run(&x, 100, &[w], 1, Path::Fast)[0];
+        assert_eq!(all, one_thread, "{}", ty.name());
+        for (rows, t) in [(1, 0), (8, 5), (9, 8), (64, 63)] {
+            let part = &run(&x[..rows * n_in], rows, &[w], 2, Path::Fast)[0];
+            assert_eq!(
+                &part[t * 70..(t + 1) * 70],
+                &all[t * 70..(t + 1) * 70],
+                "{} rows {rows}",
+                ty.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn several_weights_share_one_call() {
+    let n_in = 512;
+    let specs = [
+        (GgmlType::Q4K, 48),
+        (GgmlType::Q6K, 5000),
+        (GgmlType::Q8_0, 40),
+        (GgmlType::F16, 9),
+        (GgmlType::Q4_1, 17),
+    ];
+    let datas: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|&(ty, n)| random_weight(ty, n, n_in, n as u64))
+        .collect();
+    let weights: Vec<BlockWeight> = specs
+        .iter()
+        .zip(&datas)
+        .map(|(&(ty, n), d)| BlockWeight::new(ty, d, n_in, n).unwrap())
+        .collect();
+    let x = Noise::new(8).floats(3 * n_in);
+    let together = run(&x, 3, &weights, 2, Path::Fast);
+    for (i, w) in weights.iter().enumerate() {
+        assert_eq!(
+            together[i],
+            run(&x, 3, &[*w], 2, Path::Fast)[0],
+            "{}",
+            w.ty.name()
+        );
+    }
+}
+
+#[test]
+fn bad_calls_are_errors() {
+    let data = random_weight(GgmlType::Q4_0, 4, 64, 1);
+    let w = BlockWeight::new(GgmlType::Q4_0, &data, 64, 4).unwrap();
+    let mut out = vec![0.0f32; 8];
+    let outs = [Output(out.as_mut_ptr())];
+    unsafe {
+        assert!(block_matmul(&[0.0; 100], 2, &[w], &outs, 1, Path::Fast)
+            .unwrap_err()
+            .contains("expected 2 rows of 64"));
+        assert!(block_matmul(&[0.0; 128], 2, &[w], &[], 1, Path::Fast)
+            .unwrap_err()
+            .contains("0 outputs"));
+        assert!(block_matmul(&[], 0, &[], &[], 1, Path::Fast)
+            .unwrap_err()
+            .contains("no weights"));
+    }
+    let data2 = random_weight(GgmlType::Q8_0, 4, 96, 1);
+    let w2 = BlockWeight::new(GgmlType::Q8_0, &data2, 96, 4).unwrap();
+    let outs2 = [Output(out.as_mut_ptr()), Output(out.as_mut_ptr())];
+    let err = unsafe { block_matmul(&[0.0; 128], 2, &[w, w2], &outs2, 1, Path::Fast) }.unwrap_err();
+    assert!(err.contains("one call shares x"), "{err}");
+}

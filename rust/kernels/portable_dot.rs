@@ -1,0 +1,163 @@
+//! Plain-Rust dot products of one GGUF row with one row of rounded activations, in the summation order every path shares.
+//!
+//! This file defines the arithmetic; the AVX-512 kernels reproduce it bit for bit (except
+//! BF16, whose `vdpbf16ps` rounding the portable code only approximates), so a row's result
+//! does not depend on which kernel ran, how many rows shared the call, or the thread count.
+//!
+//! - Block formats: the integer dot of each block is exact; blocks are then folded into one
+//!   f32 accumulator in order with fused multiply-adds:
+//!   Q4_0/Q5_0/Q8_0: acc = fma(d·dx, Σ(q - zero)·a, acc);
+//!   Q4_1/Q5_1: that, then acc = fma(m, s, acc);
+//!   Q4_K/Q5_K: acc = fma(d·dx, Σ_j sc_j·Σ q·a, acc), then acc = fma(-(dmin·dx), Σ_j m_j·bsum_j, acc);
+//!   Q6_K: acc = fma(d·dx, Σ_j sc_j·Σ (q - 32)·a, acc).
+//! - Float formats: sixteen lanes, lane l summing inputs 16c + l (F32, F16) or the pairs
+//!   32c + 2l, 32c + 2l + 1 (BF16, odd one first, as `vdpbf16ps` does), zero-padded at the end,
+//!   then added as (l, l + 8), (l, l + 4), (l, l + 2), (0, 1).
+
+use super::activations::Activations;
+use super::blocks::{decode_block32, decode_superblock};
+use super::ggml::{BlockWeight, GgmlType, QK32, QK_K};
+
+pub const LANES: usize = 16;
+
+/// Output `row` of `w` times activation row `token`.
+pub fn dot(w: &BlockWeight, row: usize, acts: &Activations, token: usize) -> f32 {
+    let bytes = w.row(row);
+    let n = w.n_in;
+    match w.ty {
+        GgmlType::F32 => {
+            let x = &acts.f32[token * n..(token + 1) * n];
+            lanes_dot(n, |k| f32_at(bytes, k), |k| x[k])
+        }
+        GgmlType::F16 => {
+            let x = &acts.f16[token * n..(token + 1) * n];
+            lanes_dot(n, |k| f16_at(bytes, k), |k| x[k])
+        }
+        GgmlType::Bf16 => bf16_dot(bytes, &acts.bf16[token * n..(token + 1) * n]),
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            let q8 = if matches!(w.ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                acts.q8_1.as_ref()
+            } else {
+                acts.q8_0.as_ref()
+            }
+            .expect("activations rounded for this weight type");
+            let blocks = n / QK32;
+            let mut acc = 0.0f32;
+            for (b, block) in bytes.chunks_exact(w.ty.block_bytes()).enumerate() {
+                let blk = decode_block32(w.ty, block);
+                let i = token * blocks + b;
+                let a = &q8.qs[i * QK32..(i + 1) * QK32];
+                let isum: i32 = blk
+                    .q
+                    .iter()
+                    .zip(a)
+                    .map(|(&q, &a)| q as i32 * a as i32)
+                    .sum::<i32>()
+                    - blk.zero * q8.sum[i];
+                acc = (blk.d * q8.d[i]).mul_add(isum as f32, acc);
+                if matches!(w.ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                    acc = blk.m.mul_add(q8.s[i], acc);
+                }
+            }
+            acc
+        }
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            let q8 = acts.q8k.as_ref().expect("activations rounded to Q8_K");
+            let blocks = n / QK_K;
+            let mut acc = 0.0f32;
+            for (b, block) in bytes.chunks_exact(w.ty.block_bytes()).enumerate() {
+                let blk = decode_superblock(w.ty, block);
+                let i = token * blocks + b;
+                let a = &q8.qs[i * QK_K..(i + 1) * QK_K];
+                let dd = blk.d * q8.d[i];
+                if w.ty == GgmlType::Q6K {
+                    let mut sumi = 0i32;
+                    for j in 0..16 {
+                        let s: i32 = (16 * j..16 * j + 16)
+                            .map(|v| blk.q[v] as i32 * a[v] as i32)
+                            .sum();
+                        sumi += blk.scales[j] * (s - 32 * q8.bsum16[i * 16 + j]);
+                    }
+                    acc = dd.mul_add(sumi as f32, acc);
+                } else {
+                    let mut sumi = 0i32;
+                    let mut summ = 0i32;
+                    for j in 0..8 {
+                        let s: i32 = (32 * j..32 * j + 32)
+                            .map(|v| blk.q[v] as i32 * a[v] as i32)
+                            .sum();
+                        sumi += blk.scales[2 * j] * s;
+                        summ += blk.mins[j] * q8.bsum32[i * 8 + j];
+                    }
+                    acc = dd.mul_add(sumi as f32, acc);
+                    acc = (-(blk.dmin * q8.d[i])).mul_add(summ as f32, acc);
+                }
+            }
+            acc
+        }
+    }
+}
+
+fn f32_at(bytes: &[u8], k: usize) -> f32 {
+    f32::from_le_bytes([
+        bytes[4 * k],
+        bytes[4 * k + 1],
+        bytes[4 * k + 2],
+        bytes[4 * k + 3],
+    ])
+}
+
+fn f16_at(bytes: &[u8], k: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([bytes[2 * k], bytes[2 * k + 1]])).to_f32()
+}
+
+/// Sixteen lanes of fused multiply-adds over the inputs, then the fixed reduction tree.
+fn lanes_dot(n: usize, w: impl Fn(usize) -> f32, x: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for chunk in (0..n).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            let k = chunk + l;
+            let (wk, xk) = if k < n { (w(k), x(k)) } else { (0.0, 0.0) };
+            *a = wk.mul_add(xk, *a);
+        }
+    }
+    reduce_lanes(acc)
+}
+
+/// The reduction every float path ends with: halves added pairwise until one value is left.
+pub fn reduce_lanes(v: [f32; LANES]) -> f32 {
+    let t8: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
+    let t4: [f32; 4] = std::array::from_fn(|i| t8[i] + t8[i + 4]);
+    let t2: [f32; 2] = std::array::from_fn(|i| t4[i] + t4[i + 2]);
+    t2[0] + t2[1]
+}
+
+/// `vdpbf16ps` semantics: subnormal inputs and results flushed to zero, the odd product first.
+fn bf16_dot(bytes: &[u8], x: &[u16]) -> f32 {
+    let n = x.len();
+    let flush = |v: f32| {
+        if v.is_subnormal() {
+            0.0f32.copysign(v)
+        } else {
+            v
+        }
+    };
+    let bf = |bits: u16| flush(f32::from_bits((bits as u32) << 16));
+    let w = |k: usize| {
+        if k < n {
+            bf(u16::from_le_bytes([bytes[2 * k], bytes[2 * k + 1]]))
+        } else {
+            0.0
+        }
+    };
+    let xv = |k: usize| if k < n { bf(x[k]) } else { 0.0 };
+    let mut acc = [0.0f32; LANES];
+    for chunk in (0..n).step_by(2 * LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            let k = chunk + 2 * l;
+            *a = flush(w(k + 1).mul_add(xv(k + 1), flush(*a)));
+            *a = flush(w(k).mul_add(xv(k), *a));
+        }
+    }
+    reduce_lanes(acc)
+}
