@@ -223,7 +223,7 @@ def _mapped_params(
     norm: TensorInfo, head: TensorInfo | None, *, abstract: bool,
 ) -> Params:
     """Params at dtype auto: every matrix a GGMLWeight in the file's format (see gguf_mapped), norms f32."""
-    weight = gguf_mapped.weight_reader(gf, abstract=abstract)
+    weight, done = gguf_mapped.weight_reader(gf, abstract=abstract)
     orders = {
         "n_heads": interleaved_to_half(config.n_heads, config.d_head),
         "n_kv_heads": interleaved_to_half(config.n_kv_heads, config.d_head),
@@ -244,12 +244,14 @@ def _mapped_params(
 
     layers = tuple(layer(infos) for infos in layer_infos)
     table = weight(embd, None)
+    head_weight = table if head is None else weight(head, None)
+    done()
     # A tied model multiplies by the embedding table itself: [vocab, d_model] is the head's [out, in].
     return Params(
         embed=None if head is None else table,
         layers=layers,
         final_norm=norm_f32(norm),
-        head=table if head is None else weight(head, None),
+        head=head_weight,
     )
 
 

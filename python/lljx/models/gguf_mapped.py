@@ -64,7 +64,7 @@ class MappedFile:
         self.gf = gf
         self.supported = supported
         self.copied_bytes = 0
-        self.fallbacks: list[str] = []
+        self.fallbacks: list[tuple[TensorInfo, int]] = []
         with open(gf.path, "rb") as f:
             # The header reader checked every tensor's extent against this size, so no view
             # reaches past the end of the file (a read there would be SIGBUS, not an error).
@@ -104,14 +104,22 @@ class MappedFile:
         out = aligned_empty((info.n_elements // n_in, n_in), np.dtype(np.float16))
         dequant.decode(self.rows(info).reshape(-1), info, out, row_order=row_order)
         self.copied_bytes += out.nbytes
-        self.fallbacks.append(info.name)
-        warnings.warn(
-            f"{self.gf.path}: tensor {info.name!r} is {info.type_name}, which lljx's kernels do not read; "
-            f"dequantized to F16 at load ({out.nbytes / 1e6:.0f} MB)",
-            FormatFallbackWarning,
-            stacklevel=2,
-        )
+        self.fallbacks.append((info, out.nbytes))
         return out
+
+    def warn_fallbacks(self) -> None:
+        """One warning naming every tensor dequantized to F16 for want of a kernel, if any was."""
+        if not self.fallbacks:
+            return
+        types = sorted({info.type_name for info, _ in self.fallbacks})
+        names = ", ".join(info.name for info, _ in self.fallbacks[:4]) + (", ..." if len(self.fallbacks) > 4 else "")
+        size = sum(n for _, n in self.fallbacks)
+        warnings.warn(
+            f"{self.gf.path}: {len(self.fallbacks)} tensors ({names}) are {'/'.join(types)}, which lljx's kernels "
+            f"do not read; dequantized to F16 at load ({size / 1e6:.1f} MB)",
+            FormatFallbackWarning,
+            stacklevel=3,
+        )
 
 
 def abstract_weight(info: TensorInfo, supported: frozenset[int]) -> Any:
@@ -125,9 +133,11 @@ def abstract_weight(info: TensorInfo, supported: frozenset[int]) -> Any:
     return GGMLWeight(jax.ShapeDtypeStruct(shape, dtype), int(ggml_type), n_in)
 
 
-def weight_reader(gf: GGUFFile, *, abstract: bool) -> Callable[[TensorInfo, np.ndarray | None], Any]:
-    """A function (tensor, row order) -> GGMLWeight for the file, or its shapes-only twin."""
+def weight_reader(gf: GGUFFile, *, abstract: bool) -> tuple[Callable[[TensorInfo, np.ndarray | None], Any], Callable[[], None]]:
+    """A function (tensor, row order) -> GGMLWeight for the file (or its shapes-only twin), and one to
+    call once every weight is read (it warns about formats that had no kernel)."""
     supported = kernel_types()
     if abstract:
-        return lambda info, row_order=None: abstract_weight(info, supported)
-    return MappedFile(gf, supported).weight
+        return (lambda info, row_order=None: abstract_weight(info, supported)), lambda: None
+    files = MappedFile(gf, supported)
+    return files.weight, files.warn_fallbacks
