@@ -106,7 +106,9 @@ def test_cli_lists_strategies_and_plugin_errors(plugin_dir):
     rows = json.loads(lljx("strategies", "--json", env=env).stdout)
     by_name = {row["name"]: row for row in rows}
     assert BUILT_INS <= set(by_name)
-    assert set(by_name["jit-token"]) == {"name", "package", "description"}
+    assert set(by_name["jit-token"]) == {"name", "package", "weights", "description"}
+    assert by_name["jit-token"]["weights"] == "dequantized to f32"
+    assert by_name["native-token"]["weights"] == "file formats in place"
     assert "error" in by_name["broken"] and by_name["broken"]["package"] == "lljx-broken"
     table = lljx("strategies", env=env).stdout
     assert "failed to load" in table and "fused-loop" in table
