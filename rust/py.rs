@@ -492,6 +492,23 @@ fn int8_dot_kernel_available() -> bool {
     crate::kernels::matvec::tiled_kernel_available()
 }
 
+/// Best read bandwidth in GB/s of `threads` threads streaming a `nbytes` buffer, `tries` timed
+/// tries of at least `min_seconds` each; returns (GB/s, bytes read per pass, passes per try).
+#[pyfunction]
+#[pyo3(signature = (nbytes, threads, *, tries = 5, min_seconds = 0.05))]
+fn read_bandwidth(
+    py: Python<'_>,
+    nbytes: usize,
+    threads: usize,
+    tries: usize,
+    min_seconds: f64,
+) -> PyResult<(f64, usize, usize)> {
+    let found = py
+        .detach(|| crate::kernels::bandwidth::read_bandwidth(nbytes, threads, tries, min_seconds))
+        .map_err(|e| PyValueError::new_err(e.0))?;
+    Ok((found.gbs, found.bytes, found.passes))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -506,5 +523,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;
     m.add_function(wrap_pyfunction!(columns_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(argmax_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())
 }
