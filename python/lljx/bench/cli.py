@@ -144,7 +144,7 @@ def run(
                 "sampling": "greedy (temperature 0), stopping at the model's end-of-turn tokens",
                 # With JAX's persistent cache on, compile_s is mostly the time to load cached executables.
                 "jax_compile_cache": os.environ.get("LLJX_COMPILE_CACHE", "1") != "0",
-                "files": {s.name: getattr(s, "file", None) for s in systems},
+                "files": {s.name: str(s.file) if getattr(s, "file", None) else None for s in systems},
             },
             "environment": environment,
             "baseline": chosen,

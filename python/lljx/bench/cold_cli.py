@@ -19,7 +19,7 @@ def run_cold(strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec
     from lljx.bench import cold
     from lljx.bench.cli import check_strategies
     from lljx.bench.environment import collect, machine, threads
-    from lljx.bench.peers import GGUF_TYPE, peer_file
+    from lljx.bench.peers import peer_file, peer_ftype
     from lljx.cli import default_dtype
     from lljx.models import resolve
     from lljx.models.synthetic import NOISE_NOTE
@@ -37,8 +37,8 @@ def run_cold(strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec
             skipped[peer] = reason
             click.echo(f"{peer}: skipped ({reason})", err=True)
             continue
-        ids = prompt_ids(resolved, prompt)
-        target = peer_file(Path(resolved.path), None if compute == "auto" else GGUF_TYPE[compute])
+        ids, quantization = prompt_ids(resolved, prompt)
+        target = peer_file(Path(resolved.path), peer_ftype(compute, quantization))
         systems.append(cold.llamacpp_system(str(target), n_threads, ids))
 
     rows = cold.measure(systems, spawns, n_threads, progress=lambda m: click.echo(f"bench --cold: {m}", err=True))
@@ -79,10 +79,10 @@ def peer_unavailable(peer: str, model_format: str) -> str | None:
     return None
 
 
-def prompt_ids(resolved: object, prompt: str) -> list[int]:
-    """The chat-templated prompt ids lljx's generate computes, from the header alone (weights as shapes)."""
+def prompt_ids(resolved: object, prompt: str) -> tuple[list[int], str]:
+    """The chat-templated prompt ids lljx's generate computes, and the file's type, from the header alone."""
     from lljx.generation import chat_prompt_ids
     from lljx.models.gguf import load_gguf
 
-    skeleton = load_gguf(resolved, "f32", abstract=True)  # type: ignore[arg-type]
-    return chat_prompt_ids(skeleton, prompt)
+    skeleton = load_gguf(resolved, "f32", abstract=True)  # type: ignore[arg-type]  # weights as shapes only
+    return chat_prompt_ids(skeleton, prompt), skeleton.quantization

@@ -73,10 +73,9 @@ class LlamaCppSystem:
             raise Skipped("llama-cpp-python not installed") from None
         if model.format != "gguf":
             raise Skipped("the model is not a GGUF file, so llama.cpp cannot read the same weights")
-        # At dtype auto both engines read the file's own formats: no conversion.
-        self.ftype = None if model.config.dtype == "auto" else GGUF_TYPE[model.config.dtype]
+        self.ftype = peer_ftype(model.config.dtype, model.quantization)
         self.source = Path(model.path)
-        self.dtype = model.quantization if self.ftype is None else self.ftype.lower()
+        self.dtype = (self.ftype or model.quantization).lower()
         self.file: Path | None = None  # what llama.cpp loads, known once converted (warm_up)
         self.model = model.name
         self.threads = threads
@@ -120,6 +119,16 @@ class LlamaCppSystem:
         if self.llm is not None:
             self.llm.close()
             self.llm = None
+
+
+def peer_ftype(dtype: str, quantization: str) -> str | None:
+    """The GGUF type llama.cpp should run for lljx's `dtype` on a file of `quantization`, or None for the file as it is.
+
+    At dtype auto both engines read the file's own formats; a file already of the type a dtype
+    asks for would only be rewritten into the same weights.
+    """
+    wanted = None if dtype == "auto" else GGUF_TYPE[dtype]
+    return None if wanted == quantization else wanted
 
 
 def peer_file(source: Path, ftype: str | None) -> Path:
