@@ -15,6 +15,7 @@ __all__ = [
     "int8_dot_kernel_available",
     "columns_ffi_handler",
     "argmax_ffi_handler",
+    "read_bandwidth",
 ]
 
 class TokenizerError(ValueError):

@@ -11,7 +11,6 @@ still holds, says so next to the figures.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -102,7 +101,7 @@ def format_bytes(params: Params) -> dict[str, float]:
     """Weight bytes one decoded token reads, by format: every weight once, an untied embedding table one row."""
     import jax
 
-    sizes: Counter[str] = Counter()
+    sizes: dict[str, float] = {}
 
     def is_weight(x: Any) -> bool:
         return isinstance(x, (GGMLWeight, Int8Weight, NativeWeight))
@@ -110,21 +109,29 @@ def format_bytes(params: Params) -> dict[str, float]:
     for leaf in jax.tree.leaves(params._replace(embed=None), is_leaf=is_weight):
         weight = leaf.weight if isinstance(leaf, NativeWeight) else leaf
         # A native int8 weight is read through its tiled copy (same bytes), never twice.
-        sizes[leaf_format(weight)] += leaf_bytes(weight)
+        add(sizes, leaf_format(weight), leaf_bytes(weight))
     if params.embed is not None:
         rows = params.embed.n_out if isinstance(params.embed, GGMLWeight) else params.embed.shape[0]
-        sizes[leaf_format(params.embed)] += leaf_bytes(params.embed) / rows
-    return dict(sizes.most_common())
+        add(sizes, leaf_format(params.embed), leaf_bytes(params.embed) / rows)
+    return largest_first(sizes)
+
+
+def add(sizes: dict[str, float], name: str, n: float) -> None:
+    sizes[name] = sizes.get(name, 0.0) + n
+
+
+def largest_first(sizes: dict[str, float]) -> dict[str, float]:
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
 def file_bytes_per_token(gf: GGUFFile) -> dict[str, float]:
     """The same count from a GGUF header, for a file as llama.cpp reads it (token_embd one row when untied)."""
-    sizes: Counter[str] = Counter()
+    sizes: dict[str, float] = {}
     untied = "output.weight" in gf.tensors
     for name, info in gf.tensors.items():
         rows = info.n_elements // info.shape[0] if name == "token_embd.weight" and untied else 1
-        sizes[info.type_name] += info.n_bytes / rows
-    return dict(sizes.most_common())
+        add(sizes, info.type_name, info.n_bytes / rows)
+    return largest_first(sizes)
 
 
 def kv_bytes(config: ModelConfig, context: float) -> float:
