@@ -23,6 +23,8 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    import gguf
+
     from lljx.models.synthetic import Shape
 
 SEED = 20241201
@@ -172,10 +174,10 @@ def write_f16(path: Path, shape_name: str, shape: Shape, vocab: Llama3Vocab, *, 
     writer.close()
 
 
-def write_metadata(writer: object, shape_name: str, shape: Shape, vocab: Llama3Vocab) -> None:
+def write_metadata(w: gguf.GGUFWriter, shape_name: str, shape: Shape, vocab: Llama3Vocab) -> None:
+    """The key/values llama.cpp's converter writes for a Llama 3.x model, with the model described as random."""
     import gguf
 
-    w: gguf.GGUFWriter = writer  # type: ignore[assignment]
     w.add_type("model")
     w.add_name(f"synthetic {shape_name} (random weights)")
     w.add_description(f"Random normal weights (seed {SEED}) in the shape of {shape_name}; its text is noise.")
