@@ -492,19 +492,18 @@ fn int8_dot_kernel_available() -> bool {
     crate::kernels::matvec::tiled_kernel_available()
 }
 
-/// Best read bandwidth in GB/s of `threads` threads streaming a `nbytes` buffer, `tries` timed
-/// tries of at least `min_seconds` each; returns (GB/s, bytes read per pass, passes per try).
+/// Read bandwidth in GB/s of `threads` threads streaming an `nbytes` buffer for about `seconds`:
+/// the fastest of many short timed units. Returns (GB/s, bytes read per pass, passes per unit).
 #[pyfunction]
-#[pyo3(signature = (nbytes, threads, *, tries = 5, min_seconds = 0.05))]
+#[pyo3(signature = (nbytes, threads, *, seconds = 0.5))]
 fn read_bandwidth(
     py: Python<'_>,
     nbytes: usize,
     threads: usize,
-    tries: usize,
-    min_seconds: f64,
+    seconds: f64,
 ) -> PyResult<(f64, usize, usize)> {
     let found = py
-        .detach(|| crate::kernels::bandwidth::read_bandwidth(nbytes, threads, tries, min_seconds))
+        .detach(|| crate::kernels::bandwidth::read_bandwidth(nbytes, threads, seconds))
         .map_err(|e| PyValueError::new_err(e.0))?;
     Ok((found.gbs, found.bytes, found.passes))
 }

@@ -56,11 +56,13 @@ def test_working_set_level_is_the_smallest_cache_that_holds_it():
 
 
 def test_the_read_kernel_measures_a_positive_rate_and_rejects_nonsense():
-    gbs, read, passes = _native.read_bandwidth(1 << 20, 2, tries=2, min_seconds=0.001)
+    gbs, read, passes = _native.read_bandwidth(1 << 20, 2, seconds=0.01)
     assert gbs > 0 and read >= 1 << 20 and read % 128 == 0 and passes >= 1
     for bad in ((0, 1), (1 << 20, 0)):
         with pytest.raises(ValueError, match="must be positive"):
             _native.read_bandwidth(*bad)
+    with pytest.raises(ValueError, match="seconds not negative"):
+        _native.read_bandwidth(1 << 20, 1, seconds=-1.0)
 
 
 def test_the_buffer_is_the_working_set_capped_where_every_size_reads_dram():
@@ -80,7 +82,7 @@ def test_bandwidth_is_measured_once_per_cpu_threads_and_size_class(tmp_path, mon
     def fake_measure(nbytes, threads, levels, **kw):
         calls.append(nbytes)
         return bandwidth.Measured(10.0 + len(calls), nbytes, working_set_level(nbytes, levels), threads,
-                                  kw.get("tries", 5), "today", bandwidth.size_class(nbytes, levels))
+                                  kw.get("seconds", bandwidth.SECONDS), "today", bandwidth.size_class(nbytes, levels))
 
     monkeypatch.setattr(bandwidth, "measure", fake_measure)
     first = bandwidth.cached("CPU A", 2, 20e6, TWO_CORES, cache=tmp_path)
@@ -95,7 +97,7 @@ def test_bandwidth_is_measured_once_per_cpu_threads_and_size_class(tmp_path, mon
     # Measuring again keeps the higher figure, and the cache then holds it.
     again = bandwidth.remeasure("CPU A", 2, 20e6, TWO_CORES, first, cache=tmp_path)
     assert again.gbs == 15.0 and bandwidth.cached("CPU A", 2, 20e6, TWO_CORES, cache=tmp_path).gbs == 15.0
-    higher = bandwidth.Measured(99.0, 20_000_000, "L3", 2, 5, "earlier", "L3 <= 32 MiB")
+    higher = bandwidth.Measured(99.0, 20_000_000, "L3", 2, 1.0, "earlier", "L3 <= 32 MiB")
     assert bandwidth.remeasure("CPU A", 2, 20e6, TWO_CORES, higher, cache=tmp_path).gbs == 99.0
     (tmp_path / bandwidth.BANDWIDTH_FILE).write_text("{not json")  # a broken cache is measured again, not fatal
     assert bandwidth.cached("CPU A", 2, 20e6, TWO_CORES, cache=tmp_path).gbs == 17.0

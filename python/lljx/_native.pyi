@@ -120,6 +120,6 @@ def int8_dot_kernel_available() -> bool:
     """Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
     without it those weights would take a slow portable path, so callers keep the plain layout."""
 
-def read_bandwidth(nbytes: int, threads: int, *, tries: int = 5, min_seconds: float = 0.05) -> tuple[float, int, int]:
-    """Best read bandwidth in GB/s of `threads` threads streaming a `nbytes` buffer, `tries` timed
-    tries of at least `min_seconds` each; returns (GB/s, bytes read per pass, passes per try)."""
+def read_bandwidth(nbytes: int, threads: int, *, seconds: float = 0.5) -> tuple[float, int, int]:
+    """Read bandwidth in GB/s of `threads` threads streaming an `nbytes` buffer for about `seconds`:
+    the fastest of many short timed units. Returns (GB/s, bytes read per pass, passes per unit)."""

@@ -18,9 +18,8 @@ from lljx.bench.cache import cache_dir, read_json, write_json
 from lljx.bench.caches import DRAM, CacheLevel, human_bytes, last_level_bytes, working_set_level
 
 BANDWIDTH_FILE = "bandwidth.json"
-TRIES = 5
-MIN_SECONDS = 0.05  # per try: long enough that a cache-sized buffer is read many times
-RECHECK_TRIES, RECHECK_SECONDS = 15, 0.2
+SECONDS = 1.0  # of reading; the kernel reports its fastest unit of a few milliseconds
+RECHECK_SECONDS = 4.0
 DRAM_CAP_BYTES = 1 << 30
 DRAM_CAP_LLC = 8  # past 8x the last cache level, reads come from DRAM whatever the size
 
@@ -33,7 +32,7 @@ class Measured:
     bytes: int  # the buffer read
     level: str  # where that buffer lives: L2, L3 or DRAM
     threads: int
-    tries: int
+    seconds: float  # spent measuring
     measured: str  # date
     size_class: str
 
@@ -59,13 +58,12 @@ def cache_key(cpu: str, threads: int, klass: str) -> str:
     return f"{cpu} / {threads} threads / {klass}"
 
 
-def measure(nbytes: int, threads: int, levels: list[CacheLevel], *, tries: int = TRIES,
-            min_seconds: float = MIN_SECONDS) -> Measured:
-    """Read bandwidth of `threads` threads over an `nbytes` buffer, best of `tries`."""
+def measure(nbytes: int, threads: int, levels: list[CacheLevel], *, seconds: float = SECONDS) -> Measured:
+    """Read bandwidth of `threads` threads over an `nbytes` buffer: the fastest few milliseconds of `seconds`."""
     from lljx import _native
 
-    gbs, read, _ = _native.read_bandwidth(nbytes, threads, tries=tries, min_seconds=min_seconds)
-    return Measured(gbs, read, working_set_level(read, levels), threads, tries, datetime.date.today().isoformat(),
+    gbs, read, _ = _native.read_bandwidth(nbytes, threads, seconds=seconds)
+    return Measured(gbs, read, working_set_level(read, levels), threads, seconds, datetime.date.today().isoformat(),
                     size_class(nbytes, levels))
 
 
@@ -91,7 +89,7 @@ def remeasure(cpu: str, threads: int, working_set: float, levels: list[CacheLeve
               cache: Path | None = None) -> Measured:
     """Measure again, longer, and keep whichever figure is higher (a busy machine only ever lowers it)."""
     nbytes = buffer_bytes(working_set, levels)
-    again = measure(nbytes, threads, levels, tries=RECHECK_TRIES, min_seconds=RECHECK_SECONDS)
+    again = measure(nbytes, threads, levels, seconds=RECHECK_SECONDS)
     best = again if again.gbs > previous.gbs else previous
     return store((cache or cache_dir()) / BANDWIDTH_FILE, cache_key(cpu, threads, size_class(nbytes, levels)), best)
 
