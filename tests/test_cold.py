@@ -54,6 +54,17 @@ def test_rows_alternate_between_systems_after_one_warm_up_each_and_medians_summa
 
 
 @pytest.mark.slow
+def test_bad_cold_options_are_one_line_errors():
+    for args, fragment in ((["--spawns", "0"], "--spawns"), (["--prompt-tokens", "64"], "one built-in prompt"),
+                           (["-s", "nope"], "unknown strategy 'nope'")):
+        run = subprocess.run([sys.executable, "-m", "lljx.cli", "bench", "--cold", *args], capture_output=True,
+                             text=True, timeout=300, check=False)
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert run.returncode != 0 and len(lines) == 1 and lines[0].startswith("lljx: error: "), run.stderr
+        assert fragment in lines[0]
+
+
+@pytest.mark.slow
 def test_bench_cold_end_to_end_on_the_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[peers]')")
     out = tmp_path / "out"

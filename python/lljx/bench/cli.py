@@ -86,6 +86,8 @@ def run(
         raise click.BadParameter(f"must be at least 1, got {prompt_tokens}", param_hint="--prompt-tokens")
     if spawns < 1:
         raise click.BadParameter(f"must be at least 1, got {spawns}", param_hint="--spawns")
+    if cold and prompt_tokens is not None:
+        raise click.BadParameter("cold starts run one built-in prompt as it is", param_hint="--prompt-tokens")
     from lljx.bench import prompts as prompt_pool
 
     texts = prompt_pool.select(n_prompts, prompts_file)
