@@ -514,6 +514,22 @@ fn int8_dot_kernel_available() -> bool {
     crate::kernels::matvec::tiled_kernel_available()
 }
 
+/// Read bandwidth in GB/s of `threads` threads streaming an `nbytes` buffer for about `seconds`:
+/// the fastest of many short timed units. Returns (GB/s, bytes read per pass, passes per unit).
+#[pyfunction]
+#[pyo3(signature = (nbytes, threads, *, seconds = 0.5))]
+fn read_bandwidth(
+    py: Python<'_>,
+    nbytes: usize,
+    threads: usize,
+    seconds: f64,
+) -> PyResult<(f64, usize, usize)> {
+    let found = py
+        .detach(|| crate::kernels::bandwidth::read_bandwidth(nbytes, threads, seconds))
+        .map_err(|e| PyValueError::new_err(e.0))?;
+    Ok((found.gbs, found.bytes, found.passes))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -531,5 +547,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(block_matmul_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_rows_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_kernel_types, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())
 }

@@ -20,12 +20,10 @@ import pytest
 from lljx.bench import prompts as prompt_pool
 from lljx.bench import report
 from lljx.bench.compare import CompareError, compare, format_compare, load_run
-from lljx.bench.environment import collect, cpu_model, threads
+from lljx.bench.environment import collect, cpu_model, machine, threads
 from lljx.bench.peers import LlamaCppSystem, OllamaSystem, Skipped, timed_stream
 from lljx.bench.plots import decode_plot
-from lljx.bench.roofline import (
-    BANDWIDTH_FILE, Roofline, bandwidth_key, cached_bandwidth, kv_bytes, measure_bandwidth, weight_bytes,
-)
+from lljx.bench.roofline import Roofline, kv_bytes, weight_bytes
 from lljx.bench.runner import ALL_COLUMNS, COLUMNS, Measurement, Prompt, Readiness, make_row
 from lljx.generation import Stats
 
@@ -158,7 +156,7 @@ def test_summary_statistics_baseline_ratio_and_roofline_share():
     rows = [row_for("jit-token", v, i) for i, v in enumerate((10.0, 20.0, 30.0))]
     rows += [row_for("llama.cpp", v, i, "llama.cpp") for i, v in enumerate((40.0, 40.0))]
     rows.append(make_row(fake_system("scan"), Readiness(), PROMPT, 0, Measurement(stats(gen=1, decode_ns=0))))
-    bound = Roofline("f32", weight_bytes=1_000_000_000, kv_bytes=0, context=10, bandwidth_gbs=80.0)  # 80 tok/s
+    bound = Roofline("f32", formats={"F32": 1e9}, kv_bytes=0, context=10, bandwidth_gbs=80.0)  # 80 tok/s
     summary = {s["system"]: s for s in report.summarize(rows, "llama.cpp", bound)}
     assert list(summary) == ["jit-token", "llama.cpp", "scan"]
     jit = summary["jit-token"]
@@ -204,28 +202,14 @@ def test_bytes_per_token_counts_every_weight_and_the_filled_cache(tiny_config):
     c = tiny_config
     assert kv_bytes(c, 100) == 2 * c.n_layers * c.n_kv_heads * c.d_head * 4 * 100
     assert kv_bytes(c.with_dtype("bf16"), 100) == kv_bytes(c, 100) / 2
-    bound = Roofline("f32", weight_bytes=900, kv_bytes=100, context=100, bandwidth_gbs=1.0)
+    bound = Roofline("f32", formats={"F32": 900}, kv_bytes=100, context=100, bandwidth_gbs=1.0)
     assert bound.bound_tps == pytest.approx(1e6) and "1000000.0 tok/s" in bound.describe()
-
-
-def test_bandwidth_is_measured_once_per_cpu_and_cached(tmp_path, monkeypatch):
-    assert measure_bandwidth(nbytes=1 << 22, threads=2, tries=2) > 0
-    calls = []
-    monkeypatch.setattr("lljx.bench.roofline.measure_bandwidth", lambda **kw: calls.append(kw) or 12.5)
-    assert cached_bandwidth("CPU A", 2, cache=tmp_path) == 12.5
-    assert cached_bandwidth("CPU A", 2, cache=tmp_path) == 12.5
-    assert len(calls) == 1
-    cached_bandwidth("CPU B", 2, cache=tmp_path)
-    assert len(calls) == 2
-    known = json.loads((tmp_path / BANDWIDTH_FILE).read_text())
-    assert set(known) == {bandwidth_key("CPU A", 2), bandwidth_key("CPU B", 2)}
-    (tmp_path / BANDWIDTH_FILE).write_text("{not json")  # a broken cache is measured again, not fatal
-    assert cached_bandwidth("CPU A", 2, cache=tmp_path) == 12.5
 
 
 def test_environment_names_the_machine_and_versions():
     env = collect()
     assert env["cpu"] == cpu_model() and env["threads"] == threads() >= 1 and env["cores"] >= 1
+    assert env["cpu_caches"] and machine(env).startswith(f"{env['cpu']}, {env['cores']} cores")
     assert env["jax"] and env["jaxlib"] and env["lljx"] and env["date"] and env["device"].startswith("cpu")
     assert "git_commit" in env
 
@@ -239,7 +223,7 @@ def write_run(out: Path, rows: list[dict], *, model: str = "tiny") -> Path:
         "command": "lljx bench", "settings": {"model": model, "dtype": "f32"}, "environment": {"date": "today"},
         "baseline": None, "skipped": {"ollama": "no server at here"},
     }
-    bound = Roofline("f32", weight_bytes=10**9, kv_bytes=0, context=10, bandwidth_gbs=40.0)
+    bound = Roofline("f32", formats={"F32": 1e9}, kv_bytes=0, context=10, bandwidth_gbs=40.0)
     report.write_outputs(out, document, rows, summary, bound)
     decode_plot(rows, report.summarize(rows, None, bound), bound, out / "decode_tps.png")
     return out / "runs.json"
@@ -387,7 +371,7 @@ def lljx(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> s
 
 
 def isolated_cache(tmp_path: Path) -> dict[str, str]:
-    """A fresh XDG cache holding the F32 GGUF the tests already converted, and a bandwidth measured small."""
+    """A fresh XDG cache holding the F32 GGUF the tests already converted (the bandwidth is measured in it)."""
     from llamacpp_oracle import requantize_f32
 
     from lljx.bench.requantize import cached_name
@@ -397,8 +381,6 @@ def isolated_cache(tmp_path: Path) -> dict[str, str]:
     cache.mkdir(parents=True)
     source = Path(resolve(None).path)
     (cache / cached_name(source, "F32")).symlink_to(requantize_f32(source))
-    key = bandwidth_key(cpu_model(), threads())
-    (cache / BANDWIDTH_FILE).write_text(json.dumps({key: {"gbs": measure_bandwidth(1 << 26, threads(), 3)}}))
     return {"XDG_CACHE_HOME": str(tmp_path / "cache")}
 
 

@@ -209,7 +209,8 @@ def test_the_llamacpp_peer_runs_q8_0_for_int8(monkeypatch):
 
     assert GGUF_TYPE["int8"] == "Q8_0" and FTYPES["Q8_0"] == "LLAMA_FTYPE_MOSTLY_Q8_0"
     model = SimpleNamespace(
-        format="gguf", path="/m.gguf", name="m", config=SimpleNamespace(dtype="int8", context_length=2048)
+        format="gguf", path="/m.gguf", name="m", quantization="Q4_1",
+        config=SimpleNamespace(dtype="int8", context_length=2048),
     )
     prompt = Prompt(0, "hi", (1, 2, 3))
     system = peers.LlamaCppSystem(model, prompts=[prompt], warmup=prompt, max_tokens=4, seed=0, threads=1)

@@ -18,6 +18,7 @@ __all__ = [
     "block_matmul_ffi_handler",
     "block_rows_ffi_handler",
     "block_kernel_types",
+    "read_bandwidth",
 ]
 
 class TokenizerError(ValueError):
@@ -131,3 +132,7 @@ def block_kernel_types() -> list[int]:
 def int8_dot_kernel_available() -> bool:
     """Whether this CPU runs the int8 dot-product kernel (AVX-512 VNNI) that tiled int8 weights need;
     without it those weights would take a slow portable path, so callers keep the plain layout."""
+
+def read_bandwidth(nbytes: int, threads: int, *, seconds: float = 0.5) -> tuple[float, int, int]:
+    """Read bandwidth in GB/s of `threads` threads streaming an `nbytes` buffer for about `seconds`:
+    the fastest of many short timed units. Returns (GB/s, bytes read per pass, passes per unit)."""

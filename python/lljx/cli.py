@@ -135,7 +135,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("prompt", required=False)
-@click.option("--model", "-m", "model_spec", default=None, help="GGUF file, HF folder, Ollama name or embedded model name.")
+@click.option("--model", "-m", "model_spec", default=None,
+              help="GGUF file, HF folder, Ollama name, embedded model name or synthetic:<shape>[:<format>].")
 @click.option("--max-tokens", "-n", type=int, default=256, show_default=True, help="Most tokens to generate.")
 @click.option("--temperature", "-t", type=float, default=0.8, show_default=True, help="0 means greedy.")
 @click.option("--top-k", type=int, default=40, show_default=True, help="0 disables the top-k cut.")
@@ -188,6 +189,10 @@ def generate(
         model, decoder, ids, max_tokens=max_tokens,
         stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True,
     )
+    if model.origin == "synthetic":
+        from lljx.models.synthetic import NOISE_NOTE
+
+        click.echo(f"lljx: {model.name} has {NOISE_NOTE}", err=True)
     for chunk in generation:
         sys.stdout.write(chunk)
         sys.stdout.flush()

@@ -15,7 +15,8 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: slow, and its p
 @click.command()
 @click.option("--strategy", "-s", "strategy_names", multiple=True,
               help="Strategy to profile (repeatable; default: every installed one except no-jit).")
-@click.option("--model", "-m", "model_spec", default=None, help="GGUF file, HF folder, Ollama name or embedded model name.")
+@click.option("--model", "-m", "model_spec", default=None,
+              help="GGUF file, HF folder, Ollama name, embedded model name or synthetic:<shape>[:<format>].")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--prompts", "n_prompts", type=int, default=3, show_default=True, help="How many prompts to run.")
 @click.option("--max-tokens", "-n", type=int, default=64, show_default=True, help="Most tokens per prompt.")

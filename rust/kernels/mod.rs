@@ -4,9 +4,11 @@
 //! Two families of products: `matvec` over weights laid out [in, out] (f32, bf16, f16, int8)
 //! for explicit dtypes, and `block_matmul` over GGUF weights as their files store them
 //! ([out, in] rows of blocks: `ggml`, `blocks`, `activations`, `portable_dot`).
+//! `bandwidth` measures the memory read speed these kernels are bound by.
 
 pub mod activations;
 pub mod attention;
+pub mod bandwidth;
 pub mod block_matmul;
 pub mod blocks;
 pub mod ggml;

@@ -2,6 +2,8 @@
 
 prompts (what runs), runner (warm-up, prompts x repeats, one row each), peers (llama.cpp and
 Ollama), requantize (llama.cpp's GGUF at the compute precision), environment (what it ran
-on), roofline (bytes per token against measured bandwidth), report and plots (what it
-leaves), compare (two runs side by side), cli (the command).
+on), caches (the CPU's cache levels), bandwidth (read bandwidth where the working set
+lives), roofline (bytes per token by format against that bandwidth), report and plots (what
+it leaves), compare (two runs side by side), cold and cold_cli (fresh-process starts,
+`--cold`, with llamacpp_child as llama.cpp's side), cli (the command).
 """

@@ -28,7 +28,9 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per pro
               help="Strategy to run (repeatable; default: every installed one except no-jit).")
 @click.option("--peer", "peers", multiple=True, type=click.Choice(PEER_CHOICES),
               help="Also measure llama.cpp (in process) or an Ollama server at OLLAMA_HOST (repeatable).")
-@click.option("--model", "-m", "model_spec", default=None, help="GGUF file, HF folder, Ollama name or embedded model name.")
+@click.option("--model", "-m", "model_spec", default=None,
+              help="GGUF file, HF folder, Ollama name, embedded model name or synthetic:<shape>[:<format>] "
+                   "(random weights in a named Llama's shape, e.g. synthetic:llama-3.2-1b:q4_k_m).")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--prompts", "n_prompts", type=int, default=None, help="Run the first N prompts [default: all 20 built-in].")
 @click.option("--prompts-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -47,6 +49,10 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per pro
 @click.option("--ollama-model", default=None, help="Model name for the Ollama peer [default: the Ollama name of --model].")
 @click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Print the change between two saved runs.json files (A then B) and exit.")
+@click.option("--cold", is_flag=True,
+              help="Measure cold starts instead: fresh `lljx generate -n 1` processes (and llama.cpp's equivalent "
+                   "with --peer llama.cpp), time to first token and peak RSS.")
+@click.option("--spawns", type=int, default=5, show_default=True, help="Timed spawns per system with --cold.")
 def bench(**options: Any) -> None:
     """Measure decode and prefill speed of lljx strategies and peers on the same prompts, greedy, with a memory-bandwidth roofline.
 
@@ -64,7 +70,7 @@ def run(
     strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec: str | None, dtype: str,
     n_prompts: int | None, prompts_file: Path | None, prompt_tokens: int | None, max_tokens: int, repeat: int,
     baseline: str | None, seed: int, out_dir: Path | None, fmt: str, ollama_model: str | None,
-    compare_paths: tuple[Path, Path] | None,
+    compare_paths: tuple[Path, Path] | None, cold: bool, spawns: int,
 ) -> None:
     if compare_paths:
         from lljx.bench.compare import compare, format_compare, load_run
@@ -78,9 +84,18 @@ def run(
         raise click.BadParameter(f"must be at least 1, got {repeat}", param_hint="--repeat")
     if prompt_tokens is not None and prompt_tokens < 1:
         raise click.BadParameter(f"must be at least 1, got {prompt_tokens}", param_hint="--prompt-tokens")
+    if spawns < 1:
+        raise click.BadParameter(f"must be at least 1, got {spawns}", param_hint="--spawns")
+    if cold and prompt_tokens is not None:
+        raise click.BadParameter("cold starts run one built-in prompt as it is", param_hint="--prompt-tokens")
     from lljx.bench import prompts as prompt_pool
 
     texts = prompt_pool.select(n_prompts, prompts_file)
+    if cold:
+        from lljx.bench.cold_cli import run_cold
+
+        run_cold(strategy_names, peers, model_spec, dtype, texts[0], spawns, out_dir, fmt)
+        return
     names = check_strategies(strategy_names)
     from lljx.bench.environment import collect
     from lljx.bench.environment import threads as thread_count
@@ -107,20 +122,17 @@ def run(
     rows = measure(systems, prompts, repeat)
     ran = list(dict.fromkeys(row["system"] for row in rows))
     from lljx.bench import report
-    from lljx.bench.environment import cpu_model
-    from lljx.bench.roofline import cached_bandwidth, roofline
 
     chosen = report.pick_baseline(baseline, ran)
     if baseline is not None and chosen != baseline:
         click.echo(f"bench: baseline {baseline} did not run; ratios are to {chosen}", err=True)
-    click.echo("bench: memory read bandwidth (measured once per CPU, then cached)...", err=True)
-    bandwidth = cached_bandwidth(cpu_model(), threads)
     mean_prompt = sum(len(p.ids) for p in prompts) / len(prompts)
     mean_gen = sum(row["gen_tokens"] for row in rows) / len(rows) if rows else max_tokens
     # The mean context a decoded token attends over: the prompt plus half of the reply.
-    bound = roofline(model.config, model.params, mean_prompt + mean_gen / 2, bandwidth)
-    summary = report.summarize(rows, chosen, bound)
-    click.echo(report.format_summary(summary, chosen, bound, fmt))
+    bound, summary = decode_bound(model, rows, chosen, mean_prompt + mean_gen / 2, threads)
+    environment = collect()
+    notes = run_notes(model, systems, environment)
+    click.echo(report.format_summary(summary, chosen, bound, fmt, notes))
     if out_dir is not None:
         from lljx.bench.plots import decode_plot
 
@@ -134,15 +146,60 @@ def run(
                 "sampling": "greedy (temperature 0), stopping at the model's end-of-turn tokens",
                 # With JAX's persistent cache on, compile_s is mostly the time to load cached executables.
                 "jax_compile_cache": os.environ.get("LLJX_COMPILE_CACHE", "1") != "0",
+                "files": {s.name: str(s.file) if getattr(s, "file", None) else None for s in systems},
             },
-            "environment": collect(),
+            "environment": environment,
             "baseline": chosen,
             "skipped": skipped,
+            "notes": notes,
             "prompts": [{"id": p.id, "text": p.text, "tokens": len(p.ids)} for p in prompts],
         }
         written = report.write_outputs(out_dir, document, rows, summary, bound)
         written.append(decode_plot(rows, summary, bound, out_dir / "decode_tps.png"))
         click.echo(f"bench: wrote {', '.join(str(p) for p in written)}", err=True)
+
+
+def decode_bound(model: Any, rows: list[dict[str, Any]], baseline: str | None, context: float,
+                 threads: int) -> tuple[Any, list[dict[str, Any]]]:
+    """The roofline at the bandwidth of where this model's working set lives, and the summary against it;
+    measured again when a system beats it (see roofline.recheck)."""
+    from lljx.bench import bandwidth, report
+    from lljx.bench.caches import cache_levels, describe_caches
+    from lljx.bench.environment import cpu_model
+    from lljx.bench.roofline import kv_bytes, recheck, roofline, weight_bytes
+
+    levels = cache_levels()
+    working_set = weight_bytes(model.params) + kv_bytes(model.config, context)
+    click.echo("bench: memory read bandwidth over the working set (measured once per CPU and size, then cached)...",
+               err=True)
+    found = bandwidth.cached(cpu_model(), threads, working_set, levels)
+    bound = roofline(model.config, model.params, context, found.gbs, level=found.level,
+                     caches=describe_caches(levels), threads=threads, measured_bytes=found.bytes)
+
+    def again() -> float:
+        return bandwidth.remeasure(cpu_model(), threads, working_set, levels, found).gbs
+
+    return recheck(bound, lambda b: report.summarize(rows, baseline, b), again, lambda m: click.echo(m, err=True))
+
+
+def run_notes(model: Any, systems: list[Any], environment: dict[str, Any]) -> list[str]:
+    """What every figure needs beside it: the machine, the files each system read, and whether the text means anything."""
+    from lljx.bench.environment import machine
+    from lljx.models.synthetic import NOISE_NOTE, is_synthetic_model
+
+    notes = [f"machine: {machine(environment)}"]
+    files: dict[str, list[str]] = {}
+    for system in systems:
+        if getattr(system, "file", None):
+            files.setdefault(str(system.file), []).append(system.name)
+    if files:
+        notes.append("files: " + "; ".join(f"{', '.join(names)} read {path}" for path, names in files.items()))
+    for system in systems:
+        if system.kind == "ollama":
+            notes.append(f"ollama: the server at {system.host}, on its own machine's CPU")
+    if is_synthetic_model(model):
+        notes.append(f"{model.name} has {NOISE_NOTE}; only the speed of writing it is measured")
+    return notes
 
 
 def long_prompts(model: Any, texts: list[str], pool: list[str], n_tokens: int) -> tuple[list[Any], Any]:

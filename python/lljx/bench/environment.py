@@ -1,4 +1,4 @@
-"""What a run happened on: CPU, cores, threads, device, package versions, git commit, date."""
+"""What a run happened on: CPU, cores, cache sizes, threads, device, package versions, git commit, date."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def threads() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def machine(environment: dict[str, Any]) -> str:
+    """'AMD EPYC, 2 cores (2 used), L1d 48 KiB x2, L2 1 MiB x2, L3 32 MiB': what a figure was measured on."""
+    return (f"{environment['cpu']}, {environment['cores']} cores ({environment['threads']} used), "
+            f"{environment['cpu_caches']}")
 
 
 def version(package: str) -> str | None:
@@ -68,10 +74,13 @@ def git_commit() -> str | None:
 
 def collect() -> dict[str, Any]:
     """Everything above as one JSON-ready record."""
+    from lljx.bench.caches import cache_levels, describe_caches
+
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads(),
+        "cpu_caches": describe_caches(cache_levels()),
         "device": device(),
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": sys.version.split()[0],

@@ -59,7 +59,8 @@ def timed_stream(tokens: Any, prompt_tokens: int, budget: int, is_stop: Any) -> 
 
 
 class LlamaCppSystem:
-    """llama-cpp-python in this process on the model's GGUF rewritten at the compute precision."""
+    """llama-cpp-python in this process on the model's GGUF: the file as it is at dtype auto (lljx reads its
+    formats in place too), else rewritten at the compute precision by llama.cpp's quantizer."""
 
     name = kind = "llama.cpp"
 
@@ -72,9 +73,10 @@ class LlamaCppSystem:
             raise Skipped("llama-cpp-python not installed") from None
         if model.format != "gguf":
             raise Skipped("the model is not a GGUF file, so llama.cpp cannot read the same weights")
-        self.ftype = GGUF_TYPE[model.config.dtype]
+        self.ftype = peer_ftype(model.config.dtype, model.quantization)
         self.source = Path(model.path)
-        self.dtype = self.ftype.lower()
+        self.dtype = (self.ftype or model.quantization).lower()
+        self.file: Path | None = None  # what llama.cpp loads, known once converted (warm_up)
         self.model = model.name
         self.threads = threads
         self.seed = seed
@@ -87,7 +89,7 @@ class LlamaCppSystem:
     def warm_up(self) -> Readiness:
         from llama_cpp import Llama
 
-        path = requantized(self.source, self.ftype)  # a one-time conversion into the cache, not timed
+        path = self.file = peer_file(self.source, self.ftype)
         start = time.perf_counter()
         self.llm = Llama(
             model_path=str(path), n_ctx=self.n_ctx, n_batch=min(self.n_ctx, 512), n_threads=self.threads,
@@ -119,6 +121,21 @@ class LlamaCppSystem:
             self.llm = None
 
 
+def peer_ftype(dtype: str, quantization: str) -> str | None:
+    """The GGUF type llama.cpp should run for lljx's `dtype` on a file of `quantization`, or None for the file as it is.
+
+    At dtype auto both engines read the file's own formats; a file already of the type a dtype
+    asks for would only be rewritten into the same weights.
+    """
+    wanted = None if dtype == "auto" else GGUF_TYPE[dtype]
+    return None if wanted == quantization else wanted
+
+
+def peer_file(source: Path, ftype: str | None) -> Path:
+    """The GGUF llama.cpp runs: `source` itself, or its one-time conversion to `ftype` in the cache (not timed)."""
+    return source if ftype is None else requantized(source, ftype)
+
+
 def ollama_host() -> str:
     return os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
 
@@ -142,6 +159,7 @@ class OllamaSystem:
 
     name = kind = "ollama"
     threads = None  # the server's own choice
+    file = None  # the server's, unknown here
 
     def __init__(self, model_name: str, *, warmup: Prompt, max_tokens: int, seed: int, host: str | None = None) -> None:
         import httpx

@@ -100,6 +100,7 @@ def display(summary: Sequence[dict[str, Any]], baseline: str | None) -> tuple[li
     for s in summary:
         mean = fixed(s["decode_mean"]) + ("" if s["decode_sd"] is None else f" ± {s['decode_sd']:.1f}")
         share = "-" if s["roofline_share"] is None else f"{s['roofline_share']:.0%}"
+        share += " (above!)" if (s["roofline_share"] or 0.0) > 1.0 else ""  # the roofline's note says why
         cells.append([
             s["system"], str(s["dtype"] or "-"), str(s["n"]), mean, fixed(s["decode_min"]), fixed(s["decode_median"]),
             fixed(s["decode_max"]), fixed(s["ttft_median_s"], 3), fixed(s["prefill_median_tps"]),
@@ -143,21 +144,25 @@ def as_csv(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def format_summary(
-    summary: Sequence[dict[str, Any]], baseline: str | None, roofline: Roofline | None, fmt: str = "table"
+    summary: Sequence[dict[str, Any]], baseline: str | None, roofline: Roofline | None, fmt: str = "table",
+    notes: Sequence[str] = (),
 ) -> str:
+    """The summary as a table (or md, csv, json) with its notes: ratios, the roofline, then `notes`."""
     if fmt == "json":
-        document = {"baseline": baseline, "roofline": roofline.as_dict() if roofline else None, "systems": summary}
+        document = {"baseline": baseline, "roofline": roofline.as_dict() if roofline else None, "systems": summary,
+                    "notes": list(notes)}
         return json.dumps(document, indent=2)
     if fmt == "csv":
         return as_csv(summary, list(summary[0]) if summary else ["system"]).rstrip("\n")
     headers, cells = display(summary, baseline)
-    notes = [f"× {baseline}: median decode tok/s over {baseline}'s; prefill × {baseline}: the same for prefill."] \
+    lines = [f"× {baseline}: median decode tok/s over {baseline}'s; prefill × {baseline}: the same for prefill."] \
         if baseline else []
-    notes.append(roofline.describe() + "; 'of roofline' is each median's share of that." if roofline
+    lines.append(roofline.describe() + "; 'of roofline' is each median's share of that." if roofline
                  else "decode roofline: not measured")
+    lines += notes
     if fmt == "md":
-        return "\n\n".join([markdown(headers, cells), *notes])
-    return "\n".join([aligned(headers, cells), "", *notes])
+        return "\n\n".join([markdown(headers, cells), *lines])
+    return "\n".join([aligned(headers, cells), "", *lines])
 
 
 def row_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -176,7 +181,7 @@ def summary_markdown(document: dict[str, Any], summary: Sequence[dict[str, Any]]
         "",
         f"Command: `{document['command']}`",
         "",
-        format_summary(summary, document["baseline"], roofline, "md"),
+        format_summary(summary, document["baseline"], roofline, "md", document.get("notes", ())),
         "",
         "| setting | value |",
         "|---|---|",

@@ -143,6 +143,7 @@ class StrategySystem:
         self.model_ = model
         self.dtype = model.config.dtype
         self.model = model.name
+        self.file = model.path
         self.threads = threads
         self.prompts = prompts
         self.warmup = warmup

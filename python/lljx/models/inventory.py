@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lljx.models import embedded, ollama
+from lljx.models import embedded, ollama, synthetic
 from lljx.models.errors import ModelError
 from lljx.models.gguf import architecture, format_bytes, parameter_count, quantization
 from lljx.models.gguf_file import read_gguf_header
@@ -130,7 +130,26 @@ def list_models(
 
 
 def _row(spec: str, origin: str, root: Path | None, fallback_path: str = "") -> ModelInfo:
+    if synthetic.is_synthetic(spec):
+        return _synthetic_row(spec)
     try:
         return describe(resolve(spec, ollama_root=root))
     except ModelError as e:
         return ModelInfo(name=spec, source=spec, path=fallback_path or spec, format="", origin=origin, error=str(e))
+
+
+def _synthetic_row(spec: str) -> ModelInfo:
+    """A synthetic model from its file when made, else from its shape alone: listing never writes gigabytes."""
+    try:
+        parsed = synthetic.parse(spec)
+    except ModelError as e:
+        return ModelInfo(name=spec, source=spec, path=spec, format="", origin="synthetic", error=str(e))
+    path = synthetic.cached_path(parsed)
+    if path.exists():
+        return describe(ResolvedModel(name=parsed.canonical, source=spec, format="gguf", path=str(path),
+                                      origin="synthetic", file_size=path.stat().st_size))
+    return ModelInfo(
+        name=parsed.canonical, source=spec, path=f"{path} (made on first use)", format="gguf", origin="synthetic",
+        n_params=parsed.shape.n_params, quantization=parsed.format.upper(),
+        context_length=parsed.shape.context_length, architecture="llama",
+    )

@@ -11,7 +11,7 @@ from lljx.models.vocab import TokenizerSpec, build_tokenizer
 from lljx.params import Params
 
 Format = Literal["gguf", "hf"]
-Origin = Literal["embedded", "file", "folder", "ollama"]
+Origin = Literal["embedded", "file", "folder", "ollama", "synthetic"]
 
 
 @dataclass(frozen=True)

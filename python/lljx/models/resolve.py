@@ -1,11 +1,14 @@
-"""Turn a model spec (nothing, a short name, a path, an Ollama name) into a file or folder, reading no weights."""
+"""Turn a model spec (nothing, a short name, a path, an Ollama name, a synthetic shape) into a file or folder, reading no weights.
+
+A synthetic spec is the one exception that may write: its file is made on first use (see synthetic.py).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from lljx.models import embedded, ollama
+from lljx.models import embedded, ollama, synthetic
 from lljx.models.errors import ModelFileError, ModelNotFoundError
 from lljx.models.gguf_file import MAGIC
 from lljx.models.model import ResolvedModel
@@ -25,6 +28,8 @@ def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = No
     if embedded.is_embedded_name(spec):
         return _embedded(spec)
     assert spec is not None
+    if synthetic.is_synthetic(spec):
+        return _synthetic(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _folder(spec, path)
@@ -78,6 +83,14 @@ def _embedded(spec: str | None) -> ResolvedModel:
         path=path,
         origin="embedded",
         file_size=os.path.getsize(path),
+    )
+
+
+def _synthetic(spec: str) -> ResolvedModel:
+    parsed, path = synthetic.resolved(spec)
+    return ResolvedModel(
+        name=parsed.canonical, source=spec, format="gguf", path=str(path), origin="synthetic",
+        file_size=path.stat().st_size,
     )
 
 
