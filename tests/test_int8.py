@@ -77,9 +77,9 @@ def test_int8_config_computes_in_f32_and_unknown_dtypes_list_every_choice():
         rope_theta=1e4, norm_eps=1e-5, context_length=128, tie_embeddings=True, dtype="int8",
     )  # fmt: skip
     assert config.jnp_dtype == jnp.float32
-    with pytest.raises(ValueError, match="expected one of f32, bf16, f16, int8"):
+    with pytest.raises(ValueError, match="expected one of auto, f32, bf16, f16, int8"):
         config.with_dtype("int4")
-    with pytest.raises(ValueError, match="expected one of f32, bf16, f16, int8"):
+    with pytest.raises(ValueError, match="expected one of auto, f32, bf16, f16, int8"):
         load_model(None, dtype="q8")
 
 
