@@ -5,13 +5,17 @@
 //! for explicit dtypes, and `block_matmul` over GGUF weights as their files store them
 //! ([out, in] rows of blocks: `ggml`, `blocks`, `activations`, `portable_dot`).
 
+pub mod act_simd;
 pub mod activations;
 pub mod attention;
 pub mod block_matmul;
 pub mod blocks;
+pub mod float_tiles;
 pub mod ggml;
 pub mod matvec;
 pub mod portable_dot;
+pub mod unpack;
+pub mod vnni;
 pub mod workers;
 
 #[cfg(test)]
