@@ -47,29 +47,95 @@ pub struct Activations<'a> {
 }
 
 impl<'a> Activations<'a> {
-    /// Rounds x [rows, n_in] into each of `formats` (f32 is always available as x itself).
+    /// Rounds x [rows, n_in] into each of `formats` (f32 is always available as x itself),
+    /// with AVX-512 where the CPU has it (same results).
     pub fn new(x: &'a [f32], rows: usize, n_in: usize, formats: &[ActFormat]) -> Activations<'a> {
+        Self::build(x, rows, n_in, formats, fast())
+    }
+
+    /// `new` with the plain-Rust rounding only.
+    pub fn portable(
+        x: &'a [f32],
+        rows: usize,
+        n_in: usize,
+        formats: &[ActFormat],
+    ) -> Activations<'a> {
+        Self::build(x, rows, n_in, formats, false)
+    }
+
+    fn build(
+        x: &'a [f32],
+        rows: usize,
+        n_in: usize,
+        formats: &[ActFormat],
+        simd: bool,
+    ) -> Activations<'a> {
         debug_assert_eq!(x.len(), rows * n_in);
         let has = |f: ActFormat| formats.contains(&f);
-        Activations {
+        let mut acts = Activations {
             rows,
             n_in,
             f32: x,
-            f16: if has(ActFormat::F16) {
-                x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
-            } else {
-                Vec::new()
-            },
-            bf16: if has(ActFormat::Bf16) {
-                x.iter().map(|&v| bf16_bits(v)).collect()
-            } else {
-                Vec::new()
-            },
-            q8_0: has(ActFormat::Q8_0).then(|| quantize_q8(x, n_in, false)),
-            q8_1: has(ActFormat::Q8_1).then(|| quantize_q8(x, n_in, true)),
-            q8k: has(ActFormat::Q8K).then(|| quantize_q8k(x, n_in)),
+            f16: Vec::new(),
+            bf16: Vec::new(),
+            q8_0: None,
+            q8_1: None,
+            q8k: None,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            use super::act_simd;
+            // SAFETY: `fast()` checked the CPU features; the block sizes divide n_in for the
+            // weights that asked for these formats.
+            unsafe {
+                if has(ActFormat::F16) {
+                    acts.f16 = vec![0.0; x.len()];
+                    act_simd::round_f16(x, &mut acts.f16);
+                }
+                if has(ActFormat::Bf16) && is_x86_feature_detected!("avx512bf16") {
+                    acts.bf16 = vec![0; x.len()];
+                    act_simd::round_bf16(x, &mut acts.bf16);
+                }
+                if has(ActFormat::Q8_0) {
+                    acts.q8_0 = Some(act_simd::quantize_q8(x, n_in, false));
+                }
+                if has(ActFormat::Q8_1) {
+                    acts.q8_1 = Some(act_simd::quantize_q8(x, n_in, true));
+                }
+                if has(ActFormat::Q8K) {
+                    acts.q8k = Some(act_simd::quantize_q8k(x, n_in));
+                }
+            }
         }
+        let _ = simd;
+        if has(ActFormat::F16) && acts.f16.is_empty() {
+            acts.f16 = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        }
+        if has(ActFormat::Bf16) && acts.bf16.is_empty() {
+            acts.bf16 = x.iter().map(|&v| bf16_bits(v)).collect();
+        }
+        if has(ActFormat::Q8_0) && acts.q8_0.is_none() {
+            acts.q8_0 = Some(quantize_q8(x, n_in, false));
+        }
+        if has(ActFormat::Q8_1) && acts.q8_1.is_none() {
+            acts.q8_1 = Some(quantize_q8(x, n_in, true));
+        }
+        if has(ActFormat::Q8K) && acts.q8k.is_none() {
+            acts.q8k = Some(quantize_q8k(x, n_in));
+        }
+        acts
     }
+}
+
+/// Whether the AVX-512 rounding runs here (checked once).
+fn fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(super::act_simd::available)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// f32 to bf16 bits, to nearest even, NaN kept quiet (ggml's `ggml_compute_fp32_to_bf16`).
@@ -79,6 +145,15 @@ pub fn bf16_bits(v: f32) -> u16 {
         return ((bits >> 16) | 64) as u16;
     }
     ((bits as u64 + (0x7fff + ((bits >> 16) & 1)) as u64) >> 16) as u16
+}
+
+/// Rounds to the nearest integer, ties to even, for |v| < 2^22 (activations scaled to ±127):
+/// adding and removing 1.5 · 2^23 leaves no fraction bits. `f32::round_ties_even` would call
+/// libm's `rintf` on the baseline x86-64 target.
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12582912.0;
+    (v + MAGIC) - MAGIC
 }
 
 fn f16_round(v: f32) -> f32 {
@@ -101,7 +176,7 @@ pub fn quantize_q8(x: &[f32], n_in: usize, with_s: bool) -> Q8Rows {
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in q.iter_mut().zip(block) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = round_even(v * id) as i8;
             sum += *q as i32;
         }
         out.d.push(f16_round(d));
@@ -142,7 +217,7 @@ pub fn quantize_q8k(x: &[f32], n_in: usize) -> Q8KRows {
         }
         let iscale = -127.0 / max;
         for (q, &v) in q.iter_mut().zip(block) {
-            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            *q = (round_even(iscale * v) as i32).min(127) as i8;
         }
         out.d[b] = 1.0 / iscale;
         for j in 0..16 {
@@ -198,6 +273,52 @@ mod tests {
         let pair = q.bsum32_pairs[0] as u32;
         assert_eq!(pair as u16 as i16 as i32, q.bsum32[0]);
         assert_eq!((pair >> 16) as u16 as i16 as i32, q.bsum32[1]);
+    }
+
+    #[test]
+    fn simd_rounding_is_bit_identical_to_the_portable_code() {
+        let mut noise = crate::kernels::block_tests::Noise::new(3);
+        let mut x: Vec<f32> = (0..4 * 512).map(|_| noise.float() * 3.0).collect();
+        x[..32].fill(0.0);
+        x[256..512].fill(0.0);
+        x[600] = 65504.0 * 4.0; // beyond f16
+        x[700] = 1e-30; // below f16's smallest subnormal
+        x[900] = -9.0; // a block whose largest magnitude is negative
+        let formats = [
+            ActFormat::F16,
+            ActFormat::Bf16,
+            ActFormat::Q8_0,
+            ActFormat::Q8_1,
+            ActFormat::Q8K,
+        ];
+        let (a, b) = (
+            Activations::new(&x, 4, 512, &formats),
+            Activations::portable(&x, 4, 512, &formats),
+        );
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.f16), bits(&b.f16));
+        assert_eq!(a.bf16, b.bf16);
+        for (p, q) in [(&a.q8_0, &b.q8_0), (&a.q8_1, &b.q8_1)] {
+            let (p, q) = (p.as_ref().unwrap(), q.as_ref().unwrap());
+            assert_eq!(
+                (&p.qs, bits(&p.d), &p.sum, bits(&p.s)),
+                (&q.qs, bits(&q.d), &q.sum, bits(&q.s))
+            );
+        }
+        let (p, q) = (a.q8k.unwrap(), b.q8k.unwrap());
+        assert_eq!(
+            (&p.qs, bits(&p.d), &p.bsum16, &p.bsum32, &p.bsum32_pairs),
+            (&q.qs, bits(&q.d), &q.bsum16, &q.bsum32, &q.bsum32_pairs)
+        );
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -2.5, 126.5, -127.49, 3.4999, 0.0, -0.0, 127.0,
+        ] {
+            assert_eq!(round_even(v), v.round_ties_even(), "{v}");
+        }
     }
 
     #[test]

@@ -70,18 +70,30 @@ impl SharedJob for Job<'_> {
             let Some(range) = self.pieces.get(piece) else {
                 return;
             };
-            for unit in &self.units[range.clone()] {
-                let w = &self.weights[unit.product];
+            // Consecutive tiles of one weight go to the kernels as one run of rows.
+            let units = &self.units[range.clone()];
+            let mut i = 0;
+            while i < units.len() {
+                let mut end = i + 1;
+                while end < units.len()
+                    && units[end].product == units[i].product
+                    && units[end].rows.start == units[end - 1].rows.end
+                {
+                    end += 1;
+                }
+                let product = units[i].product;
+                let rows = units[i].rows.start..units[end - 1].rows.end;
                 // SAFETY: the caller checked each output holds rows · n_out values; units are disjoint.
                 unsafe {
                     run_tile(
-                        w,
-                        unit.rows.clone(),
+                        &self.weights[product],
+                        rows,
                         &self.acts,
-                        self.outputs[unit.product],
+                        self.outputs[product],
                         self.path,
                     )
                 };
+                i = end;
             }
             self.done.fetch_add(1, Ordering::Release);
         }
@@ -199,13 +211,42 @@ unsafe fn run_tile(
     out: Output,
     path: Path,
 ) {
-    let _ = path;
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Fast && !w.ty.is_float() && fast_int() {
+        // SAFETY: the CPU has the features; the caller checked `out`.
+        return unsafe { super::vnni::tile(w, rows, acts, out.0) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Fast && w.ty.is_float() && fast_float(w.ty) {
+        // SAFETY: as above.
+        return unsafe { super::float_tiles::tile(w, rows, acts, out.0) };
+    }
     for token in 0..acts.rows {
         for r in rows.clone() {
             let v = portable_dot::dot(w, r, acts, token);
             unsafe { *out.0.add(token * w.n_out + r) = v };
         }
     }
+}
+
+/// Whether the integer tiles' AVX-512 VNNI kernels run on this CPU (checked once).
+#[cfg(target_arch = "x86_64")]
+fn fast_int() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(super::unpack::available)
+}
+
+/// Whether the float tiles' AVX-512 kernels run on this CPU for `ty` (checked once per type).
+#[cfg(target_arch = "x86_64")]
+fn fast_float(ty: super::ggml::GgmlType) -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static BF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let cell = if ty == super::ggml::GgmlType::Bf16 {
+        &BF
+    } else {
+        &F
+    };
+    *cell.get_or_init(|| super::float_tiles::available(ty))
 }
 
 #[cfg(test)]

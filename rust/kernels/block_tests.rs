@@ -145,7 +145,15 @@ fn every_format_matches_the_float64_reference_on_both_paths() {
     for ty in ALL_TYPES {
         for blocks in [1, 5] {
             let n_in = n_in_for(ty, blocks);
-            for (rows, n_out) in [(1, 33), (3, 7), (9, 200), (8, 1)] {
+            for (rows, n_out) in [
+                (1, 33),
+                (3, 7),
+                (9, 200),
+                (8, 1),
+                (1, 5000),
+                (64, 17),
+                (100, 5),
+            ] {
                 let data = random_weight(ty, n_out, n_in, 3 + rows as u64);
                 let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
                 let mut noise = Noise::new(rows as u64);
@@ -265,4 +273,84 @@ fn bad_calls_are_errors() {
     let outs2 = [Output(out.as_mut_ptr()), Output(out.as_mut_ptr())];
     let err = unsafe { block_matmul(&[0.0; 128], 2, &[w, w2], &outs2, 1, Path::Fast) }.unwrap_err();
     assert!(err.contains("one call shares x"), "{err}");
+}
+
+/// CPU time of the calling thread, in seconds (not counting time other processes ran).
+fn thread_seconds() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+#[test]
+#[ignore]
+fn timing_probe() {
+    let threads: usize = std::env::var("PROBE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let stream = vec![1u8; 256 << 20];
+    let sum_stream = || {
+        let t = thread_seconds();
+        let mut acc = 0u64;
+        for c in stream.chunks_exact(64) {
+            acc = acc.wrapping_add(u64::from_le_bytes(c[..8].try_into().unwrap()));
+        }
+        std::hint::black_box(acc);
+        stream.len() as f64 / (thread_seconds() - t) / 1e9
+    };
+    let only = std::env::var("PROBE_TYPE").unwrap_or_default();
+    let rows_list: Vec<usize> = std::env::var("PROBE_ROWS")
+        .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())
+        .unwrap_or_else(|_| vec![1, 128]);
+    for ty in ALL_TYPES
+        .into_iter()
+        .filter(|t| only.is_empty() || t.name() == only)
+    {
+        let n_out: usize = std::env::var("PROBE_OUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32768);
+        let n_in = 2048;
+        let data = random_weight(ty, n_out, n_in, 1);
+        let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
+        for &rows in &rows_list {
+            let x = Noise::new(2).floats(rows * n_in);
+            let mut times = vec![];
+            let mut streams = vec![];
+            for _ in 0..std::env::var("PROBE_REPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5)
+            {
+                if std::env::var("PROBE_STREAM").map_or(true, |v| v != "0") {
+                    streams.push(sum_stream());
+                } else {
+                    streams.push(0.0);
+                }
+                let inner = (32768 / n_out).max(1);
+                let t = thread_seconds();
+                for _ in 0..inner {
+                    run(&x, rows, &[w], threads, Path::Fast);
+                }
+                times.push((thread_seconds() - t) / inner as f64);
+            }
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            streams.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let s = times[times.len() / 2];
+            println!(
+                "{} rows {rows} threads {threads}: {:.2} ms, {:.1} GB/s (1-thread stream {:.1} GB/s), {:.1} GMAC/s",
+                ty.name(), s * 1e3, data.len() as f64 / s / 1e9, streams[streams.len() / 2], (rows * n_in * n_out) as f64 / s / 1e9
+            );
+        }
+    }
 }

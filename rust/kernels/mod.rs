@@ -6,14 +6,18 @@
 //! ([out, in] rows of blocks: `ggml`, `blocks`, `activations`, `portable_dot`).
 //! `bandwidth` measures the memory read speed these kernels are bound by.
 
+pub mod act_simd;
 pub mod activations;
 pub mod attention;
 pub mod bandwidth;
 pub mod block_matmul;
 pub mod blocks;
+pub mod float_tiles;
 pub mod ggml;
 pub mod matvec;
 pub mod portable_dot;
+pub mod unpack;
+pub mod vnni;
 pub mod workers;
 
 #[cfg(test)]

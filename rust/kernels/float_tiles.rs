@@ -1,0 +1,220 @@
+//! AVX-512 products of F32, F16 and BF16 weight rows with activations: sixteen lanes along the inputs per (output, activation) pair.
+//!
+//! The arithmetic is `portable_dot`'s: lane l of a pair's accumulator sums inputs 16c + l
+//! (F32 with f32 activations, F16 with f16-rounded ones, widened and fused-multiply-added in
+//! f32) or the pairs 32c + 2l, 2l + 1 (BF16 with bf16 activations, `vdpbf16ps`), the last
+//! chunk zero-padded, then the fixed reduction tree. A register tile of RM weight rows by RN
+//! activation rows shares every load; decode (one activation row) uses eight weight rows so
+//! eight independent chains hide the FMA latency, and prefetches each row ahead. No SIMD
+//! value is touched inside a closure (closures do not inherit target features).
+
+#![cfg(target_arch = "x86_64")]
+
+use super::activations::Activations;
+use super::ggml::{BlockWeight, GgmlType};
+use super::matvec::PREFETCH_AHEAD;
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// Whether the AVX-512 path for `ty` runs on this CPU.
+pub fn available(ty: GgmlType) -> bool {
+    let base = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+    match ty {
+        GgmlType::Bf16 => base && is_x86_feature_detected!("avx512bf16"),
+        _ => base,
+    }
+}
+
+/// The reduction `portable_dot::reduce_lanes` defines: (l, l + 8), (l, l + 4), (l, l + 2), (0, 1).
+#[inline(always)]
+unsafe fn reduce(v: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let s8 = _mm256_add_ps(lo, hi);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+}
+
+/// Sixteen weights starting at input `k` of a row (fewer than 16 left: `mask`), as f32.
+#[inline(always)]
+unsafe fn load_w(ty: GgmlType, row: *const u8, k: usize, mask: __mmask16) -> __m512 {
+    match ty {
+        GgmlType::F32 => _mm512_maskz_loadu_ps(mask, (row as *const f32).add(k)),
+        _ => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (row as *const i16).add(k))),
+    }
+}
+
+/// acc[m][n] over all inputs for F32/F16 weight rows `w` and f32 activation rows `x`.
+#[inline(always)]
+unsafe fn micro_f<const RM: usize, const RN: usize>(
+    ty: GgmlType,
+    w: [*const u8; RM],
+    x: [*const f32; RN],
+    n: usize,
+    out: &mut [[f32; RN]; RM],
+) {
+    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let elem = if ty == GgmlType::F32 { 4 } else { 2 };
+    let mut k = 0;
+    while k < n {
+        let left = n - k;
+        let mask: __mmask16 = if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        };
+        if RN == 1 && (k * elem).is_multiple_of(64) {
+            for row in w {
+                _mm_prefetch::<_MM_HINT_T1>(
+                    row.wrapping_add(k * elem + PREFETCH_AHEAD) as *const i8
+                );
+            }
+        }
+        let mut wv = [_mm512_setzero_ps(); RM];
+        for m in 0..RM {
+            wv[m] = load_w(ty, w[m], k, mask);
+        }
+        for j in 0..RN {
+            let xv = _mm512_maskz_loadu_ps(mask, x[j].add(k));
+            for m in 0..RM {
+                acc[m][j] = _mm512_fmadd_ps(wv[m], xv, acc[m][j]);
+            }
+        }
+        k += 16;
+    }
+    for m in 0..RM {
+        for j in 0..RN {
+            out[m][j] = reduce(acc[m][j]);
+        }
+    }
+}
+
+/// acc[m][n] over all inputs for BF16 weight rows `w` and bf16 activation rows `x`.
+#[inline(always)]
+unsafe fn micro_bf16<const RM: usize, const RN: usize>(
+    w: [*const u8; RM],
+    x: [*const u16; RN],
+    n: usize,
+    out: &mut [[f32; RN]; RM],
+) {
+    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let mut k = 0;
+    while k < n {
+        let left = n - k;
+        let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
+        if RN == 1 && (2 * k).is_multiple_of(64) {
+            for row in w {
+                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * k + PREFETCH_AHEAD) as *const i8);
+            }
+        }
+        let mut wv = [_mm512_setzero_si512(); RM];
+        for m in 0..RM {
+            wv[m] = _mm512_maskz_loadu_epi16(mask, (w[m] as *const i16).add(k));
+        }
+        for j in 0..RN {
+            let xv: __m512bh =
+                std::mem::transmute(_mm512_maskz_loadu_epi16(mask, (x[j] as *const i16).add(k)));
+            for m in 0..RM {
+                acc[m][j] = _mm512_dpbf16_ps(
+                    acc[m][j],
+                    std::mem::transmute::<__m512i, __m512bh>(wv[m]),
+                    xv,
+                );
+            }
+        }
+        k += 32;
+    }
+    for m in 0..RM {
+        for j in 0..RN {
+            out[m][j] = reduce(acc[m][j]);
+        }
+    }
+}
+
+/// Output rows `rows` of float weight `w` for every activation row, into `out` (f32 [acts.rows, w.n_out]).
+///
+/// # Safety
+/// `available(w.ty)` must hold; `out` must hold acts.rows · w.n_out values; `acts` must hold
+/// the activation format `w` needs.
+pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
+    if w.ty == GgmlType::Bf16 {
+        tile_bf16(w, rows, acts, out)
+    } else {
+        tile_f(w, rows, acts, out)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_f(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
+    each_group::<false>(w, rows, acts, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn tile_bf16(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
+    each_group::<true>(w, rows, acts, out)
+}
+
+/// Activation rows in groups of 4, 2 and 1; one activation row (decode) takes eight weight
+/// rows at once, so eight independent FMA chains are in flight.
+#[inline(always)]
+unsafe fn each_group<const BF: bool>(
+    w: &BlockWeight,
+    rows: Range<usize>,
+    acts: &Activations,
+    out: *mut f32,
+) {
+    let mut first = 0;
+    while first < acts.rows {
+        let left = acts.rows - first;
+        first += if left >= 4 {
+            rows_of::<4, 4, BF>(w, &rows, acts, first, out);
+            4
+        } else if left >= 2 {
+            rows_of::<4, 2, BF>(w, &rows, acts, first, out);
+            2
+        } else {
+            rows_of::<8, 1, BF>(w, &rows, acts, first, out);
+            1
+        };
+    }
+}
+
+#[inline(always)]
+unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
+    w: &BlockWeight,
+    rows: &Range<usize>,
+    acts: &Activations,
+    first: usize,
+    out: *mut f32,
+) {
+    let n = w.n_in;
+    let mut r = rows.start;
+    while r < rows.end {
+        // A short last group repeats the tile's last row; those sums are not stored.
+        let wp: [*const u8; RM] =
+            std::array::from_fn(|m| w.data.as_ptr().add((r + m).min(rows.end - 1) * w.row_bytes));
+        let mut sums = [[0.0f32; RN]; RM];
+        if BF {
+            let xp: [*const u16; RN] =
+                std::array::from_fn(|j| acts.bf16.as_ptr().add((first + j) * n));
+            micro_bf16::<RM, RN>(wp, xp, n, &mut sums);
+        } else {
+            let x = if w.ty == GgmlType::F32 {
+                acts.f32
+            } else {
+                &acts.f16[..]
+            };
+            let xp: [*const f32; RN] = std::array::from_fn(|j| x.as_ptr().add((first + j) * n));
+            micro_f::<RM, RN>(w.ty, wp, xp, n, &mut sums);
+        }
+        for (m, row_sums) in sums.iter().enumerate() {
+            if r + m < rows.end {
+                for (j, &v) in row_sums.iter().enumerate() {
+                    *out.add((first + j) * w.n_out + r + m) = v;
+                }
+            }
+        }
+        r += RM;
+    }
+}

@@ -1,0 +1,442 @@
+//! AVX-512 VNNI products of decoded tiles (`unpack`) with int8 activations, for decode and for prompts.
+//!
+//! Each tile lane is one output row: `vpdpbusd` multiplies its four unsigned weight bytes by
+//! four int8 activations broadcast to all lanes, so sixteen rows advance per instruction and
+//! a block's integer sum ends in the lane of its row, where the scales are applied exactly as
+//! `portable_dot` does (same integers, same fused multiply-adds, same order).
+//!
+//! Few activation rows (decode): each block of sixteen rows is decoded once and multiplied by
+//! every activation row at once, so weights stream from memory exactly once, with the next
+//! tile's bytes prefetched. Many rows (prompts): the whole tile is decoded once into a buffer
+//! that stays in L2 and is reused for every group of eight activation rows.
+//!
+//! SIMD code here is never inside a closure: closures do not inherit target features, so
+//! each intrinsic in one would become a function call.
+
+#![cfg(target_arch = "x86_64")]
+
+use super::activations::{Activations, Q8KRows, Q8Rows};
+use super::block_matmul::STREAM_MAX_ROWS;
+use super::ggml::{BlockWeight, GgmlType, QK32, QK_K};
+use super::unpack::{self, KTile, Layout32, Rows, Tile32};
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// How far ahead the decode path asks for weights: the same bytes of the next tile.
+const PREFETCH_TILES_AHEAD: usize = 1;
+
+#[inline(always)]
+unsafe fn broadcast(p: *const i8) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+fn layout(ty: GgmlType) -> Layout32 {
+    let (qs, qh, min) = match ty {
+        GgmlType::Q4_0 => (2, None, false),
+        GgmlType::Q4_1 => (4, None, true),
+        GgmlType::Q5_0 => (6, Some(2), false),
+        GgmlType::Q5_1 => (8, Some(4), true),
+        _ => (2, None, false), // Q8_0
+    };
+    Layout32 {
+        block_bytes: ty.block_bytes(),
+        qs,
+        qh,
+        min,
+        eight_bit: ty == GgmlType::Q8_0,
+    }
+}
+
+fn zero_point(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        GgmlType::Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+/// Block `block` of a 32-value format for activation rows first..first + T.
+#[inline(always)]
+unsafe fn dot32<const T: usize>(
+    tile: &Tile32,
+    zero: i32,
+    min: bool,
+    q8: &Q8Rows,
+    first: usize,
+    block: usize,
+    facc: &mut [__m512],
+) {
+    let blocks = q8.n_in / QK32;
+    for t in 0..T {
+        let i = (first + t) * blocks + block;
+        let a = q8.qs.as_ptr().add(i * QK32);
+        // Two chains halve the wait on vpdpbusd's latency; integer sums do not care.
+        let mut even = _mm512_set1_epi32(-zero * q8.sum[i]);
+        let mut odd = _mm512_setzero_si512();
+        for g in (0..8).step_by(2) {
+            even = _mm512_dpbusd_epi32(even, tile.q[g], broadcast(a.add(4 * g)));
+            odd = _mm512_dpbusd_epi32(odd, tile.q[g + 1], broadcast(a.add(4 * g + 4)));
+        }
+        let isum = _mm512_add_epi32(even, odd);
+        let dd = _mm512_mul_ps(tile.d, _mm512_set1_ps(q8.d[i]));
+        facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, facc[t]);
+        if min {
+            facc[t] = _mm512_fmadd_ps(tile.m, _mm512_set1_ps(q8.s[i]), facc[t]);
+        }
+    }
+}
+
+/// Super-block `block` of a K-quant for activation rows first..first + T.
+#[inline(always)]
+unsafe fn dot_k<const T: usize>(
+    tile: &KTile,
+    q6: bool,
+    q8: &Q8KRows,
+    first: usize,
+    block: usize,
+    facc: &mut [__m512],
+) {
+    let blocks = q8.n_in / QK_K;
+    let index = |t: usize| (first + t) * blocks + block;
+    let mut tot = [_mm512_setzero_si512(); T];
+    if q6 {
+        for j in 0..16 {
+            let w = &tile.q[4 * j..4 * j + 4];
+            for (t, tot) in tot.iter_mut().enumerate() {
+                let i = index(t);
+                let a = q8.qs.as_ptr().add(i * QK_K + 16 * j);
+                // Q6_K's values are stored + 32: start from -32 · (sum of these 16 activations).
+                let mut even = _mm512_set1_epi32(-32 * q8.bsum16[i * 16 + j]);
+                let mut odd = _mm512_setzero_si512();
+                even = _mm512_dpbusd_epi32(even, w[0], broadcast(a));
+                odd = _mm512_dpbusd_epi32(odd, w[1], broadcast(a.add(4)));
+                even = _mm512_dpbusd_epi32(even, w[2], broadcast(a.add(8)));
+                odd = _mm512_dpbusd_epi32(odd, w[3], broadcast(a.add(12)));
+                *tot = _mm512_add_epi32(
+                    *tot,
+                    _mm512_mullo_epi32(_mm512_add_epi32(even, odd), tile.sc[j]),
+                );
+            }
+        }
+        for (t, &tot) in tot.iter().enumerate() {
+            let dd = _mm512_mul_ps(tile.d, _mm512_set1_ps(q8.d[index(t)]));
+            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), dd, facc[t]);
+        }
+        return;
+    }
+    for j in 0..8 {
+        let w = &tile.q[8 * j..8 * j + 8];
+        for (t, tot) in tot.iter_mut().enumerate() {
+            let a = q8.qs.as_ptr().add(index(t) * QK_K + 32 * j);
+            let mut even = _mm512_setzero_si512();
+            let mut odd = _mm512_setzero_si512();
+            for g in (0..8).step_by(2) {
+                even = _mm512_dpbusd_epi32(even, w[g], broadcast(a.add(4 * g)));
+                odd = _mm512_dpbusd_epi32(odd, w[g + 1], broadcast(a.add(4 * g + 4)));
+            }
+            *tot = _mm512_add_epi32(
+                *tot,
+                _mm512_mullo_epi32(_mm512_add_epi32(even, odd), tile.sc[j]),
+            );
+        }
+    }
+    for (t, &tot) in tot.iter().enumerate() {
+        let i = index(t);
+        let mut summ = _mm512_setzero_si512();
+        for p in 0..4 {
+            summ = _mm512_dpwssd_epi32(
+                summ,
+                tile.mins[p],
+                _mm512_set1_epi32(q8.bsum32_pairs[i * 4 + p]),
+            );
+        }
+        let dx = _mm512_set1_ps(q8.d[i]);
+        facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(tile.d, dx), facc[t]);
+        facc[t] = _mm512_fnmadd_ps(
+            _mm512_cvtepi32_ps(summ),
+            _mm512_mul_ps(tile.dmin, dx),
+            facc[t],
+        );
+    }
+}
+
+/// The formats' common shape: decode block(s) into tiles, multiply a tile by T activation rows.
+trait Family {
+    type Tile: Copy;
+    /// Blocks decoded per call of `unpack`.
+    const GROUP: usize;
+    unsafe fn unpack(&self, rows: &Rows, block: usize, count: usize, tiles: &mut [Self::Tile]);
+    unsafe fn dot<const T: usize>(
+        &self,
+        tile: &Self::Tile,
+        first: usize,
+        block: usize,
+        facc: &mut [__m512],
+    );
+    fn zeroed() -> Self::Tile;
+}
+
+struct Blocks32<'a> {
+    layout: Layout32,
+    zero: i32,
+    q8: &'a Q8Rows,
+}
+
+impl Family for Blocks32<'_> {
+    type Tile = Tile32;
+    const GROUP: usize = 4;
+    #[inline(always)]
+    unsafe fn unpack(&self, rows: &Rows, block: usize, count: usize, tiles: &mut [Tile32]) {
+        let tiles: &mut [Tile32; 4] = (&mut tiles[..4]).try_into().unwrap();
+        unpack::unpack_32(
+            rows,
+            block * self.layout.block_bytes,
+            self.layout,
+            count,
+            tiles,
+        );
+    }
+    #[inline(always)]
+    unsafe fn dot<const T: usize>(
+        &self,
+        tile: &Tile32,
+        first: usize,
+        block: usize,
+        facc: &mut [__m512],
+    ) {
+        dot32::<T>(
+            tile,
+            self.zero,
+            self.layout.min,
+            self.q8,
+            first,
+            block,
+            facc,
+        );
+    }
+    fn zeroed() -> Tile32 {
+        // SAFETY: a tile is plain integers and floats; all-zero bytes are a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+struct KQuants<'a> {
+    ty: GgmlType,
+    q8: &'a Q8KRows,
+}
+
+impl Family for KQuants<'_> {
+    type Tile = KTile;
+    const GROUP: usize = 1;
+    #[inline(always)]
+    unsafe fn unpack(&self, rows: &Rows, block: usize, _count: usize, tiles: &mut [KTile]) {
+        let at = block * self.ty.block_bytes();
+        match self.ty {
+            GgmlType::Q6K => unpack::unpack_q6k(rows, at, &mut tiles[0]),
+            ty => unpack::unpack_q4k_q5k(rows, at, ty == GgmlType::Q5K, &mut tiles[0]),
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot<const T: usize>(
+        &self,
+        tile: &KTile,
+        first: usize,
+        block: usize,
+        facc: &mut [__m512],
+    ) {
+        dot_k::<T>(tile, self.ty == GgmlType::Q6K, self.q8, first, block, facc);
+    }
+    fn zeroed() -> KTile {
+        // SAFETY: as for Tile32.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+/// Output rows `rows` of block-format weight `w` for every activation row, into
+/// `out` (f32 [acts.rows, w.n_out]).
+///
+/// # Safety
+/// The CPU must have the features `unpack::available` checks; `out` must hold
+/// acts.rows · w.n_out values; `acts` must hold the format `w` needs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
+    match w.ty {
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            let family = KQuants {
+                ty: w.ty,
+                q8: acts.q8k.as_ref().expect("Q8_K activations"),
+            };
+            run(&family, w, rows, acts.rows, out)
+        }
+        ty => {
+            let q8 = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                &acts.q8_1
+            } else {
+                &acts.q8_0
+            };
+            let family = Blocks32 {
+                layout: layout(ty),
+                zero: zero_point(ty),
+                q8: q8.as_ref().expect("Q8 activations"),
+            };
+            run(&family, w, rows, acts.rows, out)
+        }
+    }
+}
+
+/// Output rows `rows`, sixteen at a time, for every activation row.
+#[inline(always)]
+unsafe fn run<F: Family>(
+    family: &F,
+    w: &BlockWeight,
+    rows: Range<usize>,
+    n_tokens: usize,
+    out: *mut f32,
+) {
+    let blocks = w.n_in / w.ty.block_values();
+    if n_tokens <= STREAM_MAX_ROWS {
+        let mut tiles = vec![F::zeroed(); F::GROUP];
+        for start in rows.clone().step_by(16) {
+            let tile_rows = start..(start + 16).min(rows.end);
+            stream_tile(family, w, tile_rows, blocks, n_tokens, out, &mut tiles);
+        }
+        return;
+    }
+    let mut decoded = vec![F::zeroed(); blocks.next_multiple_of(F::GROUP)];
+    for start in rows.clone().step_by(16) {
+        let tile_rows = start..(start + 16).min(rows.end);
+        cached_tile(family, w, tile_rows, blocks, n_tokens, out, &mut decoded);
+    }
+}
+
+/// Decode: each group of blocks is decoded once and meets every activation row while the
+/// next tile's bytes are prefetched.
+#[inline(always)]
+unsafe fn stream_tile<F: Family>(
+    family: &F,
+    w: &BlockWeight,
+    rows: Range<usize>,
+    blocks: usize,
+    n_tokens: usize,
+    out: *mut f32,
+    tiles: &mut [F::Tile],
+) {
+    let tile_rows = Rows::new(w.data.as_ptr(), w.row_bytes, rows.start, rows.len());
+    let mut facc = [_mm512_setzero_ps(); STREAM_MAX_ROWS];
+    let ahead = tile_rows
+        .start(0)
+        .wrapping_add(PREFETCH_TILES_AHEAD * 16 * w.row_bytes);
+    let step = 16 * w.ty.block_bytes() * F::GROUP;
+    let mut block = 0;
+    while block < blocks {
+        let count = F::GROUP.min(blocks - block);
+        let from = ahead.wrapping_add(block / F::GROUP * step);
+        for line in (0..step).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T1>(from.wrapping_add(line) as *const i8);
+        }
+        family.unpack(&tile_rows, block, count, tiles);
+        for (k, tile) in tiles.iter().enumerate().take(count) {
+            let mut first = 0;
+            while first < n_tokens {
+                let size = group_size(n_tokens - first);
+                dot_group(
+                    family,
+                    tile,
+                    first,
+                    block + k,
+                    &mut facc[first..first + size],
+                );
+                first += size;
+            }
+        }
+        block += count;
+    }
+    store(&facc[..n_tokens], 0, w.n_out, rows, out);
+}
+
+/// Prompts: the whole tile is decoded once, then reused from cache for every group of
+/// eight activation rows.
+#[inline(always)]
+unsafe fn cached_tile<F: Family>(
+    family: &F,
+    w: &BlockWeight,
+    rows: Range<usize>,
+    blocks: usize,
+    n_tokens: usize,
+    out: *mut f32,
+    decoded: &mut [F::Tile],
+) {
+    let tile_rows = Rows::new(w.data.as_ptr(), w.row_bytes, rows.start, rows.len());
+    for block in (0..blocks).step_by(F::GROUP) {
+        family.unpack(
+            &tile_rows,
+            block,
+            F::GROUP.min(blocks - block),
+            &mut decoded[block..],
+        );
+    }
+    let mut first = 0;
+    while first < n_tokens {
+        let count = (n_tokens - first).min(8);
+        let mut facc = [_mm512_setzero_ps(); 8];
+        for (block, tile) in decoded.iter().enumerate().take(blocks) {
+            let mut offset = 0;
+            while offset < count {
+                let size = group_size(count - offset);
+                dot_group(
+                    family,
+                    tile,
+                    first + offset,
+                    block,
+                    &mut facc[offset..offset + size],
+                );
+                offset += size;
+            }
+        }
+        store(&facc[..count], first, w.n_out, rows.clone(), out);
+        first += count;
+    }
+}
+
+/// Lanes 0..rows.len() of each accumulator into output rows `rows` of activation rows first.. .
+#[inline(always)]
+unsafe fn store(facc: &[__m512], first: usize, n_out: usize, rows: Range<usize>, out: *mut f32) {
+    let mask: __mmask16 = if rows.len() >= 16 {
+        0xffff
+    } else {
+        (1u16 << rows.len()) - 1
+    };
+    for (t, v) in facc.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.add((first + t) * n_out + rows.start), mask, *v);
+    }
+}
+
+/// One tile times a group of 8, 4, 2 or 1 activation rows (one compiled body per size).
+#[inline(always)]
+unsafe fn dot_group<F: Family>(
+    family: &F,
+    tile: &F::Tile,
+    first: usize,
+    block: usize,
+    group: &mut [__m512],
+) {
+    match group.len() {
+        8 => family.dot::<8>(tile, first, block, group),
+        4 => family.dot::<4>(tile, first, block, group),
+        2 => family.dot::<2>(tile, first, block, group),
+        _ => family.dot::<1>(tile, first, block, group),
+    }
+}
+
+/// The largest group size (8, 4, 2 or 1) that fits `left` activation rows. A row's arithmetic
+/// is the same in every group size, so how rows are grouped never changes a result.
+#[inline(always)]
+fn group_size(left: usize) -> usize {
+    match left {
+        8.. => 8,
+        4..=7 => 4,
+        2..=3 => 2,
+        _ => 1,
+    }
+}
