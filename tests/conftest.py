@@ -8,7 +8,17 @@ import pytest
 
 from fixtures.random_llama import random_llama  # noqa: F401  (a session fixture shared by the model tests)
 from lljx.config import Llama3RopeScaling, ModelConfig
+from lljx.models import ModelError
+from lljx.models.embedded import ensure_embedded_gguf
 from lljx.params import LayerParams, Params
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fetch the embedded model once, as the first `lljx generate` would, before a test module asks for its path."""
+    try:
+        ensure_embedded_gguf()
+    except ModelError as error:
+        pytest.exit(f"the tests need the embedded model: {error}", returncode=3)
 
 
 def random_params(config: ModelConfig, seed: int = 0) -> Params:

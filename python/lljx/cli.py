@@ -277,6 +277,9 @@ def models(paths: tuple[str, ...], as_json: bool) -> None:
     columns = ["name", "format", "size", "params", "quantization", "context", "source"]
     # A path that does not load is listed with the reason, not dropped and not fatal.
     click.echo(format_table(rows, columns + (["error"] if any(row.get("error") for row in rows) else [])))
+    for row in rows:
+        if row.get("provenance"):
+            click.echo(f"{row['name']}: {row['provenance']}")
 
 
 @main.command()

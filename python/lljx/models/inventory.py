@@ -32,6 +32,7 @@ class ModelInfo:
     context_length: int | None = None
     architecture: str | None = None
     error: str | None = None  # why the entry cannot be loaded; the other fields may then be None
+    provenance: str | None = None  # where the file comes from, when lljx fetches it (the embedded model)
 
     def as_dict(self) -> dict[str, Any]:
         """Every field, plus `size`, `params` and `context` formatted for a table (Ollama's units)."""
@@ -108,13 +109,24 @@ def list_models(
     """The embedded model, every Ollama manifest in the store, then each given path, in that order."""
     rows: list[ModelInfo] = []
     if include_embedded:
-        rows.append(_row(embedded.NAME, "embedded", None))
+        rows.append(embedded_row())
     root = ollama.store_root() if ollama_root is None else Path(ollama_root)
     for name, manifest in ollama.list_store(root):
         rows.append(_row(name.display, "ollama", root, fallback_path=str(manifest)))
     for p in paths:
         rows.append(_row(p, "file", None))
     return rows
+
+
+def embedded_row() -> ModelInfo:
+    """The embedded model with where it comes from; before its first-use download, only what is known of it."""
+    note = embedded.provenance()
+    if embedded.embedded_gguf_path() is None:  # listing never downloads
+        return ModelInfo(
+            name=embedded.NAME, source=embedded.NAME, path=str(embedded.cache_path()), format="gguf",
+            origin="embedded", file_size=embedded.WHEEL.size, provenance=note,
+        )  # fmt: skip
+    return replace(_row(embedded.NAME, "embedded", None), provenance=note)
 
 
 def _row(spec: str, origin: str, root: Path | None, fallback_path: str = "") -> ModelInfo:

