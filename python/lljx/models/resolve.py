@@ -1,14 +1,14 @@
-"""Turn a model spec (nothing, a short name, a path, an Ollama name) into a file or folder, reading no weights."""
+"""Turn a model spec (nothing, a short name, a path, a Meta checkpoint or Ollama name) into a file or folder, reading no weights."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from lljx.models import embedded, ollama
+from lljx.models import embedded, meta, ollama
 from lljx.models.errors import ModelFileError, ModelNotFoundError
 from lljx.models.gguf_file import MAGIC
-from lljx.models.model import ResolvedModel
+from lljx.models.model import Origin, ResolvedModel
 from lljx.models.safetensors import is_hf_folder, shard_files
 
 # Specs with these endings are meant as files; a missing one is never looked up as an Ollama name.
@@ -16,7 +16,8 @@ FILE_SUFFIXES = (".gguf", ".safetensors", ".json")
 
 
 def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = None) -> ResolvedModel:
-    """Where `spec` points: the embedded model, a GGUF file, an HF folder, or an Ollama store entry.
+    """Where `spec` points: the embedded model, a GGUF file, an HF or Meta checkpoint folder, a checkpoint
+    in Meta's store (~/.llama/checkpoints/NAME), or an Ollama store entry.
 
     Raises ModelNotFoundError (listing what was tried) when nothing matches, and ModelFileError
     when something matches but is unusable (an Ollama manifest naming a missing blob, a folder
@@ -33,6 +34,10 @@ def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = No
     tried = [f"no file or folder {str(path)!r}"]
     if spec.lower().endswith(FILE_SUFFIXES) or spec.startswith((".", "~", os.sep)):
         raise ModelNotFoundError(spec, tried)
+    checkpoint = meta.checkpoints_root() / spec
+    if os.sep not in spec and "/" not in spec and checkpoint.is_dir():
+        return _folder(spec, checkpoint, origin="checkpoints")
+    tried.append(f"no Meta checkpoint {str(checkpoint)!r}")
     return resolve_ollama(spec, ollama_root=ollama_root, tried=tried)
 
 
@@ -77,9 +82,11 @@ def _embedded(spec: str | None) -> ResolvedModel:
     )
 
 
-def _folder(spec: str, path: Path) -> ResolvedModel:
+def _folder(spec: str, path: Path, origin: Origin = "folder") -> ResolvedModel:
+    if not (path / "config.json").is_file() and (path / meta.PARAMS_FILE).is_file():
+        return meta.resolved_folder(spec, path, origin)
     if not (path / "config.json").is_file():
-        raise ModelFileError(path, "not a model folder: no config.json")
+        raise ModelFileError(path, "not a model folder: no config.json (HF) or params.json (Meta checkpoint)")
     if not is_hf_folder(path):
         raise ModelFileError(path, "no *.safetensors weights in the folder (only safetensors are supported)")
     size = sum(f.stat().st_size for f in shard_files(path))
