@@ -89,20 +89,23 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def read_prompt(prompt: str | None, *, strip_final_newline: bool = False, allow_empty: bool = True) -> str:
+def read_prompt(
+    prompt: str | None, *, strip_final_newline: bool = False, allow_empty: bool = True, what: str = "prompt"
+) -> str:
     """The PROMPT argument, else all of stdin (exactly, unless strip_final_newline); never waits on a terminal."""
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
+            command = click.get_current_context().command_path
             raise click.UsageError(
-                'no prompt: give it as an argument (lljx generate "Why is the sky blue?") '
-                "or on stdin (echo 'Why is the sky blue?' | lljx generate)"
+                f'no {what}: give it as an argument ({command} "Why is the sky blue?") '
+                f"or on stdin (echo 'Why is the sky blue?' | {command})"
             )
         prompt = sys.stdin.read()
         # `echo question | lljx generate` should ask what `lljx generate question` asks.
         if strip_final_newline:
             prompt = prompt.removesuffix("\n").removesuffix("\r")
     if not allow_empty and not prompt.strip():
-        raise click.UsageError("the prompt is empty: give a PROMPT argument or pipe some text on stdin")
+        raise click.UsageError(f"the {what} is empty: give it as an argument or pipe some text on stdin")
     return prompt
 
 
@@ -240,7 +243,7 @@ def tokenize(text: str | None, model_spec: str | None, tokenizer_path: str | Non
         items = list(jsonl_inputs(jsonl_path))
         click.echo("".join(json.dumps(tokenizer.encode(item)) + "\n" for item in items), nl=False)
         return
-    click.echo(json.dumps(tokenizer.encode(read_prompt(text))))
+    click.echo(json.dumps(tokenizer.encode(read_prompt(text, what="text"))))
 
 
 @main.command()
