@@ -34,10 +34,11 @@ def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = No
     tried = [f"no file or folder {str(path)!r}"]
     if spec.lower().endswith(FILE_SUFFIXES) or spec.startswith((".", "~", os.sep)):
         raise ModelNotFoundError(spec, tried)
-    checkpoint = meta.checkpoints_root() / spec
-    if os.sep not in spec and "/" not in spec and checkpoint.is_dir():
-        return _folder(spec, checkpoint, origin="checkpoints")
-    tried.append(f"no Meta checkpoint {str(checkpoint)!r}")
+    if not any(c in spec for c in (os.sep, "/", ":")):  # a bare name may be a checkpoint in Meta's store
+        checkpoint = meta.checkpoints_root() / spec
+        if checkpoint.is_dir():
+            return _folder(spec, checkpoint, origin="checkpoints")
+        tried.append(f"no Meta checkpoint {str(checkpoint)!r}")
     return resolve_ollama(spec, ollama_root=ollama_root, tried=tried)
 
 
