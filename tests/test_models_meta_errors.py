@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.meta_checkpoint import Global, Reduce, Storage, Tensor, tensor_of, write_meta_checkpoint, write_pth
+from fixtures.meta_checkpoint import (
+    Global, Reduce, Storage, Tensor, tensor_of, write_meta_checkpoint, write_pth, write_state_dict,
+)
 from fixtures.random_llama import TINY, random_weights
 from lljx.models import ModelFileError, load_model
+from lljx.models.torch_archive import Archive
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +188,13 @@ def test_the_command_line_reports_a_refused_pickle_in_one_line(folder, tmp_path)
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lljx: error: ") and "os.system" in lines[0], run.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("dropped", ["tok_embeddings.weight", "norm.weight", "layers.1.feed_forward.w2.weight"])
+def test_a_checkpoint_without_a_tensor_it_needs(tmp_path, dropped):
+    folder = write_meta_checkpoint(tmp_path / "one", random_weights(TINY), TINY)
+    archive = Archive(folder / "consolidated.00.pth")
+    kept = {name: np.array(archive.read(ref)) for name, ref in archive.tensors.items() if name != dropped}
+    del archive
+    write_state_dict(folder / "consolidated.00.pth", kept)
+    fails(folder, f"missing tensor {dropped!r}")

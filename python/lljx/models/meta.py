@@ -142,27 +142,30 @@ class _Shards:
         dtype = self.refs(name)[0].dtype
         if dtype.name not in DTYPE_NAMES:
             raise ModelFileError(self.files[0], f"{name!r} is {dtype}, not a float tensor")
-        if axis is None and len(self.files) > 1:
-            first = self.read(name, None)
-            for path, archive in zip(self.files[1:], self.archives[1:], strict=True):
-                if not np.array_equal(archive.read(archive.tensors[name]), first):
-                    raise ModelFileError(path, f"{name!r} differs from shard 00's: not shards of one checkpoint")
+        if axis is None:
+            first = self.values(0, name)
+            for rank in range(1, len(self.files)):
+                if not np.array_equal(self.values(rank, name), first):
+                    raise ModelFileError(
+                        self.files[rank], f"{name!r} differs from shard 00's: not shards of one checkpoint"
+                    )
+
+    def values(self, rank: int, name: str) -> np.ndarray:
+        """One rank's slice of a tensor, mapped from its file."""
+        try:
+            return self.archives[rank].read(self.refs(name)[rank])
+        except ArchiveError as e:
+            raise ModelFileError(self.files[rank], f"{name!r}: {e}") from None
 
     def read(self, name: str, axis: int | None) -> np.ndarray:
-        parts = []
-        for path, archive, ref in zip(self.files, self.archives, self.refs(name), strict=True):
-            try:
-                parts.append(archive.read(ref))
-            except ArchiveError as e:
-                raise ModelFileError(path, f"{name!r}: {e}") from None
-            if axis is None:  # repeated: every rank holds the same values
-                break
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+        """The whole tensor: the ranks' slices joined along `axis` (None: repeated, so rank 0's)."""
+        if axis is None or len(self.files) == 1:
+            return self.values(0, name)
+        return np.concatenate([self.values(rank, name) for rank in range(len(self.files))], axis=axis)
 
     def same_tensor(self, a: str, b: str, *, compare_values: bool) -> bool:
         """Whether two names hold the same values: one storage (a tied module), else (if asked) equal bytes."""
-        for archive in self.archives:
-            ra, rb = archive.tensors[a], archive.tensors[b]
+        for rank, (ra, rb) in enumerate(zip(self.refs(a), self.refs(b), strict=True)):
             if ra.shape != rb.shape or ra.dtype != rb.dtype:
                 return False
             if ra == rb:
@@ -170,7 +173,7 @@ class _Shards:
             if not compare_values:
                 return False
             bits = f"u{ra.dtype.itemsize}"
-            if not np.array_equal(archive.read(ra).view(bits), archive.read(rb).view(bits)):
+            if not np.array_equal(self.values(rank, a).view(bits), self.values(rank, b).view(bits)):
                 return False
         return True
 
