@@ -198,3 +198,13 @@ def test_a_checkpoint_without_a_tensor_it_needs(tmp_path, dropped):
     del archive
     write_state_dict(folder / "consolidated.00.pth", kept)
     fails(folder, f"missing tensor {dropped!r}")
+
+
+def test_a_compressed_record_is_refused(folder):
+    path = folder / "consolidated.00.pth"
+    with zipfile.ZipFile(path) as old:
+        records = [(info.filename, old.read(info)) for info in old.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as new:
+        for name, payload in records:
+            new.writestr(name, payload)
+    fails(folder, "consolidated.00.pth", "is compressed")

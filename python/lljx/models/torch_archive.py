@@ -205,9 +205,8 @@ class Archive:
         return found
 
     def _map(self, info: zipfile.ZipInfo) -> np.ndarray:
-        if info.compress_type != zipfile.ZIP_STORED:
-            with zipfile.ZipFile(self.path) as archive:  # torch never compresses, but a re-zipped file might
-                return np.frombuffer(archive.read(info), np.uint8)
+        if info.compress_type != zipfile.ZIP_STORED:  # torch.save never compresses, and mapping needs raw bytes
+            raise ArchiveError(f"record {info.filename} is compressed, which torch.save never does")
         with open(self.path, "rb") as f:
             f.seek(info.header_offset)
             signature, name_length, extra_length = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
