@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.metadata
 import json
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from fixtures.meta_checkpoint import byte_tokenizer_model, write_meta_checkpoint
+from fixtures.meta_checkpoint import byte_tokenizer_model, tensor_of, write_meta_checkpoint
 from fixtures.random_llama import QUANTIZABLE, TINY, random_weights, small_vocab, write_hf
 from lljx.core import kv_cache, transformer
 from lljx.core.rope import inverse_frequencies
@@ -184,3 +185,19 @@ def test_the_command_line_lists_and_runs_a_checkpoint_by_name(tmp_path, checkpoi
     run = lljx("generate", "--model", "Llama3.2-tiny", "--raw", "Hi", "-n", "4", "--temperature", "0", "--stats")
     assert run.returncode == 0, run.stderr
     assert "prompt tokens: 3" in run.stderr  # <|begin_of_text|>, "H", "i"
+
+
+def test_a_state_dict_with_module_metadata_still_reads(tmp_path, checkpoint):
+    """torch.save(module.state_dict()) pickles an OrderedDict carrying a `_metadata` attribute (a BUILD opcode)."""
+    from fixtures.meta_checkpoint import write_pth
+    from lljx.models.torch_archive import Archive
+
+    folder = Path(shutil.copytree(checkpoint, tmp_path / "with-metadata"))
+    original = Archive(folder / "consolidated.00.pth")
+    root = collections.OrderedDict(
+        (name, tensor_of(np.array(original.read(ref)), str(i))) for i, (name, ref) in enumerate(original.tensors.items())
+    )
+    root._metadata = collections.OrderedDict([("", {"version": 1}), ("layers.0", {"version": 1})])
+    del original
+    write_pth(folder / "consolidated.00.pth", root)
+    assert_same_params(load_model(str(folder)).params, load_model(str(checkpoint)).params)
