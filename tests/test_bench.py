@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
+from fixtures.embedded_cache import cache_with_embedded_model
 
 from lljx.bench import prompts as prompt_pool
 from lljx.bench import report
@@ -399,7 +400,7 @@ def isolated_cache(tmp_path: Path) -> dict[str, str]:
     (cache / cached_name(source, "F32")).symlink_to(requantize_f32(source))
     key = bandwidth_key(cpu_model(), threads())
     (cache / BANDWIDTH_FILE).write_text(json.dumps({key: {"gbs": measure_bandwidth(1 << 26, threads(), 3)}}))
-    return {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return {"XDG_CACHE_HOME": str(cache_with_embedded_model(tmp_path / "cache"))}
 
 
 def assert_one_line_error(run: subprocess.CompletedProcess[str], fragment: str) -> None:
