@@ -128,6 +128,7 @@ def test_checkpoints_resolve_by_name_in_meta_s_store(tmp_path, monkeypatch, chec
     r = resolve("Llama3.2-tiny")
     assert (r.name, r.format, r.origin) == ("Llama3.2-tiny", "meta", "checkpoints")
     assert r.path == str(home / ".llama" / "checkpoints" / "Llama3.2-tiny")
+    assert resolve("llama3.2-TINY").path == r.path  # as llama-jax's notebooks spell names
     # Meta's tools move the whole ~/.llama with LLAMA_STACK_CONFIG_DIR.
     monkeypatch.setenv("LLAMA_STACK_CONFIG_DIR", str(tmp_path / "elsewhere"))
     other_folder = tmp_path / "elsewhere" / "checkpoints" / "Other"

@@ -56,6 +56,16 @@ def checkpoints_root() -> Path:
     return Path(os.environ.get("LLAMA_STACK_CONFIG_DIR") or Path.home() / ".llama") / "checkpoints"
 
 
+def find_checkpoint(name: str, root: Path) -> Path | None:
+    """The folder `name` in a checkpoint store, matched without regard to case when that is unambiguous
+    (llama-jax's notebooks write Llama3.2-3b-Instruct for Meta's Llama3.2-3B-Instruct)."""
+    exact = root / name
+    if exact.is_dir():
+        return exact
+    matches = [p for p in root.iterdir() if p.name.lower() == name.lower() and p.is_dir()] if root.is_dir() else []
+    return matches[0] if len(matches) == 1 else None
+
+
 def shard_files(folder: Path) -> list[Path]:
     """consolidated.00.pth, .01, ... in rank order (or one consolidated.pth); a gap in the numbers is an error."""
     numbered: dict[int, Path] = {}

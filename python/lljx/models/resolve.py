@@ -35,10 +35,11 @@ def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = No
     if spec.lower().endswith(FILE_SUFFIXES) or spec.startswith((".", "~", os.sep)):
         raise ModelNotFoundError(spec, tried)
     if not any(c in spec for c in (os.sep, "/", ":")):  # a bare name may be a checkpoint in Meta's store
-        checkpoint = meta.checkpoints_root() / spec
-        if checkpoint.is_dir():
+        root = meta.checkpoints_root()
+        checkpoint = meta.find_checkpoint(spec, root)
+        if checkpoint is not None:
             return _folder(spec, checkpoint, origin="checkpoints")
-        tried.append(f"no Meta checkpoint {str(checkpoint)!r}")
+        tried.append(f"no Meta checkpoint {str(root / spec)!r}")
     return resolve_ollama(spec, ollama_root=ollama_root, tried=tried)
 
 
