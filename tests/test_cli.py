@@ -122,6 +122,32 @@ def test_prompt_longer_than_context():
 
 
 @pytest.mark.parametrize(
+    "args, stdin",
+    [(("",), None), (("   \n",), None), ((), ""), ((), "\n"), (("--raw",), " \t\n")],
+    ids=["empty-argument", "blank-argument", "empty-stdin", "newline-stdin", "blank-stdin-raw"],
+)
+def test_an_empty_prompt_is_refused(args, stdin):
+    run = lljx("generate", *args, stdin=stdin if stdin is not None else "ignored when an argument is given")
+    assert_one_line_error(run, "the prompt is empty")
+    assert run.returncode == 2
+
+
+def test_no_prompt_at_a_terminal_says_how_to_give_one():
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "lljx.cli", "generate"], stdin=follower, capture_output=True, text=True,
+            timeout=60, env={**os.environ, "LLJX_COMPILE_CACHE": "0"},
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert_one_line_error(run, "no prompt", 'lljx generate "Why is the sky blue?"', "| lljx generate")
+
+
+@pytest.mark.parametrize(
     "args, fragment",
     [
         (("--max-tokens", "0"), "max-tokens"),

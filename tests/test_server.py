@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
+from fixtures.embedded_cache import cache_with_embedded_model
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,8 @@ class Server:
 def start_server(folder: Path, *args: str, **env_vars: str) -> Server:
     """`lljx serve` on a free port, its output in a file (a pipe nobody reads would block it), ready to answer."""
     log = folder / "serve.log"
-    env = {**os.environ, "OLLAMA_MODELS": str(folder / "no-ollama-store"), "XDG_CACHE_HOME": str(folder.parent / "cache")}
+    cache = cache_with_embedded_model(folder.parent / "cache")
+    env = {**os.environ, "OLLAMA_MODELS": str(folder / "no-ollama-store"), "XDG_CACHE_HOME": str(cache)}
     env.update(env_vars)
     with open(log, "wb") as out:
         process = subprocess.Popen(

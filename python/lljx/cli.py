@@ -92,15 +92,24 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def read_prompt(prompt: str | None, *, strip_final_newline: bool = False) -> str:
-    """The PROMPT argument, else all of stdin (exactly, unless strip_final_newline)."""
-    if prompt is not None:
-        return prompt
-    if sys.stdin is None or sys.stdin.isatty():
-        raise click.UsageError("give a PROMPT argument or pipe the prompt on stdin")
-    text = sys.stdin.read()
-    # `echo question | lljx generate` should ask what `lljx generate question` asks.
-    return text.removesuffix("\n").removesuffix("\r") if strip_final_newline else text
+def read_prompt(
+    prompt: str | None, *, strip_final_newline: bool = False, allow_empty: bool = True, what: str = "prompt"
+) -> str:
+    """The PROMPT argument, else all of stdin (exactly, unless strip_final_newline); never waits on a terminal."""
+    if prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            command = click.get_current_context().command_path
+            raise click.UsageError(
+                f'no {what}: give it as an argument ({command} "Why is the sky blue?") '
+                f"or on stdin (echo 'Why is the sky blue?' | {command})"
+            )
+        prompt = sys.stdin.read()
+        # `echo question | lljx generate` should ask what `lljx generate question` asks.
+        if strip_final_newline:
+            prompt = prompt.removesuffix("\n").removesuffix("\r")
+    if not allow_empty and not prompt.strip():
+        raise click.UsageError(f"the {what} is empty: give it as an argument or pipe some text on stdin")
+    return prompt
 
 
 class LazyGroup(click.Group):
@@ -169,13 +178,12 @@ def generate(
     """Generate a reply to PROMPT (or stdin), streaming only the generated text to stdout."""
     import secrets
 
-    from lljx.generation import Generation, chat_prompt_ids
-    from lljx.models import load_model
+    from lljx.generation import Generation, chat_prompt_ids, start_quickly
     from lljx.sampling import SamplerSettings
     from lljx.strategies import registry
 
+    text = read_prompt(prompt, strip_final_newline=True, allow_empty=False)
     strategy = registry.load(strategy_name or registry.default_strategy())
-    text = read_prompt(prompt, strip_final_newline=True)
     settings = SamplerSettings(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         seed=secrets.randbelow(2**63) if seed is None else seed,
@@ -183,8 +191,10 @@ def generate(
     if max_tokens <= 0:
         raise click.BadParameter(f"must be at least 1, got {max_tokens}", param_hint="--max-tokens")
     enable_compile_cache()
-    model, decoder, ids = start_quickly(strategy, model_spec, default_dtype() if dtype == "auto" else dtype, settings,
-                                        lambda m: chat_prompt_ids(m, text, system=system, raw=raw), max_tokens)
+    model, decoder, ids = start_quickly(
+        strategy, model_spec, dtype=default_dtype() if dtype == "auto" else dtype, settings=settings,
+        prompt_ids=lambda m: chat_prompt_ids(m, text, system=system, raw=raw), max_tokens=max_tokens,
+    )
     generation = Generation(
         model, decoder, ids, max_tokens=max_tokens,
         stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True,
@@ -199,33 +209,6 @@ def generate(
     sys.stdout.write("\n")
     if show_stats:
         click.echo(generation.stats.summary(), err=True)
-
-
-def start_quickly(strategy: Any, model_spec: str | None, dtype: str, settings: Any,
-                  prompt_ids: Callable[[Any], list[int]], max_tokens: int) -> tuple[Any, Any, list[int]]:
-    """Model, decoder and prompt ids for one generation, with the prefill compiled (or loaded from
-    the compilation cache) while the weights decode on another thread: the first token comes
-    sooner. A strategy that cannot be built on shapes-only weights just builds after loading."""
-    from lljx.models import load_model_early
-    from lljx.strategies import registry
-    from lljx.strategies.api import plan_for
-
-    skeleton, loading = load_model_early(model_spec, dtype=dtype)
-    ids = prompt_ids(skeleton)
-    early = None
-    try:
-        early = registry.build(strategy, skeleton, settings)
-        budget = min(max_tokens, skeleton.config.context_length - len(ids))
-        if ids and budget > 0:
-            # Only the prefill: the decode step starts compiling once the weights are in.
-            early.prepare_prefill_first(plan_for(len(ids), budget, skeleton.config.context_length), decode=False)
-    except Exception:  # noqa: BLE001  (any failure here only means no head start)
-        early = None
-    model = loading.result()
-    decoder = registry.build(strategy, model, settings)
-    if early is not None and hasattr(decoder, "adopt_programs"):
-        decoder.adopt_programs(early)
-    return model, decoder, ids
 
 
 def jsonl_inputs(path: str) -> Iterator[str]:
@@ -268,7 +251,7 @@ def tokenize(text: str | None, model_spec: str | None, tokenizer_path: str | Non
         items = list(jsonl_inputs(jsonl_path))
         click.echo("".join(json.dumps(tokenizer.encode(item)) + "\n" for item in items), nl=False)
         return
-    click.echo(json.dumps(tokenizer.encode(read_prompt(text))))
+    click.echo(json.dumps(tokenizer.encode(read_prompt(text, what="text"))))
 
 
 @main.command()
@@ -286,6 +269,9 @@ def models(paths: tuple[str, ...], as_json: bool) -> None:
     columns = ["name", "format", "size", "params", "quantization", "context", "stored", "source"]
     # A path that does not load is listed with the reason, not dropped and not fatal.
     click.echo(format_table(rows, columns + (["error"] if any(row.get("error") for row in rows) else [])))
+    for row in rows:
+        if row.get("provenance"):
+            click.echo(f"{row['name']}: {row['provenance']}")
 
 
 @main.command()

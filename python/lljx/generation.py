@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lljx import _native
 from lljx.sampling import SamplerSettings
-from lljx.strategies.api import Decoder, plan_for
+from lljx.strategies.api import Decoder, Strategy, plan_for
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -151,3 +151,41 @@ class Generation:
     @property
     def stats(self) -> Stats:
         return Stats(compile_ns=self.compile_ns, **self._loop.stats)
+
+
+def start_quickly(
+    strategy: Strategy,
+    model_spec: str | None,
+    *,
+    dtype: str,
+    settings: SamplerSettings,
+    prompt_ids: Callable[[Model], list[int]],
+    max_tokens: int,
+) -> tuple[Model, Decoder, list[int]]:
+    """Model, decoder and prompt ids for one generation, with the prefill compiled (or loaded from
+    the compilation cache) while the weights load on another thread: the first token comes sooner.
+
+    `prompt_ids` turns the model (its weights still shapes only) into the prompt's ids. A format
+    that cannot describe its weights before reading them, or a strategy that cannot be built on
+    shapes-only weights, just builds after loading. Hand the result to `Generation(...,
+    fast_start=True)` so the decode step compiles while the first token is computed.
+    """
+    from lljx.models import load_model_early
+    from lljx.strategies import registry
+
+    skeleton, loading = load_model_early(model_spec, dtype=dtype)
+    ids = prompt_ids(skeleton)
+    early: Any = None  # a decoder with prepare_prefill_first (optional in the contract)
+    try:
+        early = registry.build(strategy, skeleton, settings)
+        budget = min(max_tokens, skeleton.config.context_length - len(ids))
+        if ids and budget > 0:
+            # Only the prefill: the decode step starts compiling once the weights are in.
+            early.prepare_prefill_first(plan_for(len(ids), budget, skeleton.config.context_length), decode=False)
+    except Exception:  # noqa: BLE001  (any failure here only means no head start)
+        early = None
+    model = loading.result()
+    decoder = registry.build(strategy, model, settings)
+    if early is not None and hasattr(decoder, "adopt_programs"):
+        decoder.adopt_programs(early)
+    return model, decoder, ids

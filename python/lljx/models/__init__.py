@@ -1,4 +1,4 @@
-"""Where weights come from: resolve a spec, load a GGUF file, an HF folder or an Ollama blob, list what exists."""
+"""Where weights come from: resolve a spec, load a GGUF file, an HF or Meta checkpoint folder or an Ollama blob, list what exists."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def load_resolved(resolved: ResolvedModel, *, dtype: str = "f32") -> Model:
         from lljx.models.gguf import load_gguf
 
         return load_gguf(resolved, dtype)
+    if resolved.format == "meta":
+        from lljx.models.meta import load_meta
+
+        return load_meta(resolved, dtype)
     from lljx.models.safetensors import load_hf
 
     return load_hf(resolved, dtype)
@@ -60,6 +64,10 @@ def tokenizer_spec(spec: str | None) -> TokenizerSpec:
         from lljx.models.gguf_file import read_gguf_header
 
         return gguf_vocab(read_gguf_header(resolved.path))[0]
+    if resolved.format == "meta":
+        from lljx.models.meta import tokenizer_file
+
+        return tokenizer_file(Path(resolved.path))
     from lljx.models.hf_config import read_json
     from lljx.models.hf_tokenizer import hf_tokenizer
 

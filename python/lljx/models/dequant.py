@@ -22,6 +22,10 @@ NP_DTYPES: dict[str, np.dtype] = {
     "int8": np.dtype(np.float32),
 }
 
+# A stored float type (torch_dtype names, safetensors and Meta checkpoint dtypes) -> the dtype
+# `--dtype auto` keeps it at.
+STORED_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "BF16": "bf16", "F16": "f16", "F32": "f32"}
+
 # Float formats numpy can view directly: cast once into the output, never through f32.
 _VIEWABLE: dict[GGMLQuantizationType, np.dtype] = {
     GGMLQuantizationType.F32: np.dtype(np.float32),

@@ -1,4 +1,4 @@
-"""List known models (embedded, Ollama store, given paths) from headers only; a broken entry carries its error."""
+"""List known models (embedded, Ollama store, Meta checkpoints, given paths) from headers only; a broken entry carries its error."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lljx.models import embedded, ollama, synthetic
+from lljx.models import embedded, meta, ollama, synthetic
 from lljx.models.errors import ModelError
 from lljx.models.gguf import architecture, format_bytes, parameter_count, quantization
 from lljx.models.gguf_file import read_gguf_header
@@ -24,8 +24,8 @@ class ModelInfo:
     name: str
     source: str  # what to pass to load_model to get this model
     path: str
-    format: str  # "gguf" | "hf" | "" when unresolvable
-    origin: str  # "embedded" | "ollama" | "file" | "folder"
+    format: str  # "gguf" | "hf" | "meta" | "" when unresolvable
+    origin: str  # "embedded" | "ollama" | "checkpoints" | "file" | "folder"
     file_size: int | None = None
     n_params: int | None = None
     quantization: str | None = None
@@ -34,6 +34,7 @@ class ModelInfo:
     error: str | None = None  # why the entry cannot be loaded; the other fields may then be None
     # Bytes stored per tensor format (GGUF types, or safetensors dtypes), largest first.
     formats: dict[str, int] | None = None
+    provenance: str | None = None  # where the file comes from, when lljx fetches it (the embedded model)
 
     def as_dict(self) -> dict[str, Any]:
         """Every field, plus `size`, `params`, `context` and `stored` (bytes per format) formatted for a table (Ollama's units)."""
@@ -74,7 +75,7 @@ def human_count(n: int | None) -> str | None:
 
 
 def describe(resolved: ResolvedModel) -> ModelInfo:
-    """Read only the header (GGUF) or config.json and safetensors headers (HF); never a weight."""
+    """Read only headers: GGUF's, config.json and safetensors' (HF), params.json and pickles (Meta); never a weight."""
     base = ModelInfo(
         name=resolved.name, source=resolved.source, path=resolved.path, format=resolved.format, origin=resolved.origin
     )
@@ -97,7 +98,13 @@ def describe(resolved: ResolvedModel) -> ModelInfo:
             except ModelError as e:  # listed with its numbers, but flagged: we cannot run it
                 return replace(info, error=str(e))
             return info
-        config, n_params, dtype, size, formats = describe_hf(Path(resolved.path))
+        if resolved.format == "meta":
+            from lljx.models.meta import describe_meta
+
+            config, n_params, dtype, size = describe_meta(Path(resolved.path))
+            formats = None
+        else:
+            config, n_params, dtype, size, formats = describe_hf(Path(resolved.path))
         return replace(
             base,
             file_size=size,
@@ -116,26 +123,45 @@ def list_models(
     *,
     include_embedded: bool = True,
     ollama_root: str | os.PathLike[str] | None = None,
+    checkpoints_root: str | os.PathLike[str] | None = None,
 ) -> list[ModelInfo]:
-    """The embedded model, every Ollama manifest in the store, then each given path, in that order."""
+    """The embedded model, every Ollama manifest, every checkpoint in Meta's store, then each given path."""
     rows: list[ModelInfo] = []
     if include_embedded:
-        rows.append(_row(embedded.NAME, "embedded", None))
+        rows.append(embedded_row())
     root = ollama.store_root() if ollama_root is None else Path(ollama_root)
     for name, manifest in ollama.list_store(root):
         rows.append(_row(name.display, "ollama", root, fallback_path=str(manifest)))
+    checkpoints = meta.checkpoints_root() if checkpoints_root is None else Path(checkpoints_root)
+    for folder in meta.store_entries(checkpoints):
+        rows.append(_row(str(folder), "checkpoints", None, name=folder.name))
     for p in paths:
         rows.append(_row(p, "file", None))
     return rows
 
 
-def _row(spec: str, origin: str, root: Path | None, fallback_path: str = "") -> ModelInfo:
+def embedded_row() -> ModelInfo:
+    """The embedded model with where it comes from; before its first-use download, only what is known of it."""
+    note = embedded.provenance()
+    if embedded.embedded_gguf_path() is None:  # listing never downloads
+        return ModelInfo(
+            name=embedded.NAME, source=embedded.NAME, path=str(embedded.cache_path()), format="gguf",
+            origin="embedded", file_size=embedded.WHEEL.size, provenance=note,
+        )  # fmt: skip
+    return replace(_row(embedded.NAME, "embedded", None), provenance=note)
+
+
+def _row(spec: str, origin: str, root: Path | None, fallback_path: str = "", name: str | None = None) -> ModelInfo:
     if synthetic.is_synthetic(spec):
         return _synthetic_row(spec)
     try:
-        return describe(resolve(spec, ollama_root=root))
+        info = describe(resolve(spec, ollama_root=root))
     except ModelError as e:
-        return ModelInfo(name=spec, source=spec, path=fallback_path or spec, format="", origin=origin, error=str(e))
+        return ModelInfo(
+            name=name or spec, source=name or spec, path=fallback_path or spec, format="", origin=origin, error=str(e)
+        )
+    # A checkpoint in Meta's store is listed by the name that loads it, as Ollama's entries are.
+    return replace(info, source=name, origin=origin) if name is not None else info
 
 
 def _synthetic_row(spec: str) -> ModelInfo:

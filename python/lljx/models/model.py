@@ -10,8 +10,9 @@ from lljx.config import ModelConfig
 from lljx.models.vocab import TokenizerSpec, build_tokenizer
 from lljx.params import Params
 
-Format = Literal["gguf", "hf"]
-Origin = Literal["embedded", "file", "folder", "ollama", "synthetic"]
+Format = Literal["gguf", "hf", "meta"]
+# "checkpoints": found by name in Meta's checkpoint store (~/.llama/checkpoints)
+Origin = Literal["embedded", "file", "folder", "ollama", "checkpoints", "synthetic"]
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,9 @@ class ResolvedModel:
     name: str  # display name: "smollm2-135m-instruct", "llama3.2:3b", a file stem, a folder name
     source: str  # the spec as the user gave it (the embedded name when none was given)
     format: Format
-    path: str  # the GGUF file, or the HF folder
+    path: str  # the GGUF file, or the HF or Meta checkpoint folder
     origin: Origin
-    file_size: int  # bytes on disk: the GGUF, or all safetensors shards
+    file_size: int  # bytes on disk: the GGUF, or all safetensors or .pth shards
     # From an Ollama manifest: the Go template and the JSON parameters layers, when present.
     ollama_template: str | None = None
     ollama_params: dict[str, Any] = field(default_factory=dict, hash=False)
@@ -48,7 +49,7 @@ class Model:
     stop_token_ids: tuple[int, ...]  # eos first, then end-of-turn specials (<|eot_id|>, <|im_end|>, ...)
     quantization: str  # "Q4_1", "Q4_K_M", "BF16", "F32"...
     file_size: int
-    metadata: dict[str, Any]  # GGUF key/values without the token arrays, or config.json for HF folders
+    metadata: dict[str, Any]  # GGUF key/values without the token arrays, config.json (HF) or params.json (Meta)
     origin: Origin = "file"
     ollama_template: str | None = None
     ollama_params: dict[str, Any] = field(default_factory=dict)

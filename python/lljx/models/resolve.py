@@ -1,4 +1,4 @@
-"""Turn a model spec (nothing, a short name, a path, an Ollama name, a synthetic shape) into a file or folder, reading no weights.
+"""Turn a model spec (nothing, a short name, a path, a Meta checkpoint or Ollama name, a synthetic shape) into a file or folder, reading no weights.
 
 A synthetic spec is the one exception that may write: its file is made on first use (see synthetic.py).
 """
@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lljx.models import embedded, ollama, synthetic
+from lljx.models import embedded, meta, ollama, synthetic
 from lljx.models.errors import ModelFileError, ModelNotFoundError
 from lljx.models.gguf_file import MAGIC
-from lljx.models.model import ResolvedModel
+from lljx.models.model import Origin, ResolvedModel
 from lljx.models.safetensors import is_hf_folder, shard_files
 
 # Specs with these endings are meant as files; a missing one is never looked up as an Ollama name.
@@ -19,7 +19,8 @@ FILE_SUFFIXES = (".gguf", ".safetensors", ".json")
 
 
 def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = None) -> ResolvedModel:
-    """Where `spec` points: the embedded model, a GGUF file, an HF folder, or an Ollama store entry.
+    """Where `spec` points: the embedded model, a GGUF file, an HF or Meta checkpoint folder, a checkpoint
+    in Meta's store (~/.llama/checkpoints/NAME), or an Ollama store entry.
 
     Raises ModelNotFoundError (listing what was tried) when nothing matches, and ModelFileError
     when something matches but is unusable (an Ollama manifest naming a missing blob, a folder
@@ -38,6 +39,12 @@ def resolve(spec: str | None, *, ollama_root: str | os.PathLike[str] | None = No
     tried = [f"no file or folder {str(path)!r}"]
     if spec.lower().endswith(FILE_SUFFIXES) or spec.startswith((".", "~", os.sep)):
         raise ModelNotFoundError(spec, tried)
+    if not any(c in spec for c in (os.sep, "/", ":")):  # a bare name may be a checkpoint in Meta's store
+        root = meta.checkpoints_root()
+        checkpoint = meta.find_checkpoint(spec, root)
+        if checkpoint is not None:
+            return _folder(spec, checkpoint, origin="checkpoints")
+        tried.append(f"no Meta checkpoint {str(root / spec)!r}")
     return resolve_ollama(spec, ollama_root=ollama_root, tried=tried)
 
 
@@ -71,11 +78,7 @@ def resolve_ollama(
 
 
 def _embedded(spec: str | None) -> ResolvedModel:
-    path = embedded.embedded_gguf_path()
-    if path is None:
-        raise ModelNotFoundError(
-            spec or embedded.NAME, f"the {embedded.DISTRIBUTION} package with its GGUF is not installed"
-        )
+    path = embedded.ensure_embedded_gguf()  # downloaded on first use
     return ResolvedModel(
         name=embedded.NAME,
         source=spec or embedded.NAME,
@@ -94,9 +97,11 @@ def _synthetic(spec: str) -> ResolvedModel:
     )
 
 
-def _folder(spec: str, path: Path) -> ResolvedModel:
+def _folder(spec: str, path: Path, origin: Origin = "folder") -> ResolvedModel:
+    if not (path / "config.json").is_file() and (path / meta.PARAMS_FILE).is_file():
+        return meta.resolved_folder(spec, path, origin)
     if not (path / "config.json").is_file():
-        raise ModelFileError(path, "not a model folder: no config.json")
+        raise ModelFileError(path, "not a model folder: no config.json (HF) or params.json (Meta checkpoint)")
     if not is_hf_folder(path):
         raise ModelFileError(path, "no *.safetensors weights in the folder (only safetensors are supported)")
     size = sum(f.stat().st_size for f in shard_files(path))

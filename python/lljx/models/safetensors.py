@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 
 from lljx.config import ModelConfig
 from lljx.models import quantize
-from lljx.models.dequant import NP_DTYPES
+from lljx.models.dequant import NP_DTYPES, STORED_DTYPES
 from lljx.models.errors import ModelFileError
 from lljx.models.hf_config import config_from_hf, read_json
 from lljx.models.hf_tokenizer import hf_tokenizer
@@ -207,10 +207,6 @@ def load_hf(resolved: ResolvedModel, dtype: str) -> Model:
         metadata=cfg,
         origin=resolved.origin,
     )
-
-
-# torch_dtype / safetensors dtype -> the compute dtype that keeps the weights as stored.
-STORED_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "BF16": "bf16", "F16": "f16", "F32": "f32"}
 
 
 def stored_dtype_of(folder: Path, cfg: dict[str, Any]) -> str:

@@ -49,6 +49,7 @@ class TokenizerFile:
     bos_token: str | None = None
     eos_token: str | None = None
     add_bos: bool | None = None  # None: whatever the file's post-processor says
+    tiktoken_specials: tuple[str, ...] | None = None  # names of a tokenizer.model's special tokens (None: Llama 3.0's)
 
 
 TokenizerSpec = GGUFVocab | TokenizerFile
@@ -71,7 +72,10 @@ def build_tokenizer(spec: TokenizerSpec) -> Any:
             eos_id=spec.eos_id,
             add_bos=spec.add_bos,
         )
-    return Tokenizer.from_file(spec.path, bos_token=spec.bos_token, eos_token=spec.eos_token, add_bos=spec.add_bos)
+    return Tokenizer.from_file(
+        spec.path, bos_token=spec.bos_token, eos_token=spec.eos_token, add_bos=spec.add_bos,
+        tiktoken_specials=spec.tiktoken_specials,
+    )  # fmt: skip
 
 
 def stop_token_ids(eos_ids: Iterable[int | None], specials: dict[str, int]) -> tuple[int, ...]:

@@ -126,7 +126,7 @@ def tag_entry(info: ModelInfo) -> dict[str, Any]:
 
 
 def show(resolved: ResolvedModel, *, verbose: bool) -> dict[str, Any]:
-    """/api/show: details, model_info from the GGUF header (config.json for HF folders), template, parameters."""
+    """/api/show: details, model_info from the GGUF header (config.json or params.json for folders), template, parameters."""
     info = describe(resolved)
     if info.error is not None:
         raise RequestError(500, f'model "{resolved.name}" cannot be loaded: {info.error}')
@@ -156,10 +156,10 @@ def show(resolved: ResolvedModel, *, verbose: bool) -> dict[str, Any]:
 
 def header_info(resolved: ResolvedModel, *, verbose: bool) -> tuple[dict[str, Any], str | None]:
     """(model_info, chat template) without reading weights; token arrays only when verbose, as Ollama does."""
-    if resolved.format == "hf":
+    if resolved.format in ("hf", "meta"):
         from lljx.models.hf_config import read_json
 
-        config = read_json(Path(resolved.path) / "config.json")
+        config = read_json(Path(resolved.path) / ("config.json" if resolved.format == "hf" else "params.json"))
         return {f"llama.{k}" if not k.startswith("general.") else k: v for k, v in config.items()}, None
     from lljx.models.gguf import TOKEN_ARRAYS, metadata
     from lljx.models.gguf_file import read_gguf_header
