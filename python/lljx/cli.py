@@ -144,6 +144,8 @@ def main() -> None:
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`); default native-token on CPU, jit-token elsewhere.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop when this text appears (repeatable); it is not printed.")
+@click.option("--format", "reply_format", default=None, metavar="json|FILE.json|'{...}'",
+              help="Constrain the reply to JSON: 'json' (any object), a JSON schema file, or a schema written inline.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print timings to stderr.")
 @one_line_errors
 def generate(
@@ -160,17 +162,19 @@ def generate(
     raw: bool,
     strategy_name: str | None,
     stop_strings: tuple[str, ...],
+    reply_format: str | None,
     show_stats: bool,
 ) -> None:
     """Generate a reply to PROMPT (or stdin), streaming only the generated text to stdout."""
     import secrets
 
     from lljx.generation import Generation, chat_prompt_ids
-    from lljx.models import load_model
     from lljx.sampling import SamplerSettings
     from lljx.strategies import registry
+    from lljx.structured import compile_schema, read_format
 
     strategy = registry.load(strategy_name or registry.default_strategy())
+    schema = None if reply_format is None else read_format(reply_format)
     text = read_prompt(prompt, strip_final_newline=True)
     settings = SamplerSettings(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -180,10 +184,12 @@ def generate(
         raise click.BadParameter(f"must be at least 1, got {max_tokens}", param_hint="--max-tokens")
     enable_compile_cache()
     model, decoder, ids = start_quickly(strategy, model_spec, default_dtype() if dtype == "auto" else dtype, settings,
-                                        lambda m: chat_prompt_ids(m, text, system=system, raw=raw), max_tokens)
+                                        lambda m: chat_prompt_ids(m, text, system=system, raw=raw), max_tokens,
+                                        masked=schema is not None)
+    grammar = None if schema is None else compile_schema(model, schema)
     generation = Generation(
         model, decoder, ids, max_tokens=max_tokens,
-        stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True,
+        stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True, grammar=grammar,
     )
     for chunk in generation:
         sys.stdout.write(chunk)
@@ -194,10 +200,12 @@ def generate(
 
 
 def start_quickly(strategy: Any, model_spec: str | None, dtype: str, settings: Any,
-                  prompt_ids: Callable[[Any], list[int]], max_tokens: int) -> tuple[Any, Any, list[int]]:
+                  prompt_ids: Callable[[Any], list[int]], max_tokens: int, *, masked: bool = False
+                  ) -> tuple[Any, Any, list[int]]:
     """Model, decoder and prompt ids for one generation, with the prefill compiled (or loaded from
     the compilation cache) while the weights decode on another thread: the first token comes
-    sooner. A strategy that cannot be built on shapes-only weights just builds after loading."""
+    sooner. A strategy that cannot be built on shapes-only weights just builds after loading.
+    `masked` (a constrained reply) compiles the split step's programs instead."""
     from lljx.models import load_model_early
     from lljx.strategies.api import plan_for
 
@@ -207,9 +215,12 @@ def start_quickly(strategy: Any, model_spec: str | None, dtype: str, settings: A
     try:
         early = strategy.build(skeleton, settings)
         budget = min(max_tokens, skeleton.config.context_length - len(ids))
-        if ids and budget > 0:
+        plan = plan_for(len(ids), budget, skeleton.config.context_length)
+        if ids and budget > 0 and masked:
+            early.prepare(plan, masked=True)
+        elif ids and budget > 0:
             # Only the prefill: the decode step starts compiling once the weights are in.
-            early.prepare_prefill_first(plan_for(len(ids), budget, skeleton.config.context_length), decode=False)
+            early.prepare_prefill_first(plan, decode=False)
     except Exception:  # noqa: BLE001  (any failure here only means no head start)
         early = None
     model = loading.result()
