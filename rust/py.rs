@@ -617,12 +617,18 @@ impl PyTokenLoop {
             None => Self::read_tokens(py, &state.getattr("tokens")?)?,
         };
         let mut step = self.core.on_tokens(&ids, elapsed_ns(started))?;
-        if !step.finished {
+        // The budget's last token may be the one that completes the grammar: then the reply
+        // ended by itself. A stop token or stop string is never grammar text.
+        let out_of_budget =
+            step.finished && self.core.stats.stop_reason == Some(StopReason::Length);
+        if !step.finished || out_of_budget {
             if let Some(row) = self.constrained.as_mut().and_then(|c| c.masks.row_mut(0)) {
                 for &id in ids.iter().filter(|&&id| id >= 0) {
                     row.consume(u32::try_from(id).unwrap_or(u32::MAX))?;
                 }
-                if row.is_complete() {
+                if row.is_complete() && out_of_budget {
+                    self.core.stats.stop_reason = Some(StopReason::Stop);
+                } else if row.is_complete() {
                     step.text.push_str(&self.core.end(StopReason::Stop).text);
                     step.finished = true;
                 }

@@ -121,6 +121,15 @@ def test_a_reply_out_of_budget_ends_with_length(model):
     assert '{"name": "Ada Lovelace"'.startswith(text)
 
 
+def test_a_reply_completed_by_the_budgets_last_token_ended_by_itself(model):
+    reply = '{"name": "Ada", "kind": "person"}'
+    n = len(model.tokenizer.encode(reply))
+    text, generation, _ = run(model, reply, max_tokens=n)
+    assert text == reply and generation.stats.stop_reason == "stop"
+    _, short, _ = run(model, reply, max_tokens=n - 1)
+    assert short.stats.stop_reason == "length"
+
+
 def test_a_stop_token_ends_a_reply_where_the_grammar_may_end(model):
     eos = model.stop_token_ids[0]
     text, generation, _ = run(model, "1234", schema={"type": "integer"}, extra=[eos])
