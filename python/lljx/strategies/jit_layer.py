@@ -61,7 +61,7 @@ class JitPerLayer:
         logits_at = jax.jit(partial(head_logits, config))
         new_cache_slice = jax.jit(partial(empty_cache_slice, config), static_argnums=(0, 1))
 
-        def layers(params: Params, tokens, positions, cache: kv_cache.KVCache):
+        def forward(params: Params, tokens, positions, cache: kv_cache.KVCache):
             x = embed(params, tokens)
             ks, vs = [], []
             for weights, cache_k, cache_v in zip(params.layers, cache.k, cache.v):
@@ -77,7 +77,7 @@ class JitPerLayer:
             empty = [new_cache_slice(batch, cache_len) for _ in range(config.n_layers)]
             fresh = kv_cache.KVCache(tuple(k for k, _ in empty), tuple(v for _, v in empty))
             lengths = jnp.asarray(prompt_len)
-            x, cache = layers(params, padded_ids, positions, fresh)
+            x, cache = forward(params, padded_ids, positions, fresh)
             return x, cache, lengths
 
         def prefill(cache_len, params, padded_ids, prompt_len, key, knobs) -> DecodeState:
@@ -86,7 +86,7 @@ class JitPerLayer:
             return DecodeState(token, cache, lengths, key, knobs)
 
         def decode(params, tokens, cache, position, key, knobs) -> DecodeState:
-            x, cache = layers(params, tokens[:, -1:], position[:, None], cache)
+            x, cache = forward(params, tokens[:, -1:], position[:, None], cache)
             token, key = finish(params, x, jnp.zeros_like(position), key, knobs)
             return DecodeState(token, cache, position + 1, key, knobs)
 
@@ -94,11 +94,11 @@ class JitPerLayer:
             x, cache, lengths = prompt_layers(cache_len, params, padded_ids, prompt_len)
             return LogitsState(logits_at(params, x, lengths - 1), cache, lengths, key, knobs)
 
-        def forward(params, tokens, cache, position, key, knobs) -> LogitsState:
-            x, cache = layers(params, tokens[:, -1:], position[:, None], cache)
+        def forward_logits(params, tokens, cache, position, key, knobs) -> LogitsState:
+            x, cache = forward(params, tokens[:, -1:], position[:, None], cache)
             return LogitsState(logits_at(params, x, jnp.zeros_like(position)), cache, position + 1, key, knobs)
 
-        split = SplitStep(prefill_split, forward, jax.jit(partial(masked_sample, sample)))
+        split = SplitStep(prefill_split, forward_logits, jax.jit(partial(masked_sample, sample)))
         return EagerDecoder(model.params, sampler, prefill, decode, split)
 
 
