@@ -18,7 +18,7 @@ from lljx.params import Params
 from lljx.sampling import SamplerSettings, make_sampler
 from lljx.strategies.api import DecodePlan, DecodeState, LogitsState
 from lljx.strategies.eager import check_structure, pad_prompt
-from lljx.strategies.split import SplitStep, jitted_split, sampled
+from lljx.strategies.split import SplitStep, jitted_split, require_split, sampled
 from lljx.strategies.steps import decode_step, initial_key, prefill_step
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class CompiledDecoder:
         sampler: SamplerSettings,
         prefill: Callable[..., DecodeState],
         decode: Callable[..., DecodeState],
-        split: SplitStep,
+        split: SplitStep | None = None,
     ) -> None:
         self.params = params
         self.settings = sampler
@@ -151,7 +151,7 @@ class CompiledDecoder:
             return
         start, programs = time.perf_counter(), 0
         shapes = self._prefill_shapes(plan, batch)
-        split = self._split
+        split = require_split(self._split)
         if key not in self._split_prefills:
             self._split_prefills[key] = split.prefill.lower(plan.cache_len, self.params, *shapes).compile()  # type: ignore[attr-defined]
             programs += 1

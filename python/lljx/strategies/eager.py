@@ -17,7 +17,7 @@ import numpy as np
 from lljx.params import Params
 from lljx.sampling import SamplerSettings
 from lljx.strategies.api import DecodePlan, DecodeState, LogitsState
-from lljx.strategies.split import SplitStep, all_allowed, sampled
+from lljx.strategies.split import SplitStep, all_allowed, require_split, sampled
 from lljx.strategies.steps import initial_key
 
 PrefillFn = Callable[[int, Params, np.ndarray, np.ndarray, jax.Array, object], DecodeState]
@@ -29,7 +29,8 @@ class EagerDecoder:
     and for constrained generation the three functions of `split`."""
 
     def __init__(
-        self, params: Params, sampler: SamplerSettings, prefill: PrefillFn, decode: DecodeFn, split: SplitStep
+        self, params: Params, sampler: SamplerSettings, prefill: PrefillFn, decode: DecodeFn,
+        split: SplitStep | None = None,
     ) -> None:
         self.params = params
         self.settings = sampler
@@ -68,13 +69,13 @@ class EagerDecoder:
         settings = check_structure(self.settings, settings)
         padded, lengths = pad_prompt(prompt_ids, plan)
         key, knobs = initial_key(settings.seed), settings.knobs()
-        return self._split.prefill(plan.cache_len, self.params, padded, lengths, key, knobs)
+        return require_split(self._split).prefill(plan.cache_len, self.params, padded, lengths, key, knobs)
 
     def forward(self, previous: DecodeState) -> LogitsState:
-        return self._split.forward(self.params, *previous)
+        return require_split(self._split).forward(self.params, *previous)
 
     def sample(self, state: LogitsState, mask: np.ndarray) -> DecodeState:
-        tokens, key = self._split.sample(state.logits, state.key, state.knobs, mask)
+        tokens, key = require_split(self._split).sample(state.logits, state.key, state.knobs, mask)
         return sampled(state, tokens, key)
 
     def force(self, state: LogitsState, tokens: np.ndarray) -> DecodeState:

@@ -45,6 +45,13 @@ def eager_split(config: ModelConfig, sample: Sampler) -> SplitStep:
     return SplitStep(partial(prefill_split, config), partial(forward_split, config), partial(masked_sample, sample))
 
 
+def require_split(split: SplitStep | None) -> SplitStep:
+    """The decoder's split step; a decoder built without one cannot run constrained generations."""
+    if split is None:
+        raise ValueError("this strategy's decoder has no split step, so it cannot constrain a reply to a format")
+    return split
+
+
 def sampled(state: LogitsState, tokens: jax.Array | np.ndarray, key: jax.Array) -> DecodeState:
     """The state after the second half: the chosen tokens where the logits were."""
     return DecodeState(tokens, state.cache, state.position, key, state.knobs)
