@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// Everything the tokenizer, detokenizer and chat templates can fail with.
+/// Everything the tokenizer, detokenizer, chat templates and grammars can fail with.
 ///
 /// Variants carry plain strings so the core stays free of pyo3 and the messages read
 /// the same from Rust tests and from Python.
@@ -20,6 +20,8 @@ pub enum Error {
     Encode(String),
     /// A chat template failed to compile or render, or called `raise_exception`.
     Template(String),
+    /// A JSON schema that cannot be compiled into a grammar, or a grammar that failed mid-reply.
+    Grammar(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -59,7 +61,7 @@ impl fmt::Display for Error {
                 "token id {id} is not in the vocabulary (valid ids are 0..{vocab_size})"
             ),
             Error::Encode(message) => write!(f, "cannot encode text: {message}"),
-            Error::Template(message) => f.write_str(message),
+            Error::Template(message) | Error::Grammar(message) => f.write_str(message),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! lljx's native core in two halves. The text side: tokenizer, streaming detokenizer, chat
-//! templates and the host token loop. The compute side: CPU kernels (`kernels`) and the XLA
-//! FFI handlers that call them from jitted code (`ffi`). `py` binds both to Python when the
-//! `python` feature is on.
+//! templates, grammar constraints and the host token loop. The compute side: CPU kernels
+//! (`kernels`) and the XLA FFI handlers that call them from jitted code (`ffi`). `py` binds
+//! both to Python when the `python` feature is on.
 
 pub mod chat;
+pub mod constrain;
 pub mod detokenize;
 pub mod error;
 pub mod ffi;

@@ -12,6 +12,7 @@ use pyo3::types::{
 };
 
 use crate::chat::{ChatTemplate, Clock, Data};
+use crate::constrain::{Allowed, Grammar, Grammars, Limits, Masks, RowConstraint};
 use crate::detokenize::StreamDecoder;
 use crate::error::Error;
 use crate::token_loop::{StopReason, TokenLoop};
@@ -29,11 +30,18 @@ pyo3::create_exception!(
     PyValueError,
     "A chat template that does not compile or fails to render."
 );
+pyo3::create_exception!(
+    lljx._native,
+    GrammarError,
+    PyValueError,
+    "A JSON schema that cannot be compiled into a grammar, or a grammar that failed mid-reply."
+);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         match err {
             Error::Template(_) => TemplateError::new_err(err.to_string()),
+            Error::Grammar(_) => GrammarError::new_err(err.to_string()),
             Error::Io { .. }
             | Error::Format { .. }
             | Error::Vocab(_)
@@ -319,6 +327,8 @@ struct PyTokenLoop {
     pending: Option<Py<PyAny>>,
     started: Option<Instant>,
     done: bool,
+    /// The grammar's side of a constrained generation (None: unconstrained).
+    constrained: Option<Constrained>,
 }
 
 fn elapsed_ns(since: Instant) -> u64 {
@@ -335,6 +345,9 @@ impl PyTokenLoop {
     }
 
     fn advance(&mut self, py: Python<'_>) -> PyResult<String> {
+        if self.constrained.is_some() {
+            return self.advance_constrained(py);
+        }
         let started = *self.started.get_or_insert_with(Instant::now);
         let state = match self.pending.take() {
             Some(state) => state.into_bound(py),
@@ -369,8 +382,10 @@ impl PyTokenLoop {
 
 #[pymethods]
 impl PyTokenLoop {
+    /// With a `grammar`, every token is sampled under its mask through the decoder's split
+    /// step (`prefill_logits`, `forward`, `sample`, `force`), and the reply ends when it is complete.
     #[new]
-    #[pyo3(signature = (decoder, tokenizer, prompt_ids, plan, *, max_tokens, stop_ids, stop_strings, settings))]
+    #[pyo3(signature = (decoder, tokenizer, prompt_ids, plan, *, max_tokens, stop_ids, stop_strings, settings, grammar=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         decoder: Py<PyAny>,
@@ -381,9 +396,11 @@ impl PyTokenLoop {
         stop_ids: Vec<u32>,
         stop_strings: Vec<String>,
         settings: Py<PyAny>,
+        grammar: Option<PyRef<'_, PyGrammar>>,
         py: Python<'_>,
     ) -> PyResult<Self> {
         let prompt_tokens = prompt_ids.bind(py).len()?;
+        let constrained = grammar.map(|g| Constrained::new(&g.inner));
         Ok(PyTokenLoop {
             decoder,
             prompt_ids,
@@ -399,6 +416,7 @@ impl PyTokenLoop {
             pending: None,
             started: None,
             done: max_tokens == 0,
+            constrained,
         })
     }
 
@@ -446,10 +464,235 @@ impl PyTokenLoop {
         out.set_item("decode_ns", s.decode_ns)?;
         out.set_item("total_ns", s.total_ns)?;
         out.set_item("token_ns", s.token_ns.clone())?;
+        out.set_item("mask_ns", s.mask_ns.clone())?;
         out.set_item("stop_reason", s.stop_reason.map_or("", StopReason::as_str))?;
         Ok(out)
     }
 }
+
+// ---- Structured output: compiled grammars and the constrained token loop ----
+
+/// The compiled JSON-schema grammars of one model (its tokenizer, stop tokens and logits
+/// width), cached by schema.
+#[pyclass(frozen, module = "lljx._native", name = "Grammars")]
+struct PyGrammars {
+    inner: Grammars,
+}
+
+#[pymethods]
+impl PyGrammars {
+    #[new]
+    #[pyo3(signature = (tokenizer, *, stop_ids, vocab_size, max_schema_bytes=None, compile_timeout_ms=None, cache_entries=None))]
+    fn new(
+        py: Python<'_>,
+        tokenizer: &PyTokenizer,
+        stop_ids: Vec<u32>,
+        vocab_size: usize,
+        max_schema_bytes: Option<usize>,
+        compile_timeout_ms: Option<u64>,
+        cache_entries: Option<usize>,
+    ) -> PyResult<Self> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_schema_bytes: max_schema_bytes.unwrap_or(defaults.max_schema_bytes),
+            compile_timeout: compile_timeout_ms
+                .map_or(defaults.compile_timeout, std::time::Duration::from_millis),
+            cache_entries: cache_entries.unwrap_or(defaults.cache_entries),
+        };
+        let tokenizer = tokenizer.inner.clone();
+        let inner = py.detach(|| Grammars::new(tokenizer, &stop_ids, vocab_size, limits))?;
+        Ok(PyGrammars { inner })
+    }
+
+    /// (grammar, compile_ns, cached) for a JSON schema given as text.
+    fn compile(&self, py: Python<'_>, schema: &str) -> PyResult<(PyGrammar, u64, bool)> {
+        let compiled = py.detach(|| self.inner.compile(schema))?;
+        let grammar = PyGrammar {
+            inner: compiled.grammar,
+        };
+        Ok((grammar, compiled.compile_ns, compiled.cached))
+    }
+
+    #[getter]
+    fn mask_words(&self) -> usize {
+        self.inner.mask_words()
+    }
+
+    #[getter]
+    fn cached(&self) -> usize {
+        self.inner.cached_count()
+    }
+}
+
+/// One compiled schema; each generation follows its own copy.
+#[pyclass(frozen, module = "lljx._native", name = "Grammar")]
+struct PyGrammar {
+    inner: Grammar,
+}
+
+#[pymethods]
+impl PyGrammar {
+    /// The token ids the grammar allows after `prefix` (ids it has already accepted).
+    fn allowed_after(&self, py: Python<'_>, prefix: Vec<u32>) -> PyResult<Vec<u32>> {
+        let grammar = self.inner.clone();
+        Ok(py.detach(move || -> Result<Vec<u32>, Error> {
+            let mut row = RowConstraint::new(&grammar);
+            for id in prefix {
+                row.consume(id)?;
+            }
+            let mut mask = vec![0u32; grammar.mask_words];
+            row.fill(&mut mask)?;
+            Ok((0..grammar.mask_words as u32 * 32)
+                .filter(|&t| mask[t as usize / 32] >> (t % 32) & 1 == 1)
+                .collect())
+        })?)
+    }
+
+    /// Whether the grammar is complete after `ids` (nothing more may follow).
+    fn is_complete_after(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<bool> {
+        let grammar = self.inner.clone();
+        Ok(py.detach(move || -> Result<bool, Error> {
+            let mut row = RowConstraint::new(&grammar);
+            for id in ids {
+                row.consume(id)?;
+            }
+            Ok(row.is_complete())
+        })?)
+    }
+
+    #[getter]
+    fn mask_words(&self) -> usize {
+        self.inner.mask_words
+    }
+}
+
+/// The grammar side of a constrained generation: one masked row (the loop runs batch 1).
+struct Constrained {
+    masks: Masks,
+    /// The pending state's tokens when the grammar forced them: known here, nothing to read back.
+    forced: Option<Vec<i64>>,
+}
+
+impl Constrained {
+    fn new(grammar: &Grammar) -> Self {
+        Constrained {
+            masks: Masks::new(vec![Some(RowConstraint::new(grammar))], grammar.mask_words),
+            forced: None,
+        }
+    }
+}
+
+impl PyTokenLoop {
+    /// One step of a constrained generation, through the decoder's split step:
+    /// dispatch the forward pass of the token being read, read it, let the grammar take it,
+    /// compute the next mask while the forward pass runs, then dispatch the masked sample
+    /// (or, when the grammar allows one token only, take it without sampling).
+    fn advance_constrained(&mut self, py: Python<'_>) -> PyResult<String> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let decoder = self.decoder.bind(py).clone();
+        let (state, known) = match self.pending.take() {
+            Some(state) => {
+                let known = self.constrained.as_mut().and_then(|c| c.forced.take());
+                (state.into_bound(py), known)
+            }
+            None => {
+                let logits = decoder.call_method1(
+                    "prefill_logits",
+                    (
+                        self.prompt_ids.bind(py),
+                        self.plan.bind(py),
+                        self.settings.bind(py),
+                    ),
+                )?;
+                self.choose(py, &decoder, &logits)?
+            }
+        };
+        let following = if self.core.wants_more() {
+            Some(decoder.call_method1("forward", (&state,))?)
+        } else {
+            None
+        };
+        let ids = match known {
+            Some(ids) => ids,
+            None => Self::read_tokens(py, &state.getattr("tokens")?)?,
+        };
+        let mut step = self.core.on_tokens(&ids, elapsed_ns(started))?;
+        // The budget's last token may be the one that completes the grammar: then the reply
+        // ended by itself. A stop token or stop string is never grammar text.
+        let out_of_budget =
+            step.finished && self.core.stats.stop_reason == Some(StopReason::Length);
+        if !step.finished || out_of_budget {
+            if let Some(row) = self.constrained.as_mut().and_then(|c| c.masks.row_mut(0)) {
+                for &id in ids.iter().filter(|&&id| id >= 0) {
+                    row.consume(u32::try_from(id).unwrap_or(u32::MAX))?;
+                }
+                if row.is_complete() && out_of_budget {
+                    self.core.stats.stop_reason = Some(StopReason::Stop);
+                } else if row.is_complete() {
+                    step.text.push_str(&self.core.end(StopReason::Stop).text);
+                    step.finished = true;
+                }
+            }
+        }
+        match following {
+            Some(logits) if !step.finished => {
+                let (next, known) = self.choose(py, &decoder, &logits)?;
+                self.pending = Some(next.unbind());
+                if let Some(c) = self.constrained.as_mut() {
+                    c.forced = known;
+                }
+            }
+            _ => {
+                step.text.push_str(&self.core.end(StopReason::Length).text);
+                self.done = true;
+                self.core.set_total(elapsed_ns(started));
+            }
+        }
+        Ok(step.text)
+    }
+
+    /// The next state from `logits` (whose forward pass may still be running): the mask is
+    /// computed with the GIL released, then the masked sample is dispatched, or the token is
+    /// taken as is when every row allows one only. Returns the state and any forced ids.
+    fn choose<'py>(
+        &mut self,
+        py: Python<'py>,
+        decoder: &Bound<'py, PyAny>,
+        logits: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Option<Vec<i64>>)> {
+        let Some(constrained) = self.constrained.as_mut() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "choose() needs a grammar",
+            ));
+        };
+        let masks = &mut constrained.masks;
+        let (allowed, ns) = py.detach(|| masks.fill())?;
+        self.core.stats.mask_ns.push(ns);
+        let numpy = py.import("numpy")?;
+        let forced: Option<Vec<i64>> = allowed
+            .iter()
+            .map(|a| match a {
+                Allowed::Only(t) => Some(i64::from(*t)),
+                Allowed::Several => None,
+            })
+            .collect();
+        if let Some(ids) = forced {
+            let rows = ids.len();
+            let tokens = numpy
+                .call_method1("array", (ids.clone(), "int32"))?
+                .call_method1("reshape", ((rows, 1),))?;
+            return Ok((decoder.call_method1("force", (logits, tokens))?, Some(ids)));
+        }
+        let words = masks.words();
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mask = numpy
+            .call_method1("frombuffer", (PyBytes::new(py, &bytes), "uint32"))?
+            .call_method1("reshape", ((masks.rows(), masks.mask_words()),))?;
+        Ok((decoder.call_method1("sample", (logits, mask))?, None))
+    }
+}
+
+// ---- end of structured output ----
 
 fn handler_capsule(
     py: Python<'_>,
@@ -535,10 +778,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("TokenizerError", py.get_type::<TokenizerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
+    m.add("GrammarError", py.get_type::<GrammarError>())?;
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyStreamDecoder>()?;
     m.add_class::<PyChatTemplate>()?;
     m.add_class::<PyTokenLoop>()?;
+    m.add_class::<PyGrammars>()?;
+    m.add_class::<PyGrammar>()?;
     m.add_function(wrap_pyfunction!(matvec_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(attend_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;

@@ -102,6 +102,8 @@ pub struct Stats {
     pub total_ns: u64,
     /// Time between consecutive tokens becoming available on the host.
     pub token_ns: Vec<u64>,
+    /// Time the grammar took to compute each step's token mask (constrained generations only).
+    pub mask_ns: Vec<u64>,
     pub stop_reason: Option<StopReason>,
 }
 

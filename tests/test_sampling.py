@@ -7,7 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lljx.sampling import SamplerSettings, SamplingError, apply_min_p, apply_top_p, make_sampler
+from lljx.sampling import (
+    SamplerSettings,
+    SamplingError,
+    apply_min_p,
+    apply_token_mask,
+    apply_top_p,
+    make_sampler,
+    mask_words,
+    unpack_token_mask,
+)
 
 LOGITS = jnp.log(jnp.asarray([[0.05, 0.5, 0.3, 0.1, 0.05]], jnp.float32))
 
@@ -88,3 +97,47 @@ def test_knobs_change_without_recompiling():
     for settings in (base, SamplerSettings(temperature=0.3, top_k=3, top_p=0.5, min_p=0.1)):
         sample(LOGITS, key, settings.knobs())
     assert sample._cache_size() == 1
+
+
+def pack_mask(allowed: np.ndarray) -> np.ndarray:
+    """Booleans [rows, vocab] -> the packed u32 layout (bit t%32 of word t/32), written independently of the sampler."""
+    rows, vocab = allowed.shape
+    words = np.zeros((rows, -(-vocab // 32)), np.uint32)
+    for r, t in zip(*np.nonzero(allowed)):
+        words[r, t // 32] |= np.uint32(1) << np.uint32(t % 32)
+    return words
+
+
+def test_token_masks_unpack_bit_t_mod_32_of_word_t_div_32():
+    rng = np.random.default_rng(0)
+    allowed = rng.random((3, 75)) < 0.3
+    allowed[:, [0, 31, 32, 63, 64, 74]] = True  # word edges and the last, partial word
+    unpacked = np.asarray(unpack_token_mask(jnp.asarray(pack_mask(allowed)), 75))
+    assert unpacked.dtype == bool and (unpacked == allowed).all()
+    assert mask_words(75) == 3 and mask_words(64) == 2
+
+
+def test_masked_greedy_takes_the_best_allowed_token():
+    allowed = np.array([[True, False, True, True, False]])
+    masked = apply_token_mask(LOGITS, jnp.asarray(pack_mask(allowed)))
+    assert np.isneginf(np.asarray(masked)[~allowed]).all()
+    assert int(make_sampler(SamplerSettings(temperature=0), 5)(masked, jax.random.key(0), SamplerSettings().knobs())[0]) == 2
+
+
+@pytest.mark.parametrize("settings", [
+    SamplerSettings(temperature=1.5, top_k=3, top_p=1.0),
+    SamplerSettings(temperature=1.0, top_k=0, top_p=0.95, min_p=0.0),
+    SamplerSettings(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05),
+])
+def test_sampling_under_a_mask_never_draws_a_disallowed_token(settings):
+    vocab = 300
+    logits = jax.random.normal(jax.random.key(1), (2, vocab)) * 3
+    allowed = np.zeros((2, vocab), bool)
+    allowed[0, [5, 70, 299]] = True  # a few unlikely tokens among many likelier ones
+    allowed[1, :] = True
+    allowed[1, np.argsort(-np.asarray(logits[1]))[:10]] = False  # the ten likeliest are banned
+    sample = jax.jit(lambda key: make_sampler(settings, vocab)(apply_token_mask(logits, pack_mask(allowed)), key, settings.knobs()))
+    drawn = np.asarray(jax.vmap(sample)(jax.random.split(jax.random.key(2), 300)))
+    assert all(allowed[0, t] for t in drawn[:, 0]) and all(allowed[1, t] for t in drawn[:, 1])
+    if settings.top_p == 1.0:
+        assert len(set(drawn[:, 0])) > 1  # a real draw among the allowed, not one forced pick

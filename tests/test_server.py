@@ -7,7 +7,6 @@ every chat prompt lands in the same compiled shapes (prompt bucket 64, cache 256
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -17,13 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import ollama
 import pytest
-from fixtures.embedded_cache import cache_with_embedded_model
+
+from serve_process import Server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -39,58 +37,6 @@ PROMPTS = [  # chat prompts of 33-64 tokens with the template
     "How do birds fly?",
     "Give me a synonym for happy.",
 ]
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def client(self) -> ollama.Client:
-        return ollama.Client(host=self.url, timeout=300)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start_server(folder: Path, *args: str, **env_vars: str) -> Server:
-    """`lljx serve` on a free port, its output in a file (a pipe nobody reads would block it), ready to answer."""
-    log = folder / "serve.log"
-    cache = cache_with_embedded_model(folder.parent / "cache")
-    env = {**os.environ, "OLLAMA_MODELS": str(folder / "no-ollama-store"), "XDG_CACHE_HOME": str(cache)}
-    env.update(env_vars)
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lljx.cli", "serve", "--dtype", "f32", *(args or ("--port", "0"))],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
-        if process.poll() is not None:
-            pytest.fail(f"lljx serve exited with {process.returncode}: {log.read_text()}")
-        if found:
-            try:
-                if httpx.get(found.group(1), timeout=5).status_code == 200:
-                    return Server(found.group(1), process, log)
-            except httpx.TransportError:
-                pass
-        time.sleep(0.2)
-    process.kill()
-    process.wait()
-    pytest.fail(f"lljx serve did not start: {log.read_text()}")
-
-
-def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
-    if server.process.poll() is None:
-        server.process.send_signal(sig)
-        try:
-            server.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return server.process.returncode
 
 
 @pytest.fixture(scope="module")
@@ -206,31 +152,6 @@ def test_sampling_options_are_honoured_and_seeded(server):
         other = [client.generate(model=MODEL, prompt=PROMPTS[3], options={**options, "seed": s}).response for s in (12, 13)]
     assert first.response == again.response and first.response
     assert any(text != first.response for text in other)
-
-
-@pytest.mark.parametrize("prompt", [
-    "Describe a cat as a JSON object with keys name, age and color.",
-    "List three fruits and their colors as JSON.",
-    "Why is the sky blue? Answer in JSON.",
-])
-def test_format_json_always_parses(server, prompt):
-    with server.client() as client:
-        reply = client.generate(model=MODEL, prompt=prompt, format="json", options={"temperature": 0, "num_predict": 60})
-        chat = client.chat(model=MODEL, messages=[{"role": "user", "content": prompt}], format="json",
-                           options={"temperature": 0.9, "seed": 5, "num_predict": 40})
-        short = client.generate(model=MODEL, prompt=prompt, format="json", options={"temperature": 0, "num_predict": 6})
-    assert isinstance(json.loads(reply.response), dict)
-    assert isinstance(json.loads(chat.message.content), dict)
-    assert isinstance(json.loads(short.response), dict) and short.eval_count <= 6
-
-
-def test_format_json_streams_the_same_text(server):
-    prompt, options = "Describe a dog as JSON.", {"temperature": 0, "num_predict": 40}
-    with server.client() as client:
-        whole = client.generate(model=MODEL, prompt=prompt, format="json", options=options)
-        parts = list(client.generate(model=MODEL, prompt=prompt, format="json", options=options, stream=True))
-    assert "".join(p.response for p in parts) == whole.response
-    json.loads(whole.response)
 
 
 def test_ps_lists_the_loaded_model(server, first_two):

@@ -33,17 +33,20 @@ def test_body_must_be_a_json_object():
 
 def test_generate_defaults_and_field_errors():
     parsed = parse_generate({"model": "smollm2", "prompt": "hi"})
-    assert parsed.stream is True and parsed.json_format is False and parsed.raw is False and parsed.options == {}
+    assert parsed.stream is True and parsed.schema is None and parsed.raw is False and parsed.options == {}
     assert rejected(parse_generate, {"prompt": "hi"}).message == "model is required"
     assert "prompt must be a string" in rejected(parse_generate, {"model": "m", "prompt": 5}).message
     assert "stream must be true or false" in rejected(parse_generate, {"model": "m", "stream": "yes"}).message
     assert "options must be an object" in rejected(parse_generate, {"model": "m", "options": [1]}).message
-    assert "format" in rejected(parse_generate, {"model": "m", "format": "xml"}).message
-    assert "JSON schemas" in rejected(parse_generate, {"model": "m", "format": {"type": "object"}}).message
+    assert 'format must be "json" or a JSON schema object, got "xml"' == rejected(
+        parse_generate, {"model": "m", "format": "xml"}).message
+    assert "format" in rejected(parse_generate, {"model": "m", "format": ["json"]}).message
     assert "images" in rejected(parse_generate, {"model": "m", "images": ["aGk="]}).message
     assert "context" in rejected(parse_generate, {"model": "m", "context": [1, -2]}).message
     assert "think" in rejected(parse_generate, {"model": "m", "think": True}).message
-    assert parse_generate({"model": "m", "format": "json", "context": [1, 2]}).json_format
+    assert parse_generate({"model": "m", "format": "json", "context": [1, 2]}).schema == {"type": "object"}
+    person = {"type": "object", "properties": {"name": {"type": "string"}}}
+    assert parse_chat({"model": "m", "format": person}).schema == person
 
 
 def test_chat_messages_are_checked_by_index():

@@ -6,10 +6,13 @@ from typing import Any, final
 __all__ = [
     "TokenizerError",
     "TemplateError",
+    "GrammarError",
     "Tokenizer",
     "StreamDecoder",
     "ChatTemplate",
     "TokenLoop",
+    "Grammars",
+    "Grammar",
     "matvec_ffi_handler",
     "attend_ffi_handler",
     "int8_dot_kernel_available",
@@ -26,6 +29,9 @@ class TokenizerError(ValueError):
 
 class TemplateError(ValueError):
     """A chat template that does not compile or fails to render."""
+
+class GrammarError(ValueError):
+    """A JSON schema that cannot be compiled into a grammar, or a grammar that failed mid-reply."""
 
 @final
 class Tokenizer:
@@ -98,6 +104,7 @@ class TokenLoop:
         stop_ids: list[int],
         stop_strings: list[str],
         settings: object,
+        grammar: Grammar | None = None,
     ) -> TokenLoop: ...
     def __iter__(self) -> TokenLoop: ...
     def __next__(self) -> str: ...
@@ -106,6 +113,31 @@ class TokenLoop:
     def token_ids(self) -> list[int]: ...
     @property
     def stats(self) -> dict[str, Any]: ...
+
+@final
+class Grammars:
+    def __new__(
+        cls,
+        tokenizer: Tokenizer,
+        *,
+        stop_ids: list[int],
+        vocab_size: int,
+        max_schema_bytes: int | None = None,
+        compile_timeout_ms: int | None = None,
+        cache_entries: int | None = None,
+    ) -> Grammars: ...
+    def compile(self, schema: str) -> tuple[Grammar, int, bool]: ...
+    @property
+    def mask_words(self) -> int: ...
+    @property
+    def cached(self) -> int: ...
+
+@final
+class Grammar:
+    def allowed_after(self, prefix: list[int]) -> list[int]: ...
+    def is_complete_after(self, ids: list[int]) -> bool: ...
+    @property
+    def mask_words(self) -> int: ...
 
 def matvec_ffi_handler() -> object:
     """The XLA FFI handler of the matvec kernel, as the capsule `jax.ffi.register_ffi_target` takes."""

@@ -157,6 +157,8 @@ def main() -> None:
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`); default native-token on CPU, jit-token elsewhere.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop when this text appears (repeatable); it is not printed.")
+@click.option("--format", "reply_format", default=None, metavar="json|FILE.json|'{...}'",
+              help="Constrain the reply to JSON: 'json' (any object), a JSON schema file, or a schema written inline.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print timings to stderr.")
 @one_line_errors
 def generate(
@@ -173,6 +175,7 @@ def generate(
     raw: bool,
     strategy_name: str | None,
     stop_strings: tuple[str, ...],
+    reply_format: str | None,
     show_stats: bool,
 ) -> None:
     """Generate a reply to PROMPT (or stdin), streaming only the generated text to stdout."""
@@ -181,9 +184,11 @@ def generate(
     from lljx.generation import Generation, chat_prompt_ids, start_quickly
     from lljx.sampling import SamplerSettings
     from lljx.strategies import registry
+    from lljx.structured import compile_schema, read_format
 
     text = read_prompt(prompt, strip_final_newline=True, allow_empty=False)
     strategy = registry.load(strategy_name or registry.default_strategy())
+    schema = None if reply_format is None else read_format(reply_format)
     settings = SamplerSettings(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         seed=secrets.randbelow(2**63) if seed is None else seed,
@@ -194,10 +199,12 @@ def generate(
     model, decoder, ids = start_quickly(
         strategy, model_spec, dtype=default_dtype() if dtype == "auto" else dtype, settings=settings,
         prompt_ids=lambda m: chat_prompt_ids(m, text, system=system, raw=raw), max_tokens=max_tokens,
+        masked=schema is not None,
     )
+    grammar = None if schema is None else compile_schema(model, schema)
     generation = Generation(
         model, decoder, ids, max_tokens=max_tokens,
-        stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True,
+        stop_token_ids=model.stop_token_ids, stop_strings=stop_strings, fast_start=True, grammar=grammar,
     )
     if model.origin == "synthetic":
         from lljx.models.synthetic import NOISE_NOTE

@@ -14,6 +14,7 @@ from lljx.strategies.api import Decoder, Strategy, plan_for
 
 if TYPE_CHECKING:
     from lljx.models import Model
+    from lljx.structured import CompiledSchema
 
 
 class GenerationError(ValueError):
@@ -35,6 +36,9 @@ class Stats:
     total_ns: int = 0
     token_ns: list[int] = field(default_factory=list)
     stop_reason: str = ""
+    # Constrained generations: compiling the grammar (a cached one costs a lookup), and each step's mask.
+    grammar_ns: int = 0
+    mask_ns: list[int] = field(default_factory=list)
 
     @property
     def prefill_tps(self) -> float:
@@ -45,13 +49,27 @@ class Stats:
         # The first token comes out of prefill; decode time covers the tokens read after it.
         return rate(self.tokens_read - 1, self.decode_ns)
 
+    @property
+    def mask_p50_ns(self) -> int:
+        return percentile(self.mask_ns, 50)
+
+    @property
+    def mask_p99_ns(self) -> int:
+        return percentile(self.mask_ns, 99)
+
     def summary(self) -> str:
-        return (
+        text = (
             f"prompt tokens: {self.prompt_tokens}  generated: {self.gen_tokens}  "
             f"time to first token: {self.ttft_ns / 1e9:.3f} s  "
             f"prefill: {self.prefill_tps:.1f} tok/s  decode: {self.decode_tps:.1f} tok/s  "
             f"stop: {self.stop_reason}  compile: {self.compile_ns / 1e9:.2f} s"
         )
+        if self.mask_ns:
+            text += (
+                f"  grammar: {self.grammar_ns / 1e6:.2f} ms  mask per token: "
+                f"p50 {self.mask_p50_ns / 1e3:.0f} us, p99 {self.mask_p99_ns / 1e3:.0f} us"
+            )
+        return text
 
 
 MIN_DURATION_NS = 1_000  # below a microsecond a rate is noise, not a measurement
@@ -59,6 +77,15 @@ MIN_DURATION_NS = 1_000  # below a microsecond a rate is noise, not a measuremen
 
 def rate(count: int, duration_ns: int) -> float:
     return count / (duration_ns / 1e9) if count > 0 and duration_ns >= MIN_DURATION_NS else 0.0
+
+
+def percentile(values: Sequence[int], q: int) -> int:
+    """The q-th percentile (nearest rank) of `values`; 0 when there are none."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = -(-len(ordered) * q // 100)  # ceil(n q / 100), in integers
+    return int(ordered[min(len(ordered), max(1, rank)) - 1])
 
 
 def chat_prompt_ids(model: Model, prompt: str, *, system: str | None = None, raw: bool = False) -> list[int]:
@@ -91,7 +118,9 @@ class Generation:
 
     The loop itself is the Rust `TokenLoop`: it calls the decoder's prefill and decode,
     dispatching step n+1 before reading token n, detokenizes UTF-8-safely, applies stop
-    tokens, stop strings and the budget, and times every token.
+    tokens, stop strings and the budget, and times every token. With a `grammar` (a compiled
+    schema) it drives the decoder's split step instead, masking every token, and the reply
+    ends once the grammar is complete.
     """
 
     def __init__(
@@ -105,6 +134,7 @@ class Generation:
         stop_strings: Sequence[str] = (),
         settings: SamplerSettings | None = None,
         fast_start: bool = False,
+        grammar: CompiledSchema | None = None,
     ) -> None:
         """`fast_start` lets a decoder that can (`prepare_prefill_first`) compile its decode step
         while the first token is computed; otherwise everything compiles before the loop starts."""
@@ -121,14 +151,18 @@ class Generation:
         self.budget = min(max_tokens, context - len(prompt_ids))
         self.plan = plan_for(len(prompt_ids), self.budget, context)
         self._compiled_before = decoder.compile_seconds
-        early = getattr(decoder, "prepare_prefill_first", None) if fast_start else None
+        self.grammar = grammar
+        early = getattr(decoder, "prepare_prefill_first", None) if fast_start and grammar is None else None
         if early is not None:
             early(self.plan, batch=1, decode=self.budget > 1)  # one token needs no decode step
+        elif grammar is not None:
+            decoder.prepare(self.plan, batch=1, masked=True)  # the split step, compiled outside the timed loop
         else:
             decoder.prepare(self.plan, batch=1)  # compile outside the timed loop
         self._loop = _native.TokenLoop(
             decoder, model.tokenizer._native, self.prompt_ids[0], self.plan,
             max_tokens=self.budget, stop_ids=list(stop_token_ids), stop_strings=list(stop_strings), settings=settings,
+            grammar=None if grammar is None else grammar.grammar,
         )
 
     def __iter__(self) -> Iterator[str]:
@@ -150,7 +184,14 @@ class Generation:
 
     @property
     def stats(self) -> Stats:
-        return Stats(compile_ns=self.compile_ns, **self._loop.stats)
+        stats = Stats(compile_ns=self.compile_ns, **self._loop.stats)
+        if self.grammar is not None:
+            # The grammar was compiled for this request before its loop started: the first
+            # token and the whole request waited for it.
+            stats.grammar_ns = self.grammar.compile_ns
+            stats.ttft_ns += stats.grammar_ns
+            stats.total_ns += stats.grammar_ns
+        return stats
 
 
 def start_quickly(
@@ -161,6 +202,7 @@ def start_quickly(
     settings: SamplerSettings,
     prompt_ids: Callable[[Model], list[int]],
     max_tokens: int,
+    masked: bool = False,
 ) -> tuple[Model, Decoder, list[int]]:
     """Model, decoder and prompt ids for one generation, with the prefill compiled (or loaded from
     the compilation cache) while the weights load on another thread: the first token comes sooner.
@@ -169,6 +211,7 @@ def start_quickly(
     that cannot describe its weights before reading them, or a strategy that cannot be built on
     shapes-only weights, just builds after loading. Hand the result to `Generation(...,
     fast_start=True)` so the decode step compiles while the first token is computed.
+    `masked` (a constrained reply) compiles the split step's programs instead.
     """
     from lljx.models import load_model_early
     from lljx.strategies import registry
@@ -179,9 +222,12 @@ def start_quickly(
     try:
         early = registry.build(strategy, skeleton, settings)
         budget = min(max_tokens, skeleton.config.context_length - len(ids))
-        if ids and budget > 0:
+        plan = plan_for(len(ids), budget, skeleton.config.context_length)
+        if ids and budget > 0 and masked:
+            early.prepare(plan, masked=True)
+        elif ids and budget > 0:
             # Only the prefill: the decode step starts compiling once the weights are in.
-            early.prepare_prefill_first(plan_for(len(ids), budget, skeleton.config.context_length), decode=False)
+            early.prepare_prefill_first(plan, decode=False)
     except Exception:  # noqa: BLE001  (any failure here only means no head start)
         early = None
     model = loading.result()

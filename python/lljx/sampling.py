@@ -3,6 +3,7 @@
 Temperature 0 is greedy argmax. Otherwise logits are divided by the temperature, cut to the
 top k with `lax.top_k` (never a full sort of the vocabulary when k is set), then top-p and
 min-p mask the remaining candidates with -inf, and one is drawn with the step's key.
+A grammar's token mask (`apply_token_mask`) comes before all of them.
 """
 
 from __future__ import annotations
@@ -81,6 +82,24 @@ def apply_min_p(sorted_logits: jax.Array, min_p: jax.Array | float) -> jax.Array
     """Drop candidates whose probability is below min_p times the most likely one's (0 keeps all)."""
     threshold = sorted_logits[..., :1] + jnp.log(min_p)
     return jnp.where(sorted_logits >= threshold, sorted_logits, -jnp.inf)
+
+
+def unpack_token_mask(mask: jax.Array, vocab_size: int) -> jax.Array:
+    """Packed bitsets [batch, words] uint32 (bit t%32 of word t/32 allows token t) -> bool [batch, vocab]."""
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    bits = (mask.astype(jnp.uint32)[:, :, None] >> shifts) & jnp.uint32(1)
+    return bits.reshape(mask.shape[0], -1)[:, :vocab_size].astype(bool)
+
+
+def apply_token_mask(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """Disallowed tokens' logits become -inf, so no filter or draw after this can pick them."""
+    with jax.named_scope("token_mask"):
+        return jnp.where(unpack_token_mask(mask, logits.shape[-1]), logits, -jnp.inf)
+
+
+def mask_words(vocab_size: int) -> int:
+    """The u32 words of one row's token mask."""
+    return -(-vocab_size // 32)
 
 
 def greedy(logits: jax.Array, key: jax.Array, knobs: SamplerKnobs) -> jax.Array:

@@ -47,6 +47,9 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per pro
 @click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True,
               help="How the summary prints on stdout.")
 @click.option("--ollama-model", default=None, help="Model name for the Ollama peer [default: the Ollama name of --model].")
+@click.option("--schema", "schema_spec", default=None, metavar="json|FILE.json|'{...}'",
+              help="Also run every strategy with its replies constrained to this JSON schema ('json': any object), "
+                   "as <strategy>+schema, to measure what the constraint costs (--format sets the summary's format).")
 @click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Print the change between two saved runs.json files (A then B) and exit.")
 @click.option("--cold", is_flag=True,
@@ -70,7 +73,7 @@ def run(
     strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec: str | None, dtype: str,
     n_prompts: int | None, prompts_file: Path | None, prompt_tokens: int | None, max_tokens: int, repeat: int,
     baseline: str | None, seed: int, out_dir: Path | None, fmt: str, ollama_model: str | None,
-    compare_paths: tuple[Path, Path] | None, cold: bool, spawns: int,
+    schema_spec: str | None, compare_paths: tuple[Path, Path] | None, cold: bool, spawns: int,
 ) -> None:
     if compare_paths:
         from lljx.bench.compare import compare, format_compare, load_run
@@ -97,6 +100,9 @@ def run(
         run_cold(strategy_names, peers, model_spec, dtype, texts[0], spawns, out_dir, fmt)
         return
     names = check_strategies(strategy_names)
+    from lljx.structured import read_format
+
+    schema = None if schema_spec is None else read_format(schema_spec)
     from lljx.bench.environment import collect
     from lljx.bench.environment import threads as thread_count
     from lljx.cli import default_dtype, enable_compile_cache
@@ -115,7 +121,12 @@ def run(
     else:
         prompts, warmup = long_prompts(model, texts, prompt_pool.select(None, prompts_file), prompt_tokens)
     threads = thread_count()
-    systems, skipped = make_systems(names, peers, model, prompts, warmup, max_tokens, seed, threads, load_s, ollama_model)
+    if schema is not None:
+        from lljx.structured import compile_schema
+
+        compile_schema(model, schema)  # a schema that does not compile fails here, before any measuring
+    systems, skipped = make_systems(names, peers, model, prompts, warmup, max_tokens, seed, threads, load_s,
+                                    ollama_model, schema)
     if baseline is not None and baseline not in [s.name for s in systems] + list(skipped):
         raise click.BadParameter(f"'{baseline}' is not among the systems run", param_hint="--baseline")
 
@@ -144,6 +155,7 @@ def run(
                 "prompt_tokens": prompt_tokens,
                 "max_tokens": max_tokens, "repeat": repeat, "seed": seed, "threads": threads,
                 "sampling": "greedy (temperature 0), stopping at the model's end-of-turn tokens",
+                "schema": schema_spec,
                 # With JAX's persistent cache on, compile_s is mostly the time to load cached executables.
                 "jax_compile_cache": os.environ.get("LLJX_COMPILE_CACHE", "1") != "0",
                 "files": {s.name: str(s.file) if getattr(s, "file", None) else None for s in systems},
@@ -238,16 +250,18 @@ def check_strategies(names: tuple[str, ...]) -> list[str]:
 
 def make_systems(
     names: list[str], peers: tuple[str, ...], model: Any, prompts: list[Any], warmup: Any, max_tokens: int,
-    seed: int, threads: int, load_s: float, ollama_model: str | None,
+    seed: int, threads: int, load_s: float, ollama_model: str | None, schema: dict[str, Any] | None = None,
 ) -> tuple[list[Any], dict[str, str]]:
-    """Strategies first, then the peers; a peer that cannot run here is skipped, saying why."""
+    """Strategies first (each also constrained to `schema` when there is one), then the peers
+    (never constrained); a peer that cannot run here is skipped, saying why."""
     from lljx.bench.peers import LlamaCppSystem, OllamaSystem, Skipped, ollama_name
     from lljx.bench.runner import StrategySystem
 
     systems: list[Any] = [
         StrategySystem(name, model, prompts=prompts, warmup=warmup, max_tokens=max_tokens, seed=seed,
-                       threads=threads, load_s=load_s)
+                       threads=threads, load_s=load_s, schema=constraint)
         for name in names
+        for constraint in ([None] if schema is None else [None, schema])
     ]
     skipped: dict[str, str] = {}
     for peer in dict.fromkeys(peers):

@@ -69,6 +69,9 @@ def summarize(rows: Sequence[dict[str, Any]], baseline: str | None, roofline: Ro
             "gen_tokens_mean": number(group["gen_tokens"].astype(float).mean()),
             "compile_s": number(first(group, "compile_s")),
             "load_s": number(first(group, "load_s")),
+            # Constrained systems: the median run's median mask time, and the worst run's 99th percentile.
+            "mask_p50_us": number(group["mask_p50_us"].astype(float).median()) if "mask_p50_us" in group else None,
+            "mask_p99_us": number(group["mask_p99_us"].astype(float).max()) if "mask_p99_us" in group else None,
         })
     by_name = {s["system"]: s for s in summary}
     base = by_name.get(baseline, {}) if baseline is not None else {}
@@ -107,6 +110,11 @@ def display(summary: Sequence[dict[str, Any]], baseline: str | None) -> tuple[li
             fixed(s["prefill_vs_baseline"], 2), fixed(s["e2e_median_tps"]), fixed(s["vs_baseline"], 2), share,
             fixed(s["compile_s"], 2),
         ])
+    if any(s.get("mask_p50_us") is not None for s in summary):
+        headers.append("mask µs p50 / p99")
+        for s, row in zip(summary, cells):
+            p50, p99 = s.get("mask_p50_us"), s.get("mask_p99_us")
+            row.append("-" if p50 is None else f"{p50:.0f} / {fixed(p99, 0)}")
     return headers, cells
 
 

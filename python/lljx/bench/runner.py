@@ -33,6 +33,8 @@ EXTRA_COLUMNS = (
     # Ollama's own numbers (None for other systems): the server-side view beside the client clock.
     "eval_count", "eval_duration_s", "prompt_eval_count", "prompt_eval_duration_s", "server_decode_tps",
     "server_prefill_tps",
+    # Constrained runs (`--schema`): compiling or finding the grammar, and its mask time per token.
+    "grammar_ms", "mask_p50_us", "mask_p99_us",
 )
 ALL_COLUMNS = COLUMNS + EXTRA_COLUMNS
 
@@ -95,6 +97,8 @@ def make_row(system: System, ready: Readiness, prompt: Prompt, repeat: int, meas
         tokens_read=s.tokens_read, stop_reason=s.stop_reason,
         prefill_s=s.prefill_ns / 1e9, decode_s=s.decode_ns / 1e9, total_s=s.total_ns / 1e9,
     )
+    if s.mask_ns:
+        row.update(grammar_ms=s.grammar_ns / 1e6, mask_p50_us=s.mask_p50_ns / 1e3, mask_p99_us=s.mask_p99_ns / 1e3)
     row.update(measured.extra)
     return row
 
@@ -130,16 +134,22 @@ def _increment(x: jax.Array) -> jax.Array:
     return x + 1
 
 
+SCHEMA_SUFFIX = "+schema"
+
+
 class StrategySystem:
-    """An lljx strategy on an already loaded model, greedy, through the Rust token loop."""
+    """An lljx strategy on an already loaded model, greedy, through the Rust token loop; with a
+    `schema`, every reply is constrained to it (the system is named `<strategy>+schema`)."""
 
     kind = "strategy"
 
     def __init__(
         self, name: str, model: Model, *, prompts: Sequence[Prompt], warmup: Prompt, max_tokens: int,
-        seed: int, threads: int, load_s: float,
+        seed: int, threads: int, load_s: float, schema: dict[str, Any] | None = None,
     ) -> None:
-        self.name = name
+        self.strategy = name
+        self.name = name + (SCHEMA_SUFFIX if schema is not None else "")
+        self.schema = schema
         self.model_ = model
         self.dtype = model.config.dtype
         self.model = model.name
@@ -153,15 +163,19 @@ class StrategySystem:
         self.decoder: Any = None
 
     def generation(self, prompt: Prompt, max_tokens: int) -> Generation:
+        from lljx.structured import compile_schema
+
+        # Compiled per run like a server request's (after the first, a cache lookup), inside the timings.
+        grammar = None if self.schema is None else compile_schema(self.model_, self.schema)
         return Generation(
             self.model_, self.decoder, prompt.ids, max_tokens=max_tokens,
-            stop_token_ids=self.model_.stop_token_ids, settings=self.settings,
+            stop_token_ids=self.model_.stop_token_ids, settings=self.settings, grammar=grammar,
         )
 
     def warm_up(self) -> Readiness:
         from lljx.strategies import registry
 
-        self.decoder = registry.build(registry.load(self.name), self.model_, self.settings)
+        self.decoder = registry.build(registry.load(self.strategy), self.model_, self.settings)
         start = time.perf_counter()
         # Compile every shape the prompts need (constructing a Generation compiles, iterating runs),
         # then run each executable once.

@@ -95,7 +95,7 @@ class Api:
     async def run(self, request: Request, parsed: Common, prompt: Any, shape: Shape, started: int) -> Response:
         resolved: ResolvedModel = self.catalog.lookup(parsed.model)
         options = parse_options(parsed.options, resolved.ollama_params)
-        work = Work(prompt, options, options.sampler(), parsed.json_format)
+        work = Work(prompt, options, options.sampler(), parsed.schema)
         loaded, load_ns = await self.pool.acquire(resolved)
         if parsed.keep_alive == 0:
             self.pool.unload_after(loaded)

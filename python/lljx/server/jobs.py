@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lljx._native import TemplateError, TokenizerError
+from lljx._native import GrammarError, TemplateError, TokenizerError
 from lljx.generation import Generation, GenerationError, Stats
 from lljx.sampling import SamplerSettings, SamplingError
 from lljx.server.schemas import Options, RequestError
+from lljx.structured import compile_schema
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lljx.server")
 
-CLIENT_ERRORS = (GenerationError, SamplingError, TemplateError, TokenizerError)
+CLIENT_ERRORS = (GenerationError, GrammarError, SamplingError, TemplateError, TokenizerError)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Work:
     prompt_ids: Callable[[Model], list[int]]
     options: Options
     settings: SamplerSettings
-    json_format: bool
+    schema: dict[str, Any] | None  # the reply follows this JSON schema (None: free text)
 
 
 @dataclass(frozen=True)
@@ -93,17 +94,19 @@ def run(job: Job, loaded: Loaded, work: Work) -> None:
     model = loaded.model
     try:
         ids = work.prompt_ids(model)
+        # Compiled before anything else, so a bad schema is a 400 whatever the budget, and costs no XLA compile.
+        grammar = None if work.schema is None else compile_schema(model, work.schema)
         _, budget = budget_for(work.options, len(ids), model.config.context_length)
         if budget == 0:  # num_predict 0: nothing to generate, as Ollama answers at once
             job.put("started", 0)
             job.put("done", Finished(Stats(prompt_tokens=len(ids), stop_reason="length"), ids, []))
             return
-        decoder = loaded.json_decoder(work.settings, budget) if work.json_format else loaded.decoder(work.settings)
-        # Stop strings would cut a JSON object short, so JSON output ends only when the object does.
-        stops = () if work.json_format else work.options.stop
+        decoder = loaded.decoder(work.settings)
+        # Stop strings would cut a JSON reply short, so a constrained reply ends only when its grammar does.
+        stops = () if grammar is not None else work.options.stop
         generation = Generation(
             model, decoder, ids, max_tokens=budget, stop_token_ids=model.stop_token_ids,
-            stop_strings=stops, settings=work.settings,
+            stop_strings=stops, settings=work.settings, grammar=grammar,
         )
     except RequestError as error:
         job.put("error", error)

@@ -12,14 +12,13 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import jax
 
 from lljx.models import Model, ResolvedModel, load_resolved
 from lljx.sampling import SamplerSettings
 from lljx.server import jobs
-from lljx.server.json_decoder import JsonDecoder, LogitsEngine
 from lljx.server.schemas import RequestError
 from lljx.strategies import registry
 from lljx.strategies.api import Decoder, Strategy
@@ -41,25 +40,19 @@ class Loaded:
     pending: int = 0  # requests queued or running
     unload_when_idle: bool = False
     decoders: dict[tuple[bool, int], Decoder] = field(default_factory=dict)
-    engine: LogitsEngine | None = None
 
     @property
     def size(self) -> int:
         """Bytes of the weights in memory (what /api/ps reports)."""
         return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(self.model.params))
 
-    # The two methods below run on the worker thread only, so their caches need no lock.
+    # Runs on the worker thread only, so the cache needs no lock. The same decoder serves free
+    # and constrained replies (the latter through its split step, compiled when first needed).
     def decoder(self, settings: SamplerSettings) -> Decoder:
         decoder = self.decoders.get(settings.structure)
         if decoder is None:
             decoder = self.decoders[settings.structure] = registry.build(self.strategy, self.model, settings)
         return decoder
-
-    def json_decoder(self, settings: SamplerSettings, budget: int) -> Decoder:
-        if self.engine is None:
-            self.engine = LogitsEngine(self.model)
-        # Its steps are JsonStep, not DecodeState: the Rust loop reads only `.tokens` and hands the step back.
-        return cast(Decoder, JsonDecoder(self.engine, settings, budget))
 
 
 class ModelPool:

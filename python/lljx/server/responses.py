@@ -39,7 +39,9 @@ def metrics(stats: Stats | None, *, total_ns: int, load_ns: int) -> dict[str, in
 
     load_duration counts loading the model and compiling for this request's shapes, the two
     things that make a first request slow; prompt_eval covers prefill up to the first token,
-    eval the tokens after it, as the Rust loop timed them.
+    eval the tokens after it, as the Rust loop timed them. A reply under a `format` adds
+    lljx's own grammar_duration (compiling its schema, or finding it compiled) and the
+    time its grammar took per token to compute a mask, at the median and the 99th percentile.
     """
     values = {"total_duration": total_ns, "load_duration": load_ns + (stats.compile_ns if stats else 0)}
     if stats is not None:
@@ -48,6 +50,9 @@ def metrics(stats: Stats | None, *, total_ns: int, load_ns: int) -> dict[str, in
             "prompt_eval_duration": stats.prefill_ns,
             "eval_count": stats.gen_tokens,
             "eval_duration": stats.decode_ns,
+            "grammar_duration": stats.grammar_ns,
+            "mask_duration_p50": stats.mask_p50_ns,
+            "mask_duration_p99": stats.mask_p99_ns,
         }
     return {key: int(value) for key, value in values.items() if value}
 

@@ -67,7 +67,7 @@ class Common:
 
     model: str
     stream: bool
-    json_format: bool
+    schema: dict[str, Any] | None  # the reply's JSON schema: `format` as a schema, "json" as {"type": "object"}
     keep_alive: float | None  # seconds; None: the server's default (stay loaded)
     options: Mapping[str, Any]  # as sent; merged over the model's defaults by `parse_options`
 
@@ -154,21 +154,23 @@ def common(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "model": model_name(body),
         "stream": fields.flag("stream", True),
-        "json_format": parse_format(body.get("format")),
+        "schema": parse_format(body.get("format")),
         "keep_alive": parse_keep_alive(body.get("keep_alive")),
         "options": options,
     }
 
 
-def parse_format(value: Any) -> bool:
-    """True for "json"; a JSON schema is refused rather than silently treated as plain JSON."""
+def parse_format(value: Any) -> dict[str, Any] | None:
+    """The schema the reply must follow: "json" is any object (as in Ollama), a dict is a schema.
+
+    Whether the schema compiles is the model's grammar cache's to say (a 400 naming the fault)."""
     if value in (None, ""):
-        return False
+        return None
     if value == "json":
-        return True
+        return {"type": "object"}
     if isinstance(value, dict):
-        raise bad('format: JSON schemas are not supported; use "json"')
-    raise bad(f'format must be "json", got {_show(value)}')
+        return value
+    raise bad(f'format must be "json" or a JSON schema object, got {_show(value)}')
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")

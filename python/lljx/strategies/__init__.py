@@ -1,14 +1,16 @@
 """JIT strategies: where jax.jit goes in the decode pipeline, each a plugin building a Decoder.
 
 What a third-party strategy package may build on (see plugins/ for an example):
-the contract (`Strategy`, `Decoder`, `DecodeState`, `DecodePlan`), the step functions
-the built-ins jit in different places, and the two decoder shells that compile ahead
-of time (`CompiledDecoder`) or warm up by running (`EagerDecoder`).
+the contract (`Strategy`, `Decoder`, `DecodeState`, `LogitsState`, `DecodePlan`), the step
+functions the built-ins jit in different places, the split step of constrained generation
+(`SplitStep`, `jitted_split`), and the two decoder shells that compile ahead of time
+(`CompiledDecoder`) or warm up by running (`EagerDecoder`).
 """
 
-from lljx.strategies.api import DecodePlan, DecodeState, Decoder, Strategy, bucket_length, plan_for
+from lljx.strategies.api import DecodePlan, DecodeState, Decoder, LogitsState, Strategy, bucket_length, plan_for
 from lljx.strategies.compiled import CompiledDecoder, per_token_decoder
 from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.split import SplitStep, eager_split, jitted_split
 from lljx.strategies.steps import decode_logits, decode_step, prefill_logits, prefill_step, sample_next
 
 __all__ = [
@@ -17,10 +19,14 @@ __all__ = [
     "DecodeState",
     "Decoder",
     "EagerDecoder",
+    "LogitsState",
+    "SplitStep",
     "Strategy",
     "bucket_length",
     "decode_logits",
     "decode_step",
+    "eager_split",
+    "jitted_split",
     "per_token_decoder",
     "plan_for",
     "prefill_logits",

@@ -31,6 +31,20 @@ class DecodeState(NamedTuple):
     knobs: SamplerKnobs
 
 
+class LogitsState(NamedTuple):
+    """A forward pass's result before sampling (the first half of a split decode step).
+
+    logits [batch, vocab] are for the token after each row's newest; position [batch] is
+    where that token will be written; cache, key and knobs are carried as in DecodeState.
+    """
+
+    logits: jax.Array
+    cache: KVCache
+    position: jax.Array
+    key: jax.Array
+    knobs: SamplerKnobs
+
+
 @dataclass(frozen=True)
 class DecodePlan:
     """Static shapes for one generation: the padded prompt length and the cache length."""
@@ -44,12 +58,20 @@ class DecodePlan:
 
 
 class Decoder(Protocol):
-    """Dispatches prefill and decode steps; never reads values back to the host."""
+    """Dispatches prefill and decode steps; never reads values back to the host.
+
+    Constrained generation (a grammar's token mask per step) runs the split step instead of
+    `decode`: `forward` -> logits, then `sample(logits, mask)`, so the host computes step
+    n+1's mask while the device runs its forward pass; `force` takes tokens the grammar
+    allowed alone, without sampling. A decoder built with the shared builders
+    (`per_token_decoder`, `CompiledDecoder`, `EagerDecoder`) has all of it.
+    """
 
     compile_seconds: float
 
-    def prepare(self, plan: DecodePlan, batch: int = 1) -> None:
-        """Compile ahead of time what `plan` needs, so no compile happens inside a timed run."""
+    def prepare(self, plan: DecodePlan, batch: int = 1, *, masked: bool = False) -> None:
+        """Compile ahead of time what `plan` needs (`masked`: the split step's programs), so no
+        compile happens inside a timed run."""
         ...
 
     def prefill(self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None) -> DecodeState:
@@ -57,6 +79,24 @@ class Decoder(Protocol):
         ...
 
     def decode(self, previous: DecodeState) -> DecodeState: ...
+
+    def prefill_logits(
+        self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None
+    ) -> LogitsState:
+        """Start a constrained generation: the prompt's forward pass, nothing sampled yet."""
+        ...
+
+    def forward(self, previous: DecodeState) -> LogitsState:
+        """Feed each row's newest token; logits for the one after it."""
+        ...
+
+    def sample(self, state: LogitsState, mask: np.ndarray) -> DecodeState:
+        """One token per row under a packed token mask [batch, ceil(vocab/32)] uint32."""
+        ...
+
+    def force(self, state: LogitsState, tokens: np.ndarray) -> DecodeState:
+        """Take tokens [batch, 1] int32 as the next ones without sampling (the key is not advanced)."""
+        ...
 
 
 class Strategy(Protocol):

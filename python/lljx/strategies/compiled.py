@@ -16,8 +16,9 @@ import numpy as np
 from lljx.config import ModelConfig
 from lljx.params import Params
 from lljx.sampling import SamplerSettings, make_sampler
-from lljx.strategies.api import DecodePlan, DecodeState
+from lljx.strategies.api import DecodePlan, DecodeState, LogitsState
 from lljx.strategies.eager import check_structure, pad_prompt
+from lljx.strategies.split import SplitStep, jitted_split, require_split, sampled
 from lljx.strategies.steps import decode_step, initial_key, prefill_step
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class CompiledDecoder:
     Both are jitted by the strategy; here they are lowered and compiled once per shape
     (prefill per prompt bucket and cache length, decode per cache length) so compile time
     is counted apart from generation, and a new prompt in a seen bucket never recompiles.
+    The split step of constrained generation (`split`, jitted too) is compiled the same way,
+    only when a constrained generation first needs it, so unconstrained ones never pay for it.
     """
 
     def __init__(
@@ -47,13 +50,21 @@ class CompiledDecoder:
         sampler: SamplerSettings,
         prefill: Callable[..., DecodeState],
         decode: Callable[..., DecodeState],
+        split: SplitStep | None = None,
     ) -> None:
         self.params = params
         self.settings = sampler
         self._prefill_jit = prefill
         self._decode_jit = decode
+        self._split = split
         self._prefills: dict[tuple[int, int, int], Executable] = {}
         self._decodes: dict[tuple[int, int], Executable] = {}
+        # The split step's programs: prefill per (batch, bucket, cache), forward per (batch, cache), sample per batch.
+        self._split_prefills: dict[tuple[int, int, int], Executable] = {}
+        self._forwards: dict[tuple[int, int], Executable] = {}
+        self._samples: dict[int, Executable] = {}
+        self._forward_exec: Executable | None = None
+        self._sample_exec: Executable | None = None
         self._pending: dict[tuple[int, int], Future[Executable]] = {}
         self._deferred: dict[tuple[int, int], DecodePlan] = {}
         self._decode_key: tuple[int, int] | None = None
@@ -63,8 +74,11 @@ class CompiledDecoder:
         self.compile_seconds = 0.0
         self.compilations = 0
 
-    def prepare(self, plan: DecodePlan, batch: int = 1) -> None:
-        """Compile what `plan` needs, unless already compiled; adds to compile_seconds."""
+    def prepare(self, plan: DecodePlan, batch: int = 1, *, masked: bool = False) -> None:
+        """Compile what `plan` needs (`masked`: the split step), unless already compiled; adds to compile_seconds."""
+        if masked:
+            self._prepare_split(plan, batch)
+            return
         self._prepare_prefill(plan, batch)
         key = (batch, plan.cache_len)
         self._deferred.pop(key, None)
@@ -102,6 +116,9 @@ class CompiledDecoder:
             return False
         self._prefills.update(early._prefills)
         self._decodes.update(early._decodes)
+        self._split_prefills.update(early._split_prefills)
+        self._forwards.update(early._forwards)
+        self._samples.update(early._samples)
         self._pending.update(early._pending)
         self._deferred.update(early._deferred)
         with early._lock:
@@ -127,6 +144,28 @@ class CompiledDecoder:
         compiled = self._decode_jit.lower(self.params, *state).compile()  # type: ignore[attr-defined]
         self._count(time.perf_counter() - start)
         return compiled
+
+    def _prepare_split(self, plan: DecodePlan, batch: int) -> None:
+        key, cached = (batch, plan.prompt_bucket, plan.cache_len), (batch, plan.cache_len)
+        if key in self._split_prefills and cached in self._forwards and batch in self._samples:
+            return
+        start, programs = time.perf_counter(), 0
+        shapes = self._prefill_shapes(plan, batch)
+        split = require_split(self._split)
+        if key not in self._split_prefills:
+            self._split_prefills[key] = split.prefill.lower(plan.cache_len, self.params, *shapes).compile()  # type: ignore[attr-defined]
+            programs += 1
+        state = jax.eval_shape(split.prefill, plan.cache_len, self.params, *shapes)
+        if cached not in self._forwards:
+            tokens = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
+            lowered = split.forward.lower(self.params, tokens, state.cache, state.position, state.key, state.knobs)  # type: ignore[attr-defined]
+            self._forwards[cached] = lowered.compile()
+            programs += 1
+        if batch not in self._samples:
+            mask = jax.ShapeDtypeStruct((batch, -(-state.logits.shape[-1] // 32)), jnp.uint32)
+            self._samples[batch] = split.sample.lower(state.logits, state.key, state.knobs, mask).compile()  # type: ignore[attr-defined]
+            programs += 1
+        self._count(time.perf_counter() - start, programs)
 
     def _prefill_shapes(self, plan: DecodePlan, batch: int) -> tuple[Any, ...]:
         ids = jax.ShapeDtypeStruct((batch, plan.prompt_bucket), jnp.int32)
@@ -171,6 +210,32 @@ class CompiledDecoder:
             self._decode_exec = self._decodes[key]
         return self._decode_exec(self.params, *previous)
 
+    def prefill_logits(
+        self, prompt_ids: np.ndarray, plan: DecodePlan, settings: SamplerSettings | None = None
+    ) -> LogitsState:
+        settings = check_structure(self.settings, settings)
+        padded, lengths = pad_prompt(prompt_ids, plan)
+        batch = padded.shape[0]
+        self._prepare_split(plan, batch)
+        self._forward_exec = self._forwards[(batch, plan.cache_len)]
+        self._sample_exec = self._samples[batch]
+        run = self._split_prefills[(batch, plan.prompt_bucket, plan.cache_len)]
+        return run(self.params, padded, lengths, initial_key(settings.seed), settings.knobs())
+
+    def forward(self, previous: DecodeState) -> LogitsState:
+        if self._forward_exec is None:
+            raise RuntimeError("forward() called before prefill_logits()")
+        return self._forward_exec(self.params, *previous)
+
+    def sample(self, state: LogitsState, mask: np.ndarray) -> DecodeState:
+        if self._sample_exec is None:
+            raise RuntimeError("sample() called before prefill_logits()")
+        tokens, key = self._sample_exec(state.logits, state.key, state.knobs, mask)
+        return sampled(state, tokens, key)
+
+    def force(self, state: LogitsState, tokens: np.ndarray) -> DecodeState:
+        return sampled(state, tokens, state.key)
+
 
 _BACKGROUND: ThreadPoolExecutor | None = None
 
@@ -197,4 +262,5 @@ def per_token_decoder(
     prefill = jax.jit(partial(prefill_step, config, sample, **layer_options), static_argnums=(0,))
     # The cache (argument 2 after params and tokens) is donated: XLA updates it in place, never copies it.
     decode = jax.jit(partial(decode_step, config, sample, **layer_options), donate_argnums=(2,))
-    return CompiledDecoder(model.params if params is None else params, sampler, prefill, decode)
+    split = jitted_split(config, sample, **layer_options)
+    return CompiledDecoder(model.params if params is None else params, sampler, prefill, decode, split)

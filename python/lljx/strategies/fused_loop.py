@@ -1,4 +1,5 @@
-"""Strategy: an on-device loop emitting K tokens per dispatch, stopping early at end-of-sequence."""
+"""Strategy: an on-device loop emitting K tokens per dispatch, stopping early at end-of-sequence
+(constrained generations run one token per dispatch through the split step)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lljx.params import Params
 from lljx.sampling import Sampler, SamplerKnobs, SamplerSettings, make_sampler
 from lljx.strategies.api import DecodeState
 from lljx.strategies.compiled import CompiledDecoder
+from lljx.strategies.split import jitted_split
 from lljx.strategies.steps import decode_step, prefill_step
 
 if TYPE_CHECKING:
@@ -73,7 +75,10 @@ class FusedLoop:
         prefill = jax.jit(partial(prefill_padded, config, sample, self.tokens_per_dispatch), static_argnums=(0,))
         step = partial(decode_k_tokens, config, sample, self.tokens_per_dispatch, tuple(model.stop_token_ids))
         decode = jax.jit(step, donate_argnums=(2,))
-        return CompiledDecoder(model.params if params is None else params, sampler, prefill, decode)
+        # A constrained generation needs each token's mask before the next is drawn, so it runs
+        # one token per dispatch through the split step instead of the K-token loop.
+        split = jitted_split(config, sample)
+        return CompiledDecoder(model.params if params is None else params, sampler, prefill, decode, split)
 
 
 strategy = FusedLoop()

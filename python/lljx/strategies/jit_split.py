@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import jax
 
 from lljx.sampling import SamplerKnobs, SamplerSettings, make_sampler
-from lljx.strategies.api import DecodeState
+from lljx.strategies.api import DecodeState, LogitsState
 from lljx.strategies.eager import EagerDecoder
-from lljx.strategies.steps import decode_logits, prefill_logits, sample_next
+from lljx.strategies.split import SplitStep
+from lljx.strategies.steps import decode_logits, masked_sample, prefill_logits, sample_next
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -25,7 +26,8 @@ class JitSplit:
         transform_prompt = jax.jit(partial(prefill_logits, config), static_argnums=(0,))
         # Donate the cache (argument 2) so the transform updates it in place.
         transform_token = jax.jit(partial(decode_logits, config), donate_argnums=(2,))
-        sample = jax.jit(partial(sample_next, make_sampler(sampler, config.vocab_size)))
+        sampler_fn = make_sampler(sampler, config.vocab_size)
+        sample = jax.jit(partial(sample_next, sampler_fn))
 
         def prefill(cache_len, params, padded_ids, prompt_len, key, knobs: SamplerKnobs) -> DecodeState:
             logits, cache = transform_prompt(cache_len, params, padded_ids, prompt_len)
@@ -37,7 +39,16 @@ class JitSplit:
             token, key = sample(logits, key, knobs)
             return DecodeState(token, cache, position + 1, key, knobs)
 
-        return EagerDecoder(model.params, sampler, prefill, decode)
+        def prefill_split(cache_len, params, padded_ids, prompt_len, key, knobs: SamplerKnobs) -> LogitsState:
+            logits, cache = transform_prompt(cache_len, params, padded_ids, prompt_len)
+            return LogitsState(logits, cache, jax.numpy.asarray(prompt_len), key, knobs)
+
+        def forward(params, tokens, cache, position, key, knobs: SamplerKnobs) -> LogitsState:
+            logits, cache = transform_token(params, tokens, cache, position)
+            return LogitsState(logits, cache, position + 1, key, knobs)
+
+        split = SplitStep(prefill_split, forward, jax.jit(partial(masked_sample, sampler_fn)))
+        return EagerDecoder(model.params, sampler, prefill, decode, split)
 
 
 strategy = JitSplit()

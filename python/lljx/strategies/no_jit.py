@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from lljx.sampling import SamplerSettings, make_sampler
 from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.split import eager_split
 from lljx.strategies.steps import decode_step, prefill_step
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ class NoJit:
             sampler,
             prefill=partial(prefill_step, model.config, sample),
             decode=partial(decode_step, model.config, sample),
+            split=eager_split(model.config, sample),
         )
 
 

@@ -1,4 +1,5 @@
-"""Pure step functions the built-in strategies jit in different places: transform, sample, prefill, decode."""
+"""Pure step functions the built-in strategies jit in different places: transform, sample, prefill, decode,
+and the split step of constrained generation (forward -> logits, then a masked sample)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import jax.numpy as jnp
 from lljx.config import ModelConfig
 from lljx.core import kv_cache, transformer
 from lljx.params import Params
-from lljx.sampling import Sampler, SamplerKnobs
-from lljx.strategies.api import DecodeState
+from lljx.sampling import Sampler, SamplerKnobs, apply_token_mask
+from lljx.strategies.api import DecodeState, LogitsState
 
 
 def prefill_logits(
@@ -67,3 +68,28 @@ def decode_step(
     logits, cache = decode_logits(config, params, tokens, cache, position, **layer_options)
     token, key = sample_next(sample, logits, key, knobs)
     return DecodeState(token, cache, position + 1, key, knobs)
+
+
+def prefill_split(
+    config: ModelConfig, cache_len: int, params: Params, padded_ids: jax.Array, prompt_len: jax.Array,
+    key: jax.Array, knobs: SamplerKnobs, **layer_options: int,
+) -> LogitsState:
+    """Prefill without sampling: the logits the first token is drawn from once its mask is known."""
+    logits, cache = prefill_logits(config, cache_len, params, padded_ids, prompt_len, **layer_options)
+    return LogitsState(logits, cache, prompt_len.astype(jnp.int32), key, knobs)
+
+
+def forward_split(
+    config: ModelConfig, params: Params, tokens: jax.Array, cache: kv_cache.KVCache, position: jax.Array,
+    key: jax.Array, knobs: SamplerKnobs, **layer_options: int,
+) -> LogitsState:
+    """The first half of a decode step: the newest token in, logits out."""
+    logits, cache = decode_logits(config, params, tokens, cache, position, **layer_options)
+    return LogitsState(logits, cache, position + 1, key, knobs)
+
+
+def masked_sample(
+    sample: Sampler, logits: jax.Array, key: jax.Array, knobs: SamplerKnobs, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The second half: one token per row [batch, 1] among those the mask allows, and the next key."""
+    return sample_next(sample, apply_token_mask(logits, mask), key, knobs)
