@@ -144,7 +144,13 @@ def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder
     Weights kept in their file's format (dtype auto) are read only by lljx's Rust kernels; a
     strategy that does not declare `reads_file_formats` (the XLA-only ones, and third-party
     strategies unless they opt in) gets the model's dense f32 twin, made once per model.
+    Under --tensor-parallel (`lljx.parallel.configure`) the model is then placed on the mesh.
     """
+    from lljx import parallel
+
+    layout = parallel.active()
+    if layout is not None:
+        parallel.check_strategy(strategy)
     if not reads_file_formats(strategy):
         from lljx.models.dense import dense_model
 
@@ -152,7 +158,9 @@ def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder
         if twin is None:
             twin = _DENSE_TWINS[model] = dense_model(model)
         model = twin
-    return strategy.build(model, sampler)
+    if layout is None:
+        return strategy.build(model, sampler)
+    return parallel.on_mesh(strategy.build(parallel.placed(model, layout), sampler), layout)
 
 
 DEFAULT_STRATEGY = "jit-token"  # pure JAX: what runs on every backend

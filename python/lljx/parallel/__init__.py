@@ -1,0 +1,81 @@
+"""Tensor parallelism on a JAX mesh: the process-wide layout, and models placed on it.
+
+`configure(size)` is called once (by the CLI's --tensor-parallel, after `jax.distributed`
+when there are several processes); from then on `strategies.registry.build` hands every
+strategy a model whose heads are padded for the mesh (`heads`) and whose weights are
+sharded over it (`shard`). A strategy's jitted functions stay as they are: XLA inserts
+the collectives, and the KV cache follows the K and V projections' split.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from lljx.parallel.mesh import AXIS, Layout, MeshError, make_layout
+
+if TYPE_CHECKING:
+    from lljx.models import Model
+    from lljx.strategies.api import Decoder, Strategy
+
+__all__ = ["AXIS", "Layout", "MeshError", "active", "check_strategy", "configure", "on_mesh", "placed", "reset"]
+
+_ACTIVE: Layout | None = None
+_PLACED: weakref.WeakKeyDictionary[Model, tuple[Layout, Model]] = weakref.WeakKeyDictionary()
+
+
+def configure(size: int) -> Layout | None:
+    """Make a mesh of `size` devices the layout every decoder is built on from now on (1: none)."""
+    global _ACTIVE
+    layout = make_layout(size)
+    _ACTIVE = layout if layout.size > 1 else None
+    return _ACTIVE
+
+
+def reset() -> None:
+    """Back to one device (tests)."""
+    global _ACTIVE
+    _ACTIVE = None
+
+
+def active() -> Layout | None:
+    """The layout set by `configure`, or None on one device."""
+    return _ACTIVE
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """Refuse, in one line, a strategy whose weights only lljx's one-device CPU kernels read."""
+    from lljx.strategies.registry import reads_file_formats
+
+    if reads_file_formats(strategy):
+        raise MeshError(
+            f"strategy '{strategy.name}' multiplies with lljx's CPU kernels, which run on one device; "
+            "with --tensor-parallel use an XLA strategy (jit-token, jit-split, jit-layer, scan, fused-loop)"
+        )
+
+
+def placed(model: Model, layout: Layout) -> Model:
+    """`model` with its heads padded for `layout` and its weights sharded over it; made once per model."""
+    cached = _PLACED.get(model)
+    if cached is not None and cached[0] == layout:
+        return cached[1]
+    from lljx.parallel.heads import pad_params, padded_config, plan_heads
+    from lljx.parallel.shard import place
+
+    plan = plan_heads(model.config, layout.size)
+    params = place(pad_params(model.params, model.config, plan), layout.mesh)
+    twin = replace(model, params=params, config=padded_config(model.config, plan))
+    # The tokenizer and chat template, once built, are shared rather than built again.
+    twin.__dict__.update({k: v for k, v in model.__dict__.items() if k in ("tokenizer", "chat")})
+    _PLACED[model] = (layout, twin)
+    return twin
+
+
+def on_mesh(decoder: Decoder, layout: Layout) -> Decoder:
+    """The decoder to hand out for `layout`: on CPU, one that keeps one collective program in flight."""
+    if layout.devices[0].platform != "cpu":
+        return decoder
+    from lljx.parallel.decoder import OneAtATime
+
+    return OneAtATime(decoder)  # type: ignore[return-value]
