@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from lljx.parallel.options import mesh_options
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DTYPE_CHOICES = ["auto", "f32", "bf16", "f16", "int8"]
@@ -155,12 +157,13 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--system", default=None, help="A system message for the chat template.")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
-@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`); default native-token on CPU, jit-token elsewhere.")
+@click.option("--strategy", "-s", "strategy_name", default=None, help="Where jax.jit goes (see `lljx strategies`); default native-token on CPU, jit-token elsewhere and with --tensor-parallel.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop when this text appears (repeatable); it is not printed.")
 @click.option("--format", "reply_format", default=None, metavar="json|FILE.json|'{...}'",
               help="Constrain the reply to JSON: 'json' (any object), a JSON schema file, or a schema written inline.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print timings to stderr.")
 @one_line_errors
+@mesh_options
 def generate(
     prompt: str | None,
     model_spec: str | None,

@@ -168,7 +168,10 @@ CPU_DEFAULT_STRATEGY = "native-token"  # lljx's Rust decode kernels, faster than
 
 
 def default_strategy() -> str:
-    """The strategy `generate` and `serve` use when none is named: native-token on CPU, jit-token elsewhere."""
+    """The strategy `generate` and `serve` use when none is named: native-token on CPU, jit-token elsewhere
+    and on a mesh (lljx's CPU kernels run on one device)."""
     import jax
 
-    return CPU_DEFAULT_STRATEGY if jax.default_backend() == "cpu" else DEFAULT_STRATEGY
+    from lljx import parallel
+
+    return CPU_DEFAULT_STRATEGY if jax.default_backend() == "cpu" and parallel.active() is None else DEFAULT_STRATEGY
