@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from lljx import parallel
 from lljx.generation import Generation, Stats, chat_prompt_ids
 from lljx.sampling import SamplerSettings
 from lljx.strategies import registry
@@ -179,7 +180,8 @@ def own_files(strategy: Strategy, decoder: Decoder) -> list[str]:
     from lljx.profile_report import portable_path
 
     files = []
-    for obj in (type(strategy), type(decoder)):
+    # On a CPU mesh the strategy's decoder comes wrapped (lljx.parallel.decoder): its own class is inside.
+    for obj in (type(strategy), type(getattr(decoder, "inner", decoder))):
         with contextlib.suppress(TypeError, OSError):
             files.append(portable_path(inspect.getfile(obj)))
     return sorted(set(files))
@@ -240,5 +242,6 @@ def profile_strategy(
         "compile_s": compile_s,
         "compiled_inside_s": compiled_inside,
         "own_files": profile.own_files,
+        "mesh": parallel.record(model.config),
     }
     return profile

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lljx.cli import DTYPE_CHOICES, DTYPE_HELP, default_dtype, enable_compile_cache, one_line_errors
+from lljx.parallel.options import mesh_options
 
 DEFAULT_OUT = "profiles"
 EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: slow, and its profile is all dispatch
@@ -28,6 +29,7 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: slow, and its p
 @click.option("--load", "load_path", type=click.Path(dir_okay=False), default=None,
               help="Re-render a saved .pyisession instead of profiling.")
 @one_line_errors
+@mesh_options
 def profile(
     strategy_names: tuple[str, ...],
     model_spec: str | None,
@@ -58,8 +60,13 @@ def profile(
     from lljx.profile_report import summary, write_profile
     from lljx.strategies import registry
 
+    from lljx import parallel
+
     names = list(dict.fromkeys(strategy_names)) or default_strategies()
     strategies = [registry.load(name) for name in names]  # an unknown name fails before any model loads
+    if parallel.active() is not None:
+        for strategy in strategies:
+            parallel.check_strategy(strategy)
     pool = builtin_prompts()
     prompts = [pool[i % len(pool)] for i in range(n_prompts)]
     out = Path(out_dir or DEFAULT_OUT)
@@ -68,6 +75,8 @@ def profile(
     for strategy in strategies:
         trace_dir = out / f"{strategy.name}.jax-trace" if jax_trace else None
         result = profile_strategy(model, strategy, prompts, max_tokens=max_tokens, interval=interval, jax_trace_dir=trace_dir)
+        if not parallel.is_writer():
+            continue  # every process ran the profiled generations (the collectives need them all); process 0 writes
         files = write_profile(result.session, result.meta, out, strategy.name)
         click.echo(summary(result.session, result.meta, files))
         if trace_dir is not None:
@@ -77,9 +86,12 @@ def profile(
 
 
 def default_strategies() -> list[str]:
-    from lljx.strategies.registry import available
+    from lljx import parallel
+    from lljx.strategies.registry import available, load
 
     names = [info.name for info in available() if info.error is None and info.name not in EXCLUDED_BY_DEFAULT]
+    if parallel.active() is not None:
+        names = [name for name in names if not parallel.refuses(load(name))]
     if not names:
         raise click.ClickException("no strategies are installed (see `lljx strategies`)")
     return names

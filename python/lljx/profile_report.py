@@ -139,6 +139,10 @@ def summary(session: Session, meta: dict[str, Any], files: dict[str, Path] | Non
         f"decode {meta.get('decode_tps', 0.0):.1f} tok/s; compiled {meta.get('compile_s', 0.0):.2f} s before it)"
     )
     lines = [header]
+    mesh = meta.get("mesh")
+    if mesh:
+        lines.append(f"  mesh: {mesh['axis']}={mesh['tensor_parallel']} over {mesh['platform']} devices in "
+                     f"{mesh['processes']} process(es)" + (f"; {mesh['padding']}" if mesh.get("padding") else ""))
     if meta.get("compiled_inside_s", 0.0) > 0:
         lines.append(f"  warning: {meta['compiled_inside_s']:.2f} s of compilation happened inside the profile")
     for key, seconds in category_seconds(session).items():

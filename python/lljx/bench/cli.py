@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from lljx.parallel.options import mesh_click_options, on_mesh
+
 DTYPE_CHOICES = ["auto", "f32", "bf16", "f16", "int8"]  # as for `generate`
 DTYPE_HELP = "Compute dtype; int8 keeps the projections as llama.cpp's Q8_0 blocks and computes in f32 (llama.cpp runs Q8_0)."
 PEER_CHOICES = ["llama.cpp", "ollama"]
@@ -56,17 +58,20 @@ EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per pro
               help="Measure cold starts instead: fresh `lljx generate -n 1` processes (and llama.cpp's equivalent "
                    "with --peer llama.cpp), time to first token and peak RSS.")
 @click.option("--spawns", type=int, default=5, show_default=True, help="Timed spawns per system with --cold.")
+@mesh_click_options
 def bench(**options: Any) -> None:
     """Measure decode and prefill speed of lljx strategies and peers on the same prompts, greedy, with a memory-bandwidth roofline.
 
     Each system is warmed up once (compile and load times are reported apart), then every
     prompt runs --repeat times. Prefill is the time from the call to the first token;
     --prompt-tokens 512 makes it a long-prompt measurement. The summary goes to stdout,
-    progress to stderr.
+    progress to stderr. With --tensor-parallel the strategies run sharded over a mesh, which
+    the summary and runs.json record; with several processes every process runs the same
+    command and process 0 reports.
     """
     from lljx.cli import one_line_errors
 
-    one_line_errors(run)(**options)
+    one_line_errors(on_mesh(run))(**options)
 
 
 def run(
@@ -91,6 +96,7 @@ def run(
         raise click.BadParameter(f"must be at least 1, got {spawns}", param_hint="--spawns")
     if cold and prompt_tokens is not None:
         raise click.BadParameter("cold starts run one built-in prompt as it is", param_hint="--prompt-tokens")
+    check_mesh(cold, peers)
     from lljx.bench import prompts as prompt_pool
 
     texts = prompt_pool.select(n_prompts, prompts_file)
@@ -131,6 +137,10 @@ def run(
         raise click.BadParameter(f"'{baseline}' is not among the systems run", param_hint="--baseline")
 
     rows = measure(systems, prompts, repeat)
+    from lljx import parallel
+
+    if not parallel.is_writer():
+        return  # every process measured (the collectives need them all); process 0 reports
     ran = list(dict.fromkeys(row["system"] for row in rows))
     from lljx.bench import report
 
@@ -156,6 +166,7 @@ def run(
                 "max_tokens": max_tokens, "repeat": repeat, "seed": seed, "threads": threads,
                 "sampling": "greedy (temperature 0), stopping at the model's end-of-turn tokens",
                 "schema": schema_spec,
+                "mesh": parallel.record(model.config),
                 # With JAX's persistent cache on, compile_s is mostly the time to load cached executables.
                 "jax_compile_cache": os.environ.get("LLJX_COMPILE_CACHE", "1") != "0",
                 "files": {s.name: str(s.file) if getattr(s, "file", None) else None for s in systems},
@@ -195,11 +206,15 @@ def decode_bound(model: Any, rows: list[dict[str, Any]], baseline: str | None, c
 
 
 def run_notes(model: Any, systems: list[Any], environment: dict[str, Any]) -> list[str]:
-    """What every figure needs beside it: the machine, the files each system read, and whether the text means anything."""
+    """What every figure needs beside it: the machine, the mesh, the files each system read, and whether the text means anything."""
+    from lljx import parallel
     from lljx.bench.environment import machine
     from lljx.models.synthetic import NOISE_NOTE, is_synthetic_model
 
     notes = [f"machine: {machine(environment)}"]
+    mesh = parallel.describe(model.config)
+    if mesh is not None:
+        notes.append(f"mesh: the strategies ran sharded, {mesh}")
     files: dict[str, list[str]] = {}
     for system in systems:
         if getattr(system, "file", None):
@@ -232,20 +247,41 @@ def long_prompts(model: Any, texts: list[str], pool: list[str], n_tokens: int) -
 
 
 def check_strategies(names: tuple[str, ...]) -> list[str]:
-    """The strategies to run: those named (each must load), or every installed one that loads, but no-jit."""
+    """The strategies to run: those named (each must load, and run on the mesh if there is one), or every
+    installed one that loads, but no-jit (and on a mesh, those that cannot run on one)."""
+    from lljx import parallel
     from lljx.strategies import registry
 
+    mesh = parallel.active() is not None
     if names:
         for name in dict.fromkeys(names):
-            registry.load(name)  # an unknown or broken name fails here, before minutes of measuring
+            strategy = registry.load(name)  # an unknown or broken name fails here, before minutes of measuring
+            if mesh:
+                parallel.check_strategy(strategy)
         return list(dict.fromkeys(names))
     chosen = []
     for info in registry.available():
         if info.error is not None:
             click.echo(f"{info.name}: skipped (failed to load: {info.error})", err=True)
+        elif mesh and parallel.refuses(registry.load(info.name)):
+            click.echo(f"{info.name}: skipped (its kernels run on one device, not on a mesh)", err=True)
         elif info.name not in EXCLUDED_BY_DEFAULT:
             chosen.append(info.name)
     return chosen
+
+
+def check_mesh(cold: bool, peers: tuple[str, ...]) -> None:
+    """What a sharded or multi-process bench cannot measure, refused before anything loads."""
+    from lljx import parallel
+    from lljx.parallel.distributed import started
+
+    if cold and (parallel.active() is not None or started()):
+        raise click.UsageError("--cold measures fresh one-device processes; it takes no --tensor-parallel or processes")
+    if peers and started():
+        raise click.UsageError(
+            "--peer runs in one process: with several processes every process would run it, on shared cores; "
+            "measure peers in a run of one process"
+        )
 
 
 def make_systems(

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lljx.parallel.mesh import AXIS, Layout, MeshError, make_layout
 
 if TYPE_CHECKING:
+    from lljx.config import ModelConfig
     from lljx.models import Model
     from lljx.strategies.api import Decoder, Strategy
 
-__all__ = ["AXIS", "Layout", "MeshError", "active", "check_strategy", "configure", "on_mesh", "placed", "reset"]
+__all__ = [
+    "AXIS", "Layout", "MeshError", "active", "check_strategy", "configure", "describe", "is_writer", "on_mesh", "placed",
+    "record", "refuses", "reset",
+]
 
 _ACTIVE: Layout | None = None
 _PLACED: weakref.WeakKeyDictionary[Model, tuple[Layout, Model]] = weakref.WeakKeyDictionary()
@@ -44,11 +48,16 @@ def active() -> Layout | None:
     return _ACTIVE
 
 
-def check_strategy(strategy: Strategy) -> None:
-    """Refuse, in one line, a strategy whose weights only lljx's one-device CPU kernels read."""
+def refuses(strategy: Strategy) -> bool:
+    """Whether a strategy cannot run on a mesh: its weights are read only by lljx's one-device CPU kernels."""
     from lljx.strategies.registry import reads_file_formats
 
-    if reads_file_formats(strategy):
+    return reads_file_formats(strategy)
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """Refuse, in one line, a strategy that cannot run on a mesh (see `refuses`)."""
+    if refuses(strategy):
         raise MeshError(
             f"strategy '{strategy.name}' multiplies with lljx's CPU kernels, which run on one device; "
             "with --tensor-parallel use an XLA strategy (jit-token, jit-split, jit-layer, scan, fused-loop)"
@@ -79,3 +88,36 @@ def on_mesh(decoder: Decoder, layout: Layout) -> Decoder:
     from lljx.parallel.decoder import OneAtATime
 
     return OneAtATime(decoder)  # type: ignore[return-value]
+
+
+def is_writer() -> bool:
+    """Whether this process writes output and files: process 0 of several, or the only one."""
+    from lljx.parallel.distributed import is_writer as writer
+
+    return writer()
+
+
+def describe(config: ModelConfig | None = None) -> str | None:
+    """The mesh in a line, with what it changed in `config`'s heads (None on one device)."""
+    layout = active()
+    if layout is None:
+        return None
+    from lljx.parallel.heads import plan_heads
+
+    changed = plan_heads(config, layout.size).describe() if config is not None else ""
+    return layout.describe() + (f"; {changed}" if changed else "")
+
+
+def record(config: ModelConfig | None = None) -> dict[str, Any] | None:
+    """The mesh as runs.json and profile metadata keep it (None on one device)."""
+    layout = active()
+    if layout is None:
+        return None
+    from lljx.parallel.heads import plan_heads
+
+    kept = layout.as_dict()
+    if config is not None:
+        plan = plan_heads(config, layout.size)
+        kept.update(heads=plan.padded_heads, kv_heads=plan.padded_kv_heads, d_ffn=plan.d_ffn_padded,
+                    padding=plan.describe() or None)
+    return kept

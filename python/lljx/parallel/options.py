@@ -20,13 +20,23 @@ OPTION_NAMES = ("tensor_parallel", "coordinator", "num_processes", "process_id",
 
 
 def mesh_options(command: F) -> F:
-    """Add the mesh options to a click command; they are set up before it runs and not passed to it."""
+    """Add the mesh options to a click command (`mesh_click_options`) and set them up before it runs (`on_mesh`)."""
+    return mesh_click_options(on_mesh(command))
+
+
+def on_mesh(command: F) -> F:
+    """Take the mesh options out of the command's arguments and set them up before it runs."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         settings = {name: kwargs.pop(name) for name in OPTION_NAMES}
         return run_on_mesh(lambda: command(*args, **kwargs), **settings)
 
+    return run  # type: ignore[return-value]
+
+
+def mesh_click_options(command: F) -> F:
+    """--tensor-parallel, --coordinator, --num-processes, --process-id, --distributed, --peer-timeout."""
     options = [
         click.option("--tensor-parallel", "-tp", "tensor_parallel", type=int, default=None,
                      help="Shard the model over N devices (heads, FFN, vocabulary) [default: 1, or one device per "
@@ -38,13 +48,13 @@ def mesh_options(command: F) -> F:
         click.option("--process-id", type=int, default=None, help="This process's index, 0 to N-1; 0 writes the output."),
         click.option("--distributed", is_flag=True,
                      help="Join a run of several processes described by the cluster's environment "
-                          "(Slurm, Open MPI, TPU and others that jax.distributed detects).",),
+                          "(Slurm, Open MPI, TPU and others that jax.distributed detects)."),
         click.option("--peer-timeout", type=int, default=DEFAULT_PEER_TIMEOUT, show_default=True,
                      help="Seconds without a sign of life before a peer process counts as gone and the run ends."),
     ]
     for option in reversed(options):
-        run = option(run)
-    return run  # type: ignore[return-value]
+        command = option(command)
+    return command
 
 
 def run_on_mesh(body: Callable[[], Any], *, tensor_parallel: int | None, coordinator: str | None,
