@@ -18,10 +18,11 @@ from lljx.parallel.mesh import AXIS, Layout, MeshError, make_layout
 if TYPE_CHECKING:
     from lljx.config import ModelConfig
     from lljx.models import Model
+    from lljx.sampling import SamplerSettings
     from lljx.strategies.api import Decoder, Strategy
 
 __all__ = [
-    "AXIS", "Layout", "MeshError", "active", "check_strategy", "configure", "describe", "is_writer", "on_mesh", "placed",
+    "AXIS", "Layout", "MeshError", "active", "check_strategy", "configure", "describe", "is_writer", "build_on_mesh", "placed",
     "record", "refuses", "reset",
 ]
 
@@ -81,13 +82,18 @@ def placed(model: Model, layout: Layout) -> Model:
     return twin
 
 
-def on_mesh(decoder: Decoder, layout: Layout) -> Decoder:
-    """The decoder to hand out for `layout`: on CPU, one that keeps one collective program in flight."""
-    if layout.devices[0].platform != "cpu":
-        return decoder
-    from lljx.parallel.decoder import OneAtATime
+def build_on_mesh(strategy: Strategy, model: Model, sampler: SamplerSettings, layout: Layout, *, loaded: Model) -> Decoder:
+    """The decoder of `strategy` for `model` placed on `layout`. On CPU it keeps one collective program in
+    flight (`decoder.OneAtATime`); in `lljx serve` on process 0 of several its calls are relayed to the
+    other processes (`relay`), naming `loaded`, the model as loaded, for them to load alike."""
+    from lljx.parallel import relay
 
-    return OneAtATime(decoder)  # type: ignore[return-value]
+    decoder = strategy.build(placed(model, layout), sampler)
+    if layout.devices[0].platform == "cpu":
+        from lljx.parallel.decoder import OneAtATime
+
+        decoder = OneAtATime(decoder)  # type: ignore[assignment]
+    return relay.relayed(decoder, strategy, loaded, sampler)
 
 
 def is_writer() -> bool:

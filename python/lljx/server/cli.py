@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from lljx.cli import DTYPE_CHOICES, DTYPE_HELP, default_dtype, enable_compile_cache, one_line_errors
+from lljx.parallel.options import mesh_options
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -80,11 +81,14 @@ def setup_logging() -> None:
 @click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
               help="Requests waiting per model before answering 503.")
 @one_line_errors
+@mesh_options
 def serve(
     host: str | None, port: int | None, models: tuple[str, ...], strategy_name: str | None, dtype: str,
     max_loaded: int, max_queue: int,
 ) -> None:
-    """Serve the Ollama HTTP API (/api/generate, /api/chat, /api/tags, /api/show, /api/ps, /api/version)."""
+    """Serve the Ollama HTTP API (/api/generate, /api/chat, /api/tags, /api/show, /api/ps, /api/version).
+
+    With several processes, process 0 serves HTTP and the others make the same device calls it makes."""
     import uvicorn
 
     from lljx.server.app import create_app
@@ -99,8 +103,14 @@ def serve(
     pool = ModelPool(
         dtype=default_dtype() if dtype == "auto" else dtype, strategy=strategy, max_loaded=max_loaded, max_queue=max_queue,
     )
+    from lljx.parallel import distributed, relay
+
+    if distributed.started() and not distributed.is_writer():
+        relay.follow()  # until process 0 stops serving
+        return
     sock = listen(address, host_port if port is None else port)
     setup_logging()
+    publisher = relay.start_publishing() if distributed.started() else None
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     logging.getLogger("lljx.server").info(
@@ -109,7 +119,11 @@ def serve(
     config = uvicorn.Config(
         create_app(pool, catalog), log_level="info", timeout_graceful_shutdown=10, lifespan="on",
     )
-    stopping_server(config, pool).run(sockets=[sock])
+    try:
+        stopping_server(config, pool).run(sockets=[sock])
+    finally:
+        if publisher is not None:
+            publisher.stop()  # the other processes leave with this one
     logging.getLogger("lljx.server").info("stopped")
 
 

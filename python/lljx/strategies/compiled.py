@@ -140,7 +140,11 @@ class CompiledDecoder:
 
     def _compile_decode(self, plan: DecodePlan, batch: int) -> Executable:
         start = time.perf_counter()
-        state = jax.eval_shape(self._prefill_jit, plan.cache_len, self.params, *self._prefill_shapes(plan, batch))
+        prefill = self._prefills.get((batch, plan.prompt_bucket, plan.cache_len))
+        if prefill is not None:
+            state = output_shapes(prefill)
+        else:
+            state = jax.eval_shape(self._prefill_jit, plan.cache_len, self.params, *self._prefill_shapes(plan, batch))
         compiled = self._decode_jit.lower(self.params, *state).compile()  # type: ignore[attr-defined]
         self._count(time.perf_counter() - start)
         return compiled
@@ -155,7 +159,7 @@ class CompiledDecoder:
         if key not in self._split_prefills:
             self._split_prefills[key] = split.prefill.lower(plan.cache_len, self.params, *shapes).compile()  # type: ignore[attr-defined]
             programs += 1
-        state = jax.eval_shape(split.prefill, plan.cache_len, self.params, *shapes)
+        state = output_shapes(self._split_prefills[key])
         if cached not in self._forwards:
             tokens = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
             lowered = split.forward.lower(self.params, tokens, state.cache, state.position, state.key, state.knobs)  # type: ignore[attr-defined]
@@ -235,6 +239,14 @@ class CompiledDecoder:
 
     def force(self, state: LogitsState, tokens: np.ndarray) -> DecodeState:
         return sampled(state, tokens, state.key)
+
+
+def output_shapes(executable: Executable) -> Any:
+    """A compiled program's outputs as shapes with their shardings, to lower the programs that take them.
+
+    On a device mesh the shardings matter: `jax.eval_shape` knows none, and a program lowered
+    from its shapes alone would expect its inputs on one device."""
+    return jax.tree.map(lambda o: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=o.sharding), executable.out_info)
 
 
 _BACKGROUND: ThreadPoolExecutor | None = None

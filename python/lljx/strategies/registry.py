@@ -151,6 +151,7 @@ def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder
     layout = parallel.active()
     if layout is not None:
         parallel.check_strategy(strategy)
+    loaded = model
     if not reads_file_formats(strategy):
         from lljx.models.dense import dense_model
 
@@ -160,7 +161,7 @@ def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder
         model = twin
     if layout is None:
         return strategy.build(model, sampler)
-    return parallel.on_mesh(strategy.build(parallel.placed(model, layout), sampler), layout)
+    return parallel.build_on_mesh(strategy, model, sampler, layout, loaded=loaded)
 
 
 DEFAULT_STRATEGY = "jit-token"  # pure JAX: what runs on every backend
