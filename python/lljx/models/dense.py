@@ -49,6 +49,15 @@ def dense_weight(w: GGMLWeight, dtype: np.dtype, *, transpose: bool) -> jax.Arra
     return to_device(out)
 
 
+def dense_leaves(tree: Any, dtype: str = DENSE_DTYPE, *, transpose: bool = True) -> Any:
+    """`tree` (a layer, a head) with its GGMLWeights dense: [in, out] when `transpose`, else as stored
+    ([vocab, d_model] for an embedding table)."""
+    dt = dequant.NP_DTYPES[dtype]
+    return jax.tree.map(
+        lambda w: dense_weight(w, dt, transpose=transpose) if isinstance(w, GGMLWeight) else w, tree, is_leaf=_is_ggml
+    )
+
+
 def dense_params(params: Params, dtype: str = DENSE_DTYPE) -> Params:
     """`params` with every GGMLWeight dequantized: projections and head [in, out], embeddings [vocab, d]."""
     dt = dequant.NP_DTYPES[dtype]

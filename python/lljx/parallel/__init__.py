@@ -66,34 +66,54 @@ def check_strategy(strategy: Strategy) -> None:
 
 
 def placed(model: Model, layout: Layout) -> Model:
-    """`model` with its heads padded for `layout` and its weights sharded over it; made once per model."""
+    """`model` on `layout`: weights in a file's format made dense (f32), heads and FFN padded for the
+    mesh, every array sharded over it; made once per model and layout.
+
+    This runs one layer at a time, so a model never needs its dense weights whole beside the
+    sharded ones (a Llama 3.2 1B is 5 GB at f32)."""
     cached = _PLACED.get(model)
     if cached is not None and cached[0] == layout:
         return cached[1]
-    from lljx.parallel.heads import pad_params, padded_config, plan_heads
-    from lljx.parallel.shard import place
+    from lljx.models.dense import DENSE_DTYPE, dense_leaves, has_file_formats
+    from lljx.parallel.heads import pad_layer, padded_config, plan_heads
+    from lljx.parallel.shard import REPLICATED, layer_specs, place, weight_spec
 
-    plan = plan_heads(model.config, layout.size)
-    params = place(pad_params(model.params, model.config, plan), layout.mesh)
-    twin = replace(model, params=params, config=padded_config(model.config, plan))
+    config, params, size = model.config, model.params, layout.size
+    dense = has_file_formats(params)
+    plan = plan_heads(config, size)
+    layers = []
+    for lp in params.layers:
+        lp = pad_layer(dense_leaves(lp) if dense else lp, plan, config.d_head)
+        layers.append(place(lp, layer_specs(lp, size), layout.mesh))
+    head = dense_leaves(params.head) if dense else params.head
+    embed = dense_leaves(params.embed, transpose=False) if dense else params.embed
+    sharded = params._replace(
+        layers=tuple(layers),
+        head=place(head, weight_spec(head, 1, size), layout.mesh),
+        embed=None if embed is None else place(embed, weight_spec(embed, 0, size), layout.mesh),
+        final_norm=place(params.final_norm, REPLICATED, layout.mesh),
+    )
+    config = padded_config(config.with_dtype(DENSE_DTYPE) if dense else config, plan)
+    twin = replace(model, params=sharded, config=config)
     # The tokenizer and chat template, once built, are shared rather than built again.
     twin.__dict__.update({k: v for k, v in model.__dict__.items() if k in ("tokenizer", "chat")})
     _PLACED[model] = (layout, twin)
     return twin
 
 
-def build_on_mesh(strategy: Strategy, model: Model, sampler: SamplerSettings, layout: Layout, *, loaded: Model) -> Decoder:
-    """The decoder of `strategy` for `model` placed on `layout`. On CPU it keeps one collective program in
-    flight (`decoder.OneAtATime`); in `lljx serve` on process 0 of several its calls are relayed to the
-    other processes (`relay`), naming `loaded`, the model as loaded, for them to load alike."""
+def build_on_mesh(strategy: Strategy, model: Model, sampler: SamplerSettings, layout: Layout) -> Decoder:
+    """The decoder of `strategy` for `model` placed on `layout` (a strategy that cannot run there is
+    refused). On CPU it keeps one collective program in flight (`decoder.OneAtATime`); in `lljx serve`
+    on process 0 of several its calls are relayed to the other processes (`relay`)."""
     from lljx.parallel import relay
 
+    check_strategy(strategy)
     decoder = strategy.build(placed(model, layout), sampler)
     if layout.devices[0].platform == "cpu":
         from lljx.parallel.decoder import OneAtATime
 
         decoder = OneAtATime(decoder)  # type: ignore[assignment]
-    return relay.relayed(decoder, strategy, loaded, sampler)
+    return relay.relayed(decoder, strategy, model, sampler)
 
 
 def is_writer() -> bool:

@@ -96,22 +96,22 @@ def padded_config(config: ModelConfig, plan: HeadPlan) -> ModelConfig:
     return replace(config, n_heads=plan.padded_heads, n_kv_heads=plan.padded_kv_heads, d_ffn=plan.d_ffn_padded)
 
 
-def pad_params(params: Params, config: ModelConfig, plan: HeadPlan) -> Params:
-    """`params` laid out for `plan` (the same object when the plan changes nothing)."""
+def pad_layer(lp: LayerParams, plan: HeadPlan, d_head: int) -> LayerParams:
+    """One layer's weights laid out for `plan` (the same object when the plan changes nothing)."""
     if not plan.changes_anything:
-        return params
-    d_head = config.d_head
+        return lp
     q_src, kv_src = plan.q_sources(), plan.kv_sources()
     ffn_pad = plan.d_ffn_padded - plan.d_ffn
+    return lp._replace(
+        wq=pick_columns(lp.wq, q_src, d_head), wk=pick_columns(lp.wk, kv_src, d_head),
+        wv=pick_columns(lp.wv, kv_src, d_head), wo=pick_rows(lp.wo, q_src, d_head),
+        w_gate=pad_columns(lp.w_gate, ffn_pad), w_up=pad_columns(lp.w_up, ffn_pad), w_down=pad_rows(lp.w_down, ffn_pad),
+    )
 
-    def layer(lp: LayerParams) -> LayerParams:
-        return lp._replace(
-            wq=pick_columns(lp.wq, q_src, d_head), wk=pick_columns(lp.wk, kv_src, d_head),
-            wv=pick_columns(lp.wv, kv_src, d_head), wo=pick_rows(lp.wo, q_src, d_head),
-            w_gate=pad_columns(lp.w_gate, ffn_pad), w_up=pad_columns(lp.w_up, ffn_pad), w_down=pad_rows(lp.w_down, ffn_pad),
-        )
 
-    return params._replace(layers=tuple(layer(lp) for lp in params.layers))
+def pad_params(params: Params, config: ModelConfig, plan: HeadPlan) -> Params:
+    """`params` laid out for `plan`."""
+    return params._replace(layers=tuple(pad_layer(lp, plan, config.d_head) for lp in params.layers))
 
 
 def pick_columns(w: Weight, sources: np.ndarray, width: int) -> Weight:

@@ -42,27 +42,27 @@ def weight_spec(w: Weight, axis: int, size: int) -> Any:
     return split_spec(tuple(w.shape), axis, size)
 
 
+def layer_specs(lp: LayerParams, size: int) -> LayerParams:
+    """A PartitionSpec where each of one layer's arrays is."""
+    return LayerParams(
+        attn_norm=REPLICATED, ffn_norm=REPLICATED,
+        **{name: weight_spec(getattr(lp, name), 1, size) for name in BY_OUTPUTS},
+        **{name: weight_spec(getattr(lp, name), 0, size) for name in BY_INPUTS},
+    )
+
+
 def param_specs(params: Params, size: int) -> Params:
     """A PartitionSpec for every array of `params` (the same tree, specs where the arrays are)."""
-
-    def layer(lp: LayerParams) -> LayerParams:
-        return LayerParams(
-            attn_norm=REPLICATED, ffn_norm=REPLICATED,
-            **{name: weight_spec(getattr(lp, name), 1, size) for name in BY_OUTPUTS},
-            **{name: weight_spec(getattr(lp, name), 0, size) for name in BY_INPUTS},
-        )
-
     embed = None if params.embed is None else weight_spec(params.embed, 0, size)
     return Params(
-        embed=embed, layers=tuple(layer(lp) for lp in params.layers), final_norm=REPLICATED,
+        embed=embed, layers=tuple(layer_specs(lp, size) for lp in params.layers), final_norm=REPLICATED,
         head=weight_spec(params.head, 1, size),
     )
 
 
-def place(params: Params, mesh: Mesh) -> Params:
-    """`params` laid out over `mesh` by `param_specs` (shapes only stay shapes, with their shardings)."""
-    specs = param_specs(params, int(mesh.devices.size))
-    return jax.tree.map(lambda x, spec: put(x, NamedSharding(mesh, spec)), params, specs)
+def place(tree: Any, specs: Any, mesh: Mesh) -> Any:
+    """Each array of `tree` laid out over `mesh` by its spec (shapes only stay shapes, with their shardings)."""
+    return jax.tree.map(lambda x, spec: put(x, NamedSharding(mesh, spec)), tree, specs)
 
 
 def put(x: Any, sharding: NamedSharding) -> Any:

@@ -144,14 +144,14 @@ def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder
     Weights kept in their file's format (dtype auto) are read only by lljx's Rust kernels; a
     strategy that does not declare `reads_file_formats` (the XLA-only ones, and third-party
     strategies unless they opt in) gets the model's dense f32 twin, made once per model.
-    Under --tensor-parallel (`lljx.parallel.configure`) the model is then placed on the mesh.
+    Under --tensor-parallel (`lljx.parallel.configure`) the model is placed on the mesh instead,
+    dense where its weights are not (lljx.parallel.build_on_mesh).
     """
     from lljx import parallel
 
     layout = parallel.active()
     if layout is not None:
-        parallel.check_strategy(strategy)
-    loaded = model
+        return parallel.build_on_mesh(strategy, model, sampler, layout)
     if not reads_file_formats(strategy):
         from lljx.models.dense import dense_model
 
@@ -159,9 +159,7 @@ def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder
         if twin is None:
             twin = _DENSE_TWINS[model] = dense_model(model)
         model = twin
-    if layout is None:
-        return strategy.build(model, sampler)
-    return parallel.build_on_mesh(strategy, model, sampler, layout, loaded=loaded)
+    return strategy.build(model, sampler)
 
 
 DEFAULT_STRATEGY = "jit-token"  # pure JAX: what runs on every backend
