@@ -48,14 +48,15 @@ def lljx(*args: str) -> list[str]:
 
 
 def processes(args: Sequence[str], n: int = 2, *, env: dict[str, str] | None = None, peer_timeout: int = 10,
-              **popen: object) -> list[subprocess.Popen[str]]:
-    """n processes of `lljx <args>` joined on a free loopback port, process 0 first."""
+              stdouts: Sequence[object] | None = None, **popen: object) -> list[subprocess.Popen[str]]:
+    """n processes of `lljx <args>` joined on a free loopback port, process 0 first (stdout: `stdouts[i]`)."""
     port = free_port()
     return [
         subprocess.Popen(  # type: ignore[call-overload]
             lljx(*args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i),
                  "--peer-timeout", str(peer_timeout)),
-            env=one_device(env), text=True, **popen,
+            env={**one_device(env), "LLJX_COMPILE_CACHE": "0"}, text=True,
+            **({"stdout": stdouts[i]} if stdouts is not None else {}), **popen,
         )
         for i in range(n)
     ]
