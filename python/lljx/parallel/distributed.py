@@ -10,13 +10,17 @@ first wait at a shutdown barrier for a peer that is gone.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_PEER_TIMEOUT = 30  # seconds of missed heartbeats before a peer counts as gone
-START_TIMEOUT = 300  # seconds for every process to reach the coordinator, as JAX's default
+COMMAND_KEY = "lljx/command/"
+COORDINATOR_GRACE_S = 1.0
+DEFAULT_JOIN_TIMEOUT = 300  # seconds for every process to reach the coordinator, as JAX's default
 
 
 class ClusterError(ValueError):
@@ -32,6 +36,7 @@ class Cluster:
     process_id: int | None = None
     detect: bool = False
     peer_timeout: int = DEFAULT_PEER_TIMEOUT
+    join_timeout: int = DEFAULT_JOIN_TIMEOUT
 
     @property
     def wanted(self) -> bool:
@@ -59,6 +64,8 @@ class Cluster:
             )
         if self.peer_timeout < 1:
             raise ClusterError(f"--peer-timeout must be at least 1 second, got {self.peer_timeout}")
+        if self.join_timeout < 1:
+            raise ClusterError(f"--join-timeout must be at least 1 second, got {self.join_timeout}")
 
     def label(self) -> str:
         """'process 1 of 2' as far as the options say (before JAX knows)."""
@@ -80,18 +87,53 @@ def start(cluster: Cluster) -> None:
     try:
         jax.distributed.initialize(
             cluster.coordinator, cluster.num_processes, cluster.process_id,
-            initialization_timeout=START_TIMEOUT, heartbeat_timeout_seconds=cluster.peer_timeout,
+            initialization_timeout=cluster.join_timeout, heartbeat_timeout_seconds=cluster.peer_timeout,
         )
     except Exception as error:  # noqa: BLE001 - JAX raises several kinds; each becomes one line
-        where = f" at {cluster.coordinator}" if cluster.coordinator else ""
-        first = " ".join(str(error).split())[:300]
-        raise ClusterError(f"{cluster.label()} could not join the run{where}: {first}") from None
+        raise ClusterError(join_failure(cluster, error)) from None
     _STARTED = True
     keep_stdout_for_python()
     if jax.process_index() != 0:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
         if not os.environ.get("LLJX_DEBUG"):
             sys.stderr = ErrorsOnly(sys.stderr)  # type: ignore[assignment]
+
+
+def check_same_command(command: dict[str, Any], cluster: Cluster) -> None:
+    """Refuse, in one line on every process, a run whose processes were given different commands (`command`:
+    the command's name and options, but --process-id): their programs would not match, and a collective
+    waiting for a program another process never runs would not return."""
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    client, me, wait_ms = jax_distributed.global_state.client, jax.process_index(), cluster.join_timeout * 1000
+    mine = json.dumps(command, sort_keys=True, default=str)
+    client.key_value_set(f"{COMMAND_KEY}{me}", mine)
+    problem = None
+    for other in range(jax.process_count()):
+        theirs = client.blocking_key_value_get(f"{COMMAND_KEY}{other}", wait_ms)
+        if theirs != mine and problem is None:
+            here, there = json.loads(mine), json.loads(theirs)
+            differ = ", ".join(f"{name} {here.get(name)!r} here, {there.get(name)!r} there"
+                               for name in sorted(set(here) | set(there)) if here.get(name) != there.get(name))
+            problem = (f"{cluster.label()} was given a different command from process {other} ({differ}); "
+                       "every process of a run must be given the same one")
+    # Every process compares before any leaves: the coordination service goes with process 0.
+    client.key_value_set(f"{COMMAND_KEY}compared/{me}", "1")
+    for other in range(jax.process_count()):
+        client.blocking_key_value_get(f"{COMMAND_KEY}compared/{other}", wait_ms)
+    if problem is not None:
+        raise ClusterError(problem)
+
+
+def join_failure(cluster: Cluster, error: Exception) -> str:
+    """Why jax.distributed.initialize failed, in a line."""
+    text = " ".join(str(error).split())
+    if cluster.detect and cluster.coordinator is None and "coordinator_address" in text:
+        return ("--distributed found no cluster in the environment that jax.distributed detects (Slurm, Open MPI, "
+                "TPU, ...); give --coordinator HOST:PORT, --num-processes N and --process-id I instead")
+    where = f" at {cluster.coordinator}" if cluster.coordinator else ""
+    return f"{cluster.label()} could not join the run{where}: {text[:300]}"
 
 
 def started() -> bool:
@@ -129,6 +171,10 @@ def leave(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+    if code != 0 and _STARTED and is_writer():
+        # The coordination service ends with process 0: a moment first, so that the others, most often
+        # stopped by the same error (a mesh, a model), print their own line rather than "the coordinator is gone".
+        time.sleep(COORDINATOR_GRACE_S)
     os._exit(code)
 
 

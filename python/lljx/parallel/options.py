@@ -10,13 +10,14 @@ from typing import Any, TypeVar
 
 import click
 
-from lljx.parallel.distributed import DEFAULT_PEER_TIMEOUT, Cluster
+from lljx.parallel.distributed import DEFAULT_JOIN_TIMEOUT, DEFAULT_PEER_TIMEOUT, Cluster
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # How a collective with a process that has gone fails on CPU (gloo over TCP).
 COLLECTIVE_FAILED = "Gloo"
-OPTION_NAMES = ("tensor_parallel", "coordinator", "num_processes", "process_id", "distributed", "peer_timeout")
+OPTION_NAMES = ("tensor_parallel", "coordinator", "num_processes", "process_id", "distributed", "peer_timeout",
+                "join_timeout")
 
 
 def mesh_options(command: F) -> F:
@@ -30,13 +31,16 @@ def on_mesh(command: F) -> F:
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         settings = {name: kwargs.pop(name) for name in OPTION_NAMES}
-        return run_on_mesh(lambda: command(*args, **kwargs), **settings)
+        context = click.get_current_context(silent=True)
+        name = context.command_path if context is not None else command.__name__
+        same = {"command": name, **kwargs, **{k: v for k, v in settings.items() if k != "process_id"}}
+        return run_on_mesh(lambda: command(*args, **kwargs), **settings, same=same)
 
     return run  # type: ignore[return-value]
 
 
 def mesh_click_options(command: F) -> F:
-    """--tensor-parallel, --coordinator, --num-processes, --process-id, --distributed, --peer-timeout."""
+    """--tensor-parallel, --coordinator, --num-processes, --process-id, --distributed, --peer-timeout, --join-timeout."""
     options = [
         click.option("--tensor-parallel", "-tp", "tensor_parallel", type=int, default=None,
                      help="Shard the model over N devices (heads, FFN, vocabulary) [default: 1, or one device per "
@@ -51,6 +55,8 @@ def mesh_click_options(command: F) -> F:
                           "(Slurm, Open MPI, TPU and others that jax.distributed detects)."),
         click.option("--peer-timeout", type=int, default=DEFAULT_PEER_TIMEOUT, show_default=True,
                      help="Seconds without a sign of life before a peer process counts as gone and the run ends."),
+        click.option("--join-timeout", type=int, default=DEFAULT_JOIN_TIMEOUT, show_default=True,
+                     help="Seconds for every process to reach the coordinator before the run gives up."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -58,15 +64,17 @@ def mesh_click_options(command: F) -> F:
 
 
 def run_on_mesh(body: Callable[[], Any], *, tensor_parallel: int | None, coordinator: str | None,
-                num_processes: int | None, process_id: int | None, distributed: bool, peer_timeout: int) -> Any:
+                num_processes: int | None, process_id: int | None, distributed: bool, peer_timeout: int,
+                join_timeout: int = DEFAULT_JOIN_TIMEOUT, same: dict[str, Any] | None = None) -> Any:
     """Set up processes and mesh, then run `body`. A run of several processes is watched by a parent
     (see `supervise`), and a process of one that fails leaves at once, without JAX's shutdown barrier.
 
-    Put it under `one_line_errors`: a mesh or cluster that cannot work raises a one-line ValueError."""
+    `same`: the command's name and options as every process must be given them, compared once they have
+    joined. Put it under `one_line_errors`: a mesh or cluster that cannot work raises a one-line ValueError."""
     from lljx.parallel import distributed as cluster_state
     from lljx.parallel import supervise
 
-    cluster = Cluster(coordinator, num_processes, process_id, distributed, peer_timeout)
+    cluster = Cluster(coordinator, num_processes, process_id, distributed, peer_timeout, join_timeout)
     cluster.check()
     if tensor_parallel is not None and tensor_parallel < 1:
         raise click.BadParameter(f"must be at least 1, got {tensor_parallel}", param_hint="--tensor-parallel")
@@ -78,6 +86,8 @@ def run_on_mesh(body: Callable[[], Any], *, tensor_parallel: int | None, coordin
         return body()
     try:
         cluster_state.start(cluster)
+        if same is not None:
+            cluster_state.check_same_command(same, cluster)
         configure(tensor_parallel)
         return body()
     except SystemExit as exit_:

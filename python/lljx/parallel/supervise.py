@@ -29,6 +29,7 @@ NOISE = (re.compile(rb"^\[Gloo\] Rank \d+ is connected"),)
 OURS = b"lljx: "
 DISTRIBUTED_FATAL = b"JAX distributed service detected fatal errors"
 STALLED_TASK = re.compile(rb"Task (\d+) heartbeat timeout|stopped sending heartbeats\):\s*(\d+)")
+JOIN_FAILED = b"CoordinationService/RegisterTask"  # the RPC that times out when not every process came
 COORDINATOR_GONE = (b"Failed to send RPC to coordination service", b"Socket closed", b"Connection reset by peer")
 
 
@@ -78,6 +79,9 @@ def why(code: int, log: bytes) -> str:
     if stalled:
         task = (stalled.group(1) or stalled.group(2)).decode()
         return f"stopped: process {task} of this run stopped responding (JAX's distributed service ended the run)"
+    if DISTRIBUTED_FATAL in log and JOIN_FAILED in log:
+        return ("could not join the run: not every process reached the coordinator within --join-timeout "
+                "(start every process with the same --coordinator and --num-processes)")
     if DISTRIBUTED_FATAL in log and any(marker in log for marker in COORDINATOR_GONE):
         return "stopped: the coordinator (process 0) is gone (JAX's distributed service ended the run)"
     if DISTRIBUTED_FATAL in log:

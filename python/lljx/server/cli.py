@@ -98,6 +98,10 @@ def serve(
 
     address, host_port = parse_host(host if host is not None else os.environ.get("OLLAMA_HOST", "") or DEFAULT_HOST)
     strategy = registry.load(strategy_name or registry.default_strategy())
+    from lljx import parallel
+
+    if parallel.active() is not None:
+        parallel.check_strategy(strategy)  # refused before listening, not on the first request
     catalog = Catalog.from_specs(models)
     enable_compile_cache()
     pool = ModelPool(
