@@ -106,7 +106,8 @@ def check_same_command(command: dict[str, Any], cluster: Cluster) -> None:
     import jax
     from jax._src import distributed as jax_distributed
 
-    client, me, wait_ms = jax_distributed.global_state.client, jax.process_index(), cluster.join_timeout * 1000
+    client: Any = jax_distributed.global_state.client  # set by `start`
+    me, wait_ms = jax.process_index(), cluster.join_timeout * 1000
     mine = json.dumps(command, sort_keys=True, default=str)
     client.key_value_set(f"{COMMAND_KEY}{me}", mine)
     problem = None
