@@ -4,7 +4,9 @@ Run as a script, it prints one JSON object: the greedy tokens of each strategy o
 (DEVICES 1) or sharded over DEVICES forced host devices, plus a constrained reply, the KV
 cache's and the weights' shardings:
 
-    python mesh_runs.py DEVICES MODEL TOKENS STRATEGY...
+    python mesh_runs.py DEVICES MODEL DTYPE TOKENS [--plain] STRATEGY...
+
+(--plain: greedy text only, no constrained reply.)
 """
 
 from __future__ import annotations
@@ -63,19 +65,21 @@ def processes(args: Sequence[str], n: int = 2, *, env: dict[str, str] | None = N
 
 
 def run_greedy(devices: int, model_spec: str, tokens: int, strategies: Sequence[str], dtype: str = "f32",
-               timeout: int = 1200) -> dict:
+               timeout: int = 1200, constrained: bool = True) -> dict:
     """This file as a script in a fresh process with `devices` forced host devices."""
     env = forced_devices(devices) if devices > 1 else one_device()
     env["LLJX_COMPILE_CACHE"] = "0"
     run = subprocess.run(
-        [sys.executable, __file__, str(devices), model_spec, dtype, str(tokens), *strategies],
+        [sys.executable, __file__, str(devices), model_spec, dtype, str(tokens), *([] if constrained else ["--plain"]),
+         *strategies],
         capture_output=True, text=True, timeout=timeout, env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.splitlines()[-1])
 
 
-def main(devices: int, model_spec: str, dtype: str, tokens: int, strategies: Sequence[str]) -> dict:
+def main(devices: int, model_spec: str, dtype: str, tokens: int, strategies: Sequence[str],
+         constrained: bool = True) -> dict:
     import jax
 
     from lljx import parallel
@@ -99,7 +103,7 @@ def main(devices: int, model_spec: str, dtype: str, tokens: int, strategies: Seq
             "".join(generation)
             runs.append(generation.token_ids)
         result["tokens"][name] = runs
-        if name in CONSTRAINED:
+        if constrained and name in CONSTRAINED:
             generation = Generation(model, decoder, chat_prompt_ids(model, "Name a cat, in JSON."), max_tokens=tokens,
                                     stop_token_ids=model.stop_token_ids, grammar=compile_schema(model, SCHEMA))
             result["constrained"][name] = "".join(generation)
@@ -114,4 +118,5 @@ def main(devices: int, model_spec: str, dtype: str, tokens: int, strategies: Seq
 
 if __name__ == "__main__":
     n, spec, dt, count, *names = sys.argv[1:]
-    print(json.dumps(main(int(n), spec, dt, int(count), names)))
+    plain = names[:1] == ["--plain"]
+    print(json.dumps(main(int(n), spec, dt, int(count), names[plain:], constrained=not plain)))

@@ -1,5 +1,6 @@
 """Tensor parallelism over forced host devices (fresh processes): the same greedy text as one device,
-for every XLA strategy and plugin, with the KV cache and weights sharded; bench and profile record the mesh."""
+for every XLA strategy and plugin and for a Llama-3.2-1B-shaped model, with the KV cache and weights sharded;
+bench and profile record the mesh."""
 
 from __future__ import annotations
 
@@ -80,3 +81,14 @@ def test_bench_and_profile_record_the_mesh(tmp_path):
     assert "mesh: tp=2 over cpu devices" in profile.stdout
     meta = json.loads((tmp_path / "prof" / "jit-token.pyisession").read_text())["lljx"]
     assert meta["mesh"]["tensor_parallel"] == 2 and meta["mesh"]["kv_heads"] == 6
+
+
+def test_llama_1b_shape_on_two_devices_equals_one_device():
+    # Random weights in Llama 3.2 1B's shapes (32 query / 8 KV heads, FFN 8192, vocabulary 128256), the
+    # f16 file's weights made f32 on one device and on two: a few tokens, as the model is large for this machine.
+    spec = "synthetic:llama-3.2-1b"
+    alone = run_greedy(1, spec, 6, ["jit-token"], dtype="auto", constrained=False)
+    sharded = run_greedy(2, spec, 6, ["jit-token"], dtype="auto", constrained=False)
+    assert sharded["tokens"] == alone["tokens"] and all(len(run) == 6 for run in alone["tokens"]["jit-token"])
+    split, shape = sharded["cache"]["jit-token"]
+    assert "'tp'" in split and shape[1] == 8, (split, shape)  # 8 KV heads split 4 and 4
