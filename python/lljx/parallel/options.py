@@ -43,8 +43,8 @@ def mesh_click_options(command: F) -> F:
     """--tensor-parallel, --coordinator, --num-processes, --process-id, --distributed, --peer-timeout, --join-timeout."""
     options = [
         click.option("--tensor-parallel", "-tp", "tensor_parallel", type=int, default=None,
-                     help="Shard the model over N devices (heads, FFN, vocabulary) [default: 1, or one device per "
-                          "process with several processes]. On CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                     help="Shard the model over N devices (heads, FFN, vocabulary) [default: 1, or every device of "
+                          "the run with several processes]. On CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
                           "splits a host into N devices."),
         click.option("--coordinator", default=None, metavar="HOST:PORT",
                      help="Run as one of several processes: process 0's address (every process gives the same)."),
@@ -106,9 +106,9 @@ def run_on_mesh(body: Callable[[], Any], *, tensor_parallel: int | None, coordin
 
 
 def configure(tensor_parallel: int | None) -> None:
-    """The mesh: N devices, or by default one per process."""
+    """The mesh: N devices, or by default every device of the run (one per process on CPU, unless forced)."""
     import jax
 
     from lljx import parallel
 
-    parallel.configure(tensor_parallel if tensor_parallel is not None else jax.process_count())
+    parallel.configure(tensor_parallel if tensor_parallel is not None else jax.device_count())
