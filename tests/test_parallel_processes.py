@@ -20,7 +20,7 @@ from lljx.models import load_model
 from lljx.sampling import SamplerSettings
 from lljx.strategies import registry
 from lljx.structured import compile_schema
-from mesh_runs import SCHEMA, processes
+from mesh_runs import SCHEMA, lljx, one_device, processes
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +165,15 @@ def test_serve_ends_in_one_line_when_its_other_process_dies(served):
     errors = [line for line in logs[0].read_text().splitlines() if "error" in line.lower()]
     assert errors == ["lljx: error: process 0 of 2 stopped: process 1 of this run stopped responding "
                       "(JAX's distributed service ended the run)"], logs[0].read_text()
+
+
+def test_two_processes_print_one_devices_text_for_a_llama_1b_shape():
+    # Random weights in Llama 3.2 1B's shapes, the f16 file's weights made f32: a few tokens, the model is large here.
+    args = ["generate", "-m", "synthetic:llama-3.2-1b", "-s", "jit-token", "--temperature", "0", "-n", "6", PROMPT]
+    alone = subprocess.run(lljx(*args), capture_output=True, text=True, timeout=600,
+                           env={**one_device(), "LLJX_COMPILE_CACHE": "0"})
+    assert alone.returncode == 0 and alone.stdout.strip(), alone.stderr[-3000:]
+    procs = processes(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    (code0, out0, err0), (code1, out1, err1) = finish(procs, 600)
+    assert code0 == 0 and code1 == 0, err0 + err1
+    assert out0 == alone.stdout and out1 == ""
