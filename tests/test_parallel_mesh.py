@@ -83,12 +83,21 @@ def test_bench_and_profile_record_the_mesh(tmp_path):
     assert meta["mesh"]["tensor_parallel"] == 2 and meta["mesh"]["kv_heads"] == 6
 
 
-def test_llama_1b_shape_on_two_devices_equals_one_device():
+LLAMA_1B = "synthetic:llama-3.2-1b"
+LLAMA_1B_TOKENS = 6  # few: the model is large for this machine
+
+
+@pytest.fixture(scope="module")
+def llama_1b_alone():
+    return run_greedy(1, LLAMA_1B, LLAMA_1B_TOKENS, ["jit-token"], dtype="auto", constrained=False)
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_llama_1b_shape_on_forced_devices_equals_one_device(llama_1b_alone, devices):
     # Random weights in Llama 3.2 1B's shapes (32 query / 8 KV heads, FFN 8192, vocabulary 128256), the
-    # f16 file's weights made f32 on one device and on two: a few tokens, as the model is large for this machine.
-    spec = "synthetic:llama-3.2-1b"
-    alone = run_greedy(1, spec, 6, ["jit-token"], dtype="auto", constrained=False)
-    sharded = run_greedy(2, spec, 6, ["jit-token"], dtype="auto", constrained=False)
-    assert sharded["tokens"] == alone["tokens"] and all(len(run) == 6 for run in alone["tokens"]["jit-token"])
+    # f16 file's weights made f32 on one device and on several.
+    sharded = run_greedy(devices, LLAMA_1B, LLAMA_1B_TOKENS, ["jit-token"], dtype="auto", constrained=False)
+    tokens = llama_1b_alone["tokens"]["jit-token"]
+    assert sharded["tokens"]["jit-token"] == tokens and all(len(run) == LLAMA_1B_TOKENS for run in tokens)
     split, shape = sharded["cache"]["jit-token"]
-    assert "'tp'" in split and shape[1] == 8, (split, shape)  # 8 KV heads split 4 and 4
+    assert "'tp'" in split and shape[1] == 8, (split, shape)  # 8 KV heads split evenly
