@@ -1,11 +1,14 @@
-"""Several lljx processes on loopback (jax.distributed, gloo): one device's text, a server whose other
-process replays its calls, a process that dies ending the others in one line, meshes that cannot work."""
+"""Several lljx processes on loopback (jax.distributed, gloo): one device's text (from explicit coordinates
+and from a Slurm environment), a server whose other process replays its calls, a process that dies ending
+the others in one line, a mesh the processes cannot share."""
 
 from __future__ import annotations
 
+import random
 import re
 import select
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -177,3 +180,33 @@ def test_two_processes_print_one_devices_text_for_a_llama_1b_shape():
     (code0, out0, err0), (code1, out1, err1) = finish(procs, 600)
     assert code0 == 0 and code1 == 0, err0 + err1
     assert out0 == alone.stdout and out1 == ""
+
+
+def slurm_job_port() -> int:
+    """A free port where jax.distributed's Slurm detection puts the coordinator (job id mod 4096 above 61439)."""
+    for port in range(61440 + random.randrange(4096), 65536):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in the range Slurm's coordinator uses")
+
+
+def test_distributed_takes_the_run_from_a_slurm_environment(alone):
+    # What srun sets for each of two tasks on one node; jax.distributed finds the coordinator and ranks there.
+    port = slurm_job_port()
+    procs = [
+        subprocess.Popen(
+            lljx("generate", "--distributed", "--peer-timeout", str(PEER_TIMEOUT), "--dtype", "f32", "--temperature", "0",
+                 "-n", str(TOKENS), PROMPT),
+            env={**one_device(), "LLJX_COMPILE_CACHE": "0", "SLURM_JOB_ID": str(port - 61440),
+                 "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
+    (code0, out0, err0), (code1, out1, err1) = finish(procs, 600)
+    assert code0 == 0 and code1 == 0, err0 + err1
+    assert out0 == alone(PROMPT) + "\n" and out1 == ""
