@@ -11,6 +11,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::activations::Activations;
+use super::block_matmul::STREAM_MAX_ROWS;
 use super::ggml::{BlockWeight, GgmlType};
 use super::matvec::PREFETCH_AHEAD;
 use std::arch::x86_64::*;
@@ -147,12 +148,32 @@ pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out:
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn tile_f(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
-    each_group::<false>(w, rows, acts, out)
+    for block in row_blocks(rows, acts.rows) {
+        each_group::<false>(w, block, acts, out)
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn tile_bf16(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
-    each_group::<true>(w, rows, acts, out)
+    for block in row_blocks(rows, acts.rows) {
+        each_group::<true>(w, block, acts, out)
+    }
+}
+
+/// Weight rows per sweep over the activations in prompts: their weights stay in L2 while
+/// every group of activation rows passes (at most 1 MB of f16 for 8192 inputs). Decode
+/// streams all rows in one sweep.
+const PROMPT_ROW_BLOCK: usize = 64;
+
+fn row_blocks(rows: Range<usize>, tokens: usize) -> impl Iterator<Item = Range<usize>> {
+    let step = if tokens <= STREAM_MAX_ROWS {
+        rows.len().max(1)
+    } else {
+        PROMPT_ROW_BLOCK
+    };
+    rows.clone()
+        .step_by(step)
+        .map(move |start| start..(start + step).min(rows.end))
 }
 
 /// Activation rows in groups of 4, 2 and 1; one activation row (decode) takes eight weight
