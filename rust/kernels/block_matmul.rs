@@ -54,6 +54,9 @@ struct Job<'a> {
     /// Q8_K activations laid out for the K-quant decode kernel (decode on AVX-512 only).
     #[cfg(target_arch = "x86_64")]
     k_lanes: Option<super::stream_k::KLanes>,
+    /// Q8_0 and Q8_1 activations laid out for the 4-bit 32-value decode kernel.
+    #[cfg(target_arch = "x86_64")]
+    lanes32: [Option<super::stream_32::Lanes32>; 2],
     units: Vec<Unit>,
     /// What one thread claims at a time: a run of consecutive units.
     pieces: Vec<Range<usize>>,
@@ -144,6 +147,20 @@ pub unsafe fn block_matmul(
         }
         _ => None,
     };
+    #[cfg(target_arch = "x86_64")]
+    let lanes32 = {
+        let decode = path == Path::Fast && rows <= STREAM_MAX_ROWS && fast_int();
+        let wanted = |tys: [GgmlType; 2], q8: &Option<super::activations::Q8Rows>| match q8 {
+            Some(q8) if decode && weights.iter().any(|w| tys.contains(&w.ty)) => {
+                Some(super::stream_32::Lanes32::new(q8, rows))
+            }
+            _ => None,
+        };
+        [
+            wanted([GgmlType::Q4_0, GgmlType::Q5_0], &acts.q8_0),
+            wanted([GgmlType::Q4_1, GgmlType::Q5_1], &acts.q8_1),
+        ]
+    };
     let units: Vec<Unit> = weights
         .iter()
         .enumerate()
@@ -172,6 +189,8 @@ pub unsafe fn block_matmul(
         acts,
         #[cfg(target_arch = "x86_64")]
         k_lanes,
+        #[cfg(target_arch = "x86_64")]
+        lanes32,
         units,
         pieces,
         path,
@@ -220,7 +239,14 @@ impl Job<'_> {
         #[cfg(target_arch = "x86_64")]
         if self.path == Path::Fast && !w.ty.is_float() && fast_int() {
             // SAFETY: the CPU has the features; the caller checked `out`.
-            return unsafe { super::vnni::tile(w, rows, acts, self.k_lanes.as_ref(), out.0) };
+            let lanes32 = match w.ty {
+                GgmlType::Q4_0 | GgmlType::Q5_0 => self.lanes32[0].as_ref(),
+                GgmlType::Q4_1 | GgmlType::Q5_1 => self.lanes32[1].as_ref(),
+                _ => None,
+            };
+            return unsafe {
+                super::vnni::tile(w, rows, acts, self.k_lanes.as_ref(), lanes32, out.0)
+            };
         }
         #[cfg(target_arch = "x86_64")]
         if self.path == Path::Fast && w.ty.is_float() && fast_float(w.ty) {

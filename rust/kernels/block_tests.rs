@@ -356,3 +356,33 @@ fn timing_probe() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn call_overhead_probe() {
+    for (ty, n_in, n_out) in [
+        (GgmlType::Q4_1, 576, 576),
+        (GgmlType::Q4_1, 576, 1536),
+        (GgmlType::Q8_0, 576, 49152),
+    ] {
+        let data = random_weight(ty, n_out, n_in, 1);
+        let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
+        let x = Noise::new(2).floats(n_in);
+        for threads in [1, 2] {
+            let reps = 2000usize * 576 / n_out;
+            let mut out = vec![0.0f32; n_out];
+            let outs = [Output(out.as_mut_ptr())];
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                unsafe { block_matmul(&x, 1, &[w], &outs, threads, Path::Fast).unwrap() };
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{} [{n_out}, {n_in}] threads {threads}: {:.1} us per call, {:.1} GB/s",
+                ty.name(),
+                s * 1e6,
+                data.len() as f64 / s / 1e9
+            );
+        }
+    }
+}

@@ -18,6 +18,7 @@
 use super::activations::{Activations, Q8KRows, Q8Rows};
 use super::block_matmul::STREAM_MAX_ROWS;
 use super::ggml::{BlockWeight, GgmlType, QK32, QK_K};
+use super::stream_32::{self, Lanes32};
 use super::stream_k::{self, KLanes};
 use super::unpack::{self, KTile, Layout32, Rows, Tile32};
 use std::arch::x86_64::*;
@@ -267,6 +268,7 @@ pub unsafe fn tile(
     rows: Range<usize>,
     acts: &Activations,
     k_lanes: Option<&KLanes>,
+    lanes32: Option<&Lanes32>,
     out: *mut f32,
 ) {
     match w.ty {
@@ -284,6 +286,12 @@ pub unsafe fn tile(
             } else {
                 &acts.q8_0
             };
+            if let Some(lanes) =
+                lanes32.filter(|_| acts.rows <= STREAM_MAX_ROWS && stream_32::handles(ty))
+            {
+                let q8 = q8.as_ref().expect("Q8 activations");
+                return stream_32::tile(w, rows, q8, lanes, acts.rows, out);
+            }
             let family = Blocks32 {
                 layout: layout(ty),
                 zero: zero_point(ty),
