@@ -182,19 +182,26 @@ fn every_format_matches_the_float64_reference_on_both_paths() {
 #[test]
 fn fast_and_portable_paths_agree_bit_for_bit_except_bf16() {
     for ty in ALL_TYPES {
-        let n_in = n_in_for(ty, 3);
-        let data = random_weight(ty, 50, n_in, 9);
-        let w = BlockWeight::new(ty, &data, n_in, 50).unwrap();
-        for rows in [3, 12] {
-            let x = Noise::new(4).floats(rows * n_in);
-            let fast = run(&x, rows, &[w], 1, Path::Fast);
-            let slow = run(&x, rows, &[w], 1, Path::Portable);
-            if ty == GgmlType::Bf16 {
-                for (a, b) in fast[0].iter().zip(&slow[0]) {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        // Float rows longer than one prompt pass over the inputs (1024) check the chunking.
+        let widths = if ty.is_float() {
+            vec![n_in_for(ty, 3), 2100]
+        } else {
+            vec![n_in_for(ty, 3)]
+        };
+        for n_in in widths {
+            let data = random_weight(ty, 50, n_in, 9);
+            let w = BlockWeight::new(ty, &data, n_in, 50).unwrap();
+            for rows in [3, 12] {
+                let x = Noise::new(4).floats(rows * n_in);
+                let fast = run(&x, rows, &[w], 1, Path::Fast);
+                let slow = run(&x, rows, &[w], 1, Path::Portable);
+                if ty == GgmlType::Bf16 {
+                    for (a, b) in fast[0].iter().zip(&slow[0]) {
+                        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+                    }
+                } else {
+                    assert_eq!(fast, slow, "{} rows {rows} n_in {n_in}", ty.name());
                 }
-            } else {
-                assert_eq!(fast, slow, "{} rows {rows}", ty.name());
             }
         }
     }
@@ -322,7 +329,10 @@ fn timing_probe() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(32768);
-        let n_in = 2048;
+        let n_in: usize = std::env::var("PROBE_IN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048);
         let data = random_weight(ty, n_out, n_in, 1);
         let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
         for &rows in &rows_list {

@@ -8,6 +8,8 @@
 //! as `vnni::dot32`, so results are bit-identical to the prompt path and `portable_dot`.
 
 #![cfg(target_arch = "x86_64")]
+// Index loops over lanes, tokens and quads read closer to the data layout than iterator chains.
+#![allow(clippy::needless_range_loop)]
 
 use super::activations::Q8Rows;
 use super::ggml::{BlockWeight, GgmlType, QK32};

@@ -14,6 +14,8 @@
 //! each intrinsic in one would become a function call.
 
 #![cfg(target_arch = "x86_64")]
+// Index loops over lanes, tokens and quads read closer to the data layout than iterator chains.
+#![allow(clippy::needless_range_loop)]
 
 use super::activations::{Activations, Q8KRows, Q8Rows};
 use super::block_matmul::STREAM_MAX_ROWS;
