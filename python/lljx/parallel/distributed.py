@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 DEFAULT_PEER_TIMEOUT = 30  # seconds of missed heartbeats before a peer counts as gone
@@ -77,8 +77,10 @@ class Cluster:
 _STARTED = False
 
 
-def start(cluster: Cluster) -> None:
-    """Join the run (jax.distributed.initialize); gloo carries CPU collectives between processes."""
+def start(cluster: Cluster) -> Cluster:
+    """Join the run (jax.distributed.initialize); gloo carries CPU collectives between processes.
+
+    Returns the cluster with this process's place in it (from the environment with --distributed)."""
     global _STARTED
     import jax
 
@@ -97,6 +99,7 @@ def start(cluster: Cluster) -> None:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
         if not os.environ.get("LLJX_DEBUG"):
             sys.stderr = ErrorsOnly(sys.stderr)  # type: ignore[assignment]
+    return replace(cluster, num_processes=jax.process_count(), process_id=jax.process_index())
 
 
 def check_same_command(command: dict[str, Any], cluster: Cluster) -> None:

@@ -85,7 +85,7 @@ def run_on_mesh(body: Callable[[], Any], *, tensor_parallel: int | None, coordin
             configure(tensor_parallel)
         return body()
     try:
-        cluster_state.start(cluster)
+        cluster = cluster_state.start(cluster)
         if same is not None:
             cluster_state.check_same_command(same, cluster)
         configure(tensor_parallel)
