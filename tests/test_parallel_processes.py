@@ -73,8 +73,10 @@ def one_line_error(stderr: str) -> str:
     return lines[0]
 
 
-def test_two_processes_print_one_devices_text(alone):
-    procs = processes(["generate", "--dtype", "f32", "--temperature", "0", "-n", str(TOKENS), PROMPT],
+# The default, a K-token device loop and a program per layer: each its own pattern of collective programs.
+@pytest.mark.parametrize("strategy", ["jit-token", "fused-loop", "jit-layer"])
+def test_two_processes_print_one_devices_text(alone, strategy):
+    procs = processes(["generate", "-s", strategy, "--dtype", "f32", "--temperature", "0", "-n", str(TOKENS), PROMPT],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     (code0, out0, err0), (code1, out1, err1) = finish(procs, 600)
     assert code0 == 0 and code1 == 0, err0 + err1
