@@ -47,6 +47,12 @@ def test_native_strategies_refuse_a_mesh_before_loading_or_listening(command, st
     assert f"strategy '{strategy}' multiplies with lljx's CPU kernels, which run on one device" in line
 
 
+def test_cold_starts_take_no_mesh():
+    result = run("bench", "--cold", "-tp", "2", env=forced_devices(2))
+    line = one_line_error(result.returncode, result.stdout, result.stderr)
+    assert "--cold measures fresh one-device processes; it takes no --tensor-parallel or processes" in line
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["-tp", "0"], "Invalid value for --tensor-parallel: must be at least 1, got 0"),
     (["--coordinator", "127.0.0.1:1234"], "several processes need --coordinator HOST:PORT, --num-processes N and --process-id I"),
