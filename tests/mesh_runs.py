@@ -1,4 +1,4 @@
-"""Helpers for the mesh tests: forced host devices, several lljx processes on loopback, and a greedy run to compare.
+"""What the mesh tests share: forced host devices, several lljx processes on loopback, and a greedy run to compare.
 
 Run as a script, it prints one JSON object: the greedy tokens of each strategy on one device
 (DEVICES 1) or sharded over DEVICES forced host devices, plus a constrained reply, the KV
