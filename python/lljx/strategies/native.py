@@ -12,8 +12,10 @@ from lljx import native_kernels
 from lljx.config import ModelConfig
 from lljx.core.linear import use_native_kernel
 from lljx.sampling import SamplerSettings
+from lljx.strategies.batched import per_token_slots
 from lljx.strategies.compiled import CompiledDecoder, per_token_decoder
 from lljx.strategies.fused_loop import FusedLoop
+from lljx.strategies.slots import SlotDecoder
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -36,6 +38,12 @@ class NativeToken:
             model, sampler, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
         )
 
+    def build_slots(self, model: Model) -> SlotDecoder:
+        native_kernels.check_available()
+        return per_token_slots(
+            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+        )
+
 
 class NativeLoop:
     name = "native-loop"
@@ -46,6 +54,12 @@ class NativeLoop:
         native_kernels.check_available()
         return FusedLoop().build(
             model, sampler, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+        )
+
+    def build_slots(self, model: Model) -> SlotDecoder:
+        native_kernels.check_available()
+        return FusedLoop().build_slots(
+            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
         )
 
 
