@@ -163,8 +163,12 @@ class RowSampling(NamedTuple):
 
 
 def seed_key_data(seed: int) -> np.ndarray:
-    """A request's raw key data [2] uint32 for `RowSampling.keys`."""
-    return np.asarray(jax.random.key_data(jax.random.key(seed)), dtype=np.uint32)
+    """A request's raw key data [2] uint32 for `RowSampling.keys`: the key of the seed's low 32
+    bits, with its high 32 bits folded in (jax would otherwise truncate a 64-bit seed here)."""
+    key = jax.random.key(seed & 0xFFFFFFFF)
+    if seed >> 32:
+        key = jax.random.fold_in(key, seed >> 32)
+    return np.asarray(jax.random.key_data(key), dtype=np.uint32)
 
 
 def sample_rows(

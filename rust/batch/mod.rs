@@ -222,9 +222,10 @@ impl Batch {
         });
     }
 
-    /// Ends a request at once (a client went away); false when it is not here.
-    pub fn cancel(&mut self, id: u64) -> bool {
-        self.remove(id).is_some()
+    /// Ends a request at once (a client went away): the tokens it had generated, or None when
+    /// it is not here.
+    pub fn cancel(&mut self, id: u64) -> Option<usize> {
+        self.remove(id).map(|l| l.core.stats.gen_tokens)
     }
 
     /// Every live request ends with `message` (the device state is gone); the batch starts afresh.

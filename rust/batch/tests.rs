@@ -218,8 +218,8 @@ fn a_cancelled_request_frees_its_row_and_its_tokens_in_flight_are_dropped() {
     b.submit(request(2, 20, 50), 0);
     let plan = b.plan(&mut p, 0);
     let flight = b.commit(&plan);
-    assert!(b.cancel(2));
-    assert!(!b.cancel(2));
+    assert_eq!(b.cancel(2), Some(0));
+    assert_eq!(b.cancel(2), None);
     let events = b.route(&flight, &[vec![letter('a')], vec![letter('b')]], 1);
     assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
     let plan = b.plan(&mut p, 0);

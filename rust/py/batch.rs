@@ -239,8 +239,9 @@ impl PyBatchLoop {
         Ok(())
     }
 
-    /// Ends a request now (its slot is free for the next step); false when it is not here.
-    fn cancel(&mut self, id: u64) -> bool {
+    /// Ends a request now (its slot is free for the next step): the tokens it had generated,
+    /// or None when it is not here.
+    fn cancel(&mut self, id: u64) -> Option<usize> {
         self.core.cancel(id)
     }
 

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 from lljx.config import ModelConfig
 from lljx.core.linear import project
 from lljx.core.norm import rms_norm
-from lljx.params import Params
+from lljx.params import GGMLWeight, NativeWeight, Params
 
 
 def forward(config: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
     """x [..., d_model] -> f32 logits [..., vocab]."""
     with jax.named_scope("head"):
-        x = rms_norm(x, params.final_norm, config.norm_eps)
+        native = config.row_invariant and isinstance(params.head, (NativeWeight, GGMLWeight))
+        x = rms_norm(x, params.final_norm, config.norm_eps, native=native)
         return project(x, params.head, jnp.float32)

@@ -27,6 +27,13 @@ def kernel_config(model: Model) -> ModelConfig:
     return replace(model.config, activations="f32")
 
 
+def slot_config(model: Model) -> ModelConfig:
+    """`kernel_config` with RMSNorm in lljx's kernel too: with every product, the decode attention,
+    the embedding lookup and argmax already in kernels whose rows are independent, a batched
+    request's tokens are then exactly its lone ones."""
+    return replace(kernel_config(model), row_invariant=True)
+
+
 class NativeToken:
     name = "native-token"
     reads_file_formats = True
@@ -41,7 +48,7 @@ class NativeToken:
     def build_slots(self, model: Model) -> SlotDecoder:
         native_kernels.check_available()
         return per_token_slots(
-            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+            model, params=use_native_kernel(model.params), config=slot_config(model), argmax=native_kernels.argmax
         )
 
 
@@ -59,7 +66,7 @@ class NativeLoop:
     def build_slots(self, model: Model) -> SlotDecoder:
         native_kernels.check_available()
         return FusedLoop().build_slots(
-            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+            model, params=use_native_kernel(model.params), config=slot_config(model), argmax=native_kernels.argmax
         )
 
 
