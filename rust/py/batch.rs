@@ -99,10 +99,13 @@ impl PyBatchLoop {
 
     fn dispatch<'py>(&mut self, py: Python<'py>, plan: &StepPlan) -> PyResult<Bound<'py, PyAny>> {
         let decoder = self.decoder.bind(py);
-        let state = match (plan.reset, self.state.take()) {
-            (Some(shape), _) => decoder.call_method1("empty", (shape.batch, shape.cache_len))?,
-            (None, Some(state)) => state.into_bound(py),
-            (None, None) => return Err(PyRuntimeError::new_err("a batched step without a batch")),
+        // A prompt may be part prefilled (in the state's scratch) before its batch exists or
+        // is made afresh: the scratch carries over.
+        let previous = self.state.take().map(|s| s.into_bound(py));
+        let state = match (plan.reset, previous) {
+            (Some(shape), previous) => decoder.call_method1("empty", (shape.batch, shape.cache_len, previous))?,
+            (None, Some(state)) => state,
+            (None, None) => decoder.call_method1("idle", (py.None(),))?,
         };
         let resize = match &plan.resize {
             Some((source, shape)) => Some((source.clone(), shape.cache_len)),
@@ -271,7 +274,12 @@ impl PyBatchLoop {
             events.extend(self.read_pending(py)?);
         }
         if plan.shape.is_none() {
-            self.state = None;
+            // No batch: its rows' memory goes; a prompt still being prefilled keeps its scratch.
+            let keep = self.core.live() > 0;
+            self.state = match self.state.take() {
+                Some(state) if keep => Some(self.decoder.bind(py).call_method1("idle", (state,))?.unbind()),
+                _ => None,
+            };
         }
         events.into_iter().map(|e| event_tuple(py, e)).collect()
     }

@@ -23,15 +23,11 @@ if TYPE_CHECKING:
 
 def kernel_config(model: Model) -> ModelConfig:
     """f32 activations and KV cache over 16-bit weights: the kernel accumulates in f32 anyway, and
-    XLA:CPU's f32 attention and prefill matmuls are far faster than its 16-bit ones."""
-    return replace(model.config, activations="f32")
-
-
-def slot_config(model: Model) -> ModelConfig:
-    """`kernel_config` with RMSNorm in lljx's kernel too: with every product, the decode attention,
-    the embedding lookup and argmax already in kernels whose rows are independent, a batched
-    request's tokens are then exactly its lone ones."""
-    return replace(kernel_config(model), row_invariant=True)
+    XLA:CPU's f32 attention and prefill matmuls are far faster than its 16-bit ones. RMSNorm runs
+    in lljx's kernel too (`row_invariant`): with every product, the decode attention, the embedding
+    lookup and argmax already in kernels whose rows are independent, a request's tokens are then
+    the same alone (`build`) and in any batch (`build_slots`)."""
+    return replace(model.config, activations="f32", row_invariant=True)
 
 
 class NativeToken:
@@ -48,7 +44,7 @@ class NativeToken:
     def build_slots(self, model: Model) -> SlotDecoder:
         native_kernels.check_available()
         return per_token_slots(
-            model, params=use_native_kernel(model.params), config=slot_config(model), argmax=native_kernels.argmax
+            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
         )
 
 
@@ -66,7 +62,7 @@ class NativeLoop:
     def build_slots(self, model: Model) -> SlotDecoder:
         native_kernels.check_available()
         return FusedLoop().build_slots(
-            model, params=use_native_kernel(model.params), config=slot_config(model), argmax=native_kernels.argmax
+            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
         )
 
 

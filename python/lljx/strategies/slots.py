@@ -249,10 +249,18 @@ class SlotDecoder:
 
     # ---- steps ----
 
-    def empty(self, batch: int, cache_len: int) -> SlotState:
-        """A batch of free rows."""
+    def empty(self, batch: int, cache_len: int, carry: SlotState | None = None) -> SlotState:
+        """A batch of free rows; a prompt partly prefilled in `carry` (its scratch) stays."""
         tokens, cache = self.steps.empty(batch, cache_len)
-        return SlotState(tokens, cache)
+        if carry is None:
+            return SlotState(tokens, cache)
+        return SlotState(tokens, cache, carry.scratch, carry.chunk_logits)
+
+    def idle(self, carry: SlotState | None = None) -> SlotState:
+        """No batch (nothing decodes): only a prompt's scratch, kept from `carry` while it is prefilled."""
+        if carry is None:
+            return SlotState(None, None)  # type: ignore[arg-type]
+        return SlotState(None, None, carry.scratch, carry.chunk_logits)  # type: ignore[arg-type]
 
     def step(
         self, state: SlotState, resize: tuple[Sequence[int], int] | None, rows: dict[str, Sequence[Any]] | None,
@@ -269,7 +277,8 @@ class SlotDecoder:
             source, new_len = resize
             key = ("resize", tokens.shape[0], cache.max_len, len(source), new_len)
             tokens, cache = self._run(key, tokens, cache, np.asarray(source, np.int32))
-        b, length = tokens.shape[0], cache.max_len
+        # No batch yet: only prompt chunks that end no prompt (placing one makes a batch first).
+        b, length = (0, 0) if tokens is None else (tokens.shape[0], cache.max_len)
         logits = None
         if rows is not None:
             positions = np.asarray(rows["positions"], np.int32)
