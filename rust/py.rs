@@ -741,12 +741,6 @@ fn block_matmul_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
     handler_capsule(py, crate::ffi::block_matmul::lljx_block_matmul)
 }
 
-/// The XLA FFI handler of RMSNorm per row, as `jax.ffi.register_ffi_target` takes it.
-#[pyfunction]
-fn rms_norm_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
-    handler_capsule(py, crate::ffi::norm::lljx_rms_norm)
-}
-
 /// The XLA FFI handler that dequantizes rows of a GGUF-format table, as `jax.ffi.register_ffi_target` takes it.
 #[pyfunction]
 fn block_rows_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
@@ -806,7 +800,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(argmax_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_matmul_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_rows_ffi_handler, m)?)?;
-    m.add_function(wrap_pyfunction!(rms_norm_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_kernel_types, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())

@@ -1,4 +1,4 @@
-"""lljx's Rust kernels inside jitted JAX code on CPU (matrix products over [in, out] and GGUF-format weights, attention, embedding lookups, RMSNorm, argmax): registration and calls."""
+"""lljx's Rust kernels inside jitted JAX code on CPU (matrix products over [in, out] and GGUF-format weights, attention, embedding lookups, argmax): registration and calls."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ COLUMNS_TARGET = "lljx_columns"
 ARGMAX_TARGET = "lljx_argmax"
 BLOCK_MATMUL_TARGET = "lljx_block_matmul"
 BLOCK_ROWS_TARGET = "lljx_block_rows"
-RMS_NORM_TARGET = "lljx_rms_norm"
 
 
 @functools.cache
@@ -30,7 +29,6 @@ def register() -> None:
     jax.ffi.register_ffi_target(ARGMAX_TARGET, _native.argmax_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(BLOCK_MATMUL_TARGET, _native.block_matmul_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(BLOCK_ROWS_TARGET, _native.block_rows_ffi_handler(), platform="cpu")
-    jax.ffi.register_ffi_target(RMS_NORM_TARGET, _native.rms_norm_ffi_handler(), platform="cpu")
 
 
 def check_available() -> None:
@@ -126,12 +124,3 @@ def block_rows(w: GGMLWeight, ids: jax.Array) -> jax.Array:
     _check_block_type(w)
     call = jax.ffi.ffi_call(BLOCK_ROWS_TARGET, jax.ShapeDtypeStruct((*ids.shape, w.n_in), jnp.float32))
     return call(w.data, ids.astype(jnp.int32), ggml_type=np.int32(w.ggml_type))
-
-
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm over the last axis of f32 x [..., d], each row computed on its own in a fixed order,
-    so a row's result is the same whatever rows share the call (XLA's reduction is not)."""
-    register()
-    rows = x.reshape(-1, x.shape[-1])
-    call = jax.ffi.ffi_call(RMS_NORM_TARGET, jax.ShapeDtypeStruct(rows.shape, jnp.float32))
-    return call(rows, weight.astype(jnp.float32), jnp.float32(eps)).reshape(x.shape)

@@ -7,5 +7,4 @@ pub mod block_matmul;
 pub mod block_rows;
 pub mod columns;
 pub mod matvec;
-pub mod norm;
 pub mod xla;

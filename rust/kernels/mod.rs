@@ -15,7 +15,6 @@ pub mod blocks;
 pub mod float_tiles;
 pub mod ggml;
 pub mod matvec;
-pub mod norm;
 pub mod portable_dot;
 pub mod unpack;
 pub mod vnni;

@@ -8,12 +8,11 @@ import jax.numpy as jnp
 from lljx.config import ModelConfig
 from lljx.core.linear import project
 from lljx.core.norm import rms_norm
-from lljx.params import GGMLWeight, NativeWeight, Params
+from lljx.params import Params
 
 
 def forward(config: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
     """x [..., d_model] -> f32 logits [..., vocab]."""
     with jax.named_scope("head"):
-        native = config.row_invariant and isinstance(params.head, (NativeWeight, GGMLWeight))
-        x = rms_norm(x, params.final_norm, config.norm_eps, native=native)
+        x = rms_norm(x, params.final_norm, config.norm_eps, row_invariant=config.row_invariant)
         return project(x, params.head, jnp.float32)

@@ -20,11 +20,10 @@ def forward(
     cache_v: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns the layer's output and its updated cache slices."""
-    native = config.row_invariant and attention.uses_native_kernels(layer)
     with jax.named_scope("decoder_layer"):
         attn_out, cache_k, cache_v = attention.forward(
-            config, layer, rms_norm(x, layer.attn_norm, config.norm_eps, native=native), positions, rope, cache_k, cache_v
+            config, layer, rms_norm(x, layer.attn_norm, config.norm_eps, row_invariant=config.row_invariant), positions, rope, cache_k, cache_v
         )
         x = x + attn_out
-        x = x + ffn.forward(layer, rms_norm(x, layer.ffn_norm, config.norm_eps, native=native))
+        x = x + ffn.forward(layer, rms_norm(x, layer.ffn_norm, config.norm_eps, row_invariant=config.row_invariant))
         return x, cache_k, cache_v

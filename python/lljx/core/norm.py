@@ -1,23 +1,30 @@
-"""RMSNorm, computed in f32 whatever the compute dtype so small models stay stable at 16 bits."""
+"""RMSNorm, computed in f32 whatever the activation dtype."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float, *, native: bool = False) -> jax.Array:
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, *, row_invariant: bool = False) -> jax.Array:
     """Scale x by the reciprocal root-mean-square of its last axis, then by weight.
 
-    `native` (batched decoding over lljx's kernels, on CPU; see `ModelConfig.row_invariant`):
-    lljx's kernel, whose rows never depend on each other, so a batched request's numbers are the
-    ones it gets alone.
+    `row_invariant` (batched decoding, see `ModelConfig.row_invariant`): several rows (of one
+    position each) are normalised one row at a time, by the very program that normalises a
+    lone row, so each row's numbers are the ones it gets alone. (XLA:CPU vectorises the
+    reduction differently for 1 row and for 8, which moved batched replies off their lone ones.)
     """
-    if native and x.dtype == jnp.float32 and jax.default_backend() == "cpu":
-        from lljx import native_kernels
+    rows = math.prod(x.shape[:-1])
+    if row_invariant and rows > 1 and (x.ndim == 2 or x.shape[-2] == 1):
+        with jax.named_scope("rms_norm_rows"):
+            flat = x.reshape(rows, 1, x.shape[-1])
+            return jax.lax.map(lambda row: _rms_norm(row, weight, eps), flat).reshape(x.shape)
+    return _rms_norm(x, weight, eps)
 
-        with jax.named_scope("rms_norm"):
-            return native_kernels.rms_norm(x, weight, eps)
+
+def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     with jax.named_scope("rms_norm"):
         x32 = x.astype(jnp.float32)
         scale = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
