@@ -426,7 +426,9 @@ def test_bench_end_to_end_with_llamacpp_and_no_ollama_server(tmp_path):
     assert document["skipped"] == {"ollama": document["skipped"]["ollama"]} and len(document["rows"]) == 6
     assert {"cpu", "cores", "threads", "device", "jax", "jaxlib", "lljx", "git_commit", "date"} <= set(document["environment"])
     for row in document["rows"]:
-        assert 1 <= row["gen_tokens"] <= 8 and row["prompt_tokens"] > 10 and row["dtype"] == "f32"
+        # At dtype auto llama.cpp runs the file as it is and the XLA strategies its dense f32 twin.
+        assert 1 <= row["gen_tokens"] <= 8 and row["prompt_tokens"] > 10
+        assert row["dtype"] == ("q4_1" if row["system"] == "llama.cpp" else "f32")
         assert row["threads"] == threads() and row["ttft_s"] > 0 and row["compile_s"] >= 0
     llama_rows = [r for r in document["rows"] if r["system"] == "llama.cpp"]
     lljx_rows = [r for r in document["rows"] if r["system"] == "jit-token"]

@@ -55,7 +55,7 @@ def q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def reference(x: np.ndarray, w: GGMLWeight) -> tuple[np.ndarray, np.ndarray]:
     """What llama.cpp computes for x @ wᵀ, in float64, and the sum of |terms| (for the tolerance)."""
     qtype = Q(w.ggml_type)
-    weight = np.asarray(w.data)
+    weight = stored(w)
     if qtype in FLOAT_FORMATS:
         dense = np.asarray(weight, np.float64)
         act = {Q.F32: np.asarray(x, np.float64), Q.F16: f16(x), Q.BF16: np.asarray(x.astype(ml_dtypes.bfloat16), np.float64)}[qtype]
@@ -88,7 +88,14 @@ def weight(qtype: Q, n_out: int, n_in: int) -> GGMLWeight:
     else:
         q = quantize(values, qtype, RNG)
         data = q[0] if isinstance(q, tuple) else q
-    return GGMLWeight(jnp.asarray(data), int(qtype), n_in)
+    return GGMLWeight.from_rows(jnp.asarray(data), int(qtype))
+
+
+def stored(w: GGMLWeight) -> np.ndarray:
+    """The weight's rows as numpy: values [n_out, n_in] for float formats, else bytes [n_out, row bytes]."""
+    rows = w.stored_rows()
+    values = {Q.F32: np.float32, Q.F16: np.float16, Q.BF16: ml_dtypes.bfloat16}
+    return rows.view(values[Q(w.ggml_type)]) if Q(w.ggml_type) in values else rows
 
 
 def block_width(qtype: Q) -> int:
@@ -168,7 +175,7 @@ def test_rows_are_bit_equal_to_gguf_dequantize(qtype):
     w = weight(qtype, 37, 256)
     ids = np.asarray([[0, 36, 5], [5, 17, 1]], np.int32)
     got = np.asarray(jax.jit(native_kernels.block_rows)(w, jnp.asarray(ids)))
-    data = np.asarray(w.data)
+    data = stored(w)
     dense = data.astype(np.float32) if qtype in FLOAT_FORMATS else gguf.quants.dequantize(data, qtype)
     assert got.shape == (2, 3, 256) and got.dtype == np.float32
     np.testing.assert_array_equal(got, dense[ids])
@@ -186,7 +193,7 @@ def test_an_id_outside_the_table_is_an_error(bad_id):
 
 def test_types_without_a_kernel_are_refused_by_name():
     assert set(native_kernels.block_kernel_types()) == {int(q) for q in FORMATS}
-    w = GGMLWeight(jnp.zeros((4, 66), jnp.uint8), int(Q.IQ2_XXS), 256)
+    w = GGMLWeight(jnp.zeros(4 * 66, jnp.uint8), int(Q.IQ2_XXS), 256, 4)
     with pytest.raises(ValueError, match="no IQ2_XXS kernel"):
         native_kernels.block_matmul(jnp.zeros((1, 256)), [w])
 
@@ -196,15 +203,28 @@ def test_shapes_that_do_not_fit_are_errors_not_crashes():
     with pytest.raises(ValueError, match="takes 256 inputs but x has 512"):
         native_kernels.block_matmul(jnp.zeros((2, 512)), [good])
     cases = [
-        (GGMLWeight(good.data[:, :100], int(Q.Q4_K), 256), "144 wide"),  # truncated rows
-        (GGMLWeight(good.data, int(Q.Q6_K), 256), "210 wide"),  # wrong type for the bytes
-        (GGMLWeight(jnp.zeros((16, 256), jnp.float32), int(Q.F16), 256), "must be f16"),
-        (GGMLWeight(jnp.zeros((16, 300), jnp.uint8), int(Q.Q4_0), 300), "whole blocks of 32"),
+        (GGMLWeight(good.data[:-100], int(Q.Q4_K), 256, 16), "144 bytes, which do not divide"),  # truncated
+        (GGMLWeight(good.data, int(Q.Q6_K), 256, 16), "210 bytes, which do not divide"),  # wrong type for the bytes
+        (GGMLWeight(jnp.zeros(16 * 256, jnp.float32), int(Q.F16), 256, 16), "must be uint8"),
+        (GGMLWeight(jnp.zeros((16, 144), jnp.uint8), int(Q.Q4_K), 256, 16), "must be flat"),
+        (GGMLWeight(good.data, int(Q.Q4_K), 256, 16, 2), "skip 2 must be a multiple of 4"),
+        (GGMLWeight(jnp.zeros(16 * 300, jnp.uint8), int(Q.Q4_0), 300, 16), "whole blocks of 32"),
     ]
     for w, message in cases:
         with pytest.raises(Exception, match=message):
             xx = jnp.zeros((2, w.n_in), jnp.float32)
             jax.jit(lambda x, w: native_kernels.block_matmul(x, [w]))(xx, w)[0].block_until_ready()
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.F16], ids=lambda q: q.name)
+def test_skipped_leading_bytes_are_not_read(qtype):
+    # A view of a mapped file starts at the 64-byte boundary before its tensor; the bytes before are another tensor's.
+    w = weight(qtype, 24, 256)
+    shifted = GGMLWeight(jnp.concatenate([jnp.full(32, 0x7B, jnp.uint8), w.data]), w.ggml_type, w.n_in, w.n_out, 32)
+    x = RNG.standard_normal((3, 256), dtype=np.float32)
+    np.testing.assert_array_equal(matmul(x, [shifted])[0], matmul(x, [w])[0])
+    ids = jnp.asarray([0, 23, 7], jnp.int32)
+    np.testing.assert_array_equal(native_kernels.block_rows(shifted, ids), native_kernels.block_rows(w, ids))
 
 
 def test_block_kernel_types_lists_ggml_ids():

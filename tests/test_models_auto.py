@@ -59,17 +59,18 @@ def test_tensors_are_views_of_the_file_mapping_except_reordered_q_and_k(tmp_path
     stored = {t.name: t for t in reader.tensors}
     up = files.gf.tensors["blk.0.ffn_up.weight"]
     w = files.weight(up)
-    assert up.offset % 64 == 0 and w.data.unsafe_buffer_pointer() == base + up.offset
-    np.testing.assert_array_equal(np.asarray(w.data), np.asarray(stored[up.name].data).reshape(w.data.shape))
+    assert w.skip == up.offset % 64 and w.data.unsafe_buffer_pointer() == base + up.offset - w.skip
+    np.testing.assert_array_equal(w.stored_rows().reshape(-1), np.asarray(stored[up.name].data).reshape(-1))
     q = files.gf.tensors["blk.0.attn_q.weight"]
     order = interleaved_to_half(QUANTIZABLE.n_heads, QUANTIZABLE.d_head)
     wq = files.weight(q, order)
-    assert wq.data.unsafe_buffer_pointer() != base + q.offset
-    np.testing.assert_array_equal(np.asarray(wq.data), np.asarray(stored[q.name].data).reshape(wq.data.shape)[order])
+    assert wq.skip == 0 and wq.data.unsafe_buffer_pointer() != base + q.offset
+    rows = np.asarray(stored[q.name].data).reshape(wq.n_out, -1)
+    np.testing.assert_array_equal(wq.stored_rows(), rows[order])
     assert files.copied_bytes == q.n_bytes
 
 
-def test_a_tensor_the_file_does_not_align_to_64_bytes_is_copied(tmp_path):
+def test_a_tensor_the_file_does_not_align_to_64_bytes_is_a_view_from_the_boundary_before_it(tmp_path):
     # Three 32-byte tensors in a row (GGUF aligns to 32): at least one starts off a 64-byte boundary.
     writer = gguf.GGUFWriter(str(tmp_path / "odd.gguf"), "llama")
     for i in range(3):
@@ -79,10 +80,12 @@ def test_a_tensor_the_file_does_not_align_to_64_bytes_is_copied(tmp_path):
     files, _ = mapped(tmp_path / "odd.gguf")
     infos = list(files.gf.tensors.values())
     assert any(info.offset % 64 for info in infos)
+    base = np.frombuffer(files.map, np.uint8).ctypes.data
     for i, info in enumerate(infos):
         w = files.weight(info)
-        assert w.data.unsafe_buffer_pointer() % 64 == 0
-        np.testing.assert_array_equal(np.asarray(w.data), np.arange(16, dtype=np.float16).reshape(2, 8) + i)
+        assert w.data.unsafe_buffer_pointer() % 64 == 0 and w.data.unsafe_buffer_pointer() == base + info.offset - w.skip
+        np.testing.assert_array_equal(w.stored_rows().view(np.float16), np.arange(16, dtype=np.float16).reshape(2, 8) + i)
+    assert files.copied_bytes == 0
 
 
 def test_a_format_without_a_kernel_is_dequantized_to_f16_with_a_warning(tmp_path):
@@ -94,7 +97,7 @@ def test_a_format_without_a_kernel_is_dequantized_to_f16_with_a_warning(tmp_path
     assert w.ggml_type == Q.F16
     stored = {t.name: t for t in gguf.GGUFReader(path).tensors}["blk.0.ffn_up.weight"]
     expected = gguf.quants.dequantize(np.asarray(stored.data), unsupported).astype(np.float16)
-    np.testing.assert_array_equal(np.asarray(w.data), expected.reshape(w.data.shape))
+    np.testing.assert_array_equal(w.stored_rows().view(np.float16), expected.reshape(w.n_out, w.n_in))
 
 
 def test_a_truncated_file_is_a_clean_error_before_anything_is_mapped(tmp_path):

@@ -136,7 +136,8 @@ def test_a_system_above_the_roofline_makes_the_bench_measure_again_then_flag_it(
 
 def ggml(qtype: GGMLQuantizationType, n_out: int, n_in: int) -> GGMLWeight:
     block, size = GGML_QUANT_SIZES[qtype]
-    return GGMLWeight(np.zeros((n_out, n_in // block * size), np.uint8), int(qtype), n_in)
+    # As a view of a mapped file: 32 bytes of the tensor before it, which are not this weight's.
+    return GGMLWeight(np.zeros(32 + n_out * (n_in // block * size), np.uint8), int(qtype), n_in, n_out, skip=32)
 
 
 def test_bytes_per_token_by_format_count_blocks_as_stored_and_one_row_of_an_untied_table():

@@ -114,8 +114,9 @@ def block_matmul(x: jax.Array, weights: Sequence[GGMLWeight]) -> list[jax.Array]
     lead = tuple(x.shape[:-1])
     results = [jax.ShapeDtypeStruct((*lead, w.n_out), jnp.float32) for w in weights]
     types = np.asarray([int(w.ggml_type) for w in weights], dtype=np.int32)
+    skips = np.asarray([int(w.skip) for w in weights], dtype=np.int32)
     call = jax.ffi.ffi_call(BLOCK_MATMUL_TARGET, results)
-    return list(call(x.astype(jnp.float32), *(w.data for w in weights), ggml_types=types))
+    return list(call(x.astype(jnp.float32), *(w.data for w in weights), ggml_types=types, skips=skips))
 
 
 def block_rows(w: GGMLWeight, ids: jax.Array) -> jax.Array:
@@ -123,4 +124,4 @@ def block_rows(w: GGMLWeight, ids: jax.Array) -> jax.Array:
     register()
     _check_block_type(w)
     call = jax.ffi.ffi_call(BLOCK_ROWS_TARGET, jax.ShapeDtypeStruct((*ids.shape, w.n_in), jnp.float32))
-    return call(w.data, ids.astype(jnp.int32), ggml_type=np.int32(w.ggml_type))
+    return call(w.data, ids.astype(jnp.int32), ggml_type=np.int32(w.ggml_type), skip=np.int32(w.skip))

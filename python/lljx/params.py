@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import jax
+import numpy as np
 
 Q8_BLOCK = 32  # inputs sharing one int8 scale, as in llama.cpp's Q8_0
 
@@ -58,20 +59,42 @@ class NativeWeight(NamedTuple):
 class GGMLWeight:
     """A weight kept exactly as its GGUF file stores it, [out, in] with blocks along each output row.
 
-    `data` is the tensor's bytes as uint8 [n_out, bytes per row] for block formats (Q4_K, Q8_0...),
-    or the values [n_out, n_in] for the float formats (f32, f16, bf16); on CPU it is a view of
-    the memory-mapped file wherever the data is 64-byte aligned. `ggml_type` (a
-    `gguf.GGMLQuantizationType` value) and `n_in` are static under jit. lljx's Rust kernels
-    multiply the blocks in place; XLA-only code dequantizes them.
+    `data` is flat uint8: `skip` bytes to ignore, then the tensor's `n_out` rows as the file
+    holds them (blocks for Q4_K, Q8_0..., little-endian values for F32, F16, BF16). On CPU it is
+    a view of the memory-mapped file: XLA adopts host memory only from a 64-byte boundary,
+    and GGUF aligns tensors to 32, so the view starts at the boundary at or before the tensor
+    and `skip` (0-63) says where the tensor begins. `ggml_type` (a `gguf.GGMLQuantizationType`
+    value), `n_in`, `n_out` and `skip` are static under jit. lljx's Rust kernels multiply the
+    blocks in place; XLA-only code dequantizes them.
     """
 
     data: jax.Array
     ggml_type: int = field(metadata=dict(static=True))
     n_in: int = field(metadata=dict(static=True))
+    n_out: int = field(metadata=dict(static=True))
+    skip: int = field(default=0, metadata=dict(static=True))
 
-    @property
-    def n_out(self) -> int:
-        return int(self.data.shape[0])
+    @classmethod
+    def from_rows(cls, rows: Any, ggml_type: int) -> GGMLWeight:
+        """A weight from its stored rows: uint8 [n_out, bytes per row], or values [n_out, n_in] for float types."""
+        n_out = int(rows.shape[0])
+        if rows.dtype == np.uint8:
+            from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+            n_in = int(rows.shape[1]) // type_size * block
+        else:
+            n_in = int(rows.shape[1])
+        flat = rows.reshape(-1)
+        if flat.dtype != np.uint8:
+            is_numpy = isinstance(flat, np.ndarray)
+            flat = flat.view(np.uint8) if is_numpy else jax.lax.bitcast_convert_type(flat, np.uint8).reshape(-1)
+        return cls(flat, int(ggml_type), n_in, n_out)
+
+    def stored_rows(self) -> np.ndarray:
+        """The stored rows as numpy, uint8 [n_out, bytes per row] (a view of `data` on CPU)."""
+        raw = np.asarray(self.data)[self.skip :]
+        return raw.reshape(self.n_out, -1)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1,14 +1,14 @@
 //! The XLA FFI handler `lljx_block_matmul`: GGUF-format weights times f32 activations, called from compiled JAX programs on CPU.
 //!
-//! Call shape: x f32 [..., n_in], then one weight per result, each as its GGUF file stores it:
-//! uint8 [n_out, bytes per row] for block formats, or f32/f16/bf16 [n_out, n_in]. The int32
-//! array attribute `ggml_types` gives each weight's ggml type id. Result i is f32
-//! [..., n_out_i]. All weights share x, so Q, K and V (or gate and up) cost one call and one
+//! Call shape: x f32 [..., n_in], then one weight per result, each flat uint8: `skip` bytes,
+//! then the n_out rows as its GGUF file stores them (blocks, or little-endian f32/f16/bf16
+//! values). The int32 array attributes `ggml_types` and `skips` give each weight's ggml type
+//! id and skip (a view of a mapped file starts at the 64-byte boundary before its tensor,
+//! since XLA adopts host memory only from there). Result i is f32 [..., n_out_i]. All weights share x, so Q, K and V (or gate and up) cost one call and one
 //! rounding of the activations per format.
 
 use crate::ffi::xla::{
-    dims, dtype_name, run_handler_with_attributes, Attributes, Buffer, CallFrame, ErrorPtr, BF16,
-    F16, F32, U8,
+    dims, dtype_name, run_handler_with_attributes, Attributes, Buffer, CallFrame, ErrorPtr, F32, U8,
 };
 use crate::kernels::block_matmul::{block_matmul, Output, Path};
 use crate::kernels::ggml::{BlockWeight, GgmlType};
@@ -25,11 +25,13 @@ pub unsafe extern "C" fn lljx_block_matmul(frame: *mut CallFrame) -> ErrorPtr {
 unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result<(), String> {
     let (x_buf, weights) = args.split_first().ok_or("no input")?;
     let types = attrs.i32_array("ggml_types")?;
-    if types.len() != weights.len() || rets.len() != weights.len() {
+    let skips = attrs.i32_array("skips")?;
+    if types.len() != weights.len() || skips.len() != weights.len() || rets.len() != weights.len() {
         return Err(format!(
-            "{} weights, {} ggml types and {} results; expected one of each per weight",
+            "{} weights, {} ggml types, {} skips and {} results; expected one of each per weight",
             weights.len(),
             types.len(),
+            skips.len(),
             rets.len()
         ));
     }
@@ -46,8 +48,9 @@ unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result
     }
     let mut views = Vec::with_capacity(weights.len());
     let mut outputs = Vec::with_capacity(weights.len());
-    for (i, ((w, &id), ret)) in weights.iter().zip(types).zip(rets).enumerate() {
-        let weight = unsafe { weight_view(w, id, n_in) }.map_err(|e| format!("weight {i}: {e}"))?;
+    for (i, (((w, &id), &skip), ret)) in weights.iter().zip(types).zip(skips).zip(rets).enumerate() {
+        let weight =
+            unsafe { weight_view(w, id, skip, n_in) }.map_err(|e| format!("weight {i}: {e}"))?;
         let want: Vec<usize> = lead.iter().copied().chain([weight.n_out]).collect();
         if ret.dtype != F32 || dims(ret)? != want {
             return Err(format!(
@@ -64,50 +67,42 @@ unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result
     unsafe { block_matmul(x, rows, &views, &outputs, workers::threads(), Path::Fast) }
 }
 
-/// A weight buffer as a checked `BlockWeight` of ggml type `id` with `n_in` inputs.
+/// A flat uint8 weight buffer as a checked `BlockWeight` of ggml type `id` with `n_in` inputs,
+/// its rows starting `skip` bytes in.
 ///
 /// # Safety
 /// `w` must be a buffer from XLA's call frame.
 pub unsafe fn weight_view(
     w: &Buffer,
     id: i32,
+    skip: i32,
     n_in: usize,
 ) -> Result<BlockWeight<'static>, String> {
     let ty = GgmlType::from_id(id as i64).ok_or_else(|| format!("ggml type {id} has no kernel"))?;
+    if w.dtype != U8 {
+        return Err(format!("data must be uint8, got {}", dtype_name(w.dtype)));
+    }
     let w_dims = dims(w)?;
-    let [n_out, width] = w_dims[..] else {
-        return Err(format!("must be 2-D [out, in or bytes], got {w_dims:?}"));
+    let [len] = w_dims[..] else {
+        return Err(format!("data must be flat (1-D), got {w_dims:?}"));
     };
-    let want_dtype = match ty {
-        GgmlType::F32 => F32,
-        GgmlType::F16 => F16,
-        GgmlType::Bf16 => BF16,
-        _ => U8,
-    };
-    if w.dtype != want_dtype {
-        return Err(format!(
-            "{} data must be {}, got {}",
-            ty.name(),
-            dtype_name(want_dtype),
-            dtype_name(w.dtype)
-        ));
-    }
+    let skip = usize::try_from(skip)
+        .ok()
+        .filter(|&s| s <= len && s % 4 == 0)
+        .ok_or_else(|| format!("skip {skip} must be a multiple of 4 within the {len} bytes"))?;
     let row_bytes = ty.row_bytes(n_in)?;
-    let elem = if ty.is_float() { ty.block_bytes() } else { 1 };
-    if width * elem != row_bytes {
+    let stored = len - skip;
+    if row_bytes == 0 || stored % row_bytes != 0 {
         return Err(format!(
-            "{} rows of {n_in} inputs are {} wide, got [{n_out}, {width}]",
-            ty.name(),
-            row_bytes / elem
+            "{} rows of {n_in} inputs are {row_bytes} bytes, which do not divide the {stored} bytes given",
+            ty.name()
         ));
     }
-    let len = n_out
-        .checked_mul(row_bytes)
-        .ok_or("weight size overflows")?;
-    let data: &'static [u8] = if len == 0 {
+    let n_out = stored / row_bytes;
+    let data: &'static [u8] = if stored == 0 {
         &[]
     } else {
-        unsafe { std::slice::from_raw_parts(w.data as *const u8, len) }
+        unsafe { std::slice::from_raw_parts((w.data as *const u8).add(skip), stored) }
     };
     BlockWeight::new(ty, data, n_in, n_out)
 }

@@ -1,8 +1,8 @@
 //! The XLA FFI handler `lljx_block_rows`: rows of a GGUF-format table dequantized to f32 (embedding lookups).
 //!
-//! Call shape: the table as its GGUF file stores it (uint8 [n, bytes per row], or f32/f16/bf16
-//! [n, n_in]), then ids int32 of any shape; the integer attribute `ggml_type` gives the
-//! table's ggml type id. The result is f32 [*ids.shape, n_in], each row bit-equal to the
+//! Call shape: the table as flat uint8 (`skip` bytes, then its rows as its GGUF file stores
+//! them), then ids int32 of any shape; the integer attributes `ggml_type` and `skip` give the
+//! table's ggml type id and where its rows start. The result is f32 [*ids.shape, n_in], each row bit-equal to the
 //! `gguf` package's dequantization of that row. An id outside the table is an error.
 
 use crate::ffi::block_matmul::weight_view;
@@ -46,7 +46,9 @@ unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result
             dtype_name(out.dtype)
         ));
     }
-    let table = unsafe { weight_view(table, id, n_in) }.map_err(|e| format!("table: {e}"))?;
+    let skip = attrs.int_scalar("skip")?;
+    let skip = i32::try_from(skip).map_err(|_| format!("skip {skip} is out of range"))?;
+    let table = unsafe { weight_view(table, id, skip, n_in) }.map_err(|e| format!("table: {e}"))?;
     let n: usize = id_dims.iter().product();
     if n == 0 {
         return Ok(());

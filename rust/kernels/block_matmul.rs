@@ -8,7 +8,7 @@
 //! decode a tile once and reuse it from cache for every row (`tiles`).
 
 use super::activations::Activations;
-use super::ggml::{ActFormat, BlockWeight};
+use super::ggml::{ActFormat, BlockWeight, GgmlType};
 use super::portable_dot;
 use super::workers::{self, SharedJob};
 use std::ops::Range;
@@ -23,7 +23,9 @@ pub const TILE_ROWS: usize = 16;
 pub const STREAM_MAX_ROWS: usize = 8;
 
 /// Below this many weight bytes per thread a call is not split: waking a helper costs more.
-const MIN_SHARE_BYTES: usize = 128 * 1024;
+/// Block formats cost more work per byte than the [in, out] kernels (decoding), so a
+/// 576 x 576 Q4_1 projection (207 KB, about 9 us on one core) is already worth splitting.
+const MIN_SHARE_BYTES: usize = 64 * 1024;
 
 /// Where the kernels run: lljx's AVX-512 paths where the CPU has them, else plain Rust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +53,12 @@ struct Job<'a> {
     weights: Vec<BlockWeight<'a>>,
     outputs: Vec<Output>,
     acts: Activations<'a>,
+    /// Q8_K activations laid out for the K-quant decode kernel (decode on AVX-512 only).
+    #[cfg(target_arch = "x86_64")]
+    k_lanes: Option<super::stream_k::KLanes>,
+    /// Q8_0 and Q8_1 activations laid out for the 4-bit 32-value decode kernel.
+    #[cfg(target_arch = "x86_64")]
+    lanes32: [Option<super::stream_32::Lanes32>; 2],
     units: Vec<Unit>,
     /// What one thread claims at a time: a run of consecutive units.
     pieces: Vec<Range<usize>>,
@@ -84,15 +92,7 @@ impl SharedJob for Job<'_> {
                 let product = units[i].product;
                 let rows = units[i].rows.start..units[end - 1].rows.end;
                 // SAFETY: the caller checked each output holds rows · n_out values; units are disjoint.
-                unsafe {
-                    run_tile(
-                        &self.weights[product],
-                        rows,
-                        &self.acts,
-                        self.outputs[product],
-                        self.path,
-                    )
-                };
+                unsafe { self.run_tile(&self.weights[product], rows, self.outputs[product]) };
                 i = end;
             }
             self.done.fetch_add(1, Ordering::Release);
@@ -136,6 +136,33 @@ pub unsafe fn block_matmul(
     let mut formats: Vec<ActFormat> = weights.iter().map(|w| w.ty.act_format()).collect();
     formats.dedup();
     let acts = Activations::new(x, rows, n_in, &formats);
+    #[cfg(target_arch = "x86_64")]
+    let k_lanes = match &acts.q8k {
+        Some(q8) if path == Path::Fast && rows <= STREAM_MAX_ROWS && fast_int() => {
+            let has = |t: &[GgmlType]| weights.iter().any(|w| t.contains(&w.ty));
+            Some(super::stream_k::KLanes::new(
+                q8,
+                rows,
+                has(&[GgmlType::Q4K, GgmlType::Q5K]),
+                has(&[GgmlType::Q6K]),
+            ))
+        }
+        _ => None,
+    };
+    #[cfg(target_arch = "x86_64")]
+    let lanes32 = {
+        let decode = path == Path::Fast && rows <= STREAM_MAX_ROWS && fast_int();
+        let wanted = |tys: [GgmlType; 2], q8: &Option<super::activations::Q8Rows>| match q8 {
+            Some(q8) if decode && weights.iter().any(|w| tys.contains(&w.ty)) => {
+                Some(super::stream_32::Lanes32::new(q8, rows))
+            }
+            _ => None,
+        };
+        [
+            wanted([GgmlType::Q4_0, GgmlType::Q5_0], &acts.q8_0),
+            wanted([GgmlType::Q4_1, GgmlType::Q5_1], &acts.q8_1),
+        ]
+    };
     let units: Vec<Unit> = weights
         .iter()
         .enumerate()
@@ -162,6 +189,10 @@ pub unsafe fn block_matmul(
         weights: weights.to_vec(),
         outputs: outputs.to_vec(),
         acts,
+        #[cfg(target_arch = "x86_64")]
+        k_lanes,
+        #[cfg(target_arch = "x86_64")]
+        lanes32,
         units,
         pieces,
         path,
@@ -200,31 +231,35 @@ fn split_by_bytes(units: &[Unit], weights: &[BlockWeight], count: usize) -> Vec<
     pieces
 }
 
-/// Output rows `rows` of `w` for every activation row.
-///
-/// # Safety
-/// `out` must point to acts.rows · w.n_out writable values.
-unsafe fn run_tile(
-    w: &BlockWeight,
-    rows: Range<usize>,
-    acts: &Activations,
-    out: Output,
-    path: Path,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if path == Path::Fast && !w.ty.is_float() && fast_int() {
-        // SAFETY: the CPU has the features; the caller checked `out`.
-        return unsafe { super::vnni::tile(w, rows, acts, out.0) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if path == Path::Fast && w.ty.is_float() && fast_float(w.ty) {
-        // SAFETY: as above.
-        return unsafe { super::float_tiles::tile(w, rows, acts, out.0) };
-    }
-    for token in 0..acts.rows {
-        for r in rows.clone() {
-            let v = portable_dot::dot(w, r, acts, token);
-            unsafe { *out.0.add(token * w.n_out + r) = v };
+impl Job<'_> {
+    /// Output rows `rows` of `w` for every activation row.
+    ///
+    /// # Safety
+    /// `out` must point to acts.rows · w.n_out writable values.
+    unsafe fn run_tile(&self, w: &BlockWeight, rows: Range<usize>, out: Output) {
+        let acts = &self.acts;
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Path::Fast && !w.ty.is_float() && fast_int() {
+            // SAFETY: the CPU has the features; the caller checked `out`.
+            let lanes32 = match w.ty {
+                GgmlType::Q4_0 | GgmlType::Q5_0 => self.lanes32[0].as_ref(),
+                GgmlType::Q4_1 | GgmlType::Q5_1 => self.lanes32[1].as_ref(),
+                _ => None,
+            };
+            return unsafe {
+                super::vnni::tile(w, rows, acts, self.k_lanes.as_ref(), lanes32, out.0)
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Path::Fast && w.ty.is_float() && fast_float(w.ty) {
+            // SAFETY: as above.
+            return unsafe { super::float_tiles::tile(w, rows, acts, out.0) };
+        }
+        for token in 0..acts.rows {
+            for r in rows.clone() {
+                let v = portable_dot::dot(w, r, acts, token);
+                unsafe { *out.0.add(token * w.n_out + r) = v };
+            }
         }
     }
 }

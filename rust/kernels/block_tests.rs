@@ -182,18 +182,27 @@ fn every_format_matches_the_float64_reference_on_both_paths() {
 #[test]
 fn fast_and_portable_paths_agree_bit_for_bit_except_bf16() {
     for ty in ALL_TYPES {
-        let n_in = n_in_for(ty, 3);
-        let data = random_weight(ty, 50, n_in, 9);
-        let w = BlockWeight::new(ty, &data, n_in, 50).unwrap();
-        let x = Noise::new(4).floats(12 * n_in);
-        let fast = run(&x, 12, &[w], 1, Path::Fast);
-        let slow = run(&x, 12, &[w], 1, Path::Portable);
-        if ty == GgmlType::Bf16 {
-            for (a, b) in fast[0].iter().zip(&slow[0]) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
-            }
+        // Float rows longer than one prompt pass over the inputs (1024) check the chunking.
+        let widths = if ty.is_float() {
+            vec![n_in_for(ty, 3), 2100]
         } else {
-            assert_eq!(fast, slow, "{}", ty.name());
+            vec![n_in_for(ty, 3)]
+        };
+        for n_in in widths {
+            let data = random_weight(ty, 50, n_in, 9);
+            let w = BlockWeight::new(ty, &data, n_in, 50).unwrap();
+            for rows in [3, 12] {
+                let x = Noise::new(4).floats(rows * n_in);
+                let fast = run(&x, rows, &[w], 1, Path::Fast);
+                let slow = run(&x, rows, &[w], 1, Path::Portable);
+                if ty == GgmlType::Bf16 {
+                    for (a, b) in fast[0].iter().zip(&slow[0]) {
+                        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+                    }
+                } else {
+                    assert_eq!(fast, slow, "{} rows {rows} n_in {n_in}", ty.name());
+                }
+            }
         }
     }
 }
@@ -320,7 +329,10 @@ fn timing_probe() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(32768);
-        let n_in = 2048;
+        let n_in: usize = std::env::var("PROBE_IN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048);
         let data = random_weight(ty, n_out, n_in, 1);
         let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
         for &rows in &rows_list {
@@ -350,6 +362,36 @@ fn timing_probe() {
             println!(
                 "{} rows {rows} threads {threads}: {:.2} ms, {:.1} GB/s (1-thread stream {:.1} GB/s), {:.1} GMAC/s",
                 ty.name(), s * 1e3, data.len() as f64 / s / 1e9, streams[streams.len() / 2], (rows * n_in * n_out) as f64 / s / 1e9
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn call_overhead_probe() {
+    for (ty, n_in, n_out) in [
+        (GgmlType::Q4_1, 576, 576),
+        (GgmlType::Q4_1, 576, 1536),
+        (GgmlType::Q8_0, 576, 49152),
+    ] {
+        let data = random_weight(ty, n_out, n_in, 1);
+        let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
+        let x = Noise::new(2).floats(n_in);
+        for threads in [1, 2] {
+            let reps = 2000usize * 576 / n_out;
+            let mut out = vec![0.0f32; n_out];
+            let outs = [Output(out.as_mut_ptr())];
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                unsafe { block_matmul(&x, 1, &[w], &outs, threads, Path::Fast).unwrap() };
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{} [{n_out}, {n_in}] threads {threads}: {:.1} us per call, {:.1} GB/s",
+                ty.name(),
+                s * 1e6,
+                data.len() as f64 / s / 1e9
             );
         }
     }

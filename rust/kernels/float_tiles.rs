@@ -5,14 +5,19 @@
 //! f32) or the pairs 32c + 2l, 2l + 1 (BF16 with bf16 activations, `vdpbf16ps`), the last
 //! chunk zero-padded, then the fixed reduction tree. A register tile of RM weight rows by RN
 //! activation rows shares every load; decode (one activation row) uses eight weight rows so
-//! eight independent chains hide the FMA latency, and prefetches each row ahead. No SIMD
-//! value is touched inside a closure (closures do not inherit target features).
+//! eight independent chains hide the FMA latency. F16/F32 decode prefetches the next eight
+//! rows at the same offset (measured +15-25% on one core); BF16 decode runs best on the
+//! hardware prefetchers alone. Prompts pass over the inputs in chunks of 1024 so the
+//! activation rows stay in L1. No SIMD value is touched inside a closure (closures do not
+//! inherit target features).
 
 #![cfg(target_arch = "x86_64")]
+// Index loops over lanes, tokens and quads read closer to the data layout than iterator chains.
+#![allow(clippy::needless_range_loop)]
 
 use super::activations::Activations;
+use super::block_matmul::STREAM_MAX_ROWS;
 use super::ggml::{BlockWeight, GgmlType};
-use super::matvec::PREFETCH_AHEAD;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -51,12 +56,13 @@ unsafe fn micro_f<const RM: usize, const RN: usize>(
     ty: GgmlType,
     w: [*const u8; RM],
     x: [*const f32; RN],
-    n: usize,
-    out: &mut [[f32; RN]; RM],
+    k_range: Range<usize>,
+    acc: &mut [[__m512; RN]; RM],
+    row_bytes: usize,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let n = k_range.end;
     let elem = if ty == GgmlType::F32 { 4 } else { 2 };
-    let mut k = 0;
+    let mut k = k_range.start;
     while k < n {
         let left = n - k;
         let mask: __mmask16 = if left >= 16 {
@@ -67,7 +73,7 @@ unsafe fn micro_f<const RM: usize, const RN: usize>(
         if RN == 1 && (k * elem).is_multiple_of(64) {
             for row in w {
                 _mm_prefetch::<_MM_HINT_T1>(
-                    row.wrapping_add(k * elem + PREFETCH_AHEAD) as *const i8
+                    row.wrapping_add(k * elem + RM * row_bytes) as *const i8
                 );
             }
         }
@@ -83,11 +89,6 @@ unsafe fn micro_f<const RM: usize, const RN: usize>(
         }
         k += 16;
     }
-    for m in 0..RM {
-        for j in 0..RN {
-            out[m][j] = reduce(acc[m][j]);
-        }
-    }
 }
 
 /// acc[m][n] over all inputs for BF16 weight rows `w` and bf16 activation rows `x`.
@@ -95,19 +96,14 @@ unsafe fn micro_f<const RM: usize, const RN: usize>(
 unsafe fn micro_bf16<const RM: usize, const RN: usize>(
     w: [*const u8; RM],
     x: [*const u16; RN],
-    n: usize,
-    out: &mut [[f32; RN]; RM],
+    k_range: Range<usize>,
+    acc: &mut [[__m512; RN]; RM],
 ) {
-    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
-    let mut k = 0;
+    let n = k_range.end;
+    let mut k = k_range.start;
     while k < n {
         let left = n - k;
         let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
-        if RN == 1 && (2 * k).is_multiple_of(64) {
-            for row in w {
-                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * k + PREFETCH_AHEAD) as *const i8);
-            }
-        }
         let mut wv = [_mm512_setzero_si512(); RM];
         for m in 0..RM {
             wv[m] = _mm512_maskz_loadu_epi16(mask, (w[m] as *const i16).add(k));
@@ -124,11 +120,6 @@ unsafe fn micro_bf16<const RM: usize, const RN: usize>(
             }
         }
         k += 32;
-    }
-    for m in 0..RM {
-        for j in 0..RN {
-            out[m][j] = reduce(acc[m][j]);
-        }
     }
 }
 
@@ -147,12 +138,32 @@ pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out:
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn tile_f(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
-    each_group::<false>(w, rows, acts, out)
+    for block in row_blocks(rows, acts.rows) {
+        each_group::<false>(w, block, acts, out)
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn tile_bf16(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
-    each_group::<true>(w, rows, acts, out)
+    for block in row_blocks(rows, acts.rows) {
+        each_group::<true>(w, block, acts, out)
+    }
+}
+
+/// Weight rows per sweep over the activations in prompts: their weights stay in L2 while
+/// every group of activation rows passes (at most 1 MB of f16 for 8192 inputs). Decode
+/// streams all rows in one sweep.
+const PROMPT_ROW_BLOCK: usize = 64;
+
+fn row_blocks(rows: Range<usize>, tokens: usize) -> impl Iterator<Item = Range<usize>> {
+    let step = if tokens <= STREAM_MAX_ROWS {
+        rows.len().max(1)
+    } else {
+        PROMPT_ROW_BLOCK
+    };
+    rows.clone()
+        .step_by(step)
+        .map(move |start| start..(start + step).min(rows.end))
 }
 
 /// Activation rows in groups of 4, 2 and 1; one activation row (decode) takes eight weight
@@ -180,6 +191,14 @@ unsafe fn each_group<const BF: bool>(
     }
 }
 
+/// Inputs per pass in prompts: four activation rows of 1024 f32 stay in L1 while every
+/// weight row of the block passes. Chunks start on multiples of 32, so each input keeps its
+/// lane and a pair's accumulator sees the same operations in the same order as in one pass.
+const K_CHUNK: usize = 1024;
+
+/// Weight row groups of a prompt block (`PROMPT_ROW_BLOCK` / 4).
+const GROUPS: usize = 16;
+
 #[inline(always)]
 unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     w: &BlockWeight,
@@ -189,32 +208,55 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     out: *mut f32,
 ) {
     let n = w.n_in;
-    let mut r = rows.start;
-    while r < rows.end {
-        // A short last group repeats the tile's last row; those sums are not stored.
-        let wp: [*const u8; RM] =
-            std::array::from_fn(|m| w.data.as_ptr().add((r + m).min(rows.end - 1) * w.row_bytes));
-        let mut sums = [[0.0f32; RN]; RM];
-        if BF {
-            let xp: [*const u16; RN] =
-                std::array::from_fn(|j| acts.bf16.as_ptr().add((first + j) * n));
-            micro_bf16::<RM, RN>(wp, xp, n, &mut sums);
+    // A short last group repeats the tile's last row; those sums are not stored.
+    let row_ptrs = |r: usize| -> [*const u8; RM] {
+        std::array::from_fn(|m| w.data.as_ptr().add((r + m).min(rows.end - 1) * w.row_bytes))
+    };
+    let x_f = if w.ty == GgmlType::F32 {
+        acts.f32.as_ptr()
+    } else {
+        acts.f16.as_ptr()
+    };
+    let xf: [*const f32; RN] = std::array::from_fn(|j| x_f.add((first + j) * n));
+    let xb: [*const u16; RN] = std::array::from_fn(|j| acts.bf16.as_ptr().add((first + j) * n));
+    let chunk = if RN == 1 || rows.len() > GROUPS * RM {
+        n.max(1)
+    } else {
+        K_CHUNK
+    };
+    let mut accs = [[[_mm512_setzero_ps(); RN]; RM]; GROUPS];
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        // Decode: one group at a time over all inputs. Prompts: the whole block per chunk.
+        let groups = if chunk >= n {
+            1
         } else {
-            let x = if w.ty == GgmlType::F32 {
-                acts.f32
-            } else {
-                &acts.f16[..]
-            };
-            let xp: [*const f32; RN] = std::array::from_fn(|j| x.as_ptr().add((first + j) * n));
-            micro_f::<RM, RN>(w.ty, wp, xp, n, &mut sums);
+            rows.len().div_ceil(RM)
+        };
+        for acc in accs.iter_mut().take(groups) {
+            *acc = [[_mm512_setzero_ps(); RN]; RM];
         }
-        for (m, row_sums) in sums.iter().enumerate() {
-            if r + m < rows.end {
-                for (j, &v) in row_sums.iter().enumerate() {
-                    *out.add((first + j) * w.n_out + r + m) = v;
+        for k in (0..n).step_by(chunk) {
+            let k_range = k..(k + chunk).min(n);
+            for (g, acc) in accs.iter_mut().enumerate().take(groups) {
+                let wp = row_ptrs(r0 + g * RM);
+                if BF {
+                    micro_bf16::<RM, RN>(wp, xb, k_range.clone(), acc);
+                } else {
+                    micro_f::<RM, RN>(w.ty, wp, xf, k_range.clone(), acc, w.row_bytes);
                 }
             }
         }
-        r += RM;
+        for (g, acc) in accs.iter().enumerate().take(groups) {
+            for (m, pairs) in acc.iter().enumerate() {
+                let r = r0 + g * RM + m;
+                if r < rows.end {
+                    for (j, &v) in pairs.iter().enumerate() {
+                        *out.add((first + j) * w.n_out + r) = reduce(v);
+                    }
+                }
+            }
+        }
+        r0 += groups * RM;
     }
 }

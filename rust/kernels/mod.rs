@@ -16,6 +16,8 @@ pub mod float_tiles;
 pub mod ggml;
 pub mod matvec;
 pub mod portable_dot;
+pub mod stream_32;
+pub mod stream_k;
 pub mod unpack;
 pub mod vnni;
 pub mod workers;

@@ -7,17 +7,21 @@
 //!
 //! Few activation rows (decode): each block of sixteen rows is decoded once and multiplied by
 //! every activation row at once, so weights stream from memory exactly once, with the next
-//! tile's bytes prefetched. Many rows (prompts): the whole tile is decoded once into a buffer
-//! that stays in L2 and is reused for every group of eight activation rows.
+//! tile's bytes prefetched. Many rows (prompts): four whole tiles are decoded once into a
+//! buffer that stays in L2 and is reused for every group of eight activation rows.
 //!
 //! SIMD code here is never inside a closure: closures do not inherit target features, so
 //! each intrinsic in one would become a function call.
 
 #![cfg(target_arch = "x86_64")]
+// Index loops over lanes, tokens and quads read closer to the data layout than iterator chains.
+#![allow(clippy::needless_range_loop)]
 
 use super::activations::{Activations, Q8KRows, Q8Rows};
 use super::block_matmul::STREAM_MAX_ROWS;
 use super::ggml::{BlockWeight, GgmlType, QK32, QK_K};
+use super::stream_32::{self, Lanes32};
+use super::stream_k::{self, KLanes};
 use super::unpack::{self, KTile, Layout32, Rows, Tile32};
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -254,19 +258,28 @@ impl Family for KQuants<'_> {
 }
 
 /// Output rows `rows` of block-format weight `w` for every activation row, into
-/// `out` (f32 [acts.rows, w.n_out]).
+/// `out` (f32 [acts.rows, w.n_out]). Decode of a K-quant takes `stream_k` when `k_lanes`
+/// (the activations laid out for it) are given.
 ///
 /// # Safety
 /// The CPU must have the features `unpack::available` checks; `out` must hold
-/// acts.rows · w.n_out values; `acts` must hold the format `w` needs.
+/// acts.rows · w.n_out values; `acts` must hold the format `w` needs, `k_lanes` built from them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
+pub unsafe fn tile(
+    w: &BlockWeight,
+    rows: Range<usize>,
+    acts: &Activations,
+    k_lanes: Option<&KLanes>,
+    lanes32: Option<&Lanes32>,
+    out: *mut f32,
+) {
     match w.ty {
         GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
-            let family = KQuants {
-                ty: w.ty,
-                q8: acts.q8k.as_ref().expect("Q8_K activations"),
-            };
+            let q8 = acts.q8k.as_ref().expect("Q8_K activations");
+            if let Some(lanes) = k_lanes.filter(|_| acts.rows <= STREAM_MAX_ROWS) {
+                return stream_k::tile(w, rows, q8, lanes, acts.rows, out);
+            }
+            let family = KQuants { ty: w.ty, q8 };
             run(&family, w, rows, acts.rows, out)
         }
         ty => {
@@ -275,6 +288,12 @@ pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out:
             } else {
                 &acts.q8_0
             };
+            if let Some(lanes) =
+                lanes32.filter(|_| acts.rows <= STREAM_MAX_ROWS && stream_32::handles(ty))
+            {
+                let q8 = q8.as_ref().expect("Q8 activations");
+                return stream_32::tile(w, rows, q8, lanes, acts.rows, out);
+            }
             let family = Blocks32 {
                 layout: layout(ty),
                 zero: zero_point(ty),
@@ -303,12 +322,17 @@ unsafe fn run<F: Family>(
         }
         return;
     }
-    let mut decoded = vec![F::zeroed(); blocks.next_multiple_of(F::GROUP)];
-    for start in rows.clone().step_by(16) {
-        let tile_rows = start..(start + 16).min(rows.end);
-        cached_tile(family, w, tile_rows, blocks, n_tokens, out, &mut decoded);
+    let padded = blocks.next_multiple_of(F::GROUP);
+    let mut decoded = vec![F::zeroed(); padded * SWEEP_TILES];
+    for start in rows.clone().step_by(16 * SWEEP_TILES) {
+        let sweep = start..(start + 16 * SWEEP_TILES).min(rows.end);
+        cached_tiles(family, w, sweep, blocks, n_tokens, out, &mut decoded);
     }
 }
+
+/// Tiles decoded per sweep over the activations in prompts: four tiles of a K-quant with
+/// 8192 inputs take 700 KB of L2, and each group of activation rows is read once for all four.
+const SWEEP_TILES: usize = 4;
 
 /// Decode: each group of blocks is decoded once and meets every activation row while the
 /// next tile's bytes are prefetched.
@@ -324,16 +348,22 @@ unsafe fn stream_tile<F: Family>(
 ) {
     let tile_rows = Rows::new(w.data.as_ptr(), w.row_bytes, rows.start, rows.len());
     let mut facc = [_mm512_setzero_ps(); STREAM_MAX_ROWS];
-    let ahead = tile_rows
-        .start(0)
-        .wrapping_add(PREFETCH_TILES_AHEAD * 16 * w.row_bytes);
-    let step = 16 * w.ty.block_bytes() * F::GROUP;
+    // The next tile, asked for in the order it will be read (block by block across its
+    // rows), one tile ahead; addresses past the weight are harmless for a prefetch.
+    let next = w
+        .data
+        .as_ptr()
+        .wrapping_add((rows.start + 16 * PREFETCH_TILES_AHEAD) * w.row_bytes);
+    let group_bytes = w.ty.block_bytes() * F::GROUP;
     let mut block = 0;
     while block < blocks {
         let count = F::GROUP.min(blocks - block);
-        let from = ahead.wrapping_add(block / F::GROUP * step);
-        for line in (0..step).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T1>(from.wrapping_add(line) as *const i8);
+        for r in 0..16 {
+            let from = next.wrapping_add(r * w.row_bytes + block * w.ty.block_bytes());
+            for line in (0..group_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(line) as *const i8);
+            }
+            _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(group_bytes - 1) as *const i8);
         }
         family.unpack(&tile_rows, block, count, tiles);
         for (k, tile) in tiles.iter().enumerate().take(count) {
@@ -355,10 +385,10 @@ unsafe fn stream_tile<F: Family>(
     store(&facc[..n_tokens], 0, w.n_out, rows, out);
 }
 
-/// Prompts: the whole tile is decoded once, then reused from cache for every group of
-/// eight activation rows.
+/// Prompts: the tiles of `rows` (at most SWEEP_TILES) are decoded once, then reused from
+/// cache for every group of eight activation rows.
 #[inline(always)]
-unsafe fn cached_tile<F: Family>(
+unsafe fn cached_tiles<F: Family>(
     family: &F,
     w: &BlockWeight,
     rows: Range<usize>,
@@ -367,34 +397,41 @@ unsafe fn cached_tile<F: Family>(
     out: *mut f32,
     decoded: &mut [F::Tile],
 ) {
-    let tile_rows = Rows::new(w.data.as_ptr(), w.row_bytes, rows.start, rows.len());
-    for block in (0..blocks).step_by(F::GROUP) {
-        family.unpack(
-            &tile_rows,
-            block,
-            F::GROUP.min(blocks - block),
-            &mut decoded[block..],
-        );
+    let padded = blocks.next_multiple_of(F::GROUP);
+    let tiles: Vec<Range<usize>> = rows
+        .clone()
+        .step_by(16)
+        .map(|start| start..(start + 16).min(rows.end))
+        .collect();
+    for (s, tile) in tiles.iter().enumerate() {
+        let tile_rows = Rows::new(w.data.as_ptr(), w.row_bytes, tile.start, tile.len());
+        for block in (0..blocks).step_by(F::GROUP) {
+            let count = F::GROUP.min(blocks - block);
+            family.unpack(&tile_rows, block, count, &mut decoded[s * padded + block..]);
+        }
     }
     let mut first = 0;
     while first < n_tokens {
         let count = (n_tokens - first).min(8);
-        let mut facc = [_mm512_setzero_ps(); 8];
-        for (block, tile) in decoded.iter().enumerate().take(blocks) {
-            let mut offset = 0;
-            while offset < count {
-                let size = group_size(count - offset);
-                dot_group(
-                    family,
-                    tile,
-                    first + offset,
-                    block,
-                    &mut facc[offset..offset + size],
-                );
-                offset += size;
+        for (s, tile) in tiles.iter().enumerate() {
+            let mut facc = [_mm512_setzero_ps(); 8];
+            for block in 0..blocks {
+                let decoded_block = &decoded[s * padded + block];
+                let mut offset = 0;
+                while offset < count {
+                    let size = group_size(count - offset);
+                    dot_group(
+                        family,
+                        decoded_block,
+                        first + offset,
+                        block,
+                        &mut facc[offset..offset + size],
+                    );
+                    offset += size;
+                }
             }
+            store(&facc[..count], first, w.n_out, tile.clone(), out);
         }
-        store(&facc[..count], first, w.n_out, rows.clone(), out);
         first += count;
     }
 }

@@ -94,6 +94,8 @@ def leaf_format(leaf: Any) -> str:
 def leaf_bytes(leaf: Any) -> int:
     import jax
 
+    if isinstance(leaf, GGMLWeight):
+        return int(leaf.data.nbytes) - leaf.skip  # the bytes before `skip` belong to another tensor
     return sum(int(x.nbytes) for x in jax.tree.leaves(leaf))
 
 

@@ -151,7 +151,9 @@ class StrategySystem:
         self.name = name + (SCHEMA_SUFFIX if schema is not None else "")
         self.schema = schema
         self.model_ = model
-        self.dtype = model.config.dtype
+        from lljx.strategies import registry
+
+        self.dtype = registry.weights_dtype(registry.load(name), model)
         self.model = model.name
         self.file = model.path
         self.threads = threads

@@ -43,9 +43,9 @@ def dense_weight(w: GGMLWeight, dtype: np.dtype, *, transpose: bool) -> jax.Arra
     if isinstance(w.data, jax.ShapeDtypeStruct):
         return jax.ShapeDtypeStruct(shape, dtype)  # type: ignore[return-value]
     ggml_type = GGMLQuantizationType(w.ggml_type)
-    raw = np.asarray(w.data)
+    raw = w.stored_rows().reshape(-1)
     info = TensorInfo(name="", ggml_type=ggml_type, shape=(w.n_in, w.n_out), offset=0, n_bytes=raw.nbytes)
-    out = dequant.decode(raw.reshape(-1).view(np.uint8), info, aligned_empty(shape, dtype), transpose=transpose)
+    out = dequant.decode(raw, info, aligned_empty(shape, dtype), transpose=transpose)
     return to_device(out)
 
 

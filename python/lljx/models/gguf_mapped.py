@@ -2,11 +2,11 @@
 
 Nothing is decoded: each projection, the head and the embedding table stay the blocks the
 file holds (Q4_K, Q6_K, Q8_0, F16...), which lljx's Rust kernels multiply in place. A tensor
-whose data starts on a 64-byte boundary is handed to JAX as a view of the mapping, so its
-pages are shared with the page cache and read from disk only when first touched. The few
-exceptions are copied: Q and K rows re-ordered for rotate-half RoPE (about 0.5% of a Llama's
-weights), a tensor the file does not align to 64 bytes, and a type without a kernel, which
-is dequantized to F16 with a warning. The RMSNorm weights (a few KB) are decoded to f32.
+is handed to JAX as a view of the mapping (from the 64-byte boundary before it; see
+GGMLWeight.skip), so its pages are shared with the page cache and read from disk only when
+first touched. The few exceptions are copied: Q and K rows re-ordered for rotate-half RoPE
+(about 0.5% of a Llama's weights), and a type without a kernel, which is dequantized to F16
+with a warning. The RMSNorm weights (a few KB) are decoded to f32.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_dtypes
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -25,12 +24,6 @@ from lljx.models import dequant
 from lljx.models.arrays import ALIGNMENT, aligned_empty, to_device
 from lljx.models.gguf_file import GGUFFile, TensorInfo
 
-# Float formats the kernels read as typed values [n_out, n_in]; every other format is raw bytes.
-FLOAT_VIEWS: dict[GGMLQuantizationType, np.dtype] = {
-    GGMLQuantizationType.F32: np.dtype(np.float32),
-    GGMLQuantizationType.F16: np.dtype(np.float16),
-    GGMLQuantizationType.BF16: np.dtype(ml_dtypes.bfloat16),
-}
 FALLBACK_TYPE = GGMLQuantizationType.F16
 
 
@@ -45,12 +38,10 @@ def kernel_types() -> frozenset[int]:
     return frozenset(_native.block_kernel_types())
 
 
-def storage_shape(ggml_type: GGMLQuantizationType, n_out: int, n_in: int) -> tuple[tuple[int, int], np.dtype]:
-    """The (shape, dtype) of a GGMLWeight's `data` for a tensor of this type and size."""
-    if ggml_type in FLOAT_VIEWS:
-        return (n_out, n_in), FLOAT_VIEWS[ggml_type]
+def stored_bytes(ggml_type: GGMLQuantizationType, n_elements: int) -> int:
+    """Bytes a tensor of this type and size takes in a GGUF file."""
     block, type_size = GGML_QUANT_SIZES[ggml_type]
-    return (n_out, n_in // block * type_size), np.dtype(np.uint8)
+    return n_elements // block * type_size
 
 
 class MappedFile:
@@ -81,21 +72,24 @@ class MappedFile:
         from lljx.params import GGMLWeight
 
         n_in = info.shape[0]
+        n_out = info.n_elements // n_in
         ggml_type = info.ggml_type
         if ggml_type not in self.supported:
-            return GGMLWeight(to_device(self._fallback(info, row_order)), int(FALLBACK_TYPE), n_in)
-        rows = self.rows(info)
-        if row_order is not None:
-            rows = rows[row_order]  # a copy: rows move as units, blocks run along them
-        if row_order is not None or rows.ctypes.data % ALIGNMENT:
-            rows = self._aligned_copy(rows)
-        if ggml_type in FLOAT_VIEWS:
-            rows = rows.view(FLOAT_VIEWS[ggml_type])
-        return GGMLWeight(to_device(rows), int(ggml_type), n_in)
+            return GGMLWeight(to_device(self._fallback(info, row_order)), int(FALLBACK_TYPE), n_in, n_out)
+        if row_order is not None or info.offset % 4:
+            # A copy: rows move as units, blocks run along them. (A file aligned to less than
+            # 4 bytes is copied too, so the kernels' float values never straddle their size.)
+            rows = self.rows(info) if row_order is None else self.rows(info)[row_order]
+            return GGMLWeight(to_device(self._aligned_copy(rows.reshape(-1))), int(ggml_type), n_in, n_out)
+        # The view starts at the 64-byte boundary at or before the tensor (the mapping itself
+        # is page-aligned), so XLA adopts it as it is; `skip` says where the tensor begins.
+        skip = info.offset % ALIGNMENT
+        view = np.frombuffer(self.map, np.uint8, count=skip + info.n_bytes, offset=info.offset - skip)
+        return GGMLWeight(to_device(view), int(ggml_type), n_in, n_out, skip)
 
-    def _aligned_copy(self, rows: np.ndarray) -> np.ndarray:
-        out = aligned_empty(rows.shape, rows.dtype)
-        out[...] = rows
+    def _aligned_copy(self, flat: np.ndarray) -> np.ndarray:
+        out = aligned_empty(flat.shape, flat.dtype)
+        out[...] = flat
         self.copied_bytes += out.nbytes
         return out
 
@@ -105,7 +99,7 @@ class MappedFile:
         dequant.decode(self.rows(info).reshape(-1), info, out, row_order=row_order)
         self.copied_bytes += out.nbytes
         self.fallbacks.append((info, out.nbytes))
-        return out
+        return out.reshape(-1).view(np.uint8)
 
     def warn_fallbacks(self) -> None:
         """One warning naming every tensor dequantized to F16 for want of a kernel, if any was."""
@@ -122,15 +116,18 @@ class MappedFile:
         )
 
 
-def abstract_weight(info: TensorInfo, supported: frozenset[int]) -> Any:
-    """The GGMLWeight `MappedFile.weight` would give, as shapes only (jax.ShapeDtypeStruct)."""
+def abstract_weight(info: TensorInfo, supported: frozenset[int], *, reordered: bool) -> Any:
+    """The GGMLWeight `MappedFile.weight` would give (`reordered`: given a row order), as shapes only."""
     from lljx.params import GGMLWeight
 
     n_in = info.shape[0]
     n_out = info.n_elements // n_in
-    ggml_type = info.ggml_type if info.ggml_type in supported else FALLBACK_TYPE
-    shape, dtype = storage_shape(ggml_type, n_out, n_in)
-    return GGMLWeight(jax.ShapeDtypeStruct(shape, dtype), int(ggml_type), n_in)
+    if info.ggml_type not in supported:
+        ggml_type, skip = FALLBACK_TYPE, 0
+    else:
+        ggml_type, skip = info.ggml_type, 0 if reordered or info.offset % 4 else info.offset % ALIGNMENT
+    size = skip + stored_bytes(ggml_type, info.n_elements)
+    return GGMLWeight(jax.ShapeDtypeStruct((size,), np.dtype(np.uint8)), int(ggml_type), n_in, n_out, skip)
 
 
 def weight_reader(gf: GGUFFile, *, abstract: bool) -> tuple[Callable[[TensorInfo, np.ndarray | None], Any], Callable[[], None]]:
@@ -138,6 +135,6 @@ def weight_reader(gf: GGUFFile, *, abstract: bool) -> tuple[Callable[[TensorInfo
     call once every weight is read (it warns about formats that had no kernel)."""
     supported = kernel_types()
     if abstract:
-        return (lambda info, row_order=None: abstract_weight(info, supported)), lambda: None
+        return (lambda info, row_order=None: abstract_weight(info, supported, reordered=row_order is not None)), lambda: None
     files = MappedFile(gf, supported)
     return files.weight, files.warn_fallbacks

@@ -136,6 +136,15 @@ def weights_note(strategy: Strategy) -> str:
     return WEIGHTS_IN_PLACE if reads_file_formats(strategy) else WEIGHTS_DEQUANTIZED
 
 
+def weights_dtype(strategy: Strategy, model: Model) -> str:
+    """The dtype `strategy` runs `model`'s weights at: the model's own, or the dense twin's for file formats."""
+    if model.config.dtype == "auto" and not reads_file_formats(strategy):
+        from lljx.models.dense import DENSE_DTYPE
+
+        return DENSE_DTYPE
+    return model.config.dtype
+
+
 _DENSE_TWINS: weakref.WeakKeyDictionary[Model, Model] = weakref.WeakKeyDictionary()
 
 

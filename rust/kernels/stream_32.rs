@@ -1,0 +1,328 @@
+//! Decode for the 4-bit 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1) straight from the file's bytes: four rows by four blocks per register.
+//!
+//! As in `stream_k`, decode favours few operations per weight byte over reuse: a register
+//! holds four consecutive blocks (one per 128-bit lane) of four rows (one per 32-bit word
+//! of the lane), built from 16-byte loads and an in-lane 4 x 4 transpose, so a lane's
+//! `vpdpbusd` sums end as one block's integer dot for one row. Lanes are then regrouped
+//! sixteen rows per register and the blocks folded in order with the same float operations
+//! as `vnni::dot32`, so results are bit-identical to the prompt path and `portable_dot`.
+
+#![cfg(target_arch = "x86_64")]
+// Index loops over lanes, tokens and quads read closer to the data layout than iterator chains.
+#![allow(clippy::needless_range_loop)]
+
+use super::activations::Q8Rows;
+use super::ggml::{BlockWeight, GgmlType, QK32};
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// Blocks per register (one per 128-bit lane).
+const GROUP: usize = 4;
+
+/// Q8_0/Q8_1 activations re-laid for `tile`: per activation row and group of four blocks,
+/// eight vectors (word e, nibble n) whose lane L repeats the quad e + 4n of block 4j + L,
+/// and one vector of the four blocks' sums (lane L, repeated).
+pub struct Lanes32 {
+    quads: Vec<u32>,
+    sums: Vec<i32>,
+    groups: usize,
+}
+
+impl Lanes32 {
+    pub fn new(q8: &Q8Rows, rows: usize) -> Lanes32 {
+        let blocks = q8.n_in / QK32;
+        let groups = blocks.div_ceil(GROUP);
+        let mut lanes = Lanes32 {
+            quads: vec![0; rows * groups * 8 * 16],
+            sums: vec![0; rows * groups * 16],
+            groups,
+        };
+        for t in 0..rows {
+            for j in 0..groups {
+                for l in 0..GROUP.min(blocks - j * GROUP) {
+                    let block = t * blocks + j * GROUP + l;
+                    let qs = &q8.qs[block * QK32..(block + 1) * QK32];
+                    for v in 0..8 {
+                        let q = v / 2 + 4 * (v % 2);
+                        let word = u32::from_le_bytes([
+                            qs[4 * q] as u8,
+                            qs[4 * q + 1] as u8,
+                            qs[4 * q + 2] as u8,
+                            qs[4 * q + 3] as u8,
+                        ]);
+                        let at = ((t * groups + j) * 8 + v) * 16 + 4 * l;
+                        lanes.quads[at..at + 4].fill(word);
+                    }
+                    let at = (t * groups + j) * 16 + 4 * l;
+                    lanes.sums[at..at + 4].fill(q8.sum[block]);
+                }
+            }
+        }
+        lanes
+    }
+
+    #[inline(always)]
+    unsafe fn quad(&self, t: usize, j: usize, v: usize) -> __m512i {
+        _mm512_loadu_si512(
+            self.quads
+                .as_ptr()
+                .add(((t * self.groups + j) * 8 + v) * 16) as *const _,
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn sums(&self, t: usize, j: usize) -> __m512i {
+        _mm512_loadu_si512(self.sums.as_ptr().add((t * self.groups + j) * 16) as *const _)
+    }
+}
+
+/// Whether `tile` handles this type.
+pub fn handles(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+    )
+}
+
+struct Format {
+    qs: usize,
+    qh: Option<usize>,
+    min: bool,
+    zero: i32,
+}
+
+fn format(ty: GgmlType) -> Format {
+    match ty {
+        GgmlType::Q4_0 => Format {
+            qs: 2,
+            qh: None,
+            min: false,
+            zero: 8,
+        },
+        GgmlType::Q4_1 => Format {
+            qs: 4,
+            qh: None,
+            min: true,
+            zero: 0,
+        },
+        GgmlType::Q5_0 => Format {
+            qs: 6,
+            qh: Some(2),
+            min: false,
+            zero: 16,
+        },
+        _ => Format {
+            qs: 8,
+            qh: Some(4),
+            min: true,
+            zero: 0,
+        },
+    }
+}
+
+/// Output rows `rows` of a 4-bit 32-value weight for 1..=8 activation rows.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI; `handles(w.ty)`; `out` must hold n_tokens ·
+/// w.n_out values; `lanes` must be built from `q8`, the activations this type takes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile(
+    w: &BlockWeight,
+    rows: Range<usize>,
+    q8: &Q8Rows,
+    lanes: &Lanes32,
+    n_tokens: usize,
+    out: *mut f32,
+) {
+    // One compiled body per activation-row count keeps the accumulators in registers.
+    match n_tokens {
+        1 => tile_t::<1>(w, rows, q8, lanes, out),
+        2 => tile_t::<2>(w, rows, q8, lanes, out),
+        3 => tile_t::<3>(w, rows, q8, lanes, out),
+        4 => tile_t::<4>(w, rows, q8, lanes, out),
+        5 => tile_t::<5>(w, rows, q8, lanes, out),
+        6 => tile_t::<6>(w, rows, q8, lanes, out),
+        7 => tile_t::<7>(w, rows, q8, lanes, out),
+        _ => tile_t::<8>(w, rows, q8, lanes, out),
+    }
+}
+
+#[inline(always)]
+unsafe fn tile_t<const T: usize>(
+    w: &BlockWeight,
+    rows: Range<usize>,
+    q8: &Q8Rows,
+    lanes: &Lanes32,
+    out: *mut f32,
+) {
+    let f = format(w.ty);
+    let bb = w.ty.block_bytes();
+    let blocks = w.n_in / QK32;
+    for start in rows.clone().step_by(16) {
+        let count = (rows.end - start).min(16);
+        let offsets: [i32; 16] = std::array::from_fn(|i| (i.min(count - 1) * w.row_bytes) as i32);
+        let index = _mm512_loadu_si512(offsets.as_ptr() as *const _);
+        let base = w.data.as_ptr().add(start * w.row_bytes);
+        let next = base.wrapping_add(16 * w.row_bytes);
+        let mut facc = [_mm512_setzero_ps(); T];
+        for j in 0..blocks.div_ceil(GROUP) {
+            let first = j * GROUP;
+            let n = GROUP.min(blocks - first);
+            let at = first * bb;
+            for r in 0..16 {
+                let from = next.wrapping_add(r * w.row_bytes + at);
+                _mm_prefetch::<_MM_HINT_T0>(from as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(n * bb - 1) as *const i8);
+            }
+            group::<T>(
+                base, &offsets, index, at, n, &f, bb, j, first, q8, lanes, &mut facc,
+            );
+        }
+        let mask: __mmask16 = if count >= 16 {
+            0xffff
+        } else {
+            (1u16 << count) - 1
+        };
+        for (t, v) in facc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add(t * w.n_out + start), mask, *v);
+        }
+    }
+}
+
+/// The in-lane 4 x 4 transpose of 32-bit words: out[e] lane L = [r0, r1, r2, r3] word 4L + e.
+#[inline(always)]
+unsafe fn transpose4(r: [__m512i; 4]) -> [__m512i; 4] {
+    let t0 = _mm512_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm512_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm512_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm512_unpackhi_epi32(r[2], r[3]);
+    [
+        _mm512_unpacklo_epi64(t0, t2),
+        _mm512_unpackhi_epi64(t0, t2),
+        _mm512_unpacklo_epi64(t1, t3),
+        _mm512_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// 128-bit lane g of v repeated in all four lanes.
+#[inline(always)]
+unsafe fn lane_of(v: __m512i, g: usize) -> __m512i {
+    match g {
+        0 => _mm512_shuffle_i32x4::<0x00>(v, v),
+        1 => _mm512_shuffle_i32x4::<0x55>(v, v),
+        2 => _mm512_shuffle_i32x4::<0xAA>(v, v),
+        _ => _mm512_shuffle_i32x4::<0xFF>(v, v),
+    }
+}
+
+/// Blocks first..first + n (n <= 4) of all sixteen rows against every activation row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group<const T: usize>(
+    base: *const u8,
+    offsets: &[i32; 16],
+    index: __m512i,
+    at: usize,
+    n: usize,
+    f: &Format,
+    bb: usize,
+    j: usize,
+    first: usize,
+    q8: &Q8Rows,
+    lanes: &Lanes32,
+    facc: &mut [__m512; T],
+) {
+    let mut head = [_mm512_setzero_si512(); GROUP];
+    let mut high = [_mm512_setzero_si512(); GROUP];
+    for k in 0..n {
+        head[k] = _mm512_i32gather_epi32::<1>(index, base.add(at + k * bb) as *const _);
+        if let Some(qh) = f.qh {
+            high[k] = _mm512_i32gather_epi32::<1>(index, base.add(at + k * bb + qh) as *const _);
+        }
+    }
+    let nib = _mm512_set1_epi8(0x0f);
+    let mut groups = [[_mm512_setzero_si512(); T]; 4];
+    for (g, sums) in groups.iter_mut().enumerate() {
+        let mut r = [_mm512_setzero_si512(); 4];
+        for (i, v) in r.iter_mut().enumerate() {
+            let row = base.add(offsets[4 * g + i] as usize + at + f.qs);
+            for k in 0..n {
+                let x = _mm_loadu_si128(row.add(k * bb) as *const _);
+                *v = match k {
+                    0 => _mm512_zextsi128_si512(x),
+                    1 => _mm512_inserti32x4::<1>(*v, x),
+                    2 => _mm512_inserti32x4::<2>(*v, x),
+                    _ => _mm512_inserti32x4::<3>(*v, x),
+                };
+            }
+        }
+        let words = transpose4(r);
+        let mut q = [_mm512_setzero_si512(); 8];
+        for e in 0..4 {
+            q[2 * e] = _mm512_and_si512(words[e], nib);
+            q[2 * e + 1] = _mm512_and_si512(_mm512_srli_epi32::<4>(words[e]), nib);
+        }
+        if f.qh.is_some() {
+            // Lane L holds rows 4g.. of block first + L; value v's fifth bit is bit v of qh.
+            let mut qh = lane_of(high[0], g);
+            for k in 1..n {
+                qh = _mm512_mask_mov_epi32(qh, 0xf << (4 * k), lane_of(high[k], g));
+            }
+            let words_at = _mm512_set_epi32(12, 8, 4, 0, 12, 8, 4, 0, 12, 8, 4, 0, 12, 8, 4, 0);
+            let spread = _mm512_mullo_epi32(words_at, _mm512_set1_epi32(0x0101_0101));
+            for v in 0..8 {
+                // Quad v/2 + 4 (v % 2) takes bits 4 quad.. of qh, which sit in byte quad / 2.
+                let quad = v / 2 + 4 * (v % 2);
+                let picked = _mm512_shuffle_epi8(
+                    qh,
+                    _mm512_add_epi32(spread, _mm512_set1_epi32(0x0101_0101 * (quad as i32 / 2))),
+                );
+                let bits = if quad % 2 == 0 {
+                    0x0804_0201
+                } else {
+                    0x8040_2010u32 as i32
+                };
+                let set = _mm512_test_epi8_mask(picked, _mm512_set1_epi32(bits));
+                q[v] = _mm512_or_si512(q[v], _mm512_maskz_mov_epi8(set, _mm512_set1_epi8(0x10)));
+            }
+        }
+        for (t, sum) in sums.iter_mut().enumerate() {
+            let mut even = _mm512_mullo_epi32(lanes.sums(t, j), _mm512_set1_epi32(-f.zero));
+            let mut odd = _mm512_setzero_si512();
+            for v in (0..8).step_by(2) {
+                even = _mm512_dpbusd_epi32(even, q[v], lanes.quad(t, j, v));
+                odd = _mm512_dpbusd_epi32(odd, q[v + 1], lanes.quad(t, j, v + 1));
+            }
+            *sum = _mm512_add_epi32(even, odd);
+        }
+    }
+    let blocks = q8.n_in / QK32;
+    for t in 0..T {
+        // Lane L of the four groups side by side: sixteen rows of block first + L.
+        let [g0, g1, g2, g3] = [groups[0][t], groups[1][t], groups[2][t], groups[3][t]];
+        let (x01, y01) = (
+            _mm512_shuffle_i32x4::<0x44>(g0, g1),
+            _mm512_shuffle_i32x4::<0xEE>(g0, g1),
+        );
+        let (x23, y23) = (
+            _mm512_shuffle_i32x4::<0x44>(g2, g3),
+            _mm512_shuffle_i32x4::<0xEE>(g2, g3),
+        );
+        let isums = [
+            _mm512_shuffle_i32x4::<0x88>(x01, x23),
+            _mm512_shuffle_i32x4::<0xDD>(x01, x23),
+            _mm512_shuffle_i32x4::<0x88>(y01, y23),
+            _mm512_shuffle_i32x4::<0xDD>(y01, y23),
+        ];
+        for k in 0..n {
+            let i = t * blocks + first + k;
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head[k]));
+            let dd = _mm512_mul_ps(d, _mm512_set1_ps(q8.d[i]));
+            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isums[k]), dd, facc[t]);
+            if f.min {
+                let m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(head[k])));
+                facc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(q8.s[i]), facc[t]);
+            }
+        }
+    }
+}
