@@ -208,7 +208,7 @@ def test_a_disconnect_mid_decode_frees_its_slot_at_once(server, alone):
 
 
 def test_a_disconnect_mid_prefill_frees_its_slot(server, alone):
-    long_prompt = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(150))
+    long_prompt = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(250))  # ~3,500 tokens
     body = {"model": MODEL, "prompt": long_prompt, "options": {"temperature": 0, "num_predict": 64}}
 
     async def scenario() -> None:
@@ -229,7 +229,8 @@ def test_a_disconnect_mid_prefill_frees_its_slot(server, alone):
             assert await reply(client, PROMPTS[0]) == alone[0]
 
     run(scenario())
-    assert re.search(r"generation stopped \(client disconnected\) after 0 tokens", server.log_text())
+    stopped = re.findall(r"generation stopped \(client disconnected\) after (\d+) tokens", server.log_text())
+    assert stopped and int(stopped[-1]) <= 1  # left during its prefill (the cancel may cross its first token)
 
 
 def test_sigterm_with_full_slots_ends_every_stream_cleanly(server, alone):

@@ -35,7 +35,10 @@ fn program_args(program: Program) -> (&'static str, Vec<usize>) {
 }
 
 impl Programs for DecoderPrograms<'_, '_> {
-    fn ready(&mut self, program: Program, wait: bool) -> bool {
+    /// Never blocks, even when the batch is idle (`_wait`): a compile runs on its background
+    /// thread while this thread keeps taking cancels and new requests, and the engine polls
+    /// until the program is in (a 4096-position prompt's programs take seconds to compile).
+    fn ready(&mut self, program: Program, _wait: bool) -> bool {
         if self.error.is_some() {
             return false;
         }
@@ -43,13 +46,7 @@ impl Programs for DecoderPrograms<'_, '_> {
         let py = self.decoder.py();
         let mut items = vec![PyString::new(py, kind).into_any()];
         items.extend(shape.into_iter().map(|n| PyInt::new(py, n).into_any()));
-        let answer = PyTuple::new(py, items).and_then(|args| {
-            if wait {
-                self.decoder.call_method1("prepare", args).map(|_| true)
-            } else {
-                self.decoder.call_method1("ready", args)?.extract::<bool>()
-            }
-        });
+        let answer = PyTuple::new(py, items).and_then(|args| self.decoder.call_method1("ready", args)?.extract::<bool>());
         answer.unwrap_or_else(|error| {
             self.error = Some(error);
             false
