@@ -101,6 +101,7 @@ class BatchEngine:
         # the compiles it waited for (a new shape's) count in its stats as compile_ns.
         self._compiled_at: dict[int, float] = {}
         self._compile_ns: dict[int, int] = {}
+        self._grammar_ns: dict[int, int] = {}  # compiling each constrained request's schema (or finding it)
         self._counts = (0, 0)  # (in slots, live), as the engine thread last saw them
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -185,6 +186,8 @@ class BatchEngine:
             for request in submits:
                 self._callbacks[request.id] = request.callback
                 self._compiled_at[request.id] = self.decoder.compile_seconds
+                if request.grammar is not None:
+                    self._grammar_ns[request.id] = request.grammar.compile_ns
                 settings = request.settings
                 key = seed_key_data(settings.seed)
                 loop.submit(
@@ -226,9 +229,15 @@ class BatchEngine:
         if end:
             del self._callbacks[request_id]
             compile_ns = self._compile_ns.pop(request_id, 0)
+            grammar_ns = self._grammar_ns.pop(request_id, 0)
         if end == "done":
             detail = finished(detail)
-            detail.stats.compile_ns = compile_ns
+            stats = detail.stats
+            stats.compile_ns = compile_ns
+            # As a lone generation counts it: the schema's compile comes before the first token.
+            stats.grammar_ns = grammar_ns
+            stats.ttft_ns += grammar_ns
+            stats.total_ns += grammar_ns
         try:
             callback(text, end, detail)
         except Exception:  # noqa: BLE001 - one listener's failure must not stop the batch
