@@ -3,6 +3,7 @@
 //! (`kernels`) and the XLA FFI handlers that call them from jitted code (`ffi`). `py` binds
 //! both to Python when the `python` feature is on.
 
+pub mod batch;
 pub mod chat;
 pub mod constrain;
 pub mod detokenize;

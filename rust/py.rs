@@ -1,5 +1,8 @@
 //! Python bindings, the only module that touches pyo3: thin classes over the core types,
 //! the GIL released around real work, core errors mapped to this module's exceptions.
+//! The batched token loop's driver lives in the submodule `batch`.
+
+mod batch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use crate::chat::{ChatTemplate, Clock, Data};
 use crate::constrain::{Allowed, Grammar, Grammars, Limits, Masks, RowConstraint};
 use crate::detokenize::StreamDecoder;
 use crate::error::Error;
-use crate::token_loop::{StopReason, TokenLoop};
+use crate::token_loop::{Stats, StopReason, TokenLoop};
 use crate::tokenizer::{GgufVocab, SpecialOverrides, Tokenizer};
 
 pyo3::create_exception!(
@@ -454,20 +457,24 @@ impl PyTokenLoop {
     /// Counts and nanosecond timings; `stop_reason` is "stop", "length" or "" while running.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.core.stats;
-        let out = PyDict::new(py);
-        out.set_item("prompt_tokens", s.prompt_tokens)?;
-        out.set_item("gen_tokens", s.gen_tokens)?;
-        out.set_item("tokens_read", s.tokens_read)?;
-        out.set_item("ttft_ns", s.ttft_ns)?;
-        out.set_item("prefill_ns", s.prefill_ns)?;
-        out.set_item("decode_ns", s.decode_ns)?;
-        out.set_item("total_ns", s.total_ns)?;
-        out.set_item("token_ns", s.token_ns.clone())?;
-        out.set_item("mask_ns", s.mask_ns.clone())?;
-        out.set_item("stop_reason", s.stop_reason.map_or("", StopReason::as_str))?;
-        Ok(out)
+        stats_dict(py, &self.core.stats)
     }
+}
+
+/// Stats as the dict `lljx.generation.Stats` is built from.
+fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("prompt_tokens", s.prompt_tokens)?;
+    out.set_item("gen_tokens", s.gen_tokens)?;
+    out.set_item("tokens_read", s.tokens_read)?;
+    out.set_item("ttft_ns", s.ttft_ns)?;
+    out.set_item("prefill_ns", s.prefill_ns)?;
+    out.set_item("decode_ns", s.decode_ns)?;
+    out.set_item("total_ns", s.total_ns)?;
+    out.set_item("token_ns", s.token_ns.clone())?;
+    out.set_item("mask_ns", s.mask_ns.clone())?;
+    out.set_item("stop_reason", s.stop_reason.map_or("", StopReason::as_str))?;
+    Ok(out)
 }
 
 // ---- Structured output: compiled grammars and the constrained token loop ----
@@ -783,6 +790,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStreamDecoder>()?;
     m.add_class::<PyChatTemplate>()?;
     m.add_class::<PyTokenLoop>()?;
+    m.add_class::<batch::PyBatchLoop>()?;
     m.add_class::<PyGrammars>()?;
     m.add_class::<PyGrammar>()?;
     m.add_function(wrap_pyfunction!(matvec_ffi_handler, m)?)?;

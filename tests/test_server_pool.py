@@ -80,18 +80,19 @@ def test_concurrent_first_requests_share_one_load(loads):
     assert loads == ["a"]
 
 
-def test_keep_alive_0_unloads_when_idle_and_the_queue_is_bounded(loads):
+def test_keep_alive_0_unloads_when_idle_and_the_queue_beyond_the_slots_is_bounded(loads):
     async def scenario() -> None:
         pool = make_pool(max_queue=2)
-        first, _ = await pool.acquire(resolved("a"))
-        await pool.acquire(resolved("a"))
+        first, _ = await pool.acquire(resolved("a"))  # runs (a strategy without slots runs one at a time)
+        for _ in range(2):  # wait
+            await pool.acquire(resolved("a"))
         with pytest.raises(RequestError) as full:
             await pool.acquire(resolved("a"))
         assert full.value.status == 503
         pool.unload_after(first)
         assert pool.models  # still serving its queue
-        pool.release(first)
-        pool.release(first)
+        for _ in range(3):
+            pool.release(first)
         assert not pool.models
         pool.cancel_all("stopping")
         with pytest.raises(RequestError) as closing:

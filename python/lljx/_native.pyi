@@ -11,6 +11,7 @@ __all__ = [
     "StreamDecoder",
     "ChatTemplate",
     "TokenLoop",
+    "BatchLoop",
     "Grammars",
     "Grammar",
     "matvec_ffi_handler",
@@ -113,6 +114,45 @@ class TokenLoop:
     def token_ids(self) -> list[int]: ...
     @property
     def stats(self) -> dict[str, Any]: ...
+
+@final
+class BatchLoop:
+    def __new__(
+        cls,
+        decoder: object,
+        tokenizer: Tokenizer,
+        *,
+        slots: int,
+        mask_words: int,
+        step_target_ms: int = 150,
+        idle_chunk: int = 256,
+    ) -> BatchLoop: ...
+    def submit(
+        self,
+        id: int,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        stop_ids: list[int],
+        stop_strings: list[str],
+        key: tuple[int, int],
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        grammar: Grammar | None = None,
+    ) -> None: ...
+    def cancel(self, id: int) -> int | None: ...
+    def step(self) -> list[tuple[int, str, str, Any]]: ...
+    def fail_all(self, message: str) -> list[tuple[int, str, str, Any]]: ...
+    @property
+    def progressed(self) -> bool: ...
+    @property
+    def live(self) -> int: ...
+    @property
+    def in_slots(self) -> int: ...
+    @property
+    def shape(self) -> tuple[int, int] | None: ...
 
 @final
 class Grammars:

@@ -162,6 +162,11 @@ def main() -> None:
 @click.option("--format", "reply_format", default=None, metavar="json|FILE.json|'{...}'",
               help="Constrain the reply to JSON: 'json' (any object), a JSON schema file, or a schema written inline.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print timings to stderr.")
+@click.option("--jsonl", "jsonl_path", default=None, metavar="FILE|-",
+              help="Run every prompt of a JSONL file (or stdin) at once: a JSON string or {id, prompt, system} "
+                   "per line in, one {id, text, stats} line per prompt out.")
+@click.option("--parallel", type=click.IntRange(min=1, max=64), default=None,
+              help="With --jsonl: prompts run at once [default: 8, or 4 on a small machine].")
 @one_line_errors
 @mesh_options
 def generate(
@@ -180,16 +185,23 @@ def generate(
     stop_strings: tuple[str, ...],
     reply_format: str | None,
     show_stats: bool,
+    jsonl_path: str | None,
+    parallel: int | None,
 ) -> None:
     """Generate a reply to PROMPT (or stdin), streaming only the generated text to stdout."""
     import secrets
 
     from lljx.generation import Generation, chat_prompt_ids, start_quickly
+    from lljx.models import load_model
     from lljx.sampling import SamplerSettings
     from lljx.strategies import registry
     from lljx.structured import compile_schema, read_format
 
-    text = read_prompt(prompt, strip_final_newline=True, allow_empty=False)
+    if jsonl_path is not None and prompt is not None:
+        raise click.UsageError("give a PROMPT or --jsonl, not both")
+    if parallel is not None and jsonl_path is None:
+        raise click.UsageError("--parallel goes with --jsonl")
+    text = "" if jsonl_path is not None else read_prompt(prompt, strip_final_newline=True, allow_empty=False)
     strategy = registry.load(strategy_name or registry.default_strategy())
     schema = None if reply_format is None else read_format(reply_format)
     settings = SamplerSettings(
@@ -199,6 +211,19 @@ def generate(
     if max_tokens <= 0:
         raise click.BadParameter(f"must be at least 1, got {max_tokens}", param_hint="--max-tokens")
     enable_compile_cache()
+    if jsonl_path is not None:
+        from lljx import offline
+
+        items = offline.read_items(jsonl_path)
+        model = load_model(model_spec, dtype=default_dtype() if dtype == "auto" else dtype)
+        failed = offline.run_jsonl(
+            items, model=model, strategy=strategy, slots=parallel, max_tokens=max_tokens, settings=settings,
+            stop_strings=stop_strings, grammar=None if schema is None else compile_schema(model, schema), raw=raw,
+            seeded=seed is not None, system=system, out=sys.stdout,
+        )
+        if failed:
+            fail(f"{failed} of {len(items)} prompts failed (see their error lines)", 1)
+        return
     model, decoder, ids = start_quickly(
         strategy, model_spec, dtype=default_dtype() if dtype == "auto" else dtype, settings=settings,
         prompt_ids=lambda m: chat_prompt_ids(m, text, system=system, raw=raw), max_tokens=max_tokens,

@@ -39,6 +39,8 @@ class Stats:
     # Constrained generations: compiling the grammar (a cached one costs a lookup), and each step's mask.
     grammar_ns: int = 0
     mask_ns: list[int] = field(default_factory=list)
+    # A batched request: time from submission until it took a slot.
+    queue_ns: int = 0
 
     @property
     def prefill_tps(self) -> float:

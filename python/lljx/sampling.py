@@ -135,3 +135,67 @@ def make_sampler(
             return jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
     return sample
+
+
+# ---- Per-row sampling for batched decoding (slots): every row its own settings and key ----
+
+# top-k needs a static width under jit; rows share this one and cut to their own k by rank.
+# A row with top_k 0 (no cut) or above the cap keeps the cap's most likely tokens. Measured
+# on 2 cores: lax.top_k at 256 costs 1.2 ms for 8 rows of a 49k vocabulary (5 ms at 128k),
+# against 0.6 ms (1.5 ms) at 64; only batches with a sampled row pay it (see `sample_rows`).
+TOP_K_CAP = 256
+
+
+class RowSampling(NamedTuple):
+    """Sampler settings per row [rows], as arrays, so mixed requests share one compiled program.
+
+    `keys` [rows, 2] are each request's raw PRNG key data (from its seed) and `counters` which
+    token of its reply a row draws: a row's random bits come from `fold_in(key, counter)`,
+    so they do not depend on the batch it shares. temperature 0 is greedy.
+    """
+
+    keys: jax.Array  # uint32 [rows, 2]
+    counters: jax.Array  # int32 [rows]
+    temperature: jax.Array  # f32 [rows]
+    top_k: jax.Array  # int32 [rows]; 0: no cut (the cap)
+    top_p: jax.Array  # f32 [rows]
+    min_p: jax.Array  # f32 [rows]
+
+
+def seed_key_data(seed: int) -> np.ndarray:
+    """A request's raw key data [2] uint32 for `RowSampling.keys`: the key of the seed's low 32
+    bits, with its high 32 bits folded in (jax would otherwise truncate a 64-bit seed here)."""
+    key = jax.random.key(seed & 0xFFFFFFFF)
+    if seed >> 32:
+        key = jax.random.fold_in(key, seed >> 32)
+    return np.asarray(jax.random.key_data(key), dtype=np.uint32)
+
+
+def sample_rows(
+    logits: jax.Array, rows: RowSampling, *, argmax: Callable[[jax.Array], jax.Array] | None = None,
+    cap: int = TOP_K_CAP,
+) -> jax.Array:
+    """One token per row [rows] int32, each row under its own settings; a row's token depends only on
+    its own logits and settings. Greedy rows take the argmax; the sampled branch runs only when
+    some row samples, so an all-greedy batch pays for the argmax alone."""
+    logits = logits.astype(jnp.float32)
+    best = (argmax or (lambda x: jnp.argmax(x, axis=-1)))(logits).astype(jnp.int32)
+    sampled = rows.temperature > 0
+    k = min(cap, logits.shape[-1])
+
+    def draw(_: None) -> jax.Array:
+        with jax.named_scope("sample_rows"):
+            scaled = logits / jnp.maximum(rows.temperature, 1e-6)[:, None]
+            candidates, candidate_ids = jax.lax.top_k(scaled, k)
+            width = jnp.where((rows.top_k <= 0) | (rows.top_k > k), k, rows.top_k)
+            candidates = jnp.where(jnp.arange(k)[None, :] < width[:, None], candidates, -jnp.inf)
+            candidates = apply_min_p(apply_top_p(candidates, rows.top_p[:, None]), rows.min_p[:, None])
+
+            def one(key: jax.Array, counter: jax.Array, row: jax.Array) -> jax.Array:
+                return jax.random.categorical(jax.random.fold_in(jax.random.wrap_key_data(key), counter), row)
+
+            choice = jax.vmap(one)(rows.keys, rows.counters, candidates)
+            drawn = jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+            return jnp.where(sampled, drawn, best)
+
+    return jax.lax.cond(jnp.any(sampled), draw, lambda _: best, None)

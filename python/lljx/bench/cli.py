@@ -25,7 +25,7 @@ FORMAT_CHOICES = ["table", "md", "csv", "json"]
 EXCLUDED_BY_DEFAULT = {"no-jit"}  # every op dispatched eagerly: minutes per prompt, and it proves one point
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--strategy", "-s", "strategy_names", multiple=True,
               help="Strategy to run (repeatable; default: every installed one except no-jit).")
 @click.option("--peer", "peers", multiple=True, type=click.Choice(PEER_CHOICES),
@@ -67,8 +67,10 @@ def bench(**options: Any) -> None:
     --prompt-tokens 512 makes it a long-prompt measurement. The summary goes to stdout,
     progress to stderr. With --tensor-parallel the strategies run sharded over a mesh, which
     the summary and runs.json record; with several processes every process runs the same
-    command and process 0 reports.
+    command and process 0 reports. `lljx bench serve` measures a running server under load.
     """
+    if click.get_current_context().invoked_subcommand is not None:
+        return  # `lljx bench serve ...`: the subcommand does the work
     from lljx.cli import one_line_errors
 
     one_line_errors(on_mesh(run))(**options)
@@ -337,3 +339,12 @@ def measure(systems: list[Any], prompts: list[Any], repeat: int) -> list[dict[st
             finally:
                 system.close()
     return rows
+
+
+def _add_subcommands() -> None:
+    from lljx.bench.serve_cli import serve_load
+
+    bench.add_command(serve_load)
+
+
+_add_subcommands()

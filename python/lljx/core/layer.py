@@ -22,8 +22,8 @@ def forward(
     """Returns the layer's output and its updated cache slices."""
     with jax.named_scope("decoder_layer"):
         attn_out, cache_k, cache_v = attention.forward(
-            config, layer, rms_norm(x, layer.attn_norm, config.norm_eps), positions, rope, cache_k, cache_v
+            config, layer, rms_norm(x, layer.attn_norm, config.norm_eps, row_invariant=config.row_invariant), positions, rope, cache_k, cache_v
         )
         x = x + attn_out
-        x = x + ffn.forward(layer, rms_norm(x, layer.ffn_norm, config.norm_eps))
+        x = x + ffn.forward(layer, rms_norm(x, layer.ffn_norm, config.norm_eps, row_invariant=config.row_invariant))
         return x, cache_k, cache_v

@@ -43,6 +43,21 @@ def parse_host(value: str) -> tuple[str, int]:
     return host or DEFAULT_HOST, int(port_text) if port_text else default_port
 
 
+MAX_PARALLEL = 64
+PARALLEL_ENV = "OLLAMA_NUM_PARALLEL"
+
+
+def parallel_from_env() -> int | None:
+    """OLLAMA_NUM_PARALLEL as Ollama reads it: unset, empty or 0 means the default."""
+    text = os.environ.get(PARALLEL_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > MAX_PARALLEL:
+        raise click.BadParameter(f"{PARALLEL_ENV} must be a whole number from 0 to {MAX_PARALLEL}, got {text!r}",
+                                 param_hint=PARALLEL_ENV)
+    return int(text) or None
+
+
 def listen(host: str, port: int) -> socket.socket:
     """Bind before uvicorn starts, so a busy port is one clear error and port 0 picks a free one."""
     try:
@@ -79,12 +94,15 @@ def setup_logging() -> None:
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option("--max-loaded", type=click.IntRange(min=1), default=1, show_default=True, help="Models kept in memory at once.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Requests waiting per model before answering 503.")
+              help="Requests waiting for a slot per model before answering 503.")
+@click.option("--parallel", type=click.IntRange(min=1, max=MAX_PARALLEL), default=None,
+              help="Requests each model serves at once [default: $OLLAMA_NUM_PARALLEL, else 8, or 4 when "
+                   "8 full contexts of KV cache would take over a quarter of memory].")
 @one_line_errors
 @mesh_options
 def serve(
     host: str | None, port: int | None, models: tuple[str, ...], strategy_name: str | None, dtype: str,
-    max_loaded: int, max_queue: int,
+    max_loaded: int, max_queue: int, parallel: int | None,
 ) -> None:
     """Serve the Ollama HTTP API (/api/generate, /api/chat, /api/tags, /api/show, /api/ps, /api/version).
 
@@ -97,15 +115,17 @@ def serve(
     from lljx.strategies import registry
 
     address, host_port = parse_host(host if host is not None else os.environ.get("OLLAMA_HOST", "") or DEFAULT_HOST)
+    slots = parallel if parallel is not None else parallel_from_env()
     strategy = registry.load(strategy_name or registry.default_strategy())
-    from lljx import parallel
+    from lljx import parallel as tensor_parallel
 
-    if parallel.active() is not None:
-        parallel.check_strategy(strategy)  # refused before listening, not on the first request
+    if tensor_parallel.active() is not None:
+        tensor_parallel.check_strategy(strategy)  # refused before listening, not on the first request
     catalog = Catalog.from_specs(models)
     enable_compile_cache()
     pool = ModelPool(
         dtype=default_dtype() if dtype == "auto" else dtype, strategy=strategy, max_loaded=max_loaded, max_queue=max_queue,
+        parallel=slots,
     )
     from lljx.parallel import distributed, relay
 

@@ -1,6 +1,8 @@
 """Loaded models: load on first use, keep up to `max_loaded` (least recently used goes first), one worker each.
 
-Each loaded model owns one worker thread (its queue) and caches one decoder per sampler
+A model whose strategy builds slots gets a batch engine serving `parallel` requests at once
+(the rest wait in order); its worker thread prepares requests (prompt, grammar) for it.
+Otherwise the worker thread is the model's queue, and it caches one decoder per sampler
 structure (greedy or the top-k width), so compiled programs are reused by every request;
 temperature, top-p, min-p and seed are runtime values.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 import jax
 
+from lljx.batching import BatchEngine, default_slots
 from lljx.models import Model, ResolvedModel, load_resolved
 from lljx.sampling import SamplerSettings
 from lljx.server import jobs
@@ -40,6 +43,12 @@ class Loaded:
     pending: int = 0  # requests queued or running
     unload_when_idle: bool = False
     decoders: dict[tuple[bool, int], Decoder] = field(default_factory=dict)
+    engine: BatchEngine | None = None  # None: one request at a time, from the worker's queue
+
+    @property
+    def slots(self) -> int:
+        """Requests that run at once."""
+        return 1 if self.engine is None else self.engine.slots
 
     @property
     def size(self) -> int:
@@ -58,9 +67,14 @@ class Loaded:
 class ModelPool:
     """The models in memory, keyed by file; loads happen off the event loop, one per model at a time."""
 
-    def __init__(self, *, dtype: str, strategy: Strategy, max_loaded: int = 1, max_queue: int = 512) -> None:
+    def __init__(
+        self, *, dtype: str, strategy: Strategy, max_loaded: int = 1, max_queue: int = 512, parallel: int | None = None,
+    ) -> None:
+        """`parallel` requests run at once per model (None: `default_slots` for the model); up to
+        `max_queue` more wait for a slot, and past them a request is answered 503."""
         self.dtype = dtype
         self.strategy = strategy
+        self.parallel = parallel
         self.max_loaded = max(1, max_loaded)
         self.max_queue = max_queue
         self.models: dict[str, Loaded] = {}
@@ -82,7 +96,7 @@ class ModelPool:
             loaded = self.models.get(key)
             if loaded is None:
                 loaded = await self._load(key, resolved)
-        if loaded.pending >= self.max_queue:
+        if loaded.pending >= loaded.slots + self.max_queue:
             raise RequestError(503, "server busy, please try again: maximum pending requests exceeded")
         loaded.pending += 1
         loaded.last_used = time.time()
@@ -94,26 +108,49 @@ class ModelPool:
         log.info("loading %s (%s)", resolved.name, self.dtype)
         try:
             model = await asyncio.to_thread(load_resolved, resolved, dtype=self.dtype)
+            engine = await asyncio.to_thread(self._engine, model)
         except Exception as error:  # noqa: BLE001 - a broken file is the request's failure, not the server's
             raise RequestError(500, f'model "{resolved.name}" failed to load: {error}') from None
         now = time.time()
         loaded = Loaded(
             key, resolved, model, self.strategy, now, now,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lljx-{resolved.name}"),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lljx-{resolved.name}"), engine=engine,
         )
         self.models[key] = loaded
+        log.info(
+            "%s: %s", resolved.name,
+            f"{engine.slots} requests at once" if engine else f"one request at a time ({self.strategy.name} has no slots)",
+        )
         return loaded
 
-    def submit(self, loaded: Loaded, work: jobs.Work, job: jobs.Job) -> None:
-        """Queue `work` on the model's worker; the reservation from `acquire` is released when it ends."""
-        self.jobs.add(job)
-        future = asyncio.get_running_loop().run_in_executor(loaded.executor, jobs.run, job, loaded, work)
+    def _engine(self, model: Model) -> BatchEngine | None:
+        decoder = registry.build_slots(self.strategy, model)
+        if decoder is None:
+            return None
+        slots = self.parallel or default_slots(model.config)
+        return BatchEngine(model, decoder, slots=slots, name=f"lljx-batch-{model.name}")
 
-        def finished(_: Any) -> None:
+    def submit(self, loaded: Loaded, work: jobs.Work, job: jobs.Job) -> None:
+        """Queue `work` on the model's worker (or its batch engine); the reservation from `acquire`
+        is released when it ends."""
+        self.jobs.add(job)
+        loop = asyncio.get_running_loop()
+
+        def finished(_: Any = None) -> None:
             self.jobs.discard(job)
             self.release(loaded)
 
-        future.add_done_callback(finished)
+        if loaded.engine is None:
+            loop.run_in_executor(loaded.executor, jobs.run, job, loaded, work).add_done_callback(finished)
+            return
+
+        def ended() -> None:
+            try:
+                loop.call_soon_threadsafe(finished)
+            except RuntimeError:  # the loop is closed: the server is gone
+                pass
+
+        loop.run_in_executor(loaded.executor, jobs.run_batched, job, loaded, work, ended)
 
     def release(self, loaded: Loaded) -> None:
         loaded.pending -= 1
@@ -136,6 +173,8 @@ class ModelPool:
         if self.models.get(loaded.key) is loaded:
             del self.models[loaded.key]
             loaded.executor.shutdown(wait=False)
+            if loaded.engine is not None:
+                loaded.engine.close("the model was unloaded", timeout=0)
             log.info("unloaded %s", loaded.resolved.name)
 
     def cancel_all(self, reason: str) -> None:
@@ -148,4 +187,6 @@ class ModelPool:
         self.cancel_all("server stopped")
         for loaded in list(self.models.values()):
             loaded.executor.shutdown(wait=False, cancel_futures=True)
+            if loaded.engine is not None:
+                loaded.engine.close("the server is shutting down")
         self.models.clear()

@@ -58,9 +58,12 @@ def metrics(stats: Stats | None, *, total_ns: int, load_ns: int) -> dict[str, in
 
 
 def ps_entry(loaded: Loaded, on_accelerator: bool) -> dict[str, Any]:
+    """Ollama's row, plus lljx's slots: how many requests run at once (`parallel`), how many
+    hold a slot now, and how many wait for one."""
     from lljx.models.inventory import describe
 
     size = loaded.size
+    in_use = min(loaded.pending, 1) if loaded.engine is None else loaded.engine.in_slots
     return {
         "name": loaded.resolved.name,
         "model": loaded.resolved.name,
@@ -69,4 +72,7 @@ def ps_entry(loaded: Loaded, on_accelerator: bool) -> dict[str, Any]:
         "details": details(describe(loaded.resolved)),
         "size_vram": size if on_accelerator else 0,
         "context_length": loaded.model.config.context_length,
+        "parallel": loaded.slots,
+        "slots_in_use": in_use,
+        "queued": max(0, loaded.pending - in_use),
     }

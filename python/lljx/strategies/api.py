@@ -100,6 +100,10 @@ class Decoder(Protocol):
 
 
 class Strategy(Protocol):
+    """A named recipe for decoders. A strategy that serves many requests at once also has
+    `build_slots(model) -> lljx.strategies.slots.SlotDecoder` (see `lljx.strategies.batched`);
+    one without it is served one request at a time."""
+
     name: str
     description: str
 

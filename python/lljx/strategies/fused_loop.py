@@ -15,7 +15,9 @@ from lljx.core.kv_cache import KVCache
 from lljx.params import Params
 from lljx.sampling import Sampler, SamplerKnobs, SamplerSettings, make_sampler
 from lljx.strategies.api import DecodeState
+from lljx.strategies.batched import k_token_slots
 from lljx.strategies.compiled import CompiledDecoder
+from lljx.strategies.slots import SlotDecoder
 from lljx.strategies.split import jitted_split
 from lljx.strategies.steps import decode_step, prefill_step
 
@@ -79,6 +81,13 @@ class FusedLoop:
         # one token per dispatch through the split step instead of the K-token loop.
         split = jitted_split(config, sample)
         return CompiledDecoder(model.params if params is None else params, sampler, prefill, decode, split)
+
+    def build_slots(
+        self, model: Model, *, params: Params | None = None, config: ModelConfig | None = None,
+        argmax: Callable[[jax.Array], jax.Array] | None = None,
+    ) -> SlotDecoder:
+        """Slots decoding up to 8 tokens per row per dispatch (a row joins or leaves between dispatches)."""
+        return k_token_slots(model, self.tokens_per_dispatch, params=params, config=config, argmax=argmax)
 
 
 strategy = FusedLoop()

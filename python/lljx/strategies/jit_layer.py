@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from lljx.params import LayerParams, Params
 from lljx.sampling import SamplerKnobs, SamplerSettings, make_sampler
 from lljx.strategies.api import DecodeState, LogitsState
 from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.slots import SlotDecoder, composed_slot_steps
 from lljx.strategies.split import SplitStep
 from lljx.strategies.steps import masked_sample, sample_next
 
@@ -47,29 +49,47 @@ def head_step(
     return sample_next(sample, head_logits(config, params, x, last_index), key, knobs)
 
 
+def layer_stack(config: ModelConfig) -> Callable[[Params, jax.Array, jax.Array, kv_cache.KVCache], tuple[jax.Array, kv_cache.KVCache]]:
+    """Embed, then every layer through one jitted layer step (its cache slices donated): hidden states and cache."""
+    embed = jax.jit(embeddings.forward)
+    # The layer's two cache slices (arguments 3 and 4) are donated and updated in place.
+    run_layer = jax.jit(partial(layer_step, config), donate_argnums=(3, 4))
+
+    def forward(params: Params, tokens: jax.Array, positions: jax.Array, cache: kv_cache.KVCache):
+        x = embed(params, tokens)
+        ks, vs = [], []
+        for weights, cache_k, cache_v in zip(params.layers, cache.k, cache.v):
+            x, cache_k, cache_v = run_layer(weights, x, positions, cache_k, cache_v)
+            ks.append(cache_k)
+            vs.append(cache_v)
+        # The cache is a tuple of per-layer arrays here, so no layer's update copies the others.
+        return x, kv_cache.KVCache(tuple(ks), tuple(vs))
+
+    return forward
+
+
 class JitPerLayer:
     name = "jit-layer"
     description = "one jit per decoder layer (one executable reused by every layer), plus embed and head jits"
 
+    def build_slots(self, model: Model) -> SlotDecoder:
+        config = model.config
+        forward = layer_stack(config)
+        logits_at = jax.jit(partial(head_logits, config))
+
+        def transform(params: Params, tokens, positions, cache: kv_cache.KVCache, last_index):
+            x, cache = forward(params, tokens, positions, cache)
+            return logits_at(params, x, last_index), cache
+
+        return SlotDecoder(model.params, composed_slot_steps(config, transform), config)
+
     def build(self, model: Model, sampler: SamplerSettings) -> EagerDecoder:
         config = model.config
-        embed = jax.jit(embeddings.forward)
-        # The layer's two cache slices (arguments 3 and 4) are donated and updated in place.
-        run_layer = jax.jit(partial(layer_step, config), donate_argnums=(3, 4))
+        forward = layer_stack(config)
         sample = make_sampler(sampler, config.vocab_size)
         finish = jax.jit(partial(head_step, config, sample))
         logits_at = jax.jit(partial(head_logits, config))
         new_cache_slice = jax.jit(partial(empty_cache_slice, config), static_argnums=(0, 1))
-
-        def forward(params: Params, tokens, positions, cache: kv_cache.KVCache):
-            x = embed(params, tokens)
-            ks, vs = [], []
-            for weights, cache_k, cache_v in zip(params.layers, cache.k, cache.v):
-                x, cache_k, cache_v = run_layer(weights, x, positions, cache_k, cache_v)
-                ks.append(cache_k)
-                vs.append(cache_v)
-            # The cache is a tuple of per-layer arrays here, so no layer's update copies the others.
-            return x, kv_cache.KVCache(tuple(ks), tuple(vs))
 
         def prompt_layers(cache_len, params, padded_ids, prompt_len):
             batch, bucket = padded_ids.shape

@@ -9,7 +9,9 @@ import jax
 
 from lljx.sampling import SamplerKnobs, SamplerSettings, make_sampler
 from lljx.strategies.api import DecodeState, LogitsState
+from lljx.core import transformer
 from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.slots import SlotDecoder, composed_slot_steps
 from lljx.strategies.split import SplitStep
 from lljx.strategies.steps import decode_logits, masked_sample, prefill_logits, sample_next
 
@@ -49,6 +51,11 @@ class JitSplit:
 
         split = SplitStep(prefill_split, forward, jax.jit(partial(masked_sample, sampler_fn)))
         return EagerDecoder(model.params, sampler, prefill, decode, split)
+
+    def build_slots(self, model: Model) -> SlotDecoder:
+        # One jit around the transform (the cache, argument 3, donated), another around the sampler.
+        transform = jax.jit(partial(transformer.forward, model.config), donate_argnums=(3,))
+        return SlotDecoder(model.params, composed_slot_steps(model.config, transform), model.config)
 
 
 strategy = JitSplit()

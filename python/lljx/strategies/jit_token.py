@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lljx.sampling import SamplerSettings
+from lljx.strategies.batched import per_token_slots
 from lljx.strategies.compiled import CompiledDecoder, per_token_decoder
+from lljx.strategies.slots import SlotDecoder
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -17,6 +19,9 @@ class JitPerToken:
 
     def build(self, model: Model, sampler: SamplerSettings) -> CompiledDecoder:
         return per_token_decoder(model, sampler)
+
+    def build_slots(self, model: Model) -> SlotDecoder:
+        return per_token_slots(model)
 
 
 strategy = JitPerToken()

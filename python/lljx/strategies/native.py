@@ -12,8 +12,10 @@ from lljx import native_kernels
 from lljx.config import ModelConfig
 from lljx.core.linear import use_native_kernel
 from lljx.sampling import SamplerSettings
+from lljx.strategies.batched import per_token_slots
 from lljx.strategies.compiled import CompiledDecoder, per_token_decoder
 from lljx.strategies.fused_loop import FusedLoop
+from lljx.strategies.slots import SlotDecoder
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -21,8 +23,11 @@ if TYPE_CHECKING:
 
 def kernel_config(model: Model) -> ModelConfig:
     """f32 activations and KV cache over 16-bit weights: the kernel accumulates in f32 anyway, and
-    XLA:CPU's f32 attention and prefill matmuls are far faster than its 16-bit ones."""
-    return replace(model.config, activations="f32")
+    XLA:CPU's f32 attention and prefill matmuls are far faster than its 16-bit ones. RMSNorm runs
+    in lljx's kernel too (`row_invariant`): with every product, the decode attention, the embedding
+    lookup and argmax already in kernels whose rows are independent, a request's tokens are then
+    the same alone (`build`) and in any batch (`build_slots`)."""
+    return replace(model.config, activations="f32", row_invariant=True)
 
 
 class NativeToken:
@@ -36,6 +41,12 @@ class NativeToken:
             model, sampler, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
         )
 
+    def build_slots(self, model: Model) -> SlotDecoder:
+        native_kernels.check_available()
+        return per_token_slots(
+            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+        )
+
 
 class NativeLoop:
     name = "native-loop"
@@ -46,6 +57,12 @@ class NativeLoop:
         native_kernels.check_available()
         return FusedLoop().build(
             model, sampler, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
+        )
+
+    def build_slots(self, model: Model) -> SlotDecoder:
+        native_kernels.check_available()
+        return FusedLoop().build_slots(
+            model, params=use_native_kernel(model.params), config=kernel_config(model), argmax=native_kernels.argmax
         )
 
 

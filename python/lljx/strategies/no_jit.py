@@ -6,7 +6,9 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from lljx.sampling import SamplerSettings, make_sampler
+from lljx.core import transformer
 from lljx.strategies.eager import EagerDecoder
+from lljx.strategies.slots import SlotDecoder, composed_slot_steps
 from lljx.strategies.split import eager_split
 from lljx.strategies.steps import decode_step, prefill_step
 
@@ -27,6 +29,10 @@ class NoJit:
             decode=partial(decode_step, model.config, sample),
             split=eager_split(model.config, sample),
         )
+
+    def build_slots(self, model: Model) -> SlotDecoder:
+        steps = composed_slot_steps(model.config, partial(transformer.forward, model.config), jit_sampler=False)
+        return SlotDecoder(model.params, steps, model.config)
 
 
 strategy = NoJit()

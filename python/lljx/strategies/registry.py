@@ -13,6 +13,7 @@ from lljx.strategies.api import Decoder, Strategy
 if TYPE_CHECKING:
     from lljx.models import Model
     from lljx.sampling import SamplerSettings
+    from lljx.strategies.slots import SlotDecoder
 
 GROUP = "lljx.strategies"
 PLUGINS_ENV = "LLJX_PLUGINS"
@@ -161,14 +162,30 @@ def build(strategy: Strategy, model: Model, sampler: SamplerSettings) -> Decoder
     layout = parallel.active()
     if layout is not None:
         return parallel.build_on_mesh(strategy, model, sampler, layout)
-    if not reads_file_formats(strategy):
-        from lljx.models.dense import dense_model
+    return strategy.build(_weights_for(strategy, model), sampler)
 
-        twin = _DENSE_TWINS.get(model)
-        if twin is None:
-            twin = _DENSE_TWINS[model] = dense_model(model)
-        model = twin
-    return strategy.build(model, sampler)
+
+def build_slots(strategy: Strategy, model: Model) -> SlotDecoder | None:
+    """The batched decoder (slots) of `strategy` for `model`, or None when the strategy serves one
+    request at a time (it has no `build_slots`, or the model runs on a tensor-parallel mesh, whose
+    relay between processes carries one request's decoder calls); weights as in `build`."""
+    from lljx import parallel
+
+    make = getattr(strategy, "build_slots", None)
+    if make is None or parallel.active() is not None:
+        return None
+    return make(_weights_for(strategy, model))
+
+
+def _weights_for(strategy: Strategy, model: Model) -> Model:
+    if reads_file_formats(strategy):
+        return model
+    from lljx.models.dense import dense_model
+
+    twin = _DENSE_TWINS.get(model)
+    if twin is None:
+        twin = _DENSE_TWINS[model] = dense_model(model)
+    return twin
 
 
 DEFAULT_STRATEGY = "jit-token"  # pure JAX: what runs on every backend

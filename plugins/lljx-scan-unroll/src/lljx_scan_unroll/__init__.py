@@ -6,7 +6,7 @@ from typing import Any
 
 from lljx.params import stack_layers
 from lljx.sampling import SamplerSettings
-from lljx.strategies import CompiledDecoder, per_token_decoder
+from lljx.strategies import CompiledDecoder, SlotDecoder, per_token_decoder, per_token_slots
 
 MAX_UNROLL = 6
 
@@ -24,6 +24,12 @@ class ScanUnroll:
         stacked = model.params._replace(layers=stack_layers(model.params.layers))
         unroll = unroll_for(model.config.n_layers)
         return per_token_decoder(model, sampler, params=stacked, scan_layers=True, scan_unroll=unroll)
+
+    def build_slots(self, model: Any) -> SlotDecoder:
+        """Many requests at once, through lljx's shared batched builder with the same layer options."""
+        stacked = model.params._replace(layers=stack_layers(model.params.layers))
+        unroll = unroll_for(model.config.n_layers)
+        return per_token_slots(model, params=stacked, scan_layers=True, scan_unroll=unroll)
 
 
 strategy = ScanUnroll()

@@ -1,0 +1,327 @@
+"""Batched decoders (continuous batching): a strategy's slot steps, compiled per shape, dispatched one step at a time.
+
+A `SlotDecoder` serves B slots of one cache. The host (the Rust batch loop) plans each step
+and calls `step`: grow or compact the batch, decode every running row, prefill prompt chunks
+into a scratch cache and insert finished prompts at a slot index. Nothing is read back here.
+Programs compile ahead of time per shape; `ready` says whether one is compiled and, if not,
+compiles it on a background thread, so running streams never wait for a new shape.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lljx.config import ModelConfig
+from lljx.params import Params
+from lljx.sampling import RowSampling, mask_words, sample_rows
+from lljx.strategies import slot_steps
+from lljx.strategies.slot_steps import SlotState, Transform
+
+# Prompt chunk lengths a step may prefill (static shapes; a prompt's last chunk is padded).
+CHUNK_SIZES = (16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class SlotSteps:
+    """One strategy's slot functions (see `slot_steps`), jitted where the strategy puts its jits.
+
+    `compiled`: every function is one `jax.jit`, compiled ahead of time per shape; otherwise
+    they are Python compositions (of smaller jits, or none) run as they are.
+    """
+
+    decode: Callable[..., Any]  # (params, tokens, cache, positions, active, rows) -> (tokens, cache)
+    forward: Callable[..., Any]  # (params, tokens, cache, positions) -> (logits, cache)
+    prefill: Callable[..., Any]  # (params, scratch, ids, start, last) -> (chunk_logits, scratch)
+    insert: Callable[..., Any]  # (tokens, cache, scratch, chunk_logits, slot, row) -> (tokens, cache)
+    insert_logits: Callable[..., Any]  # (logits, cache, scratch, chunk_logits, slot) -> (logits, cache)
+    sample: Callable[..., Any]  # (logits, rows, mask) -> tokens
+    resize: Callable[..., Any]  # (tokens, cache, source_rows, cache_len) -> (tokens, cache)
+    empty: Callable[..., Any]  # (batch, cache_len) -> (tokens, cache)
+    empty_scratch: Callable[..., Any]  # (bucket) -> scratch
+    width: int  # tokens per row per step
+    compiled: bool
+
+
+def _bookkeeping(config: ModelConfig, sample: slot_steps.RowSampler, width: int, stacked: bool) -> dict[str, Any]:
+    """The steps every strategy jits the same way: they move rows and draw tokens, no transform."""
+    return dict(
+        insert=jax.jit(partial(slot_steps.insert, sample), donate_argnums=(1,)),
+        insert_logits=jax.jit(slot_steps.insert_logits, donate_argnums=(0, 1)),
+        sample=jax.jit(partial(slot_steps.sample_masked, sample, width)),
+        resize=jax.jit(slot_steps.resize, static_argnums=(3,)),
+        empty=jax.jit(partial(slot_steps.empty_batch, config, width=width, stacked=stacked), static_argnums=(0, 1)),
+        empty_scratch=jax.jit(partial(slot_steps.empty_scratch, config, stacked=stacked), static_argnums=(0,)),
+    )
+
+
+def row_sampler(argmax: Callable[[jax.Array], jax.Array] | None = None) -> slot_steps.RowSampler:
+    return partial(sample_rows, argmax=argmax)
+
+
+def jitted_slot_steps(
+    config: ModelConfig, transform: Transform, *, width: int = 1, stop_ids: Sequence[int] = (),
+    argmax: Callable[[jax.Array], jax.Array] | None = None, stacked: bool = False,
+) -> SlotSteps:
+    """One jit per step around transform + sampler (width 1), or around a `lax.while_loop` of
+    `width` tokens that ends early once every row stopped; caches are donated."""
+    sample = row_sampler(argmax)
+    if width == 1:
+        decode = partial(slot_steps.decode, transform, sample)
+    else:
+        decode = partial(slot_steps.decode_k, transform, sample, width, tuple(stop_ids))
+    return SlotSteps(
+        decode=jax.jit(decode, donate_argnums=(2,)),
+        forward=jax.jit(partial(slot_steps.decode_logits, transform), donate_argnums=(2,)),
+        prefill=jax.jit(partial(slot_steps.prefill_chunk, transform), donate_argnums=(1,)),
+        width=width, compiled=True, **_bookkeeping(config, sample, width, stacked),
+    )
+
+
+def composed_slot_steps(
+    config: ModelConfig, transform: Transform, *, jit_sampler: bool = True, stacked: bool = False
+) -> SlotSteps:
+    """Steps composed in Python around a transform that is itself a composition (of per-layer or
+    per-component jits, or eager ops); the sampler jitted on its own, or eager too."""
+    sample = row_sampler()
+    draw = jax.jit(sample) if jit_sampler else sample
+    steps = _bookkeeping(config, draw, 1, stacked)
+    if not jit_sampler:
+        steps["sample"] = partial(slot_steps.sample_masked, sample, 1)
+    return SlotSteps(
+        decode=partial(slot_steps.decode, transform, draw),
+        forward=partial(slot_steps.decode_logits, transform),
+        prefill=partial(slot_steps.prefill_chunk, transform),
+        width=1, compiled=False, **steps,
+    )
+
+
+def _rows(values: dict[str, Sequence[Any]]) -> RowSampling:
+    return RowSampling(
+        keys=np.asarray(values["keys"], np.uint32).reshape(-1, 2),
+        counters=np.asarray(values["counters"], np.int32),
+        temperature=np.asarray(values["temperature"], np.float32),
+        top_k=np.asarray(values["top_k"], np.int32),
+        top_p=np.asarray(values["top_p"], np.float32),
+        min_p=np.asarray(values["min_p"], np.float32),
+    )
+
+
+class SlotDecoder:
+    """Dispatches batched steps over `params` with a strategy's `SlotSteps`; reads nothing back."""
+
+    def __init__(self, params: Params, steps: SlotSteps, config: ModelConfig, *, chunk_sizes: Sequence[int] = CHUNK_SIZES):
+        self.params = params
+        self.steps = steps
+        self.config = config
+        self.width = steps.width
+        self.chunk_sizes = tuple(chunk_sizes)
+        self.compile_seconds = 0.0
+        self.compilations = 0
+        self._programs: dict[tuple[Any, ...], Any] = {}
+        self._pending: dict[tuple[Any, ...], Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._vocab: int | None = None
+
+    # ---- programs ----
+
+    def ready(self, kind: str, *shape: int) -> bool:
+        """Whether the program `kind` for `shape` can run now without compiling; a missing one starts
+        compiling on a background thread. Kinds and shapes: decode / forward (batch, cache_len),
+        sample (batch), insert / insert_logits (batch, cache_len, bucket), prefill (bucket, chunk),
+        resize (batch, cache_len, new_batch, new_cache_len)."""
+        if not self.steps.compiled:
+            return True
+        key = (kind, *shape)
+        with self._lock:
+            if key in self._programs:
+                return True
+            pending = self._pending.get(key)
+            if pending is None:
+                self._pending[key] = _background().submit(self._compile, key)
+                return False
+        if pending.done():
+            self._adopt(key)
+            return True
+        return False
+
+    def prepare(self, kind: str, *shape: int) -> None:
+        """Compile `kind` for `shape` now (or wait for its background compile)."""
+        if self.steps.compiled:
+            self.ready(kind, *shape)
+            self._adopt((kind, *shape))
+
+    def _adopt(self, key: tuple[Any, ...]) -> Any:
+        with self._lock:
+            program = self._programs.get(key)
+            pending = self._pending.get(key)
+        if program is not None:
+            return program
+        program = pending.result() if pending is not None else self._compile(key)
+        with self._lock:
+            self._programs[key] = program
+            self._pending.pop(key, None)
+        return program
+
+    def _compile(self, key: tuple[Any, ...]) -> Any:
+        start = time.perf_counter()
+        function, args = self._abstract(key)
+        program = function.lower(*args).compile()
+        with self._lock:
+            self.compile_seconds += time.perf_counter() - start
+            self.compilations += 1
+        return program
+
+    def _abstract(self, key: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        """The jitted step and abstract arguments of one program."""
+        kind, *shape = key
+        steps = self.steps
+
+        def batch(b: int, length: int) -> tuple[Any, Any]:
+            return jax.eval_shape(steps.empty, b, length)
+
+        def rows(b: int) -> RowSampling:
+            return RowSampling(
+                jax.ShapeDtypeStruct((b, 2), jnp.uint32), *(jax.ShapeDtypeStruct((b,), t) for t in
+                (jnp.int32, jnp.float32, jnp.int32, jnp.float32, jnp.float32)),
+            )
+
+        def ints(*dims: int) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(tuple(dims), jnp.int32)
+
+        scalar = ints()
+        vocab = self.vocab
+        if kind in ("decode", "forward"):
+            b, length = shape
+            tokens, cache = batch(b, length)
+            if kind == "forward":
+                return steps.forward, (self.params, tokens, cache, ints(b))
+            return steps.decode, (self.params, tokens, cache, ints(b), jax.ShapeDtypeStruct((b,), jnp.bool_), rows(b))
+        if kind == "sample":
+            (b,) = shape
+            mask = jax.ShapeDtypeStruct((b, mask_words(vocab)), jnp.uint32)
+            return steps.sample, (jax.ShapeDtypeStruct((b, vocab), jnp.float32), rows(b), mask)
+        if kind in ("insert", "insert_logits"):
+            b, length, bucket = shape
+            tokens, cache = batch(b, length)
+            scratch = jax.eval_shape(steps.empty_scratch, bucket)
+            chunk_logits = jax.ShapeDtypeStruct((1, vocab), jnp.float32)
+            if kind == "insert_logits":
+                logits = jax.ShapeDtypeStruct((b, vocab), jnp.float32)
+                return steps.insert_logits, (logits, cache, scratch, chunk_logits, scalar)
+            return steps.insert, (tokens, cache, scratch, chunk_logits, scalar, rows(1))
+        if kind == "prefill":
+            bucket, chunk = shape
+            scratch = jax.eval_shape(steps.empty_scratch, bucket)
+            return steps.prefill, (self.params, scratch, ints(1, chunk), scalar, scalar)
+        if kind == "resize":
+            b, length, new_b, new_length = shape
+            tokens, cache = batch(b, length)
+            return steps.resize, (tokens, cache, ints(new_b), new_length)
+        raise ValueError(f"unknown slot program {kind!r}")
+
+    @property
+    def vocab(self) -> int:
+        """The logits' width (the head's outputs)."""
+        if self._vocab is None:
+            scratch = jax.eval_shape(self.steps.empty_scratch, self.chunk_sizes[0])
+            ids = jax.ShapeDtypeStruct((1, self.chunk_sizes[0]), jnp.int32)
+            scalar = jax.ShapeDtypeStruct((), jnp.int32)
+            logits, _ = jax.eval_shape(self.steps.prefill, self.params, scratch, ids, scalar, scalar)
+            self._vocab = int(logits.shape[-1])
+        return self._vocab
+
+    def _run(self, key: tuple[Any, ...], *args: Any) -> Any:
+        """Run one program; the eager steps take the static arguments the compiled ones leave out."""
+        if not self.steps.compiled:
+            function = getattr(self.steps, key[0])
+            return function(*args, *((key[-1],) if key[0] == "resize" else ()))
+        return self._adopt(key)(*args)
+
+    # ---- steps ----
+
+    def empty(self, batch: int, cache_len: int, carry: SlotState | None = None) -> SlotState:
+        """A batch of free rows; a prompt partly prefilled in `carry` (its scratch) stays."""
+        tokens, cache = self.steps.empty(batch, cache_len)
+        if carry is None:
+            return SlotState(tokens, cache)
+        return SlotState(tokens, cache, carry.scratch, carry.chunk_logits)
+
+    def idle(self, carry: SlotState | None = None) -> SlotState:
+        """No batch (nothing decodes): only a prompt's scratch, kept from `carry` while it is prefilled."""
+        if carry is None:
+            return SlotState(None, None)  # type: ignore[arg-type]
+        return SlotState(None, None, carry.scratch, carry.chunk_logits)  # type: ignore[arg-type]
+
+    def step(
+        self, state: SlotState, resize: tuple[Sequence[int], int] | None, rows: dict[str, Sequence[Any]] | None,
+        chunks: Sequence[tuple[Sequence[int], int, int, int, tuple[int, dict[str, Sequence[Any]]] | None]],
+        masked: bool = False,
+    ) -> SlotState:
+        """Dispatch one step, in order: `resize` (source rows, cache length) the batch; decode the
+        rows described by `rows` (per-row lists: positions, active and the `RowSampling` fields), or
+        only their forward pass when `masked` (the split step; `sample` follows); then prefill each
+        chunk (ids, start, bucket, size, insert), inserting the prompt at `insert`'s slot with its
+        sampler row when the chunk ends it."""
+        tokens, cache, scratch, chunk_logits = state.tokens, state.cache, state.scratch, state.chunk_logits
+        if resize is not None:
+            source, new_len = resize
+            key = ("resize", tokens.shape[0], cache.max_len, len(source), new_len)
+            tokens, cache = self._run(key, tokens, cache, np.asarray(source, np.int32))
+        # No batch yet: only prompt chunks that end no prompt (placing one makes a batch first).
+        b, length = (0, 0) if tokens is None else (tokens.shape[0], cache.max_len)
+        logits = None
+        if rows is not None:
+            positions = np.asarray(rows["positions"], np.int32)
+            if masked:
+                logits, cache = self._run(("forward", b, length), self.params, tokens, cache, positions)
+            else:
+                active = np.asarray(rows["active"], np.bool_)
+                tokens, cache = self._run(("decode", b, length), self.params, tokens, cache, positions, active, _rows(rows))
+        elif masked:
+            logits = jnp.zeros((b, self.vocab), jnp.float32)
+        for ids, start, bucket, size, insert in chunks:
+            if scratch is None or scratch.max_len != bucket:
+                scratch = self.steps.empty_scratch(bucket)
+            padded = np.zeros((1, size), np.int32)
+            padded[0, : len(ids)] = ids
+            chunk_logits, scratch = self._run(
+                ("prefill", bucket, size), self.params, scratch, padded, np.int32(start), np.int32(len(ids) - 1)
+            )
+            if insert is None:
+                continue
+            slot, row = insert
+            if masked:
+                logits, cache = self._run(("insert_logits", b, length, bucket), logits, cache, scratch, chunk_logits, np.int32(slot))
+            else:
+                tokens, cache = self._run(
+                    ("insert", b, length, bucket), tokens, cache, scratch, chunk_logits, np.int32(slot), _rows(row)
+                )
+        return SlotState(tokens, cache, scratch, chunk_logits, logits)
+
+    def sample(self, state: SlotState, rows: dict[str, Sequence[Any]], mask: np.ndarray) -> SlotState:
+        """The split step's second half: every row's token under its packed mask [B, words]."""
+        if state.logits is None:
+            raise RuntimeError("sample() needs a masked step() first")
+        tokens = self._run(("sample", state.tokens.shape[0]), state.logits, _rows(rows), mask)
+        return state._replace(tokens=tokens, logits=None)
+
+
+_BACKGROUND: ThreadPoolExecutor | None = None
+
+
+def _background() -> ThreadPoolExecutor:
+    """One thread compiles new shapes while the batch keeps running."""
+    global _BACKGROUND
+    if _BACKGROUND is None:
+        _BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lljx-slot-compile")
+    return _BACKGROUND

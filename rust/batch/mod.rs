@@ -1,0 +1,281 @@
+//! Continuous batching's host side, plain data: requests join and leave a batch of slots between
+//! steps, each with its own detokenizer, stop strings, budget, grammar and stats.
+//!
+//! Each step is planned here (`plan`), dispatched by the driver in `py`, recorded (`commit`),
+//! and the step before it is read back afterwards (`route`), so the device always has the next
+//! step queued. A prompt is prefilled in chunks into a scratch cache, within a per-step budget,
+//! then inserted into a free row; the batch's rows and cache length are buckets that grow when
+//! requests need them and shrink when they leave. A shape whose programs are still compiling
+//! is not used until they are, so running rows never wait for a compile.
+
+pub mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use crate::constrain::RowConstraint;
+use crate::error::Result;
+use crate::token_loop::{StopReason, Stats, TokenLoop};
+use crate::tokenizer::Tokenizer;
+pub use plan::{ChunkPolicy, Shape};
+use plan::{batch_bucket, cache_bucket, next_cut, prompt_bucket};
+
+/// One row's sampler: its request's raw PRNG key data and settings (temperature 0: greedy).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    pub key: [u32; 2],
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+}
+
+impl Sampling {
+    /// What a free row samples with: greedy, so an all-free batch pays for no draw.
+    pub const FREE: Sampling = Sampling {
+        key: [0, 0],
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+}
+
+/// A request as submitted.
+pub struct Request {
+    pub id: u64,
+    pub prompt: Vec<u32>,
+    pub budget: usize,
+    pub stop_ids: Vec<u32>,
+    pub stop_strings: Vec<String>,
+    pub sampling: Sampling,
+    pub grammar: Option<RowConstraint>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Prefilling { done: usize },
+    Decoding { row: usize, position: usize, counter: usize },
+}
+
+struct Live {
+    id: u64,
+    prompt: Vec<u32>,
+    budget: usize,
+    sampling: Sampling,
+    grammar: Option<RowConstraint>,
+    core: TokenLoop,
+    phase: Phase,
+    submitted_ns: u64,
+    admitted_ns: u64,
+}
+
+impl Live {
+    /// Cache positions this request may fill.
+    fn need(&self) -> usize {
+        self.prompt.len() + self.budget
+    }
+}
+
+/// How a request ended.
+#[derive(Debug)]
+pub enum End {
+    Done(Box<Finished>),
+    Failed(String),
+    Cancelled,
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    pub stats: Stats,
+    pub token_ids: Vec<u32>,
+    /// Time from submission to a slot.
+    pub queue_ns: u64,
+}
+
+/// Text for one request, and its end when it ended.
+#[derive(Debug)]
+pub struct Event {
+    pub id: u64,
+    pub text: String,
+    pub end: Option<End>,
+}
+
+/// A program the driver may need, with its shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Program {
+    Decode(Shape),
+    Forward(Shape),
+    Sample(usize),
+    Insert(Shape, usize),
+    InsertLogits(Shape, usize),
+    Prefill(usize, usize),
+    Resize(Shape, Shape),
+}
+
+/// Whether a program can run now; one that cannot starts compiling. With `wait`, nothing
+/// streams, so the answer may wait for the compile.
+pub trait Programs {
+    fn ready(&mut self, program: Program, wait: bool) -> bool;
+}
+
+/// Per-row inputs of a decode (or forward, or sample) over the batch's rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rows {
+    pub positions: Vec<i32>,
+    pub active: Vec<bool>,
+    pub counters: Vec<i32>,
+    pub sampling: Vec<Sampling>,
+}
+
+/// One chunk to prefill, and where its prompt joins the batch when the chunk ends it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chunk {
+    pub id: u64,
+    pub ids: Vec<u32>,
+    pub start: usize,
+    pub bucket: usize,
+    pub size: usize,
+    pub insert: Option<(usize, Sampling)>,
+}
+
+/// One step, in the order the driver dispatches it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepPlan {
+    /// Start from a fresh batch of free rows of this shape.
+    pub reset: Option<Shape>,
+    /// Rows of the new batch taken from the old one (row i from `source[i]`), and the new shape.
+    pub resize: Option<(Vec<usize>, Shape)>,
+    /// The rows to decode, when any row is running.
+    pub rows: Option<Rows>,
+    pub chunks: Vec<Chunk>,
+    /// Split step: forward, then a sample under each row's mask (some row has a grammar).
+    pub masked: bool,
+    pub shape: Option<Shape>,
+    decoding: Vec<(usize, u64)>,
+    remap: Option<Vec<Option<usize>>>,
+}
+
+impl StepPlan {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_none() && self.chunks.is_empty()
+    }
+}
+
+/// A dispatched step whose tokens are read next: which request each row's tokens belong to.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight {
+    pub reads: Vec<(usize, u64)>,
+    pub batch: usize,
+    pub decoded: bool,
+    pub chunk_tokens: usize,
+}
+
+/// The scheduler: requests, slots and the device batch's layout.
+pub struct Batch {
+    tokenizer: Arc<Tokenizer>,
+    slots: usize,
+    width: usize,
+    chunk_sizes: Vec<usize>,
+    live: Vec<Live>,
+    shape: Option<Shape>,
+    rows: Vec<Option<u64>>,
+    pub policy: ChunkPolicy,
+}
+
+impl Batch {
+    /// `slots` requests run at once (more wait); each step yields `width` tokens per row;
+    /// prompts are prefilled in chunks of `chunk_sizes` (ascending powers of two).
+    pub fn new(tokenizer: Arc<Tokenizer>, slots: usize, width: usize, chunk_sizes: Vec<usize>, policy: ChunkPolicy) -> Self {
+        Batch {
+            tokenizer,
+            slots: slots.max(1),
+            width: width.max(1),
+            chunk_sizes,
+            live: Vec::new(),
+            shape: None,
+            rows: Vec::new(),
+            policy,
+        }
+    }
+
+    pub fn submit(&mut self, request: Request, now_ns: u64) {
+        let core = TokenLoop::new(
+            self.tokenizer.clone(),
+            request.prompt.len(),
+            request.budget,
+            request.stop_ids,
+            request.stop_strings,
+        );
+        self.live.push(Live {
+            id: request.id,
+            prompt: request.prompt,
+            budget: request.budget,
+            sampling: request.sampling,
+            grammar: request.grammar,
+            core,
+            phase: Phase::Waiting,
+            submitted_ns: now_ns,
+            admitted_ns: now_ns,
+        });
+    }
+
+    /// Ends a request at once (a client went away): the tokens it had generated, or None when
+    /// it is not here.
+    pub fn cancel(&mut self, id: u64) -> Option<usize> {
+        self.remove(id).map(|l| l.core.stats.gen_tokens)
+    }
+
+    /// Every live request ends with `message` (the device state is gone); the batch starts afresh.
+    pub fn fail_all(&mut self, message: &str) -> Vec<Event> {
+        self.shape = None;
+        self.rows.clear();
+        self.live
+            .drain(..)
+            .map(|l| Event {
+                id: l.id,
+                text: String::new(),
+                end: Some(End::Failed(message.to_owned())),
+            })
+            .collect()
+    }
+
+    /// Requests submitted and not ended.
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Requests holding a slot (prefilling or decoding).
+    pub fn in_slots(&self) -> usize {
+        self.live.iter().filter(|l| l.phase != Phase::Waiting).count()
+    }
+
+    pub fn shape(&self) -> Option<Shape> {
+        self.shape
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Live> {
+        let at = self.live.iter().position(|l| l.id == id)?;
+        let live = self.live.remove(at);
+        if let Phase::Decoding { row, .. } = live.phase {
+            self.rows[row] = None;
+        }
+        Some(live)
+    }
+
+    fn admit(&mut self, now_ns: u64) {
+        let mut free = self.slots.saturating_sub(self.in_slots());
+        for live in self.live.iter_mut().filter(|l| l.phase == Phase::Waiting) {
+            if free == 0 {
+                break;
+            }
+            live.phase = Phase::Prefilling { done: 0 };
+            live.admitted_ns = now_ns;
+            free -= 1;
+        }
+    }
+}
+
+mod step;

@@ -1,0 +1,381 @@
+//! One batched step: planning it (rows, chunks, shape), recording it once dispatched, reading
+//! back the step before it, and the grammar masks of a split step.
+
+use super::*;
+
+/// Where a finished prompt goes: the batch's shape after this step and which rows are taken.
+struct Placement {
+    shape: Option<Shape>,
+    fresh: bool,
+    taken: Vec<bool>,
+    occupied: usize,
+    /// Planned inserts: (index into the plan's chunks, prompt bucket, cache need).
+    inserts: Vec<(usize, usize, usize)>,
+    masked: bool,
+    max_batch: usize,
+}
+
+impl Placement {
+    fn step_ready(&self, shape: Shape, programs: &mut impl Programs, wait: bool) -> bool {
+        if self.masked {
+            programs.ready(Program::Forward(shape), wait) && programs.ready(Program::Sample(shape.batch), wait)
+        } else {
+            programs.ready(Program::Decode(shape), wait)
+        }
+    }
+
+    fn insert_ready(&self, shape: Shape, bucket: usize, programs: &mut impl Programs, wait: bool) -> bool {
+        let program = if self.masked { Program::InsertLogits(shape, bucket) } else { Program::Insert(shape, bucket) };
+        programs.ready(program, wait)
+    }
+
+    /// A row for a prompt of `bucket` that may fill `need` positions, growing the batch (or
+    /// starting a fresh one) when the current one has no room and the programs are ready.
+    fn place(&mut self, need: usize, bucket: usize, chunks: &mut [Chunk], programs: &mut impl Programs, wait: bool) -> Option<usize> {
+        if let Some(shape) = self.shape {
+            if need <= shape.cache_len && self.insert_ready(shape, bucket, programs, wait) {
+                if let Some(row) = self.taken.iter().position(|t| !t) {
+                    self.taken[row] = true;
+                    return Some(row);
+                }
+            }
+        }
+        let count = self.occupied + self.inserts.len() + 1;
+        let needs = self.inserts.iter().map(|&(_, _, n)| n).chain([need]).max().unwrap_or(need);
+        let fresh = self.occupied == 0;
+        let shape = match (self.shape, fresh) {
+            (Some(old), false) => Shape {
+                batch: old.batch.max(batch_bucket(count)).min(self.max_batch),
+                cache_len: old.cache_len.max(cache_bucket(needs)),
+            },
+            _ => Shape { batch: batch_bucket(count).min(self.max_batch), cache_len: cache_bucket(needs) },
+        };
+        if count > shape.batch || Some(shape) == self.shape {
+            return None;
+        }
+        let resize_ready = fresh || programs.ready(Program::Resize(self.shape?, shape), wait);
+        let buckets: Vec<usize> = self.inserts.iter().map(|&(_, b, _)| b).chain([bucket]).collect();
+        if !(resize_ready
+            && self.step_ready(shape, programs, wait)
+            && buckets.iter().all(|&b| self.insert_ready(shape, b, programs, wait)))
+        {
+            return None;
+        }
+        if fresh {
+            // A fresh batch: the prompts planned so far take its first rows.
+            self.taken = vec![false; shape.batch];
+            for (i, &(chunk, _, _)) in self.inserts.iter().enumerate() {
+                if let Some((row, _)) = chunks[chunk].insert.as_mut() {
+                    *row = i;
+                }
+                self.taken[i] = true;
+            }
+        } else {
+            self.taken.resize(shape.batch, false);
+        }
+        self.shape = Some(shape);
+        self.fresh = fresh;
+        let row = self.taken.iter().position(|t| !t)?;
+        self.taken[row] = true;
+        Some(row)
+    }
+}
+
+impl Batch {
+    fn decoding(&self) -> Vec<(usize, u64)> {
+        self.live
+            .iter()
+            .filter_map(|l| match l.phase {
+                Phase::Decoding { row, .. } if l.core.wants_more() => Some((row, l.id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Plans the next step; programs that are not compiled yet are left out (and start compiling).
+    pub fn plan(&mut self, programs: &mut impl Programs, now_ns: u64) -> StepPlan {
+        self.admit(now_ns);
+        let masked = self.live.iter().any(|l| l.phase != Phase::Waiting && l.grammar.is_some());
+        let decoding = self.decoding();
+        let idle = decoding.is_empty();
+        let occupied = self.rows.iter().filter(|r| r.is_some()).count();
+        let mut place = Placement {
+            shape: self.shape,
+            fresh: false,
+            taken: self.rows.iter().map(Option::is_some).collect(),
+            occupied,
+            inserts: Vec::new(),
+            masked,
+            max_batch: batch_bucket(self.slots),
+        };
+        let batch = self.shape.map_or(1, |s| s.batch);
+        let mut budget = self.policy.budget(batch, !idle, &self.chunk_sizes);
+        let mut chunks: Vec<Chunk> = Vec::new();
+        'requests: for live in self.live.iter() {
+            let Phase::Prefilling { mut done } = live.phase else { continue };
+            let bucket = prompt_bucket(live.prompt.len());
+            loop {
+                let Some(cut) = next_cut(live.prompt.len(), done, budget, &self.chunk_sizes) else {
+                    break 'requests;
+                };
+                if !programs.ready(Program::Prefill(bucket, cut.size), idle) {
+                    break 'requests;
+                }
+                let mut insert = None;
+                if cut.last {
+                    match place.place(live.need(), bucket, &mut chunks, programs, idle) {
+                        Some(row) => insert = Some((row, live.sampling)),
+                        None => break 'requests,
+                    }
+                    place.inserts.push((chunks.len(), bucket, live.need()));
+                }
+                chunks.push(Chunk {
+                    id: live.id,
+                    ids: live.prompt[done..done + cut.real].to_vec(),
+                    start: done,
+                    bucket,
+                    size: cut.size,
+                    insert,
+                });
+                budget -= cut.size;
+                done += cut.real;
+                if cut.last {
+                    continue 'requests;
+                }
+            }
+        }
+        let mut plan = StepPlan { masked, chunks, ..StepPlan::default() };
+        let mut remap: Option<Vec<Option<usize>>> = None;
+        if place.shape != self.shape {
+            let shape = place.shape.expect("a placed prompt has a shape");
+            if place.fresh {
+                plan.reset = Some(shape);
+            } else {
+                let old = self.shape.expect("a grown batch had a shape").batch;
+                let source: Vec<Option<usize>> = (0..shape.batch).map(|r| (r < old).then_some(r)).collect();
+                plan.resize = Some((source.iter().map(|s| s.unwrap_or(0)).collect(), shape));
+                remap = Some(source);
+            }
+        } else if let Some((source, shape)) = place.inserts.is_empty().then(|| self.shrink(programs, idle)).flatten() {
+            plan.resize = Some((source.iter().map(|s| s.unwrap_or(0)).collect(), shape));
+            remap = Some(source);
+            place.shape = Some(shape);
+        }
+        plan.shape = if self.live.is_empty() { None } else { place.shape };
+        // Rows that decode, indexed as in the batch after the resize.
+        let new_row = |row: usize| match &remap {
+            Some(source) => source.iter().position(|&s| s == Some(row)),
+            None => Some(row),
+        };
+        plan.decoding = decoding.iter().filter_map(|&(row, id)| new_row(row).map(|r| (r, id))).collect();
+        if let (false, Some(shape)) = (plan.decoding.is_empty(), place.shape) {
+            plan.rows = Some(self.rows_for(shape, &plan.decoding, &[]));
+        }
+        plan.remap = remap;
+        plan
+    }
+
+    /// A smaller batch when its running rows fit in half of it (and no prompt is on its way in).
+    fn shrink(&self, programs: &mut impl Programs, wait: bool) -> Option<(Vec<Option<usize>>, Shape)> {
+        let shape = self.shape?;
+        let occupied: Vec<usize> = (0..self.rows.len()).filter(|&r| self.rows[r].is_some()).collect();
+        let coming = self.live.iter().filter(|l| matches!(l.phase, Phase::Prefilling { .. })).count();
+        if occupied.is_empty() {
+            return None;
+        }
+        let need = self.live.iter().filter(|l| matches!(l.phase, Phase::Decoding { .. })).map(Live::need).max()?;
+        let smaller = Shape {
+            batch: batch_bucket(occupied.len() + coming),
+            cache_len: cache_bucket(need).min(shape.cache_len),
+        };
+        if smaller.batch >= shape.batch {
+            return None;
+        }
+        let masked = self.live.iter().any(|l| l.phase != Phase::Waiting && l.grammar.is_some());
+        let step = if masked {
+            programs.ready(Program::Forward(smaller), wait) && programs.ready(Program::Sample(smaller.batch), wait)
+        } else {
+            programs.ready(Program::Decode(smaller), wait)
+        };
+        if !(step && programs.ready(Program::Resize(shape, smaller), wait)) {
+            return None;
+        }
+        let mut source: Vec<Option<usize>> = occupied.into_iter().map(Some).collect();
+        source.resize(smaller.batch, None);
+        Some((source, smaller))
+    }
+
+    /// Per-row inputs for `shape`: `decoding` rows at their positions, `joining` ones drawing their
+    /// first token, free rows greedy at position 0.
+    fn rows_for(&self, shape: Shape, decoding: &[(usize, u64)], joining: &[(usize, u64)]) -> Rows {
+        let mut rows = Rows {
+            positions: vec![0; shape.batch],
+            active: vec![false; shape.batch],
+            counters: vec![0; shape.batch],
+            sampling: vec![Sampling::FREE; shape.batch],
+        };
+        let last = shape.cache_len.saturating_sub(1);
+        for &(row, id) in decoding.iter().chain(joining) {
+            let Some(live) = self.live.iter().find(|l| l.id == id) else { continue };
+            let (position, counter) = match live.phase {
+                Phase::Decoding { position, counter, .. } => (position, counter),
+                _ => (0, 0),
+            };
+            rows.positions[row] = position.min(last) as i32;
+            rows.active[row] = true;
+            rows.counters[row] = counter as i32;
+            rows.sampling[row] = live.sampling;
+        }
+        rows
+    }
+
+    /// Records a dispatched plan: the batch's new layout, rows advanced, prompts joined.
+    /// Returns what its tokens hold, to read after the next step is dispatched.
+    pub fn commit(&mut self, plan: &StepPlan) -> InFlight {
+        if let Some(shape) = plan.reset {
+            self.rows = vec![None; shape.batch];
+        } else if let Some(source) = &plan.remap {
+            let old = std::mem::take(&mut self.rows);
+            self.rows = source.iter().map(|s| s.and_then(|r| old.get(r).copied().flatten())).collect();
+            for live in self.live.iter_mut() {
+                if let Phase::Decoding { row, .. } = &mut live.phase {
+                    match source.iter().position(|&s| s == Some(*row)) {
+                        Some(new) => *row = new,
+                        None => unreachable!("a compacted batch keeps every running row"),
+                    }
+                }
+            }
+        }
+        self.shape = plan.shape;
+        if self.shape.is_none() {
+            self.rows.clear();
+        }
+        // A split step draws one token per row, whatever the strategy's decode step does.
+        let advance = if plan.masked { 1 } else { self.width };
+        let mut reads = Vec::new();
+        for &(row, id) in &plan.decoding {
+            if let Some(live) = self.live.iter_mut().find(|l| l.id == id) {
+                if let Phase::Decoding { position, counter, .. } = &mut live.phase {
+                    *position += advance;
+                    *counter += advance;
+                    reads.push((row, id));
+                }
+            }
+        }
+        let mut chunk_tokens = 0;
+        for chunk in &plan.chunks {
+            chunk_tokens += chunk.size;
+            let Some(live) = self.live.iter_mut().find(|l| l.id == chunk.id) else { continue };
+            if let Some((row, _)) = chunk.insert {
+                live.phase = Phase::Decoding { row, position: live.prompt.len(), counter: 1 };
+                self.rows[row] = Some(chunk.id);
+                reads.push((row, chunk.id));
+            } else if let Phase::Prefilling { done } = &mut live.phase {
+                *done += chunk.ids.len();
+            }
+        }
+        InFlight {
+            reads,
+            batch: self.shape.map_or(0, |s| s.batch),
+            decoded: plan.rows.is_some(),
+            chunk_tokens,
+        }
+    }
+
+    /// The rows a split step samples: the decoding ones and the prompts that joined in it.
+    pub fn sample_rows(&self, flight: &InFlight) -> Option<Rows> {
+        let shape = self.shape?;
+        let (joining, decoding): (Vec<_>, Vec<_>) = flight.reads.iter().partition(|&&(_, id)| {
+            self.live.iter().any(|l| l.id == id && matches!(l.phase, Phase::Decoding { counter: 1, .. }))
+        });
+        let mut rows = self.rows_for(shape, &decoding, &joining);
+        // Recorded already: the counters this step draws with are one lower (zero for a prompt that joined).
+        for &(row, _) in &decoding {
+            rows.counters[row] -= 1;
+        }
+        for &(row, _) in &joining {
+            rows.counters[row] = 0;
+        }
+        Some(rows)
+    }
+
+    /// Takes the tokens [rows][width] of the step `flight` describes, read `now_ns` into the
+    /// engine's clock: text for each request, and the ends of those that ended.
+    pub fn route(&mut self, flight: &InFlight, tokens: &[Vec<i64>], now_ns: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        for &(row, id) in &flight.reads {
+            let Some(at) = self.live.iter().position(|l| l.id == id) else { continue };
+            let Some(ids) = tokens.get(row) else { continue };
+            let live = &mut self.live[at];
+            match take_tokens(live, ids, now_ns) {
+                Ok((text, false)) => {
+                    if !text.is_empty() {
+                        events.push(Event { id, text, end: None });
+                    }
+                }
+                Ok((text, true)) => {
+                    let live = self.remove(id).expect("found above");
+                    events.push(Event { id, text, end: Some(End::Done(Box::new(finished(live, now_ns)))) });
+                }
+                Err(error) => {
+                    self.remove(id);
+                    events.push(Event { id, text: String::new(), end: Some(End::Failed(error.to_string())) });
+                }
+            }
+        }
+        events
+    }
+
+    /// Each row's packed token mask [batch][words] for a split step: a row with a grammar gets
+    /// its grammar's, every other row allows everything. A grammar that fails ends its request.
+    pub fn masks(&mut self, words: usize) -> (Vec<u32>, Vec<Event>) {
+        let batch = self.shape.map_or(0, |s| s.batch);
+        let mut buffer = vec![u32::MAX; batch * words];
+        let mut failed = Vec::new();
+        for live in self.live.iter_mut() {
+            let (Phase::Decoding { row, .. }, Some(grammar)) = (live.phase, live.grammar.as_mut()) else { continue };
+            let start = std::time::Instant::now();
+            let result = grammar.fill(&mut buffer[row * words..(row + 1) * words]);
+            live.core.stats.mask_ns.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            if let Err(error) = result {
+                failed.push((live.id, error.to_string()));
+            }
+        }
+        let events = failed
+            .into_iter()
+            .map(|(id, message)| {
+                self.remove(id);
+                Event { id, text: String::new(), end: Some(End::Failed(message)) }
+            })
+            .collect();
+        (buffer, events)
+    }
+}
+
+/// One row's tokens into its request: text, and whether it ended. A grammar takes every token
+/// it allowed, and a reply ends once its grammar is complete.
+fn take_tokens(live: &mut Live, ids: &[i64], now_ns: u64) -> Result<(String, bool)> {
+    let mut step = live.core.on_tokens(ids, now_ns.saturating_sub(live.admitted_ns))?;
+    let out_of_budget = step.finished && live.core.stats.stop_reason == Some(StopReason::Length);
+    if let Some(grammar) = live.grammar.as_mut().filter(|_| !step.finished || out_of_budget) {
+        for &id in ids.iter().filter(|&&id| id >= 0) {
+            grammar.consume(u32::try_from(id).unwrap_or(u32::MAX))?;
+        }
+        if grammar.is_complete() && out_of_budget {
+            live.core.stats.stop_reason = Some(StopReason::Stop);
+        } else if grammar.is_complete() {
+            step.text.push_str(&live.core.end(StopReason::Stop).text);
+            step.finished = true;
+        }
+    }
+    Ok((step.text, step.finished))
+}
+
+fn finished(mut live: Live, now_ns: u64) -> Finished {
+    live.core.set_total(now_ns.saturating_sub(live.admitted_ns));
+    Finished {
+        stats: live.core.stats,
+        token_ids: live.core.token_ids,
+        queue_ns: live.admitted_ns.saturating_sub(live.submitted_ns),
+    }
+}

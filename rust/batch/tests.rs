@@ -1,0 +1,292 @@
+//! The scheduler driven without a device: plans are checked, and tokens are made up per row.
+
+use std::collections::HashSet;
+
+use super::plan::*;
+use super::*;
+use crate::tokenizer::{byte_level_encode, GgufVocab};
+
+const EOS: u32 = 0;
+const SIZES: [usize; 5] = [16, 32, 64, 128, 256];
+
+/// End of text, then one token per byte (token 1 + b is byte b).
+fn tokenizer() -> Arc<Tokenizer> {
+    let mut tokens = vec!["<|endoftext|>".to_string()];
+    tokens.extend((0..=255u8).map(|b| byte_level_encode(&[b])));
+    let mut types = vec![3];
+    types.extend(std::iter::repeat_n(1, 256));
+    Arc::new(
+        Tokenizer::from_gguf(GgufVocab {
+            model: "gpt2",
+            pre: "gpt2",
+            tokens: &tokens,
+            merges: &[],
+            token_types: &types,
+            bos_id: None,
+            eos_id: Some(EOS as i64),
+            add_bos: false,
+        })
+        .unwrap(),
+    )
+}
+
+fn letter(c: char) -> i64 {
+    1 + c as i64
+}
+
+/// Programs that are all ready except those listed.
+#[derive(Default)]
+struct Fake {
+    missing: HashSet<Program>,
+    asked: Vec<(Program, bool)>,
+}
+
+impl Programs for Fake {
+    fn ready(&mut self, program: Program, wait: bool) -> bool {
+        self.asked.push((program, wait));
+        wait || !self.missing.contains(&program)
+    }
+}
+
+fn batch(slots: usize) -> Batch {
+    Batch::new(tokenizer(), slots, 1, SIZES.to_vec(), ChunkPolicy::new(150_000_000, 256))
+}
+
+fn request(id: u64, prompt_len: usize, budget: usize) -> Request {
+    Request {
+        id,
+        prompt: (0..prompt_len as u32).map(|i| 1 + i % 200).collect(),
+        budget,
+        stop_ids: vec![EOS],
+        stop_strings: vec![],
+        sampling: Sampling { temperature: 0.5, ..Sampling::FREE },
+        grammar: None,
+    }
+}
+
+/// The batch with the driver's order: plan and commit a step, then read the one before it
+/// (every row of which output `token`).
+struct Driver {
+    b: Batch,
+    p: Fake,
+    pending: Option<InFlight>,
+}
+
+impl Driver {
+    fn new(slots: usize) -> Self {
+        Driver { b: batch(slots), p: Fake::default(), pending: None }
+    }
+
+    fn step(&mut self, token: i64) -> (StepPlan, Vec<Event>) {
+        let plan = self.b.plan(&mut self.p, 0);
+        let flight = self.b.commit(&plan);
+        let events = match self.pending.replace(flight) {
+            Some(before) => self.b.route(&before, &vec![vec![token]; before.batch.max(1)], 1_000),
+            None => Vec::new(),
+        };
+        (plan, events)
+    }
+}
+
+#[test]
+fn chunks_fit_their_bucket_and_budget() {
+    assert_eq!(next_cut(40, 0, 256, &SIZES), Some(Cut { size: 64, real: 40, last: true }));
+    assert_eq!(next_cut(40, 0, 32, &SIZES), Some(Cut { size: 32, real: 32, last: false }));
+    assert_eq!(next_cut(40, 32, 32, &SIZES), Some(Cut { size: 16, real: 8, last: true }));
+    assert_eq!(next_cut(5, 0, 256, &SIZES), Some(Cut { size: 16, real: 5, last: true }));
+    assert_eq!(next_cut(40, 0, 8, &SIZES), None);
+    assert_eq!(next_cut(40, 40, 256, &SIZES), None);
+    // A budget that grows mid-prompt never misaligns a chunk: 16 done, so at most 16 at a time.
+    assert_eq!(next_cut(100, 16, 256, &SIZES), Some(Cut { size: 16, real: 16, last: false }));
+    // Every cut of any prompt stays inside the prompt's bucket.
+    for len in 1..600 {
+        for budget in [16, 48, 64, 256] {
+            let mut done = 0;
+            while let Some(cut) = next_cut(len, done, budget, &SIZES) {
+                assert!(done % cut.size == 0 && done + cut.size <= prompt_bucket(len), "{len} {budget} {done} {cut:?}");
+                done += cut.real;
+                assert_eq!(cut.last, done == len);
+            }
+            assert_eq!(done, len);
+        }
+    }
+}
+
+#[test]
+fn buckets_are_powers_of_two_with_floors() {
+    assert_eq!((batch_bucket(0), batch_bucket(3), batch_bucket(8)), (1, 4, 8));
+    assert_eq!((cache_bucket(10), cache_bucket(257), cache_bucket(4096)), (256, 512, 4096));
+    assert_eq!((prompt_bucket(3), prompt_bucket(17)), (16, 32));
+}
+
+#[test]
+fn the_chunk_budget_follows_measured_steps() {
+    let mut policy = ChunkPolicy::new(150_000_000, 512);
+    assert_eq!(policy.budget(4, false, &SIZES), 512);
+    assert_eq!(policy.budget(4, true, &SIZES), 16); // nothing measured: the smallest chunk
+    policy.observe(4, true, 0, 30_000_000);
+    policy.observe(4, true, 64, 30_000_000 + 64 * 1_000_000);
+    // 30 ms decode + 1 ms per prompt token: 64 fits in 150 ms, 128 does not.
+    assert_eq!(policy.budget(4, true, &SIZES), 64);
+    // A chunk seen before any decode-only step of its batch teaches nothing.
+    let mut fresh = ChunkPolicy::new(150_000_000, 512);
+    fresh.observe(2, true, 32, 90_000_000);
+    assert_eq!(fresh.budget(2, true, &SIZES), 16);
+}
+
+#[test]
+fn a_lone_request_gets_a_fresh_batch_one_row_and_its_text() {
+    let mut b = batch(4);
+    let mut p = Fake::default();
+    b.submit(request(7, 40, 3), 0);
+    let plan = b.plan(&mut p, 0);
+    assert_eq!(plan.reset, Some(Shape { batch: 1, cache_len: 256 }));
+    assert_eq!(plan.rows, None);
+    assert_eq!(plan.chunks.len(), 1);
+    let chunk = &plan.chunks[0];
+    assert_eq!((chunk.start, chunk.bucket, chunk.size, chunk.ids.len()), (0, 64, 64, 40));
+    assert_eq!(chunk.insert.map(|(row, _)| row), Some(0));
+    // Nothing streams yet, so compiles may be waited for.
+    assert!(p.asked.iter().all(|&(_, wait)| wait));
+    let flight = b.commit(&plan);
+    assert_eq!(flight.reads, vec![(0, 7)]);
+
+    // The next step decodes row 0 at the prompt's end, counter 1, before the first token is read.
+    let plan = b.plan(&mut p, 0);
+    let rows = plan.rows.clone().unwrap();
+    assert_eq!((rows.positions[0], rows.counters[0], rows.active[0]), (40, 1, true));
+    let next = b.commit(&plan);
+    let events = b.route(&flight, &[vec![letter('h')]], 5);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].text, "h");
+    let events = b.route(&next, &[vec![letter('i')]], 6);
+    assert_eq!(events[0].text, "i");
+    // Two tokens read and one in flight make the budget of 3: no further decode is dispatched.
+    let plan = b.plan(&mut p, 0);
+    assert_eq!(plan.rows, None);
+    let last = b.commit(&plan);
+    assert!(last.reads.is_empty());
+}
+
+#[test]
+fn requests_join_a_running_batch_which_grows_and_then_compacts() {
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 20, 50), 0);
+    d.step(letter('a'));
+    d.b.submit(request(2, 10, 2), 0); // one chunk within the cautious first budget
+    let (plan, _) = d.step(letter('b'));
+    // Row 0 keeps its place; the new request takes row 1 of a batch of 2.
+    assert_eq!(plan.resize, Some((vec![0, 0], Shape { batch: 2, cache_len: 256 })));
+    assert_eq!(plan.chunks[0].insert.map(|(row, _)| row), Some(1));
+    assert_eq!(plan.rows.as_ref().unwrap().active, vec![true, false]);
+    // Request 2 decodes its second token while its first is read: its budget of 2 is then spent.
+    let (plan, _) = d.step(letter('c'));
+    assert_eq!(plan.rows.as_ref().unwrap().active, vec![true, true]);
+    let (plan, events) = d.step(letter('d'));
+    assert_eq!(plan.rows.as_ref().unwrap().active, vec![true, false]);
+    assert!(events.iter().any(|e| e.id == 2 && matches!(e.end, Some(End::Done(_)))));
+    assert_eq!(d.b.in_slots(), 1);
+    // Request 1 is alone again: its row moves to a batch of one.
+    let (plan, _) = d.step(letter('e'));
+    assert_eq!(plan.resize, Some((vec![0], Shape { batch: 1, cache_len: 256 })));
+    assert_eq!(plan.rows.as_ref().unwrap().active, vec![true]);
+}
+
+#[test]
+fn past_the_slots_requests_wait_in_order() {
+    let mut d = Driver::new(2);
+    for id in 1..=3 {
+        d.b.submit(request(id, 20, 1), 0);
+    }
+    let (plan, _) = d.step(letter('x'));
+    let joined: Vec<u64> = plan.chunks.iter().map(|c| c.id).collect();
+    assert_eq!(joined, vec![1, 2]);
+    assert_eq!(plan.reset, Some(Shape { batch: 2, cache_len: 256 }));
+    let (plan, events) = d.step(letter('y'));
+    assert!(plan.chunks.is_empty()); // both slots are held until their tokens are read
+    assert_eq!(events.len(), 2); // both ended at their one-token budget
+    assert_eq!((d.b.in_slots(), d.b.live()), (0, 1));
+    let (plan, _) = d.step(letter('z'));
+    assert_eq!(plan.chunks[0].id, 3);
+}
+
+#[test]
+fn a_cancelled_request_frees_its_row_and_its_tokens_in_flight_are_dropped() {
+    let mut b = batch(4);
+    let mut p = Fake::default();
+    b.submit(request(1, 20, 50), 0);
+    b.submit(request(2, 20, 50), 0);
+    let plan = b.plan(&mut p, 0);
+    let flight = b.commit(&plan);
+    assert_eq!(b.cancel(2), Some(0));
+    assert_eq!(b.cancel(2), None);
+    let events = b.route(&flight, &[vec![letter('a')], vec![letter('b')]], 1);
+    assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
+    let plan = b.plan(&mut p, 0);
+    assert_eq!(plan.rows.as_ref().unwrap().active, vec![true]);
+}
+
+#[test]
+fn a_shape_still_compiling_keeps_the_batch_as_it_is() {
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 20, 50), 0);
+    d.step(letter('a'));
+    let grown = Shape { batch: 2, cache_len: 256 };
+    d.p.missing.insert(Program::Decode(grown));
+    d.b.submit(request(2, 10, 50), 0);
+    let (plan, _) = d.step(letter('a'));
+    // Row 0 decodes on; the new prompt's last (only) chunk waits, with its slot held.
+    assert_eq!(plan.resize, None);
+    assert!(plan.chunks.is_empty());
+    assert_eq!(plan.rows.as_ref().unwrap().active, vec![true]);
+    assert!(d.p.asked.contains(&(Program::Decode(grown), false)));
+    d.p.missing.clear();
+    let (plan, _) = d.step(letter('a'));
+    assert_eq!(plan.chunks[0].insert.map(|(row, _)| row), Some(1));
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 20, 500), 0);
+    d.step(letter('a'));
+    d.b.submit(request(2, 2000, 10), 0);
+    let mut steps = 0;
+    loop {
+        let (plan, _) = d.step(letter('a'));
+        steps += 1;
+        assert!(plan.rows.as_ref().unwrap().active[0]);
+        let prefilled: usize = plan.chunks.iter().map(|c| c.size).sum();
+        assert!(prefilled <= 16, "{prefilled}"); // nothing measured: the smallest chunk per step
+        if plan.chunks.iter().any(|c| c.insert.is_some()) {
+            assert_eq!(plan.resize.unwrap().1, Shape { batch: 2, cache_len: 2048 });
+            break;
+        }
+    }
+    assert_eq!(steps, 2000usize.div_ceil(16));
+}
+
+#[test]
+fn a_finished_request_ends_with_stats_and_its_queue_time() {
+    let mut b = batch(1);
+    let mut p = Fake::default();
+    b.submit(request(1, 10, 5), 100);
+    b.submit(request(2, 10, 5), 200);
+    let mut done = Vec::new();
+    for _ in 0..20 {
+        let plan = b.plan(&mut p, 5_000);
+        let flight = b.commit(&plan);
+        for event in b.route(&flight, &vec![vec![EOS as i64]; flight.batch.max(1)], 9_000) {
+            if let Some(End::Done(finished)) = event.end {
+                done.push((event.id, finished));
+            }
+        }
+    }
+    assert_eq!(done.len(), 2);
+    let (id, first) = &done[0];
+    assert_eq!(*id, 1);
+    assert_eq!(first.stats.stop_reason, Some(StopReason::Stop));
+    assert_eq!(first.stats.gen_tokens, 0);
+    assert_eq!(first.stats.total_ns, 4_000);
+    assert_eq!(first.queue_ns, 4_900);
+}
