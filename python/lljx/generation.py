@@ -233,6 +233,10 @@ def start_quickly(
     except Exception:  # noqa: BLE001  (any failure here only means no head start)
         early = None
     model = loading.result()
+    for built in ("tokenizer", "chat"):
+        # The same file's tokenizer and chat template, already built for the prompt: not twice.
+        if built in vars(skeleton) and built not in vars(model):
+            vars(model)[built] = vars(skeleton)[built]
     decoder = registry.build(strategy, model, settings)
     if early is not None and hasattr(decoder, "adopt_programs"):
         decoder.adopt_programs(early)

@@ -49,10 +49,12 @@ def load_model_early(spec: str | None, *, dtype: str = "f32") -> tuple[Model, Fu
         done.set_result(model)
         return model, done
     from lljx.models.gguf import load_gguf
+    from lljx.models.gguf_file import read_gguf_header
 
-    skeleton = load_gguf(resolved, dtype, abstract=True)
+    header = read_gguf_header(resolved.path)  # once for both: a 128k vocabulary takes a third of a second
+    skeleton = load_gguf(resolved, dtype, abstract=True, header=header)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lljx-load")
-    loading = pool.submit(load_gguf, resolved, dtype)
+    loading = pool.submit(load_gguf, resolved, dtype, header=header)
     pool.shutdown(wait=False)
     return skeleton, loading
 

@@ -294,9 +294,10 @@ def metadata(gf: GGUFFile) -> dict[str, Any]:
     return out
 
 
-def load_gguf(resolved: ResolvedModel, dtype: str, *, abstract: bool = False) -> Model:
-    """Read, validate and convert one GGUF file into a Model (`abstract`: weights as shapes only)."""
-    gf = read_gguf_header(resolved.path)
+def load_gguf(resolved: ResolvedModel, dtype: str, *, abstract: bool = False, header: GGUFFile | None = None) -> Model:
+    """Read, validate and convert one GGUF file into a Model (`abstract`: weights as shapes only;
+    `header`: the file's header already read, e.g. for the shapes-only twin)."""
+    gf = header if header is not None else read_gguf_header(resolved.path)
     config = config_from_gguf(gf, dtype)
     vocab, specials = gguf_vocab(gf)
     if len(vocab.tokens) > config.vocab_size:
