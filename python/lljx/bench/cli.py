@@ -111,7 +111,7 @@ def run(
     from lljx.structured import read_format
 
     schema = None if schema_spec is None else read_format(schema_spec)
-    from lljx.bench.environment import collect
+    from lljx.bench.environment import collect, shown_path
     from lljx.bench.environment import threads as thread_count
     from lljx.cli import default_dtype, enable_compile_cache
     from lljx.generation import chat_prompt_ids
@@ -171,7 +171,7 @@ def run(
                 "mesh": parallel.record(model.config),
                 # With JAX's persistent cache on, compile_s is mostly the time to load cached executables.
                 "jax_compile_cache": os.environ.get("LLJX_COMPILE_CACHE", "1") != "0",
-                "files": {s.name: str(s.file) if getattr(s, "file", None) else None for s in systems},
+                "files": {s.name: shown_path(s.file) if getattr(s, "file", None) else None for s in systems},
             },
             "environment": environment,
             "baseline": chosen,
@@ -210,7 +210,7 @@ def decode_bound(model: Any, rows: list[dict[str, Any]], baseline: str | None, c
 def run_notes(model: Any, systems: list[Any], environment: dict[str, Any]) -> list[str]:
     """What every figure needs beside it: the machine, the mesh, the files each system read, and whether the text means anything."""
     from lljx import parallel
-    from lljx.bench.environment import machine
+    from lljx.bench.environment import machine, shown_path
     from lljx.models.synthetic import NOISE_NOTE, is_synthetic_model
 
     notes = [f"machine: {machine(environment)}"]
@@ -220,7 +220,7 @@ def run_notes(model: Any, systems: list[Any], environment: dict[str, Any]) -> li
     files: dict[str, list[str]] = {}
     for system in systems:
         if getattr(system, "file", None):
-            files.setdefault(str(system.file), []).append(system.name)
+            files.setdefault(shown_path(system.file), []).append(system.name)
     if files:
         notes.append("files: " + "; ".join(f"{', '.join(names)} read {path}" for path, names in files.items()))
     for system in systems:

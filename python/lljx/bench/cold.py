@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lljx.bench import environment
+
 CHILD = Path(__file__).with_name("llamacpp_child.py")
 COLUMNS = ("system", "spawn", "ttft_s", "peak_rss_mb", "file", "threads")
 
@@ -105,7 +107,7 @@ def measure(systems: Sequence[ColdSystem], spawns: int, threads: int,
                 progress(f"{system.name}: spawn {i + 1}/{spawns}")
             ttft, rss = spawn(system.argv)
             rows.append({"system": system.name, "spawn": i, "ttft_s": ttft, "peak_rss_mb": rss / 1e6,
-                         "file": system.file, "threads": threads})
+                         "file": environment.shown_path(system.file), "threads": threads})
     return rows
 
 

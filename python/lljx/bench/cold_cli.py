@@ -18,7 +18,7 @@ def run_cold(strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec
              prompt: str, spawns: int, out_dir: Path | None, fmt: str) -> None:
     from lljx.bench import cold
     from lljx.bench.cli import check_strategies
-    from lljx.bench.environment import collect, machine, threads
+    from lljx.bench.environment import collect, machine, shown_path, threads
     from lljx.bench.peers import peer_file, peer_ftype
     from lljx.cli import default_dtype
     from lljx.models import resolve
@@ -45,7 +45,7 @@ def run_cold(strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec
     summary = cold.summarize(rows)
     environment = collect()
     notes = [f"machine: {machine(environment)}",
-             "files: " + "; ".join(f"{s.name} read {s.file}" for s in systems)]
+             "files: " + "; ".join(f"{s.name} read {shown_path(s.file)}" for s in systems)]
     if resolved.origin == "synthetic":
         notes.append(f"{resolved.name} has {NOISE_NOTE}")
     click.echo(cold.format_cold(summary, fmt, notes))
@@ -53,7 +53,7 @@ def run_cold(strategy_names: tuple[str, ...], peers: tuple[str, ...], model_spec
         document = {
             "command": "lljx " + shlex.join(sys.argv[1:]),
             "settings": {"model": resolved.name, "dtype": compute, "prompt": prompt, "spawns": spawns,
-                         "threads": n_threads, "files": {s.name: s.file for s in systems}},
+                         "threads": n_threads, "files": {s.name: shown_path(s.file) for s in systems}},
             "environment": environment, "skipped": skipped, "notes": notes,
         }
         written = cold.write_cold(out_dir, document, rows, summary)

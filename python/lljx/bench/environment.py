@@ -88,3 +88,17 @@ def collect() -> dict[str, Any]:
         "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def shown_path(path: object) -> str:
+    """A file's path as published results show it: the home folder as `~`, an installed package's
+    folder as `<site-packages>`, so committed figures name no machine's layout."""
+    import site
+    from pathlib import Path
+
+    text = str(path)
+    for root in sorted({*site.getsitepackages(), site.getusersitepackages()}, key=len, reverse=True):
+        if text.startswith(root.rstrip("/") + "/"):
+            return "<site-packages>" + text[len(root.rstrip("/")) :]
+    home = str(Path.home())
+    return "~" + text[len(home) :] if text.startswith(home.rstrip("/") + "/") else text
