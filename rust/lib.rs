@@ -9,6 +9,7 @@ pub mod constrain;
 pub mod detokenize;
 pub mod error;
 pub mod ffi;
+pub mod gguf_strings;
 pub mod kernels;
 pub mod token_loop;
 pub mod tokenizer;

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{
     PyBool, PyBytes, PyCapsule, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple,
 };
@@ -94,13 +96,15 @@ impl PyTokenizer {
         py: Python<'_>,
         model: String,
         pre: String,
-        tokens: Vec<String>,
-        merges: Vec<String>,
+        tokens: StringArray,
+        merges: StringArray,
         token_types: Vec<i32>,
         bos_id: Option<i64>,
         eos_id: Option<i64>,
         add_bos: bool,
     ) -> PyResult<Self> {
+        let (tokens, merges) =
+            py.detach(|| Ok::<_, PyErr>((tokens.strings()?, merges.strings()?)))?;
         let vocab = GgufVocab {
             model: &model,
             pre: &pre,
@@ -711,6 +715,51 @@ fn handler_capsule(
     unsafe { PyCapsule::new_with_pointer(py, pointer, c"xla._CUSTOM_CALL_TARGET") }
 }
 
+/// A GGUF string array for the tokenizer: a list, or the file's packed bytes and the count.
+#[derive(FromPyObject)]
+enum StringArray {
+    Packed(PyBackedBytes, usize),
+    List(Vec<String>),
+}
+
+impl StringArray {
+    fn strings(self) -> PyResult<Vec<String>> {
+        match self {
+            StringArray::List(list) => Ok(list),
+            StringArray::Packed(bytes, count) => crate::gguf_strings::strings(&bytes, count)
+                .map_err(|t| {
+                    TokenizerError::new_err(format!(
+                        "a packed string array ends at byte {} ({} more needed)",
+                        t.at, t.needed
+                    ))
+                }),
+        }
+    }
+}
+
+/// Where each of `count` GGUF strings from `start` in `data` (any byte buffer: the mapped
+/// header) begins, as little-endian u64 offsets, and the offset past the last. Raises
+/// ValueError(at, needed) when the data ends first.
+#[pyfunction]
+fn gguf_string_starts<'py>(
+    py: Python<'py>,
+    data: PyBuffer<u8>,
+    start: usize,
+    count: usize,
+) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+    if !data.is_c_contiguous() {
+        return Err(PyValueError::new_err("the buffer is not contiguous"));
+    }
+    // SAFETY: `data` holds the exporter's buffer (an mmap cannot close or resize while
+    // exported) for this call, which only reads it.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(data.buf_ptr() as *const u8, data.len_bytes()) };
+    let (starts, end) = crate::gguf_strings::string_starts(bytes, start, count)
+        .map_err(|t| PyValueError::new_err((t.at, t.needed)))?;
+    let packed: Vec<u8> = starts.iter().flat_map(|s| s.to_le_bytes()).collect();
+    Ok((PyBytes::new(py, &packed), end))
+}
+
 /// The XLA FFI handler of the matvec kernel, as the capsule `jax.ffi.register_ffi_target` takes.
 #[pyfunction]
 fn matvec_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
@@ -793,6 +842,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch::PyBatchLoop>()?;
     m.add_class::<PyGrammars>()?;
     m.add_class::<PyGrammar>()?;
+    m.add_function(wrap_pyfunction!(gguf_string_starts, m)?)?;
     m.add_function(wrap_pyfunction!(matvec_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(attend_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;

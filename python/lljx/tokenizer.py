@@ -28,6 +28,15 @@ def _ids(ids: Iterable[int]) -> list[int]:
         raise TypeError(f"ids must be an iterable of ints: {e}") from None
 
 
+def _strings(strings: Sequence[str]) -> list[str] | tuple[bytes, int]:
+    """A list of str, or a GGUF string array still packed as the file stores it (its bytes and
+    count; `lljx.models.gguf_file.GGUFStrings`), which the extension decodes without Python strings."""
+    packed = getattr(strings, "packed", None)
+    if isinstance(packed, bytes):
+        return packed, len(strings)
+    return list(strings)
+
+
 def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
@@ -122,8 +131,8 @@ class Tokenizer:
         native = _native.Tokenizer.from_gguf_vocab(
             model=model,
             pre=pre,
-            tokens=list(tokens),
-            merges=list(merges),
+            tokens=_strings(tokens),
+            merges=_strings(merges),
             token_types=_ids(token_types),
             bos_id=None if bos_id is None else operator.index(bos_id),
             eos_id=None if eos_id is None else operator.index(eos_id),

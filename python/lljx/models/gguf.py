@@ -14,7 +14,7 @@ from gguf import LlamaFileType
 from lljx.config import ModelConfig
 from lljx.models import dequant, gguf_mapped, quantize
 from lljx.models.arrays import aligned_empty, to_device
-from lljx.models.gguf_file import GGUFFile, TensorInfo, read_gguf_header
+from lljx.models.gguf_file import GGUFFile, GGUFStrings, TensorInfo, read_gguf_header
 from lljx.models.model import Model, ResolvedModel
 from lljx.models.vocab import gguf_vocab, stop_token_ids
 from lljx.params import Q8_BLOCK, Int8Weight, LayerParams, Params
@@ -77,7 +77,7 @@ def config_from_gguf(gf: GGUFFile, dtype: str = "f32") -> ModelConfig:
     vocab = gf.value(a + "vocab_size", int, None)
     if vocab is None:
         tokens = gf.fields.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if isinstance(tokens, list) and tokens else embd.shape[-1]
+        vocab = len(tokens) if isinstance(tokens, (list, GGUFStrings)) and tokens else embd.shape[-1]
     fields = dict(
         vocab_size=vocab,
         d_model=d_model,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -183,8 +184,70 @@ def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str, depth: int = 0) ->
         start = cur.need(n * dt.itemsize, key)
         return np.frombuffer(bytes(cur.buf[start : start + n * dt.itemsize]), dtype=dt)
     if etype == GGUFValueType.STRING:
+        if n >= PACKED_MIN and _string_starts is not None:
+            return _packed_strings(cur, n, key)
         return _read_strings(cur, n, key)
     return [_read_value(cur, etype, key, depth + 1) for _ in range(n)]
+
+
+# String arrays this long (vocabularies, merges) stay packed; short ones become lists.
+PACKED_MIN = 1024
+
+try:
+    from lljx._native import gguf_string_starts as _string_starts
+except ImportError:  # the extension is not built: every array is decoded in Python
+    _string_starts = None
+
+
+class GGUFStrings(Sequence[str]):
+    """A GGUF string array kept as the file's packed bytes (u64 length, then the bytes, per
+    string), each string decoded when read. A Llama 3 vocabulary and its merges are 400,000
+    strings; the tokenizer takes the packed bytes, so loading never makes a Python string of each."""
+
+    def __init__(self, packed: bytes, starts: np.ndarray) -> None:
+        self.packed = packed
+        self._starts = starts
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start = int(self._starts[index])
+        length = int.from_bytes(self.packed[start - 8 : start], "little")
+        return self.packed[start : start + length].decode("utf-8", errors="replace")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tolist())
+
+    def tolist(self) -> list[str]:
+        packed, unpack = self.packed, struct.Struct("<Q").unpack_from
+        return [
+            packed[start : start + unpack(packed, start - 8)[0]].decode("utf-8", errors="replace")
+            for start in self._starts.tolist()
+        ]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GGUFStrings):
+            return self.packed == other.packed
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
+
+
+def _packed_strings(cur: _Cursor, n: int, key: str) -> GGUFStrings | list[str]:
+    start = cur.pos
+    try:
+        starts, end = _string_starts(cur.buf, start, n)  # type: ignore[misc]
+    except ValueError:
+        return _read_strings(cur, n, key)  # runs out of bytes too, with the message naming where
+    cur.pos = end
+    return GGUFStrings(bytes(cur.buf[start:end]), np.frombuffer(starts, dtype="<u8") - start)
 
 
 def _read_strings(cur: _Cursor, n: int, key: str) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from lljx.models.errors import ModelError
-from lljx.models.gguf_file import GGUFFile
+from lljx.models.gguf_file import GGUFFile, GGUFStrings
 
 # Tokens that end a turn in the chat formats we meet (Llama 3, ChatML, Gemma, Phi); a model
 # stops on whichever of these its vocabulary holds as a special token, besides its eos.
@@ -65,8 +65,8 @@ def build_tokenizer(spec: TokenizerSpec) -> Any:
         return Tokenizer.from_gguf_vocab(
             model=spec.model,
             pre=spec.pre,
-            tokens=list(spec.tokens),
-            merges=list(spec.merges),
+            tokens=spec.tokens,
+            merges=spec.merges,
             token_types=[int(t) for t in spec.token_types],
             bos_id=spec.bos_id,
             eos_id=spec.eos_id,
@@ -90,7 +90,7 @@ def stop_token_ids(eos_ids: Iterable[int | None], specials: dict[str, int]) -> t
 def gguf_vocab(gf: GGUFFile) -> tuple[GGUFVocab, dict[str, int]]:
     """The tokenizer recipe and the special tokens (text -> id) of a GGUF vocabulary."""
     tokens = gf.fields.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens[:1]):
+    if not isinstance(tokens, (list, GGUFStrings)) or not tokens or not all(isinstance(t, str) for t in tokens[:1]):
         raise gf.error("missing or malformed tokenizer.ggml.tokens")
     n = len(tokens)
     types = gf.fields.get("tokenizer.ggml.token_type")
@@ -98,7 +98,7 @@ def gguf_vocab(gf: GGUFFile) -> tuple[GGUFVocab, dict[str, int]]:
     if len(types) != n:
         raise gf.error(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
     merges = gf.fields.get("tokenizer.ggml.merges", [])
-    if not isinstance(merges, list):
+    if not isinstance(merges, (list, GGUFStrings)):
         raise gf.error("tokenizer.ggml.merges is not a list of strings")
     model = gf.value("tokenizer.ggml.model", str)
 
