@@ -22,6 +22,7 @@ __all__ = [
     "block_matmul_ffi_handler",
     "block_rows_ffi_handler",
     "block_kernel_types",
+    "gguf_string_starts",
     "read_bandwidth",
 ]
 
@@ -50,8 +51,8 @@ class Tokenizer:
         *,
         model: str,
         pre: str,
-        tokens: list[str],
-        merges: list[str],
+        tokens: list[str] | tuple[bytes, int],
+        merges: list[str] | tuple[bytes, int],
         token_types: list[int],
         bos_id: int | None,
         eos_id: int | None,
@@ -127,6 +128,8 @@ class BatchLoop:
         step_target_ms: int = 150,
         idle_chunk: int = 256,
     ) -> BatchLoop: ...
+    @staticmethod
+    def cache_bucket(need: int) -> int: ...
     def submit(
         self,
         id: int,
@@ -197,6 +200,7 @@ def block_matmul_ffi_handler() -> object:
 def block_rows_ffi_handler() -> object:
     """The XLA FFI handler that dequantizes rows of a GGUF-format table, as `jax.ffi.register_ffi_target` takes it."""
 
+def gguf_string_starts(data: Any, start: int, count: int) -> tuple[bytes, int]: ...
 def block_kernel_types() -> list[int]:
     """The ggml type ids (`gguf.GGMLQuantizationType` values) the block kernels multiply on this CPU;
     tensors of other types need a fallback."""

@@ -20,7 +20,7 @@ from lljx import _native
 from lljx.config import ModelConfig
 from lljx.generation import GenerationError, Stats
 from lljx.sampling import SamplerSettings, mask_words, seed_key_data
-from lljx.strategies.slots import SlotDecoder
+from lljx.strategies.slots import SlotDecoder, common_programs
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -149,6 +149,26 @@ class BatchEngine:
         )
         return Stream(self, request_id, events)
 
+    def warm_up(self, needs: Sequence[int] | None = None) -> None:
+        """Compile in the background, while no request is here and behind anything a step waits
+        for, the programs that requests filling `needs` cache positions meet most (default: short exchanges, and
+        requests that may fill the default context, as an Ollama client without num_predict does)."""
+        if needs is None:
+            needs = (1, min(self.model.config.context_length, DEFAULT_CONTEXT))
+        lengths = sorted({_native.BatchLoop.cache_bucket(need) for need in needs})
+        # Only while no request is here: a compile would take a core from running streams.
+        self.decoder.warm(common_programs(self.slots, lengths, self.decoder.chunk_sizes), when=self._idle)
+
+    def _idle(self) -> bool:
+        with self._inbox.lock:
+            waiting = bool(self._inbox.submits)
+        return not waiting and self._counts[1] == 0
+
+    @property
+    def compiling(self) -> int:
+        """Programs queued or compiling in the background."""
+        return self.decoder.warming
+
     @property
     def in_slots(self) -> int:
         """Requests holding a slot (prefilling or decoding)."""
@@ -160,6 +180,7 @@ class BatchEngine:
 
     def close(self, message: str = "the server is shutting down", timeout: float = 30.0) -> None:
         """Every request still here ends (failed, with `message`); the engine thread stops."""
+        self.decoder.stop_warming()
         with self._inbox.lock:
             if self._inbox.stopping is None:
                 self._inbox.stopping = message
@@ -183,6 +204,7 @@ class BatchEngine:
                 submits, self._inbox.submits = self._inbox.submits, []
                 cancels, self._inbox.cancels = self._inbox.cancels, []
                 stopping = self._inbox.stopping
+                self._counts = (self._counts[0], self._counts[1] + len(submits))  # seen by `_idle` at once
             for request in submits:
                 self._callbacks[request.id] = request.callback
                 self._compiled_at[request.id] = self.decoder.compile_seconds
@@ -200,6 +222,8 @@ class BatchEngine:
                 generated = loop.cancel(request_id)
                 if generated is not None:
                     self._deliver((request_id, "", "cancelled", generated))
+            # Counted before the step: a freed slot shows at once, and a new request stops the warm-up.
+            self._counts = (loop.in_slots, loop.live)
             if stopping is not None:
                 for event in loop.fail_all(stopping):
                     self._deliver(event)

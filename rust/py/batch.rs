@@ -12,7 +12,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use super::{stats_dict, PyGrammar, PyTokenizer};
-use crate::batch::{Batch, ChunkPolicy, End, Event, InFlight, Program, Programs, Request, Rows, Sampling, Shape, StepPlan};
+use crate::batch::{
+    Batch, ChunkPolicy, End, Event, InFlight, Program, Programs, Request, Rows, Sampling, Shape,
+    StepPlan,
+};
 use crate::constrain::RowConstraint;
 
 /// Asks the decoder whether programs are compiled (`ready`, which starts a missing one
@@ -46,7 +49,8 @@ impl Programs for DecoderPrograms<'_, '_> {
         let py = self.decoder.py();
         let mut items = vec![PyString::new(py, kind).into_any()];
         items.extend(shape.into_iter().map(|n| PyInt::new(py, n).into_any()));
-        let answer = PyTuple::new(py, items).and_then(|args| self.decoder.call_method1("ready", args)?.extract::<bool>());
+        let answer = PyTuple::new(py, items)
+            .and_then(|args| self.decoder.call_method1("ready", args)?.extract::<bool>());
         answer.unwrap_or_else(|error| {
             self.error = Some(error);
             false
@@ -64,6 +68,10 @@ pub struct PyBatchLoop {
     state: Option<Py<PyAny>>,
     /// The tokens of the last dispatched step and what they hold, read on the next `step()`.
     pending: Option<(Py<PyAny>, InFlight)>,
+    /// The output of the last step that reads nothing back (prompt chunks only): the step after
+    /// it waits for it once dispatched, so a prompt runs at most one step ahead of the device
+    /// and a cancelled one stops within a chunk.
+    unread: Option<Py<PyAny>>,
     clock: Instant,
     /// When the previous step was read, if the step after it was queued on the device already.
     last_read_ns: Option<u64>,
@@ -85,10 +93,19 @@ impl PyBatchLoop {
         };
         let tokens = tokens.into_bound(py);
         tokens.call_method0("block_until_ready")?;
-        let values: Vec<Vec<i64>> = py.import("numpy")?.call_method1("asarray", (&tokens,))?.call_method0("tolist")?.extract()?;
+        let values: Vec<Vec<i64>> = py
+            .import("numpy")?
+            .call_method1("asarray", (&tokens,))?
+            .call_method0("tolist")?
+            .extract()?;
         let now = self.now_ns();
         if let Some(before) = self.last_read_ns {
-            self.core.policy.observe(flight.batch, flight.decoded, flight.chunk_tokens, now.saturating_sub(before));
+            self.core.policy.observe(
+                flight.batch,
+                flight.decoded,
+                flight.chunk_tokens,
+                now.saturating_sub(before),
+            );
         }
         self.last_read_ns = Some(now);
         Ok(self.core.route(&flight, &values, now))
@@ -100,7 +117,9 @@ impl PyBatchLoop {
         // is made afresh: the scratch carries over.
         let previous = self.state.take().map(|s| s.into_bound(py));
         let state = match (plan.reset, previous) {
-            (Some(shape), previous) => decoder.call_method1("empty", (shape.batch, shape.cache_len, previous))?,
+            (Some(shape), previous) => {
+                decoder.call_method1("empty", (shape.batch, shape.cache_len, previous))?
+            }
             (None, Some(state)) => state,
             (None, None) => decoder.call_method1("idle", (py.None(),))?,
         };
@@ -115,14 +134,29 @@ impl PyBatchLoop {
                 Some((slot, sampling)) => Some((slot, sampling_dict(py, &[sampling], &[0])?)),
                 None => None,
             };
-            chunks.append((chunk.ids.clone(), chunk.start, chunk.bucket, chunk.size, insert))?;
+            chunks.append((
+                chunk.ids.clone(),
+                chunk.start,
+                chunk.bucket,
+                chunk.size,
+                insert,
+            ))?;
         }
         decoder.call_method1("step", (state, resize, rows, chunks, plan.masked))
     }
 
     /// The split step's second half: masks for every row, then the sample.
-    fn sample<'py>(&mut self, py: Python<'py>, state: Bound<'py, PyAny>, flight: &InFlight, events: &mut Vec<Event>) -> PyResult<Bound<'py, PyAny>> {
-        let rows = self.core.sample_rows(flight).ok_or_else(|| PyRuntimeError::new_err("a split step without a batch"))?;
+    fn sample<'py>(
+        &mut self,
+        py: Python<'py>,
+        state: Bound<'py, PyAny>,
+        flight: &InFlight,
+        events: &mut Vec<Event>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let rows = self
+            .core
+            .sample_rows(flight)
+            .ok_or_else(|| PyRuntimeError::new_err("a split step without a batch"))?;
         let (words, failed) = self.core.masks(self.mask_words);
         events.extend(failed);
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
@@ -130,15 +164,27 @@ impl PyBatchLoop {
             .import("numpy")?
             .call_method1("frombuffer", (PyBytes::new(py, &bytes), "uint32"))?
             .call_method1("reshape", ((rows.positions.len(), self.mask_words),))?;
-        self.decoder.bind(py).call_method1("sample", (state, rows_dict(py, &rows)?, mask))
+        self.decoder
+            .bind(py)
+            .call_method1("sample", (state, rows_dict(py, &rows)?, mask))
     }
 }
 
-fn sampling_dict<'py>(py: Python<'py>, rows: &[Sampling], counters: &[i32]) -> PyResult<Bound<'py, PyDict>> {
+fn sampling_dict<'py>(
+    py: Python<'py>,
+    rows: &[Sampling],
+    counters: &[i32],
+) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
-    out.set_item("keys", rows.iter().map(|s| s.key.to_vec()).collect::<Vec<_>>())?;
+    out.set_item(
+        "keys",
+        rows.iter().map(|s| s.key.to_vec()).collect::<Vec<_>>(),
+    )?;
     out.set_item("counters", counters.to_vec())?;
-    out.set_item("temperature", rows.iter().map(|s| s.temperature).collect::<Vec<_>>())?;
+    out.set_item(
+        "temperature",
+        rows.iter().map(|s| s.temperature).collect::<Vec<_>>(),
+    )?;
     out.set_item("top_k", rows.iter().map(|s| s.top_k).collect::<Vec<_>>())?;
     out.set_item("top_p", rows.iter().map(|s| s.top_p).collect::<Vec<_>>())?;
     out.set_item("min_p", rows.iter().map(|s| s.min_p).collect::<Vec<_>>())?;
@@ -189,7 +235,9 @@ impl PyBatchLoop {
         let mut sizes: Vec<usize> = decoder.bind(py).getattr("chunk_sizes")?.extract()?;
         sizes.sort_unstable();
         if sizes.is_empty() || sizes.iter().any(|s| !s.is_power_of_two()) {
-            return Err(pyo3::exceptions::PyValueError::new_err("chunk sizes must be powers of two"));
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "chunk sizes must be powers of two",
+            ));
         }
         let policy = ChunkPolicy::new(step_target_ms.saturating_mul(1_000_000), idle_chunk);
         Ok(PyBatchLoop {
@@ -198,6 +246,7 @@ impl PyBatchLoop {
             mask_words,
             state: None,
             pending: None,
+            unread: None,
             clock: Instant::now(),
             last_read_ns: None,
             progressed: false,
@@ -222,9 +271,17 @@ impl PyBatchLoop {
         grammar: Option<PyRef<'_, PyGrammar>>,
     ) -> PyResult<()> {
         if prompt_ids.is_empty() || max_tokens == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err("a request needs a prompt and a budget"));
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "a request needs a prompt and a budget",
+            ));
         }
-        let sampling = Sampling { key: [key.0, key.1], temperature, top_k, top_p, min_p };
+        let sampling = Sampling {
+            key: [key.0, key.1],
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+        };
         let request = Request {
             id,
             prompt: prompt_ids,
@@ -248,7 +305,10 @@ impl PyBatchLoop {
     /// One step: plan, dispatch, read the step before. Returns the events it produced.
     fn step<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let decoder = self.decoder.bind(py).clone();
-        let mut programs = DecoderPrograms { decoder: &decoder, error: None };
+        let mut programs = DecoderPrograms {
+            decoder: &decoder,
+            error: None,
+        };
         let now = self.now_ns();
         let plan = self.core.plan(&mut programs, now);
         if let Some(error) = programs.error {
@@ -261,9 +321,19 @@ impl PyBatchLoop {
             let state = self.dispatch(py, &plan)?;
             let flight = self.core.commit(&plan);
             events.extend(self.read_pending(py)?);
-            let state = if plan.masked && !flight.reads.is_empty() { self.sample(py, state, &flight, &mut events)? } else { state };
+            if let Some(previous) = self.unread.take() {
+                previous.bind(py).call_method0("block_until_ready")?;
+            }
+            let state = if plan.masked && !flight.reads.is_empty() {
+                self.sample(py, state, &flight, &mut events)?
+            } else {
+                state
+            };
             if !flight.reads.is_empty() {
                 self.pending = Some((state.getattr("tokens")?.unbind(), flight));
+            } else {
+                let chunk = state.getattr("chunk_logits")?;
+                self.unread = (!chunk.is_none()).then(|| chunk.unbind());
             }
             self.state = Some(state.unbind());
         } else {
@@ -274,7 +344,12 @@ impl PyBatchLoop {
             // No batch: its rows' memory goes; a prompt still being prefilled keeps its scratch.
             let keep = self.core.live() > 0;
             self.state = match self.state.take() {
-                Some(state) if keep => Some(self.decoder.bind(py).call_method1("idle", (state,))?.unbind()),
+                Some(state) if keep => Some(
+                    self.decoder
+                        .bind(py)
+                        .call_method1("idle", (state,))?
+                        .unbind(),
+                ),
                 _ => None,
             };
         }
@@ -282,11 +357,27 @@ impl PyBatchLoop {
     }
 
     /// Ends every request with `message` (after a failed step: the device state is gone).
-    fn fail_all<'py>(&mut self, py: Python<'py>, message: &str) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    fn fail_all<'py>(
+        &mut self,
+        py: Python<'py>,
+        message: &str,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         self.state = None;
         self.pending = None;
+        self.unread = None;
         self.last_read_ns = None;
-        self.core.fail_all(message).into_iter().map(|e| event_tuple(py, e)).collect()
+        self.core
+            .fail_all(message)
+            .into_iter()
+            .map(|e| event_tuple(py, e))
+            .collect()
+    }
+
+    /// Positions the batch's cache holds for a request that may fill `need` (the bucket its
+    /// programs compile for).
+    #[staticmethod]
+    fn cache_bucket(need: usize) -> usize {
+        crate::batch::plan::cache_bucket(need)
     }
 
     /// Whether the last `step()` dispatched or read anything (if not, it waited on a compile).
@@ -310,6 +401,8 @@ impl PyBatchLoop {
     /// The device batch as (rows, cache length), or None.
     #[getter]
     fn shape(&self) -> Option<(usize, usize)> {
-        self.core.shape().map(|Shape { batch, cache_len }| (batch, cache_len))
+        self.core
+            .shape()
+            .map(|Shape { batch, cache_len }| (batch, cache_len))
     }
 }

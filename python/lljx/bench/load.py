@@ -100,6 +100,24 @@ async def one_request(
     timed.ended = time.monotonic() - start
 
 
+async def wait_for_compiles(host: str, model: str, *, timeout: float, poll: float = 0.5) -> float:
+    """Seconds spent waiting until `host`'s /api/ps shows no batch shape compiling for `model`
+    (an lljx server compiles its common shapes in the background after a load; other servers
+    report nothing, so this returns at once)."""
+    import httpx
+
+    start = time.monotonic()
+    async with httpx.AsyncClient(base_url=host, timeout=timeout) as client:
+        while time.monotonic() - start < timeout:
+            reply = await client.get("/api/ps")
+            reply.raise_for_status()
+            rows = [row for row in reply.json().get("models") or [] if {row.get("name"), row.get("model")} & {model, f"{model}:latest"}]
+            if not any(row.get("compiling") for row in rows):
+                break
+            await asyncio.sleep(poll)
+    return time.monotonic() - start
+
+
 async def run_point(
     host: str, model: str, prompts: Sequence[str], point: Point, options: dict[str, Any], *, seed: int, timeout: float,
 ) -> tuple[list[Timed], float]:

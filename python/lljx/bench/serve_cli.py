@@ -89,6 +89,9 @@ def run(
             failed = [t.error for t in timed if not t.ok]
             if len(failed) == len(timed):
                 raise click.ClickException(f"the server answered no warm-up request: {failed[0] or 'no text'}")
+            waited = await load.wait_for_compiles(url, model, timeout=timeout)
+            if waited >= 1:
+                click.echo(f"bench serve: waited {waited:.0f} s for the server's background compiles", err=True)
         summaries, rows = [], []
         for point in points:
             click.echo(f"bench serve: {point.label}, {point.requests} requests", err=True)

@@ -128,7 +128,9 @@ class ModelPool:
         if decoder is None:
             return None
         slots = self.parallel or default_slots(model.config)
-        return BatchEngine(model, decoder, slots=slots, name=f"lljx-batch-{model.name}")
+        engine = BatchEngine(model, decoder, slots=slots, name=f"lljx-batch-{model.name}")
+        engine.warm_up()
+        return engine
 
     def submit(self, loaded: Loaded, work: jobs.Work, job: jobs.Job) -> None:
         """Queue `work` on the model's worker (or its batch engine); the reservation from `acquire`

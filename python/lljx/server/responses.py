@@ -59,7 +59,8 @@ def metrics(stats: Stats | None, *, total_ns: int, load_ns: int) -> dict[str, in
 
 def ps_entry(loaded: Loaded, on_accelerator: bool) -> dict[str, Any]:
     """Ollama's row, plus lljx's slots: how many requests run at once (`parallel`), how many
-    hold a slot now, and how many wait for one."""
+    hold a slot now, how many wait for one, and how many batch shapes still compile in the
+    background (`compiling`; a load test waits for 0)."""
     from lljx.models.inventory import describe
 
     size = loaded.size
@@ -75,4 +76,5 @@ def ps_entry(loaded: Loaded, on_accelerator: bool) -> dict[str, Any]:
         "parallel": loaded.slots,
         "slots_in_use": in_use,
         "queued": max(0, loaded.pending - in_use),
+        "compiling": 0 if loaded.engine is None else loaded.engine.compiling,
     }

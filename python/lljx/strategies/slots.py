@@ -4,15 +4,20 @@ A `SlotDecoder` serves B slots of one cache. The host (the Rust batch loop) plan
 and calls `step`: grow or compact the batch, decode every running row, prefill prompt chunks
 into a scratch cache and insert finished prompts at a slot index. Nothing is read back here.
 Programs compile ahead of time per shape; `ready` says whether one is compiled and, if not,
-compiles it on a background thread, so running streams never wait for a new shape.
+compiles it on a background thread, so running streams never wait for a new shape. `warm`
+queues the shapes a server meets most behind those a step waits for, so later arrivals find
+them compiled.
 """
 
 from __future__ import annotations
 
+import atexit
+import heapq
+import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -147,8 +152,10 @@ class SlotDecoder:
                 return True
             pending = self._pending.get(key)
             if pending is None:
-                self._pending[key] = _background().submit(self._compile, key)
+                self._pending[key] = _background().submit(URGENT, self._compile, key)
                 return False
+        if not pending.done():
+            _background().hurry(pending)  # a warm-up item a step now waits for
         if pending.done():
             self._adopt(key)
             return True
@@ -159,6 +166,29 @@ class SlotDecoder:
         if self.steps.compiled:
             self.ready(kind, *shape)
             self._adopt((kind, *shape))
+
+    def warm(self, keys: Sequence[tuple[Any, ...]], when: Callable[[], bool] | None = None) -> None:
+        """Compile `keys` on the background thread, in order, whenever no step waits for a
+        compile and `when()` says so (e.g. nothing is running)."""
+        if not self.steps.compiled:
+            return
+        with self._lock:
+            for key in keys:
+                if key not in self._programs and key not in self._pending:
+                    self._pending[key] = _background().submit(WARM, self._compile, key, gate=when)
+
+    def stop_warming(self) -> None:
+        """Drop the queued warm-up compiles (the one in progress finishes)."""
+        with self._lock:
+            for key, pending in list(self._pending.items()):
+                if pending.cancel():
+                    del self._pending[key]
+
+    @property
+    def warming(self) -> int:
+        """Programs queued or compiling on the background thread."""
+        with self._lock:
+            return sum(not pending.done() for pending in self._pending.values())
 
     def _adopt(self, key: tuple[Any, ...]) -> Any:
         with self._lock:
@@ -316,12 +346,126 @@ class SlotDecoder:
         return state._replace(tokens=tokens, logits=None)
 
 
-_BACKGROUND: ThreadPoolExecutor | None = None
+def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence[int] = CHUNK_SIZES) -> list[tuple[Any, ...]]:
+    """The programs a server with `slots` meets most, most likely first: one request's decode,
+    prefill and insert, then each larger batch with the resize that reaches it, then smaller
+    prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket. Shapes
+    follow the batch loop's buckets (rows 1, 2, 4...; prompt buckets from the smallest chunk)."""
+    batches = list(_powers(1, 1 << max(0, slots - 1).bit_length()))
+    buckets = list(chunk_sizes)
+    short = buckets[:-1] or buckets
+    keys: list[tuple[Any, ...]] = []
+    for length in cache_lens:
+        keys.append(("decode", 1, length))
+        keys += [("prefill", bucket, bucket) for bucket in short]
+        keys += [("insert", 1, length, bucket) for bucket in short]
+        for smaller, batch in itertools.pairwise(batches):
+            keys += [("resize", smaller, length, batch, length), ("decode", batch, length)]
+            keys += [("insert", batch, length, bucket) for bucket in short]
+    keys += [("prefill", bucket, chunk) for bucket in buckets for chunk in chunk_sizes if chunk < bucket]
+    for length in cache_lens:
+        keys += [("resize", batch, length, smaller, length) for smaller, batch in itertools.pairwise(batches)]
+        keys += [("insert", batch, length, buckets[-1]) for batch in batches]
+    keys.append(("prefill", buckets[-1], buckets[-1]))
+    return list(dict.fromkeys(keys))
 
 
-def _background() -> ThreadPoolExecutor:
-    """One thread compiles new shapes while the batch keeps running."""
+def _powers(first: int, last: int) -> Iterator[int]:
+    while first <= last:
+        yield first
+        first *= 2
+
+
+URGENT, WARM = 0, 1
+
+
+Gate = Callable[[], bool]
+
+
+class _Compiler:
+    """One thread compiles new shapes while the batch keeps running: programs a step waits for
+    first, then warm-up programs in the order queued, each only when its gate says so (its
+    engine is idle), so warming up never takes a core from running streams."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[int, int, Future[Any], Callable[..., Any], tuple[Any, ...], Gate | None]] = []
+        self._order = itertools.count()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="lljx-slot-compile", daemon=True)
+        self._thread.start()
+        # XLA aborts the process when it is torn down mid-compile: let the current one finish.
+        atexit.register(self.close)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Drop what is queued and wait for the compile in progress."""
+        with self._ready:
+            self._closed = True
+            for entry in self._queue:
+                entry[2].cancel()
+            self._queue.clear()
+            self._ready.notify()
+        self._thread.join(timeout)
+
+    def submit(self, priority: int, function: Callable[..., Any], *args: Any, gate: Gate | None = None) -> Future[Any]:
+        future: Future[Any] = Future()
+        if self._closed:
+            future.cancel()
+            return future
+        self._push(priority, future, function, args, gate)
+        return future
+
+    def hurry(self, future: Future[Any]) -> None:
+        """Move a queued warm-up item ahead of the others, past its gate (its older entry is
+        skipped later)."""
+        with self._ready:
+            entries = [entry for entry in self._queue if entry[2] is future]
+            if entries and all(entry[0] != URGENT for entry in entries):
+                _, _, _, function, args, _ = entries[0]
+                self._push(URGENT, future, function, args, None)
+
+    def _push(
+        self, priority: int, future: Future[Any], function: Callable[..., Any], args: tuple[Any, ...], gate: Gate | None
+    ) -> None:
+        with self._ready:
+            heapq.heappush(self._queue, (priority, next(self._order), future, function, args, gate))
+            self._ready.notify()
+
+    def _next(self) -> tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None:
+        """The next item to compile (None once closed), waiting while the first one's gate is shut."""
+        with self._ready:
+            while not self._closed:
+                if not self._queue:
+                    self._ready.wait()
+                    continue
+                _, _, future, function, args, gate = self._queue[0]
+                if future.running() or future.done():
+                    heapq.heappop(self._queue)  # a hurried item's older entry, or one cancelled
+                elif gate is None or gate():
+                    heapq.heappop(self._queue)
+                    return future, function, args
+                else:
+                    self._ready.wait(0.05)  # the engine is busy: look again shortly
+        return None
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            future, function, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # noqa: BLE001 - the step that waits for it raises it
+                future.set_exception(error)
+
+
+_BACKGROUND: _Compiler | None = None
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def _background() -> _Compiler:
     global _BACKGROUND
-    if _BACKGROUND is None:
-        _BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lljx-slot-compile")
-    return _BACKGROUND
+    with _BACKGROUND_LOCK:
+        if _BACKGROUND is None:
+            _BACKGROUND = _Compiler()
+        return _BACKGROUND

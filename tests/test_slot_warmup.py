@@ -1,0 +1,72 @@
+"""Compiling a server's common batch shapes ahead: which shapes, in what order, and that a step never waits behind them."""
+
+from __future__ import annotations
+
+import pytest
+
+from lljx import _native
+from lljx.models import load_model
+from lljx.strategies import registry
+from lljx.strategies.slots import CHUNK_SIZES, common_programs
+
+
+def test_common_programs_start_with_one_request_and_cover_every_batch_bucket() -> None:
+    keys = common_programs(8, [256, 4096])
+    assert keys[0] == ("decode", 1, 256)
+    assert len(keys) == len(set(keys))
+    for length in (256, 4096):
+        assert [k[1] for k in keys if k[0] == "decode" and k[2] == length] == [1, 2, 4, 8]
+        # Every way the loop grows or shrinks a batch by one bucket.
+        for smaller, larger in ((1, 2), (2, 4), (4, 8)):
+            assert ("resize", smaller, length, larger, length) in keys
+            assert ("resize", larger, length, smaller, length) in keys
+        # Growing to a batch comes before its decode, and a prompt can join it.
+        assert keys.index(("resize", 4, length, 8, length)) < keys.index(("decode", 8, length))
+        assert all(("insert", b, length, bucket) in keys for b in (1, 2, 4, 8) for bucket in CHUNK_SIZES)
+    prefills = {(k[1], k[2]) for k in keys if k[0] == "prefill"}
+    assert prefills == {(bucket, chunk) for bucket in CHUNK_SIZES for chunk in CHUNK_SIZES if chunk <= bucket}
+
+
+@pytest.mark.parametrize("slots, largest", [(1, 1), (3, 4), (4, 4), (5, 8)])
+def test_common_programs_stop_at_the_loops_largest_batch(slots: int, largest: int) -> None:
+    batches = {k[1] for k in common_programs(slots, [256]) if k[0] == "decode"}
+    assert max(batches) == largest == _native.BatchLoop.cache_bucket(1) // 256 * largest
+
+
+def test_cache_buckets_are_the_loops() -> None:
+    assert [_native.BatchLoop.cache_bucket(n) for n in (1, 256, 257, 4096, 5000)] == [256, 256, 512, 4096, 8192]
+
+
+@pytest.mark.slow
+def test_a_step_waits_for_its_own_shape_not_for_the_warm_up() -> None:
+    model = load_model("smollm2", dtype="auto")
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    queued = common_programs(8, [256, 512])
+    decoder.warm(queued)
+    assert decoder.warming == len(queued) or decoder.warming >= len(queued) - 1  # one may have started
+    wanted = queued[-1]  # the last one queued
+    decoder.prepare(*wanted)
+    assert decoder.ready(*wanted)
+    # It jumped the queue: most of the warm-up is still to do.
+    assert decoder.warming > len(queued) // 2
+    decoder.stop_warming()
+    assert decoder.warming <= 1  # the compile in progress, if any
+
+
+@pytest.mark.slow
+def test_warm_up_waits_while_its_gate_is_shut() -> None:
+    import threading
+    import time
+
+    model = load_model("smollm2", dtype="auto")
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    open_gate = threading.Event()
+    queued = [("resize", 1, 256, 2, 256), ("resize", 2, 256, 1, 256)]
+    decoder.warm(queued, when=open_gate.is_set)
+    time.sleep(1.0)
+    assert decoder.warming == len(queued)  # shut: nothing compiled
+    open_gate.set()
+    deadline = time.monotonic() + 120
+    while decoder.warming and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert decoder.warming == 0 and all(decoder.ready(*key) for key in queued)
