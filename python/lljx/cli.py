@@ -189,6 +189,9 @@ def generate(
     parallel: int | None,
 ) -> None:
     """Generate a reply to PROMPT (or stdin), streaming only the generated text to stdout."""
+    from lljx.models import prefetch
+
+    prefetch.start(model_spec)  # before JAX imports (the next lines): the two overlap
     import secrets
 
     from lljx.generation import Generation, chat_prompt_ids, start_quickly

@@ -13,7 +13,7 @@ from lljx.models.errors import ModelError
 from lljx.models.gguf import architecture, format_bytes, parameter_count, quantization
 from lljx.models.gguf_file import read_gguf_header
 from lljx.models.model import ResolvedModel
-from lljx.models.resolve import resolve
+from lljx.models.resolver import resolve
 from lljx.models.safetensors import describe_hf
 
 

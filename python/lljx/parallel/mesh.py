@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-from jax.sharding import AxisType, Mesh
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 AXIS = "tp"
 FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
@@ -57,6 +57,8 @@ def make_layout(size: int) -> Layout:
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise MeshError(f"--tensor-parallel must be a whole number of devices, at least 1; got {size!r}")
+    import jax  # here, not at import: the CLI imports this module before any command needs JAX
+
     devices = jax.devices()
     processes = jax.process_count()
     if size % processes:
@@ -71,7 +73,7 @@ def make_layout(size: int) -> Layout:
     if size > len(devices) or per_process > fewest:
         raise MeshError(too_few_devices(size, devices, processes, fewest))
     chosen = [d for p in sorted(by_process) for d in sorted(by_process[p], key=lambda d: d.id)[:per_process]]
-    mesh = jax.make_mesh((size,), (AXIS,), axis_types=(AxisType.Auto,), devices=chosen)
+    mesh = jax.make_mesh((size,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=chosen)
     return Layout(mesh)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from lljx.models import ModelError, ModelInfo, ModelNotFoundError, ResolvedModel, embedded, list_models, resolve
 from lljx.models.inventory import describe, human_count
-from lljx.models.resolve import resolve_ollama
+from lljx.models.resolver import resolve_ollama
 from lljx.server.schemas import RequestError
 
 LATEST = ":latest"
