@@ -1,0 +1,82 @@
+"""A 2,000-token prompt arriving while 4 streams run: the longest gap between two tokens of those streams.
+
+Usage: python benchmarks/serve-load/long_prompt.py --host 127.0.0.1:11500 [--model smollm2] [--rounds 3]
+Against a running `lljx serve` (default flags). Each round starts 4 greedy streams (400 tokens
+each), waits until all four stream, sends one ~2,000-token prompt, and records every token
+arrival; it reports, per round, the worst gap in each stream before the long prompt arrived
+and from its arrival until its first token (the prefill window), and the long prompt's TTFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+import ollama
+
+STREAM = "Count from 1 to 500, separated by commas."
+
+
+def long_prompt(items: int = 180) -> str:
+    """About 2,000 tokens with the chat template (a bucket of 2,048)."""
+    return " ".join(f"Item {i} is a kind of fruit." for i in range(items)) + " Which item is last?"
+
+
+async def stream(client: ollama.AsyncClient, model: str, prompt: str, options: dict, arrivals: list[float]) -> int:
+    count = 0
+    async for part in await client.generate(model=model, prompt=prompt, options=options, stream=True):
+        if part.response:
+            arrivals.append(time.monotonic())
+        if part.done:
+            count = part.prompt_eval_count or 0
+    return count
+
+
+def worst_gap(arrivals: list[float], start: float, end: float) -> float:
+    inside = [t for t in arrivals if start <= t <= end]
+    return max((b - a for a, b in zip(inside, inside[1:])), default=0.0)
+
+
+async def one_round(host: str, model: str) -> dict:
+    async with ollama.AsyncClient(host=host) as client:
+        runs: list[list[float]] = [[] for _ in range(4)]
+        greedy = {"temperature": 0, "num_predict": 400}
+        tasks = [asyncio.create_task(stream(client, model, STREAM, greedy, r)) for r in runs]
+        while not all(len(r) >= 5 for r in runs):
+            await asyncio.sleep(0.01)
+        before = time.monotonic()
+        await asyncio.sleep(1.0)
+        sent = time.monotonic()
+        long_arrivals: list[float] = []
+        prompt_tokens = await stream(client, model, long_prompt(), {"temperature": 0, "num_predict": 1}, long_arrivals)
+        first = long_arrivals[0] if long_arrivals else time.monotonic()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "ttft_s": round(first - sent, 3),
+        "worst_gap_before_ms": round(1e3 * max(worst_gap(r, before, sent) for r in runs), 1),
+        "worst_gap_during_ms": round(1e3 * max(worst_gap(r, sent, first) for r in runs), 1),
+        "median_gap_during_ms": round(1e3 * statistics.median(
+            [b - a for r in runs for a, b in zip([t for t in r if sent <= t <= first], [t for t in r if sent <= t <= first][1:])] or [0.0]), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1:11434")
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    host = args.host if args.host.startswith("http") else f"http://{args.host}"
+    rounds = [asyncio.run(one_round(host, args.model)) for _ in range(args.rounds)]
+    print(json.dumps({"rounds": rounds,
+                      "worst_gap_during_ms_median": statistics.median(r["worst_gap_during_ms"] for r in rounds)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
