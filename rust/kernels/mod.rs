@@ -24,3 +24,5 @@ pub mod workers;
 
 #[cfg(test)]
 mod block_tests;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod stream_k_tests;
