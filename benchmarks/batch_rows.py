@@ -98,11 +98,11 @@ def main() -> None:
     parser.add_argument("--no-kernels", action="store_true")
     args = parser.parse_args()
     model = load_model(args.model, dtype="auto")
-    modes = ["new", "old"] if args.switch else ["new"]
+    modes = ["unset", "set"] if args.switch else ["as built"]
 
     def set_mode(mode: str) -> None:
         if args.switch:
-            if mode == "old":
+            if mode == "set":
                 os.environ[args.switch] = "1"
             else:
                 os.environ.pop(args.switch, None)
@@ -123,7 +123,7 @@ def main() -> None:
                 step_ms[mode, b].append(timed(step, args.steps))
             for key, (fn, a) in calls.items():
                 kernel_ms[mode, key].append(timed(lambda fn=fn, a=a: jax.block_until_ready(fn(*a)), 20))
-    set_mode("new")
+    set_mode("unset")
     for mode in modes:
         one = statistics.median(step_ms[mode, 1])
         line = ", ".join(f"B={b} {statistics.median(step_ms[mode, b]):.2f} ms ({statistics.median(step_ms[mode, b]) / one:.2f}x)"

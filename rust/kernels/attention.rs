@@ -141,7 +141,11 @@ unsafe fn softmax_avx512(row: *mut f32, len: usize) {
     let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(total));
     for t in (0..len).step_by(16) {
         let m = mask_at(t);
-        _mm512_mask_storeu_ps(row.add(t), m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row.add(t)), inv));
+        _mm512_mask_storeu_ps(
+            row.add(t),
+            m,
+            _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row.add(t)), inv),
+        );
     }
 }
 
@@ -164,7 +168,15 @@ unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
     let mut p = _mm512_set1_ps(1.0 / 5040.0);
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     _mm512_maskz_mov_ps(!tiny, _mm512_scalef_ps(p, n))
@@ -291,6 +303,36 @@ mod tests {
                     assert!(
                         (*got as f64 - want).abs() < 1e-5,
                         "len {len}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_float64() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let xs: Vec<f32> = (0..=200_000).map(|i| -(i as f32) * 4.4e-4).collect();
+        for chunk in xs.chunks_exact(16) {
+            let mut got = [0.0f32; 16];
+            unsafe {
+                use std::arch::x86_64::*;
+                let e = exp_avx512(_mm512_loadu_ps(chunk.as_ptr()));
+                _mm512_storeu_ps(got.as_mut_ptr(), e);
+            }
+            for (x, g) in chunk.iter().zip(got) {
+                let want = (*x as f64).exp();
+                if *x < -87.0 {
+                    assert_eq!(g, 0.0, "e^{x}");
+                } else {
+                    let ulp = (want as f32).abs() * f32::EPSILON;
+                    assert!(
+                        (g as f64 - want).abs() <= 2.0 * ulp as f64,
+                        "e^{x}: {g} vs {want}"
                     );
                 }
             }
