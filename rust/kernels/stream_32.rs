@@ -287,7 +287,12 @@ unsafe fn group<const T: usize>(
             }
         }
         for (t, sum) in sums.iter_mut().enumerate() {
-            let mut even = _mm512_mullo_epi32(lanes.sums(t, j), _mm512_set1_epi32(-f.zero));
+            // Formats with a min have no zero point: no multiply per activation row.
+            let mut even = if f.zero == 0 {
+                _mm512_setzero_si512()
+            } else {
+                _mm512_mullo_epi32(lanes.sums(t, j), _mm512_set1_epi32(-f.zero))
+            };
             let mut odd = _mm512_setzero_si512();
             for v in (0..8).step_by(2) {
                 even = _mm512_dpbusd_epi32(even, q[v], lanes.quad(t, j, v));
