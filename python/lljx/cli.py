@@ -49,7 +49,7 @@ def fail(message: str, code: int) -> None:
 
 def entry_point() -> None:
     """The console script: click's own errors (bad options, usage) also become one line."""
-    # What is imported by now (JAX, click) lives as long as the process: no collection needs to walk it again.
+    # What is imported by now (click) lives as long as the process: no collection needs to walk it again.
     gc.freeze()
     try:
         run_main()
@@ -241,6 +241,8 @@ def generate(
         from lljx.models.synthetic import NOISE_NOTE
 
         click.echo(f"lljx: {model.name} has {NOISE_NOTE}", err=True)
+    # JAX, the model and its programs live as long as the process: no collection walks them per token.
+    gc.freeze()
     for chunk in generation:
         sys.stdout.write(chunk)
         sys.stdout.flush()

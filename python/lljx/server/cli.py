@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -123,6 +124,7 @@ def serve(
         tensor_parallel.check_strategy(strategy)  # refused before listening, not on the first request
     catalog = Catalog.from_specs(models)
     enable_compile_cache()
+    gc.freeze()  # JAX and the server's modules live as long as the process: collections skip them
     pool = ModelPool(
         dtype=default_dtype() if dtype == "auto" else dtype, strategy=strategy, max_loaded=max_loaded, max_queue=max_queue,
         parallel=slots,
