@@ -236,12 +236,14 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     out: *mut f32,
 ) {
     let n = w.n_in;
-    // Decode prefetches the next rows at the same offset. In prompts the first activation
-    // group of a token block prefetches the next weight block into L2 while it reads this
-    // one, so short prompts do not wait on memory at each block (+20-50% at 16-64 rows).
+    // Decode (one row) prefetches the next rows at the same offset; 2-8 rows rely on the
+    // hardware prefetchers (a whole-piece stride there measured slower). In prompts the first
+    // activation group of a token block prefetches the next weight block into L2 while it
+    // reads this one, so short prompts do not wait on memory at each block (+20-50% at 16-64
+    // rows on one core).
     let ahead = if RN == 1 {
         RM * w.row_bytes
-    } else if lead {
+    } else if lead && acts.rows > STREAM_MAX_ROWS {
         rows.len() * w.row_bytes
     } else {
         0
