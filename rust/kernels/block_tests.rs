@@ -208,6 +208,27 @@ fn fast_and_portable_paths_agree_bit_for_bit_except_bf16() {
 }
 
 #[test]
+fn long_float_prompts_cross_token_and_weight_blocks_bit_for_bit() {
+    // 100 activation rows span several token blocks and every tile height (6, 4, 2, 1);
+    // 8200 inputs give rows of 16-33 KB, so one call's rows fall into several weight blocks.
+    for ty in [GgmlType::F32, GgmlType::F16] {
+        let (n_in, n_out) = (8200, 150);
+        let data = random_weight(ty, n_out, n_in, 21);
+        let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
+        let x = Noise::new(6).floats(100 * n_in);
+        let slow = &run(&x, 100, &[w], 1, Path::Portable)[0];
+        for threads in [1, 2] {
+            let fast = &run(&x, 100, &[w], threads, Path::Fast)[0];
+            assert_eq!(fast, slow, "{} threads {threads}", ty.name());
+        }
+        for rows in [1, 7, 9, 53] {
+            let part = &run(&x[..rows * n_in], rows, &[w], 2, Path::Fast)[0];
+            assert_eq!(part[..], slow[..rows * n_out], "{} rows {rows}", ty.name());
+        }
+    }
+}
+
+#[test]
 fn a_rows_result_is_the_same_alone_in_a_batch_and_across_paths_and_threads() {
     for ty in ALL_TYPES {
         let n_in = n_in_for(ty, 2);
