@@ -79,7 +79,7 @@ unsafe fn attend_avx512(
         }
     }
     for i in 0..r {
-        softmax_avx512(s.add(i * padded), len);
+        softmax(&mut scores[i * padded..i * padded + len]);
     }
     // Positions past `len` are masked out of the value reads: the cache there may hold anything.
     let tail = (len % 16) as u32;
@@ -110,78 +110,6 @@ unsafe fn attend_avx512(
 }
 
 // Inlined into each target-feature wrapper, so the compiler vectorises it for that CPU.
-/// Softmax of `len` scores at `row` in place, sixteen at a time; values past `len` are left alone.
-///
-/// The exponentials dominated decode attention when taken one at a time through libm.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: *mut f32, len: usize) {
-    use std::arch::x86_64::*;
-    let mask_at = |t: usize| -> __mmask16 {
-        let left = len - t;
-        if left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << left) - 1) as __mmask16
-        }
-    };
-    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-    for t in (0..len).step_by(16) {
-        let m = mask_at(t);
-        max = _mm512_mask_max_ps(max, m, max, _mm512_maskz_loadu_ps(m, row.add(t)));
-    }
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
-    let mut total = _mm512_setzero_ps();
-    for t in (0..len).step_by(16) {
-        let m = mask_at(t);
-        let e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row.add(t)), max));
-        _mm512_mask_storeu_ps(row.add(t), m, e);
-        total = _mm512_mask_add_ps(total, m, total, e);
-    }
-    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(total));
-    for t in (0..len).step_by(16) {
-        let m = mask_at(t);
-        _mm512_mask_storeu_ps(
-            row.add(t),
-            m,
-            _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row.add(t)), inv),
-        );
-    }
-}
-
-/// e^x for x <= 0 (softmax arguments), within about two ulp; 0 below f32's normal range.
-///
-/// Hand-written because no maintained crate offers a vector exp on stable Rust: x = n ln 2 + r
-/// with |r| <= ln 2 / 2, e^r by its Taylor series to degree 7 (error under 1e-8), then 2^n.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    // ln 2 split in two: n * LN2_HI is exact for the |n| <= 126 that reach it.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.0));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let mut p = _mm512_set1_ps(1.0 / 5040.0);
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    _mm512_maskz_mov_ps(!tiny, _mm512_scalef_ps(p, n))
-}
-
 #[inline(always)]
 fn attend_body(
     queries: &[f32],
@@ -303,36 +231,6 @@ mod tests {
                     assert!(
                         (*got as f64 - want).abs() < 1e-5,
                         "len {len}: {got} vs {want}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exp_is_within_two_ulp_of_float64() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
-        }
-        let xs: Vec<f32> = (0..=200_000).map(|i| -(i as f32) * 4.4e-4).collect();
-        for chunk in xs.chunks_exact(16) {
-            let mut got = [0.0f32; 16];
-            unsafe {
-                use std::arch::x86_64::*;
-                let e = exp_avx512(_mm512_loadu_ps(chunk.as_ptr()));
-                _mm512_storeu_ps(got.as_mut_ptr(), e);
-            }
-            for (x, g) in chunk.iter().zip(got) {
-                let want = (*x as f64).exp();
-                if *x < -87.0 {
-                    assert_eq!(g, 0.0, "e^{x}");
-                } else {
-                    let ulp = (want as f32).abs() * f32::EPSILON;
-                    assert!(
-                        (g as f64 - want).abs() <= 2.0 * ulp as f64,
-                        "e^{x}: {g} vs {want}"
                     );
                 }
             }
