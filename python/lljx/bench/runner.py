@@ -9,6 +9,7 @@ what was actually generated. A rate with nothing measurable behind it is None, n
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,10 @@ def run_system(
 ) -> Iterator[dict[str, Any]]:
     """Warm up, then yield a row per prompt per repeat (repeat-major, so repeats see a warm machine alike)."""
     ready = system.warm_up()
+    # JAX, the model and its compiled programs stay for the run: a full collection walking them
+    # mid-run would land in some prompt's timings.
+    gc.collect()
+    gc.freeze()
     for r in range(repeat):
         for prompt in prompts:
             if progress is not None:
