@@ -125,7 +125,7 @@ class BatchLoop:
         *,
         slots: int,
         mask_words: int,
-        step_target_ms: int = 150,
+        step_target_ms: int = 120,
         idle_chunk: int = 256,
     ) -> BatchLoop: ...
     @staticmethod

@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::token_loop::{StopReason, Stats, TokenLoop};
 use crate::tokenizer::Tokenizer;
 pub use plan::{ChunkPolicy, Shape};
-use plan::{batch_bucket, cache_bucket, next_cut, prompt_bucket};
+use plan::{batch_bucket, cache_bucket, next_cut, prompt_bucket, MIN_BUCKET};
 
 /// One row's sampler: its request's raw PRNG key data and settings (temperature 0: greedy).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -171,6 +171,8 @@ pub struct InFlight {
     pub batch: usize,
     pub decoded: bool,
     pub chunk_tokens: usize,
+    /// The largest prompt bucket among the step's chunks (0 without chunks).
+    pub chunk_bucket: usize,
 }
 
 /// The scheduler: requests, slots and the device batch's layout.

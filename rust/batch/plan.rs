@@ -80,14 +80,17 @@ pub fn next_cut(len: usize, done: usize, budget: usize, sizes: &[usize]) -> Opti
 /// With rows decoding, a step's prompt chunk delays each of their next tokens, so the chunk is
 /// the largest whose estimated time, added to a decode step's, stays within `target_ns`; the
 /// estimates come from measured steps (a step's time is the gap between reading it and reading
-/// the one before, when the device ran them back to back). With nothing decoding, a step takes
-/// `idle_budget` positions.
+/// the one before, when the device ran them back to back). A prompt token's cost grows with the
+/// prompt's bucket (each chunk attends over the bucket's scratch cache), so it is learned per
+/// bucket: a bucket not measured yet borrows the estimate of a larger one, or starts from the
+/// smallest chunk. With nothing decoding, a step takes `idle_budget` positions.
 #[derive(Clone, Debug)]
 pub struct ChunkPolicy {
     pub target_ns: u64,
     pub idle_budget: usize,
     decode_ns: HashMap<usize, f64>,
-    token_ns: Option<f64>,
+    /// Per prompt bucket: the cost of one prompt position in a chunk.
+    token_ns: HashMap<usize, f64>,
 }
 
 /// Weight of a new measurement in the running estimates.
@@ -99,17 +102,26 @@ impl ChunkPolicy {
             target_ns,
             idle_budget,
             decode_ns: HashMap::new(),
-            token_ns: None,
+            token_ns: HashMap::new(),
         }
     }
 
-    /// The positions a step may prefill while `batch` rows decode (`decoding`), or none decode.
-    pub fn budget(&self, batch: usize, decoding: bool, sizes: &[usize]) -> usize {
+    /// The positions a step may prefill, for prompts of bucket `bucket`, while `batch` rows
+    /// decode (`decoding`), or none decode.
+    pub fn budget(&self, batch: usize, decoding: bool, sizes: &[usize], bucket: usize) -> usize {
         let smallest = sizes.first().copied().unwrap_or(MIN_BUCKET);
         if !decoding {
             return self.idle_budget.max(smallest);
         }
-        let Some(per_token) = self.token_ns else {
+        let per_token = self.token_ns.get(&bucket).copied().or_else(|| {
+            // A larger bucket's positions cost at least as much: a safe first guess.
+            self.token_ns
+                .iter()
+                .filter(|&(&b, _)| b > bucket)
+                .min_by_key(|&(&b, _)| b)
+                .map(|(_, &ns)| ns)
+        });
+        let Some(per_token) = per_token else {
             return smallest; // nothing measured yet: the cautious choice
         };
         let decode = self.decode_ns.get(&batch).copied().unwrap_or(0.0);
@@ -122,8 +134,9 @@ impl ChunkPolicy {
             .unwrap_or(smallest)
     }
 
-    /// A step of `batch` rows that decoded (or not) and prefilled `chunk` positions took `ns`.
-    pub fn observe(&mut self, batch: usize, decoded: bool, chunk: usize, ns: u64) {
+    /// A step of `batch` rows that decoded (or not) and prefilled `chunk` positions of prompts
+    /// in bucket `bucket` (the largest, if several) took `ns`.
+    pub fn observe(&mut self, batch: usize, decoded: bool, chunk: usize, bucket: usize, ns: u64) {
         let ns = ns as f64;
         let blend = |old: Option<f64>, new: f64| match old {
             Some(old) => old + SMOOTHING * (new - old),
@@ -145,6 +158,7 @@ impl ChunkPolicy {
             0.0
         };
         let per_token = ((ns - decode) / chunk as f64).max(0.0);
-        self.token_ns = Some(blend(self.token_ns, per_token));
+        let old = self.token_ns.get(&bucket).copied();
+        self.token_ns.insert(bucket, blend(old, per_token));
     }
 }

@@ -109,7 +109,15 @@ impl Batch {
             max_batch: batch_bucket(self.slots),
         };
         let batch = self.shape.map_or(1, |s| s.batch);
-        let mut budget = self.policy.budget(batch, !idle, &self.chunk_sizes);
+        // Budgeted for the largest prompt bucket on its way in: its positions cost the most.
+        let bucket = self
+            .live
+            .iter()
+            .filter(|l| matches!(l.phase, Phase::Prefilling { .. }))
+            .map(|l| prompt_bucket(l.prompt.len()))
+            .max()
+            .unwrap_or(MIN_BUCKET);
+        let mut budget = self.policy.budget(batch, !idle, &self.chunk_sizes, bucket);
         let mut chunks: Vec<Chunk> = Vec::new();
         'requests: for live in self.live.iter() {
             let Phase::Prefilling { mut done } = live.phase else { continue };
@@ -263,8 +271,10 @@ impl Batch {
             }
         }
         let mut chunk_tokens = 0;
+        let mut chunk_bucket = 0;
         for chunk in &plan.chunks {
             chunk_tokens += chunk.size;
+            chunk_bucket = chunk_bucket.max(chunk.bucket);
             let Some(live) = self.live.iter_mut().find(|l| l.id == chunk.id) else { continue };
             if let Some((row, _)) = chunk.insert {
                 live.phase = Phase::Decoding { row, position: live.prompt.len(), counter: 1 };
@@ -279,6 +289,7 @@ impl Batch {
             batch: self.shape.map_or(0, |s| s.batch),
             decoded: plan.rows.is_some(),
             chunk_tokens,
+            chunk_bucket,
         }
     }
 

@@ -122,16 +122,32 @@ fn buckets_are_powers_of_two_with_floors() {
 #[test]
 fn the_chunk_budget_follows_measured_steps() {
     let mut policy = ChunkPolicy::new(150_000_000, 512);
-    assert_eq!(policy.budget(4, false, &SIZES), 512);
-    assert_eq!(policy.budget(4, true, &SIZES), 16); // nothing measured: the smallest chunk
-    policy.observe(4, true, 0, 30_000_000);
-    policy.observe(4, true, 64, 30_000_000 + 64 * 1_000_000);
+    assert_eq!(policy.budget(4, false, &SIZES, 512), 512);
+    assert_eq!(policy.budget(4, true, &SIZES, 512), 16); // nothing measured: the smallest chunk
+    policy.observe(4, true, 0, 0, 30_000_000);
+    policy.observe(4, true, 64, 512, 30_000_000 + 64 * 1_000_000);
     // 30 ms decode + 1 ms per prompt token: 64 fits in 150 ms, 128 does not.
-    assert_eq!(policy.budget(4, true, &SIZES), 64);
+    assert_eq!(policy.budget(4, true, &SIZES, 512), 64);
     // A chunk seen before any decode-only step of its batch teaches nothing.
     let mut fresh = ChunkPolicy::new(150_000_000, 512);
-    fresh.observe(2, true, 32, 90_000_000);
-    assert_eq!(fresh.budget(2, true, &SIZES), 16);
+    fresh.observe(2, true, 32, 32, 90_000_000);
+    assert_eq!(fresh.budget(2, true, &SIZES, 32), 16);
+}
+
+#[test]
+fn a_prompt_bucket_not_measured_yet_is_not_budgeted_from_a_cheaper_one() {
+    let mut policy = ChunkPolicy::new(150_000_000, 512);
+    policy.observe(4, true, 0, 0, 30_000_000);
+    // Short prompts: 0.25 ms a position, so 256 positions would fit in the 120 ms left.
+    policy.observe(4, true, 32, 32, 30_000_000 + 8_000_000);
+    assert_eq!(policy.budget(4, true, &SIZES, 32), 256);
+    // A long prompt's positions attend over a bigger scratch cache: start from the smallest chunk.
+    assert_eq!(policy.budget(4, true, &SIZES, 2048), 16);
+    policy.observe(4, true, 16, 2048, 30_000_000 + 16 * 2_000_000);
+    assert_eq!(policy.budget(4, true, &SIZES, 2048), 32);
+    // A smaller bucket not measured yet borrows the nearest larger bucket's cost.
+    assert_eq!(policy.budget(4, true, &SIZES, 512), 32);
+    assert_eq!(policy.budget(4, true, &SIZES, 16), 256);
 }
 
 #[test]

@@ -104,6 +104,7 @@ impl PyBatchLoop {
                 flight.batch,
                 flight.decoded,
                 flight.chunk_tokens,
+                flight.chunk_bucket,
                 now.saturating_sub(before),
             );
         }
@@ -221,7 +222,7 @@ impl PyBatchLoop {
     /// that prefills while rows decode aims to take at most `step_target_ms`; with nothing
     /// decoding, a step prefills up to `idle_chunk` prompt positions.
     #[new]
-    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=150, idle_chunk=256))]
+    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=120, idle_chunk=256))]
     fn new(
         py: Python<'_>,
         decoder: Py<PyAny>,
