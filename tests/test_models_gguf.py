@@ -270,3 +270,23 @@ def test_embedded_tokenizer_and_chat_template_match_llama_cpp(embedded_f32):
     llm = llama_cpp.Llama(model_path=EMBEDDED, n_ctx=64, verbose=False, vocab_only=True)
     assert m.tokenizer.encode(prompt, parse_special=True) == llm.tokenize(prompt.encode(), add_bos=False, special=True)
     assert (m.tokenizer.bos_id, m.tokenizer.eos_id, m.tokenizer.add_bos) == (1, 2, False)
+
+
+def test_a_mapping_populates_its_pages_and_keeps_its_bytes(tmp_path):
+    import mmap
+
+    from lljx import _native
+    from lljx.models.gguf_mapped import map_file
+
+    data = np.random.default_rng(0).integers(0, 256, size=3 * 4096 + 123, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        plain = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        # This kernel or an older one: either it maps the pages, or says it cannot.
+        assert isinstance(_native.populate_pages(plain), bool)
+        assert plain[:] == data
+        plain.close()
+        mapped = map_file(f, len(data))
+    assert mapped[:] == data and len(mapped) == len(data)
+    mapped.close()

@@ -23,6 +23,7 @@ __all__ = [
     "block_rows_ffi_handler",
     "block_kernel_types",
     "gguf_string_starts",
+    "populate_pages",
     "read_bandwidth",
 ]
 
@@ -201,6 +202,9 @@ def block_rows_ffi_handler() -> object:
     """The XLA FFI handler that dequantizes rows of a GGUF-format table, as `jax.ffi.register_ffi_target` takes it."""
 
 def gguf_string_starts(data: Any, start: int, count: int) -> tuple[bytes, int]: ...
+def populate_pages(data: Any) -> bool:
+    """Maps in every page of a read-only file mapping, with the GIL released; False where the kernel cannot."""
+
 def block_kernel_types() -> list[int]:
     """The ggml type ids (`gguf.GGMLQuantizationType` values) the block kernels multiply on this CPU;
     tensors of other types need a fallback."""
