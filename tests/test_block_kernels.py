@@ -167,6 +167,24 @@ def test_leading_dimensions_are_kept():
     np.testing.assert_array_equal(np.asarray(y).reshape(6, 16), matmul(x.reshape(6, 64), [w])[0])
 
 
+@pytest.mark.parametrize("qtype", [Q.F16, Q.Q4_K, Q.Q8_0], ids=lambda q: q.name)
+def test_padding_past_the_real_rows_is_skipped_and_zero(qtype):
+    """Right-padded sequences: the real rows are bit-equal to a call over every row; the padding is 0."""
+    w = weight(qtype, 40, 512)
+    x = RNG.standard_normal((3, 20, 512), dtype=np.float32)
+    real = np.asarray([13, 20, 0], np.int32)
+    every = matmul(x.reshape(60, 512), [w])[0].reshape(3, 20, 40)
+    (got,) = jax.jit(lambda x, n: native_kernels.block_matmul(x, [w], n))(jnp.asarray(x), jnp.asarray(real))
+    got = np.asarray(got)
+    for b, n in enumerate(real):
+        np.testing.assert_array_equal(got[b, :n], every[b, :n])
+        assert not got[b, n:].any()
+    (one,) = jax.jit(lambda x, n: native_kernels.block_matmul(x, [w], n))(jnp.asarray(x[:1]), jnp.asarray([50], np.int32))
+    np.testing.assert_array_equal(np.asarray(one)[0], every[0])
+    with pytest.raises(ValueError, match="real_rows"):
+        native_kernels.block_matmul(jnp.asarray(x[0]), [w], jnp.asarray(real))
+
+
 # ---- embedding rows ----
 
 

@@ -149,6 +149,32 @@ def test_kernel_logits_follow_the_dequantized_weights_for_every_format(tmp_path,
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
 
 
+@pytest.mark.parametrize("qtype", [Q.F16, Q.Q4_K], ids=lambda t: t.name)
+def test_a_padded_prompt_gives_the_logits_and_cache_of_the_exact_one(tmp_path, qtype):
+    """Prompts run at bucketed lengths and the kernels skip the padding: the last real token's
+    logits and every real position's keys and values match an unpadded run's. (Not bit for bit:
+    XLA's prompt attention may sum in another order at another length.)"""
+    auto = load_model(str(write_quantized_llama(tmp_path / f"{qtype.name}.gguf", qtype)), dtype="auto")
+    ids = [1, 17, 99, 200, 31, 5, 77, 300, 12]
+    forward = jax.jit(transformer.forward, static_argnums=0)
+
+    def run(length: int):
+        tokens = jnp.asarray([ids + [0] * (length - len(ids))], jnp.int32)
+        cache = kv_cache.create(auto.config, 1, 32)
+        return forward(auto.config, auto.params, tokens, jnp.arange(length)[None], cache, jnp.asarray([len(ids) - 1]))
+
+    (exact, exact_cache), (padded, padded_cache) = run(len(ids)), run(16)
+    exact, padded = np.asarray(exact), np.asarray(padded)
+    assert np.isfinite(padded).all() and padded.argmax() == exact.argmax()
+    np.testing.assert_allclose(padded, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    for k_exact, k_padded in zip(exact_cache.k, padded_cache.k):
+        a, b = np.asarray(k_exact)[..., : len(ids), :], np.asarray(k_padded)[..., : len(ids), :]
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+    for v_exact, v_padded in zip(exact_cache.v, padded_cache.v):
+        a, b = np.asarray(v_exact)[..., : len(ids)], np.asarray(v_padded)[..., : len(ids)]
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
 def test_the_native_kernels_are_what_the_auto_path_compiles_to():
     model = load_model(None, dtype="auto")
     decoder = registry.build(registry.load("native-token"), model, SamplerSettings(temperature=0))

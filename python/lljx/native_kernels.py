@@ -95,13 +95,18 @@ def _check_block_type(w: GGMLWeight) -> None:
         raise ValueError(f"the block kernels have no {name} kernel; dequantize that weight instead")
 
 
-def block_matmul(x: jax.Array, weights: Sequence[GGMLWeight]) -> list[jax.Array]:
+def block_matmul(
+    x: jax.Array, weights: Sequence[GGMLWeight], real_rows: jax.Array | None = None
+) -> list[jax.Array]:
     """x f32 [..., n_in] times each GGUF-format weight ([n_out, n_in] as stored) in one call: f32 [..., n_out_i].
 
     The weights share x (Q/K/V, or gate/up); x is rounded once per activation format, the
     way llama.cpp rounds activations for each weight type (Q8_0, Q8_1, Q8_K, f16, bf16).
     Few rows stream the weights once; many rows take the cache-tiled GEMM path. A row's
     result does not depend on the other rows of the call.
+
+    real_rows (int [batch], for x [batch, seq, n_in] right-padded): sequence b's first
+    real_rows[b] rows are multiplied; the padding's results are zeros, at no cost.
     """
     register()
     if not weights:
@@ -116,7 +121,13 @@ def block_matmul(x: jax.Array, weights: Sequence[GGMLWeight]) -> list[jax.Array]
     types = np.asarray([int(w.ggml_type) for w in weights], dtype=np.int32)
     skips = np.asarray([int(w.skip) for w in weights], dtype=np.int32)
     call = jax.ffi.ffi_call(BLOCK_MATMUL_TARGET, results)
-    return list(call(x.astype(jnp.float32), *(w.data for w in weights), ggml_types=types, skips=skips))
+    data = tuple(w.data for w in weights)
+    if real_rows is None:
+        return list(call(x.astype(jnp.float32), *data, ggml_types=types, skips=skips, real_rows=np.int32(0)))
+    if x.ndim != 3 or real_rows.shape != x.shape[:1]:
+        raise ValueError(f"real_rows [batch] needs x [batch, seq, n_in]; got {real_rows.shape} and {x.shape}")
+    counts = real_rows.astype(jnp.int32)
+    return list(call(x.astype(jnp.float32), counts, *data, ggml_types=types, skips=skips, real_rows=np.int32(1)))
 
 
 def block_rows(w: GGMLWeight, ids: jax.Array) -> jax.Array:

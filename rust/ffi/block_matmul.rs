@@ -6,12 +6,18 @@
 //! id and skip (a view of a mapped file starts at the 64-byte boundary before its tensor,
 //! since XLA adopts host memory only from there). Result i is f32 [..., n_out_i]. All weights share x, so Q, K and V (or gate and up) cost one call and one
 //! rounding of the activations per format.
+//!
+//! With the integer attribute `real_rows` set to 1, an int32 [batch] operand follows x: x is
+//! [batch, seq, n_in] right-padded, and sequence b holds `real_rows[b]` real rows. Only those
+//! are multiplied; the padding's results are zeros (`kernels::real_rows`).
 
 use crate::ffi::xla::{
-    dims, dtype_name, run_handler_with_attributes, Attributes, Buffer, CallFrame, ErrorPtr, F32, U8,
+    dims, dtype_name, run_handler_with_attributes, Attributes, Buffer, CallFrame, ErrorPtr, F32,
+    S32, U8,
 };
 use crate::kernels::block_matmul::{block_matmul, Output, Path};
 use crate::kernels::ggml::{BlockWeight, GgmlType};
+use crate::kernels::real_rows::block_matmul_real_rows;
 use crate::kernels::workers;
 
 /// The handler XLA calls; registered from Python under the name `lljx_block_matmul` for the CPU platform.
@@ -23,7 +29,15 @@ pub unsafe extern "C" fn lljx_block_matmul(frame: *mut CallFrame) -> ErrorPtr {
 }
 
 unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result<(), String> {
-    let (x_buf, weights) = args.split_first().ok_or("no input")?;
+    let (x_buf, rest) = args.split_first().ok_or("no input")?;
+    let (real_buf, weights) = match attrs.int_scalar("real_rows")? {
+        0 => (None, rest),
+        1 => {
+            let (real, weights) = rest.split_first().ok_or("no real-row counts")?;
+            (Some(*real), weights)
+        }
+        other => return Err(format!("real_rows must be 0 or 1, got {other}")),
+    };
     let types = attrs.i32_array("ggml_types")?;
     let skips = attrs.i32_array("skips")?;
     if types.len() != weights.len() || skips.len() != weights.len() || rets.len() != weights.len() {
@@ -63,8 +77,26 @@ unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result
         outputs.push(Output(ret.data as *mut f32));
     }
     let x = unsafe { std::slice::from_raw_parts(x_buf.data as *const f32, rows * n_in) };
-    // SAFETY: every result was checked to hold rows · n_out f32 values.
-    unsafe { block_matmul(x, rows, &views, &outputs, workers::threads(), Path::Fast) }
+    let Some(real_buf) = real_buf else {
+        // SAFETY: every result was checked to hold rows · n_out f32 values.
+        return unsafe { block_matmul(x, rows, &views, &outputs, workers::threads(), Path::Fast) };
+    };
+    let batch = match (lead, dims(real_buf)?.as_slice()) {
+        ([batch, _], [counts]) if real_buf.dtype == S32 && counts == batch => *batch,
+        _ => {
+            return Err(format!(
+                "real-row counts must be int32 [batch] for x [batch, seq, n_in]; got {} {:?} for x {x_dims:?}",
+                dtype_name(real_buf.dtype),
+                dims(real_buf)?
+            ))
+        }
+    };
+    let counts = unsafe { std::slice::from_raw_parts(real_buf.data as *const i32, batch) };
+    let real: Vec<usize> = counts.iter().map(|&n| n.max(0) as usize).collect();
+    // SAFETY: as above.
+    unsafe {
+        block_matmul_real_rows(x, lead[1], &real, &views, &outputs, workers::threads(), Path::Fast)
+    }
 }
 
 /// A flat uint8 weight buffer as a checked `BlockWeight` of ggml type `id` with `n_in` inputs,

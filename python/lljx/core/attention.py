@@ -22,17 +22,19 @@ def forward(
     rope: tuple[jax.Array, jax.Array],
     cache_k: jax.Array,
     cache_v: jax.Array,
+    real_rows: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Attend x [batch, seq, d_model] at positions [batch, seq]; returns output and the updated layer cache.
 
     The new keys and values are written at each row's first position, so a row's prompt
     may be right-padded: padded keys sit after every real query and are masked by causality,
-    then overwritten by the tokens decoded next.
+    then overwritten by the tokens decoded next. real_rows [batch] (each row's real length)
+    lets the projections skip the padding.
     """
     batch, seq, _ = x.shape
     h, kvh, d = config.n_heads, config.n_kv_heads, config.d_head
     with jax.named_scope("qkv"):
-        q, k, v = project_many(x, (layer.wq, layer.wk, layer.wv))
+        q, k, v = project_many(x, (layer.wq, layer.wk, layer.wv), real_rows=real_rows)
         q, k, v = q.reshape(batch, seq, h, d), k.reshape(batch, seq, kvh, d), v.reshape(batch, seq, kvh, d)
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -47,7 +49,7 @@ def forward(
         else:
             out = attend_xla(config, q, cache_k, cache_v, positions).astype(x.dtype)
     with jax.named_scope("attn_out"):
-        return project(out, layer.wo), cache_k, cache_v
+        return project(out, layer.wo, real_rows=real_rows), cache_k, cache_v
 
 
 def uses_native_kernels(layer: LayerParams) -> bool:

@@ -56,14 +56,24 @@ def xla_project(x: jax.Array, w: Weight, out_dtype: jnp.dtype | None = None) -> 
     return jnp.einsum("...d,dv->...v", x, w, preferred_element_type=out_dtype)
 
 
-def project_many(x: jax.Array, weights: Sequence[Weight], out_dtype: jnp.dtype | None = None) -> tuple[jax.Array, ...]:
-    """x · w for each weight sharing one input, e.g. Q, K and V: one native call when all are native."""
+def project_many(
+    x: jax.Array, weights: Sequence[Weight], out_dtype: jnp.dtype | None = None, real_rows: jax.Array | None = None
+) -> tuple[jax.Array, ...]:
+    """x · w for each weight sharing one input, e.g. Q, K and V: one native call when all are native.
+
+    real_rows (int [batch], x [batch, seq, in] right-padded): rows past them are padding,
+    which the file-format kernels skip (their results are zeros there); other paths compute
+    every row.
+    """
     out_dtype = out_dtype or x.dtype
     rows = prod(x.shape[:-1])
     if weights and all(isinstance(w, GGMLWeight) for w in weights):
         # Blocks in the file's format: lljx's kernels for every row count, prompts included.
         from lljx import native_kernels
 
+        if real_rows is not None and x.ndim == 3 and x.shape[1] > 1:
+            padded = native_kernels.block_matmul(x.astype(jnp.float32), weights, real_rows)  # type: ignore[arg-type]
+            return tuple(y.astype(out_dtype) for y in padded)
         flat = native_kernels.block_matmul(x.reshape(rows, x.shape[-1]).astype(jnp.float32), weights)  # type: ignore[arg-type]
         return tuple(y.reshape(*x.shape[:-1], y.shape[-1]).astype(out_dtype) for y in flat)
     if rows <= NATIVE_MAX_ROWS and all(isinstance(w, NativeWeight) for w in weights):
@@ -75,9 +85,11 @@ def project_many(x: jax.Array, weights: Sequence[Weight], out_dtype: jnp.dtype |
     return tuple(xla_project(x, w, out_dtype) for w in weights)
 
 
-def project(x: jax.Array, w: Weight, out_dtype: jnp.dtype | None = None) -> jax.Array:
-    """x [..., in] · w [in, out]."""
-    return project_many(x, (w,), out_dtype)[0]
+def project(
+    x: jax.Array, w: Weight, out_dtype: jnp.dtype | None = None, real_rows: jax.Array | None = None
+) -> jax.Array:
+    """x [..., in] · w [in, out] (real_rows as in `project_many`)."""
+    return project_many(x, (w,), out_dtype, real_rows)[0]
 
 
 def take_columns(w: Weight, ids: jax.Array) -> jax.Array:

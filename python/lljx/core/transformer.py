@@ -20,7 +20,8 @@ _layer_traced_once = jax.jit(layer.forward, static_argnums=0)
 
 
 def run_layers_unrolled(
-    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache
+    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache,
+    real_rows: jax.Array | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """A Python loop over layers: under jit it unrolls, letting XLA fuse across layer boundaries."""
     rope = rope_tables(config, positions)
@@ -29,7 +30,7 @@ def run_layers_unrolled(
     forward = _layer_traced_once if isinstance(x, jax.core.Tracer) else layer.forward
     ks, vs = [], []
     for i, layer_weights in enumerate(params.layers):
-        x, k, v = forward(config, layer_weights, x, positions, rope, cache.k[i], cache.v[i])
+        x, k, v = forward(config, layer_weights, x, positions, rope, cache.k[i], cache.v[i], real_rows)
         ks.append(k)
         vs.append(v)
     if stacked:
@@ -38,14 +39,15 @@ def run_layers_unrolled(
 
 
 def run_layers_scanned(
-    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache, *, unroll: int = 1
+    config: ModelConfig, params: Params, x: jax.Array, positions: jax.Array, cache: KVCache,
+    real_rows: jax.Array | None = None, *, unroll: int = 1,
 ) -> tuple[jax.Array, KVCache]:
     """`lax.scan` over layers stacked by `stack_layers`: one compiled body, so compile time stays flat in depth."""
     rope = rope_tables(config, positions)
 
     def body(carry: jax.Array, per_layer: tuple[LayerParams, jax.Array, jax.Array]):
         lp, k, v = per_layer
-        carry, k, v = layer.forward(config, lp, carry, positions, rope, k, v)
+        carry, k, v = layer.forward(config, lp, carry, positions, rope, k, v, real_rows)
         return carry, (k, v)
 
     x, (k, v) = jax.lax.scan(body, x, (params.layers, cache.k, cache.v), unroll=unroll)
@@ -65,16 +67,18 @@ def forward(
 ) -> tuple[jax.Array, KVCache]:
     """Logits [batch, vocab] (f32) at each row's `last_index` within tokens [batch, seq], plus the cache.
 
-    positions [batch, seq] are absolute; rows may be right-padded past their last real token.
+    positions [batch, seq] are absolute; rows may be right-padded past their last real token,
+    and the file-format kernels do not multiply that padding.
     With scan_layers, params.layers must be one stacked LayerParams (see `stack_layers`), and
     scan_unroll layers run per scan iteration.
     """
     with jax.named_scope("transformer"):
         x = embeddings.forward(params, tokens).astype(config.activation_dtype)
+        real_rows = last_index + 1 if tokens.shape[1] > 1 else None
         if scan_layers:
-            x, cache = run_layers_scanned(config, params, x, positions, cache, unroll=scan_unroll)
+            x, cache = run_layers_scanned(config, params, x, positions, cache, real_rows, unroll=scan_unroll)
         else:
-            x, cache = run_layers_unrolled(config, params, x, positions, cache)
+            x, cache = run_layers_unrolled(config, params, x, positions, cache, real_rows)
         last = jnp.take_along_axis(x, last_index[:, None, None], axis=1)[:, 0]
         return head.forward(config, params, last), cache
 
