@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,6 +54,29 @@ def test_right_padding_does_not_change_logits(tiny_config, tiny_params):
     padded_ids = jnp.asarray([ids + [0] * 11])
     padded, _ = transformer.forward(tiny_config, tiny_params, padded_ids, jnp.arange(16)[None], cache, jnp.array([4]))
     np.testing.assert_allclose(np.asarray(padded), np.asarray(exact), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_a_prompt_attends_over_its_bucket_then_its_cache_widens(tiny_config, tiny_params, scan):
+    """prefill_logits attends over the prompt's bucket only; the widened cache equals the one a
+    prefill into the whole cache leaves (zeros past the bucket), and decoding on from it agrees."""
+    from lljx.strategies.steps import decode_logits, prefill_logits
+
+    params = tiny_params._replace(layers=stack_layers(tiny_params.layers)) if scan else tiny_params
+    ids = jnp.asarray([[5, 9, 2, 7, 7, 1, 3, 0]])
+    logits, cache = prefill_logits(tiny_config, 32, params, ids, jnp.array([7]), scan_layers=scan)
+    assert cache.max_len == 32
+    whole = kv_cache.create(tiny_config, 1, 32, stacked=scan)
+    want, want_cache = transformer.forward(
+        tiny_config, params, ids, jnp.arange(8)[None], whole, jnp.array([6]), scan_layers=scan
+    )
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-5, atol=1e-5)
+    for got, expected in zip(jax.tree.leaves(cache), jax.tree.leaves(want_cache)):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    step, _ = decode_logits(tiny_config, params, jnp.asarray([[4]]), cache, jnp.array([7]), scan_layers=scan)
+    step_want, _ = decode_logits(tiny_config, params, jnp.asarray([[4]]), want_cache, jnp.array([7]), scan_layers=scan)
+    np.testing.assert_allclose(np.asarray(step), np.asarray(step_want), rtol=1e-5, atol=1e-5)
 
 
 def test_batch_rows_are_independent_with_per_row_positions(tiny_config, tiny_params):

@@ -45,6 +45,20 @@ def create(config: ModelConfig, batch: int, max_len: int, *, stacked: bool = Fal
     return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in layers), tuple(jnp.zeros(v_shape, dtype) for _ in layers))
 
 
+def widen(cache: KVCache, max_len: int) -> KVCache:
+    """The same cache holding up to max_len positions (>= its own), the new ones zero."""
+    def pad(a: jax.Array, axis: int) -> jax.Array:
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, max_len - a.shape[axis])
+        return jnp.pad(a, widths)
+
+    if cache.max_len == max_len:
+        return cache
+    if isinstance(cache.k, tuple):
+        return KVCache(tuple(pad(k, -2) for k in cache.k), tuple(pad(v, -1) for v in cache.v))
+    return KVCache(pad(cache.k, -2), pad(cache.v, -1))
+
+
 def write_keys(cache_k: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
     """Write new keys [batch, seq, kv_heads, d_head] into one layer's K at each row's start position."""
     return _write_rows(cache_k, jnp.swapaxes(new, 1, 2), start, axis=2)

@@ -23,8 +23,13 @@ def prefill_logits(
     """
     batch, bucket = padded_ids.shape
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
-    cache = kv_cache.create(config, batch, cache_len, stacked=bool(layer_options.get("scan_layers")))
-    return transformer.forward(config, params, padded_ids, positions, cache, prompt_len - 1, **layer_options)
+    # Every key of the prompt sits below `bucket`: its attention spans that many positions, not
+    # the whole cache (a 512-token prompt in a 1024-position cache did twice the work), and
+    # the cache widens to cache_len afterwards.
+    width = min(bucket, cache_len)
+    cache = kv_cache.create(config, batch, width, stacked=bool(layer_options.get("scan_layers")))
+    logits, cache = transformer.forward(config, params, padded_ids, positions, cache, prompt_len - 1, **layer_options)
+    return logits, kv_cache.widen(cache, cache_len)
 
 
 def decode_logits(
