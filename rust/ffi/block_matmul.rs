@@ -62,7 +62,8 @@ unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result
     }
     let mut views = Vec::with_capacity(weights.len());
     let mut outputs = Vec::with_capacity(weights.len());
-    for (i, (((w, &id), &skip), ret)) in weights.iter().zip(types).zip(skips).zip(rets).enumerate() {
+    for (i, (((w, &id), &skip), ret)) in weights.iter().zip(types).zip(skips).zip(rets).enumerate()
+    {
         let weight =
             unsafe { weight_view(w, id, skip, n_in) }.map_err(|e| format!("weight {i}: {e}"))?;
         let want: Vec<usize> = lead.iter().copied().chain([weight.n_out]).collect();
@@ -95,7 +96,15 @@ unsafe fn call(args: &[&Buffer], rets: &[&Buffer], attrs: &Attributes) -> Result
     let real: Vec<usize> = counts.iter().map(|&n| n.max(0) as usize).collect();
     // SAFETY: as above.
     unsafe {
-        block_matmul_real_rows(x, lead[1], &real, &views, &outputs, workers::threads(), Path::Fast)
+        block_matmul_real_rows(
+            x,
+            lead[1],
+            &real,
+            &views,
+            &outputs,
+            workers::threads(),
+            Path::Fast,
+        )
     }
 }
 

@@ -65,7 +65,14 @@ pub unsafe fn block_matmul_real_rows(
     if kept.iter().enumerate().all(|(i, &r)| i == r) {
         // The real rows lead (one sequence, or every later one empty): the outputs' first rows.
         return unsafe {
-            block_matmul(&x[..kept.len() * n_in], kept.len(), weights, outputs, threads, path)
+            block_matmul(
+                &x[..kept.len() * n_in],
+                kept.len(),
+                weights,
+                outputs,
+                threads,
+                path,
+            )
         };
     }
     let packed: Vec<f32> = kept
@@ -81,7 +88,9 @@ pub unsafe fn block_matmul_real_rows(
     for ((w, out), result) in weights.iter().zip(outputs).zip(&results) {
         for (i, &r) in kept.iter().enumerate() {
             let from = &result[i * w.n_out..(i + 1) * w.n_out];
-            unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), out.0.add(r * w.n_out), w.n_out) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(from.as_ptr(), out.0.add(r * w.n_out), w.n_out)
+            };
         }
     }
     Ok(())
@@ -94,8 +103,10 @@ mod tests {
     use crate::kernels::ggml::GgmlType;
 
     fn product(x: &[f32], rows: usize, weights: &[BlockWeight]) -> Vec<Vec<f32>> {
-        let mut results: Vec<Vec<f32>> =
-            weights.iter().map(|w| vec![f32::NAN; rows * w.n_out]).collect();
+        let mut results: Vec<Vec<f32>> = weights
+            .iter()
+            .map(|w| vec![f32::NAN; rows * w.n_out])
+            .collect();
         let outputs: Vec<Output> = results.iter_mut().map(|v| Output(v.as_mut_ptr())).collect();
         unsafe { block_matmul(x, rows, weights, &outputs, 2, Path::Fast).unwrap() };
         results
@@ -111,7 +122,15 @@ mod tests {
             .collect();
         for (ty, data, n_out) in &datas {
             let weights = [BlockWeight::new(*ty, data, n_in, *n_out).unwrap()];
-            for real in [vec![7], vec![3], vec![0], vec![2, 7, 0], vec![5, 1], vec![7, 7], vec![9, 4]] {
+            for real in [
+                vec![7],
+                vec![3],
+                vec![0],
+                vec![2, 7, 0],
+                vec![5, 1],
+                vec![7, 7],
+                vec![9, 4],
+            ] {
                 let rows = real.len() * seq;
                 let x = Noise::new(rows as u64).floats(rows * n_in);
                 let full = product(&x, rows, &weights);
@@ -128,7 +147,10 @@ mod tests {
                     if is_real {
                         assert_eq!(row, want, "{ty:?} real {real:?} row {r}");
                     } else {
-                        assert!(row.iter().all(|&v| v == 0.0), "{ty:?} padding row {r} not zero");
+                        assert!(
+                            row.iter().all(|&v| v == 0.0),
+                            "{ty:?} padding row {r} not zero"
+                        );
                     }
                 }
             }
