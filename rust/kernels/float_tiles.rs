@@ -190,9 +190,9 @@ fn token_blocks(tokens: usize) -> impl Iterator<Item = Range<usize>> {
         .map(move |start| start..(start + step).min(tokens))
 }
 
-/// Activation rows `tokens` in groups of 6 (prompts), 4, 2 and 1; one activation row of
-/// F32/F16 weights (decode) reads the weight rows one after another (`row_by_row`), BF16 ones
-/// eight rows at once.
+/// Activation rows `tokens` in groups of 6 and a last 2-5 (prompts), or 4, 2 and 1 (decode
+/// batches); one activation row of F32/F16 weights (decode) reads the weight rows one after
+/// another (`row_by_row`), of BF16 ones eight rows at once.
 #[inline(always)]
 unsafe fn each_group<const BF: bool>(
     w: &BlockWeight,
@@ -205,19 +205,51 @@ unsafe fn each_group<const BF: bool>(
         return row_by_row(w, rows, acts, out);
     }
     let mut first = tokens.start;
+    let prompt = acts.rows > STREAM_MAX_ROWS;
     while first < tokens.end {
         let left = tokens.end - first;
-        first += if left >= 6 && acts.rows > STREAM_MAX_ROWS {
-            rows_of::<4, 6, BF>(w, &rows, acts, first, first == tokens.start, out);
-            6
+        let lead = first == tokens.start;
+        first += if prompt {
+            // Prompts: groups of 6, the last one or two of 5, 4, 3 or 2 (7 left: 4 then 3),
+            // never a lone row, which would sweep the block for one activation row.
+            match left {
+                7 => {
+                    rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out);
+                    4
+                }
+                6.. => {
+                    rows_of::<4, 6, BF>(w, &rows, acts, first, lead, out);
+                    6
+                }
+                5 => {
+                    rows_of::<4, 5, BF>(w, &rows, acts, first, lead, out);
+                    5
+                }
+                4 => {
+                    rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out);
+                    4
+                }
+                3 => {
+                    rows_of::<4, 3, BF>(w, &rows, acts, first, lead, out);
+                    3
+                }
+                2 => {
+                    rows_of::<4, 2, BF>(w, &rows, acts, first, lead, out);
+                    2
+                }
+                _ => {
+                    rows_of::<8, 1, BF>(w, &rows, acts, first, lead, out);
+                    1
+                }
+            }
         } else if left >= 4 {
-            rows_of::<4, 4, BF>(w, &rows, acts, first, first == tokens.start, out);
+            rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out);
             4
         } else if left >= 2 {
-            rows_of::<4, 2, BF>(w, &rows, acts, first, first == tokens.start, out);
+            rows_of::<4, 2, BF>(w, &rows, acts, first, lead, out);
             2
         } else {
-            rows_of::<8, 1, BF>(w, &rows, acts, first, first == tokens.start, out);
+            rows_of::<8, 1, BF>(w, &rows, acts, first, lead, out);
             1
         };
     }
