@@ -113,26 +113,7 @@ pub unsafe fn block_matmul(
     threads: usize,
     path: Path,
 ) -> Result<(), String> {
-    let n_in = weights.first().ok_or("no weights")?.n_in;
-    if rows == 0 || x.len() != rows * n_in {
-        return Err(format!(
-            "x holds {} values, expected {rows} rows of {n_in}",
-            x.len()
-        ));
-    }
-    if outputs.len() != weights.len() {
-        return Err(format!(
-            "{} outputs for {} weights",
-            outputs.len(),
-            weights.len()
-        ));
-    }
-    if let Some(w) = weights.iter().find(|w| w.n_in != n_in) {
-        return Err(format!(
-            "weights take {n_in} and {} inputs; one call shares x",
-            w.n_in
-        ));
-    }
+    let n_in = check_call(x, rows, weights, outputs)?;
     let mut formats: Vec<ActFormat> = weights.iter().map(|w| w.ty.act_format()).collect();
     formats.dedup();
     let acts = Activations::new(x, rows, n_in, &formats);
@@ -209,6 +190,37 @@ pub unsafe fn block_matmul(
     job.drain();
     workers::wait_until(|| job.done.load(Ordering::Acquire) >= job.pieces.len());
     Ok(())
+}
+
+/// The inputs shared by every weight of a call, once x [rows, n_in], the weights and the
+/// outputs are checked to fit one another.
+pub fn check_call(
+    x: &[f32],
+    rows: usize,
+    weights: &[BlockWeight],
+    outputs: &[Output],
+) -> Result<usize, String> {
+    let n_in = weights.first().ok_or("no weights")?.n_in;
+    if rows == 0 || x.len() != rows * n_in {
+        return Err(format!(
+            "x holds {} values, expected {rows} rows of {n_in}",
+            x.len()
+        ));
+    }
+    if outputs.len() != weights.len() {
+        return Err(format!(
+            "{} outputs for {} weights",
+            outputs.len(),
+            weights.len()
+        ));
+    }
+    if let Some(w) = weights.iter().find(|w| w.n_in != n_in) {
+        return Err(format!(
+            "weights take {n_in} and {} inputs; one call shares x",
+            w.n_in
+        ));
+    }
+    Ok(n_in)
 }
 
 /// `count` runs of consecutive units holding about the same weight bytes.

@@ -213,44 +213,20 @@ unsafe fn each_group<const BF: bool>(
             // Prompts: groups of 6, the last one or two of 5, 4, 3 or 2 (7 left: 4 then 3),
             // never a lone row, which would sweep the block for one activation row.
             match left {
-                7 => {
-                    rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out);
-                    4
-                }
-                6.. => {
-                    rows_of::<4, 6, BF>(w, &rows, acts, first, lead, out);
-                    6
-                }
-                5 => {
-                    rows_of::<4, 5, BF>(w, &rows, acts, first, lead, out);
-                    5
-                }
-                4 => {
-                    rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out);
-                    4
-                }
-                3 => {
-                    rows_of::<4, 3, BF>(w, &rows, acts, first, lead, out);
-                    3
-                }
-                2 => {
-                    rows_of::<4, 2, BF>(w, &rows, acts, first, lead, out);
-                    2
-                }
-                _ => {
-                    rows_of::<8, 1, BF>(w, &rows, acts, first, lead, out);
-                    1
-                }
+                7 => rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out),
+                6.. => rows_of::<4, 6, BF>(w, &rows, acts, first, lead, out),
+                5 => rows_of::<4, 5, BF>(w, &rows, acts, first, lead, out),
+                4 => rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out),
+                3 => rows_of::<4, 3, BF>(w, &rows, acts, first, lead, out),
+                2 => rows_of::<4, 2, BF>(w, &rows, acts, first, lead, out),
+                _ => rows_of::<8, 1, BF>(w, &rows, acts, first, lead, out),
             }
         } else if left >= 4 {
-            rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out);
-            4
+            rows_of::<4, 4, BF>(w, &rows, acts, first, lead, out)
         } else if left >= 2 {
-            rows_of::<4, 2, BF>(w, &rows, acts, first, lead, out);
-            2
+            rows_of::<4, 2, BF>(w, &rows, acts, first, lead, out)
         } else {
-            rows_of::<8, 1, BF>(w, &rows, acts, first, lead, out);
-            1
+            rows_of::<8, 1, BF>(w, &rows, acts, first, lead, out)
         };
     }
 }
@@ -286,6 +262,7 @@ const K_CHUNK: usize = 1024;
 /// Weight row groups of a prompt block (at most 64 rows).
 const GROUPS: usize = 16;
 
+/// Activation rows first..first + RN against weight rows `rows`, RM at a time; returns RN.
 #[inline(always)]
 unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     w: &BlockWeight,
@@ -294,7 +271,7 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     first: usize,
     lead: bool,
     out: *mut f32,
-) {
+) -> usize {
     let n = w.n_in;
     // Decode (one row) prefetches the next rows at the same offset; 2-8 rows rely on the
     // hardware prefetchers (a whole-piece stride there measured slower). In prompts the first
@@ -369,4 +346,5 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
         }
         r0 += groups * RM;
     }
+    RN
 }

@@ -8,7 +8,7 @@
 //! result does not depend on the other rows of a call, so the real rows come out exactly as
 //! in a call over every row.
 
-use super::block_matmul::{block_matmul, Output, Path};
+use super::block_matmul::{block_matmul, check_call, Output, Path};
 use super::ggml::BlockWeight;
 
 /// x holds `real.len()` sequences of `seq` rows of n_in values; sequence b's first `real[b]`
@@ -28,20 +28,7 @@ pub unsafe fn block_matmul_real_rows(
     path: Path,
 ) -> Result<(), String> {
     let rows = real.len() * seq;
-    let n_in = weights.first().ok_or("no weights")?.n_in;
-    if x.len() != rows * n_in {
-        return Err(format!(
-            "x holds {} values, expected {rows} rows of {n_in}",
-            x.len()
-        ));
-    }
-    if outputs.len() != weights.len() {
-        return Err(format!(
-            "{} outputs for {} weights",
-            outputs.len(),
-            weights.len()
-        ));
-    }
+    let n_in = check_call(x, rows, weights, outputs)?;
     let kept: Vec<usize> = real
         .iter()
         .enumerate()
