@@ -106,7 +106,7 @@ def block_matmul(
     result does not depend on the other rows of the call.
 
     real_rows (int [batch], for x [batch, seq, n_in] right-padded): sequence b's first
-    real_rows[b] rows are multiplied; the padding's results are zeros, at no cost.
+    real_rows[b] rows are multiplied; the padding's results are zeros, computed by no product.
     """
     register()
     if not weights:
