@@ -147,7 +147,10 @@ pub unsafe fn tile(
     }
 }
 
-#[inline(always)]
+// One function per activation-row count, so that each gets its own register allocation:
+// inlined into one body, the unrolled groups lost their gain.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_t<const T: usize>(
     w: &BlockWeight,
     rows: Range<usize>,
@@ -174,9 +177,22 @@ unsafe fn tile_t<const T: usize>(
                 _mm_prefetch::<_MM_HINT_T0>(from as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(n * bb - 1) as *const i8);
             }
-            group::<T>(
-                base, &offsets, index, at, n, &f, bb, j, first, q8, lanes, &mut facc,
-            );
+            // With the block count fixed at compile time, the loads and inserts unroll: one
+            // activation row runs twice as fast, four rows 1.5x (measured on Zen 5).
+            match n {
+                4 => group::<T, 4>(
+                    base, &offsets, index, at, &f, bb, j, first, q8, lanes, &mut facc,
+                ),
+                3 => group::<T, 3>(
+                    base, &offsets, index, at, &f, bb, j, first, q8, lanes, &mut facc,
+                ),
+                2 => group::<T, 2>(
+                    base, &offsets, index, at, &f, bb, j, first, q8, lanes, &mut facc,
+                ),
+                _ => group::<T, 1>(
+                    base, &offsets, index, at, &f, bb, j, first, q8, lanes, &mut facc,
+                ),
+            }
         }
         let mask: __mmask16 = if count >= 16 {
             0xffff
@@ -215,15 +231,14 @@ unsafe fn lane_of(v: __m512i, g: usize) -> __m512i {
     }
 }
 
-/// Blocks first..first + n (n <= 4) of all sixteen rows against every activation row.
+/// Blocks first..first + N (N <= 4) of all sixteen rows against every activation row.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group<const T: usize>(
+unsafe fn group<const T: usize, const N: usize>(
     base: *const u8,
     offsets: &[i32; 16],
     index: __m512i,
     at: usize,
-    n: usize,
     f: &Format,
     bb: usize,
     j: usize,
@@ -232,6 +247,7 @@ unsafe fn group<const T: usize>(
     lanes: &Lanes32,
     facc: &mut [__m512; T],
 ) {
+    let n = N;
     let mut head = [_mm512_setzero_si512(); GROUP];
     let mut high = [_mm512_setzero_si512(); GROUP];
     for k in 0..n {
