@@ -177,7 +177,9 @@ pub unsafe fn tile(
     }
 }
 
-#[inline(always)]
+// One function per activation-row count, so that each gets its own register allocation.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_t<const T: usize>(
     w: &BlockWeight,
     rows: Range<usize>,
@@ -186,6 +188,7 @@ unsafe fn tile_t<const T: usize>(
     out: *mut f32,
 ) {
     let q6 = w.ty == GgmlType::Q6K;
+    let q5 = w.ty == GgmlType::Q5K;
     let blocks = w.n_in / QK_K;
     let bb = w.ty.block_bytes();
     for start in rows.clone().step_by(16) {
@@ -209,8 +212,10 @@ unsafe fn tile_t<const T: usize>(
             let at = b * bb;
             if q6 {
                 block_q6::<T>(&row, at, b, q8, lanes, &mut facc);
+            } else if q5 {
+                block_q4::<T, true>(&row, at, b, q8, lanes, &mut facc);
             } else {
-                block_q4::<T>(&row, at, b, w.ty == GgmlType::Q5K, q8, lanes, &mut facc);
+                block_q4::<T, false>(&row, at, b, q8, lanes, &mut facc);
             }
         }
         let mask: __mmask16 = if count >= 16 {
@@ -264,41 +269,30 @@ unsafe fn load_group_twice(row: &[*const u8; 16], g: usize, at: usize) -> [__m51
     r
 }
 
-/// Per activation row, the sixteen row sums from the four 4-row groups: lane 4g + i is the
-/// sum over the 128-bit lanes of group g's word i (six shuffles and three adds for all four).
+/// Adds group g's row sums into lanes 4g..4g + 3 of each activation row's total: lane 4g + i
+/// gains the sum over the 128-bit lanes of the group's word i. Folding each group as it ends
+/// keeps T accumulators live instead of 4T, which at eight rows spilled to the stack.
 #[inline(always)]
-unsafe fn sum_groups<const T: usize>(groups: &[[__m512i; T]; 4]) -> [__m512i; T] {
-    let mut tot = [_mm512_setzero_si512(); T];
-    for (t, tot) in tot.iter_mut().enumerate() {
-        let [g0, g1, g2, g3] = [groups[0][t], groups[1][t], groups[2][t], groups[3][t]];
-        // Lanes (0 + 2, 1 + 3) of two groups side by side, then of all four.
-        let ab = _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0x44>(g0, g1),
-            _mm512_shuffle_i32x4::<0xEE>(g0, g1),
-        );
-        let cd = _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0x44>(g2, g3),
-            _mm512_shuffle_i32x4::<0xEE>(g2, g3),
-        );
-        *tot = _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0x88>(ab, cd),
-            _mm512_shuffle_i32x4::<0xDD>(ab, cd),
-        );
+unsafe fn fold_group<const T: usize>(tot: &mut [__m512i; T], group: &[__m512i; T], g: usize) {
+    let mask: __mmask16 = 0xf << (4 * g);
+    for (tot, v) in tot.iter_mut().zip(group) {
+        let pairs = _mm512_add_epi32(*v, _mm512_shuffle_i32x4::<0x4E>(*v, *v));
+        let all = _mm512_add_epi32(pairs, _mm512_shuffle_i32x4::<0xB1>(pairs, pairs));
+        *tot = _mm512_mask_add_epi32(*tot, mask, *tot, all);
     }
-    tot
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_q4<const T: usize>(
+unsafe fn block_q4<const T: usize, const Q5: bool>(
     row: &[*const u8; 16],
     at: usize,
     b: usize,
-    q5: bool,
     q8: &Q8KRows,
     lanes: &KLanes,
     facc: &mut [__m512; T],
 ) {
+    let q5 = Q5;
     let [d_dmin, s0, s1, s2] = header(row, at);
     let (low6, nib, top) = (
         _mm512_set1_epi8(0x3f),
@@ -322,8 +316,9 @@ unsafe fn block_q4<const T: usize>(
     // instructions; with more rows the integer dot-product unit is the bound and the
     // multiplier idle, so the 32-bit multiply stays (measured on Zen 5).
     let scale_by_madd = !q5 && T == 1;
-    let mut groups = [[_mm512_setzero_si512(); T]; 4];
-    for (g, group) in groups.iter_mut().enumerate() {
+    let mut tot = [_mm512_setzero_si512(); T];
+    for g in 0..4 {
+        let mut group = [_mm512_setzero_si512(); T];
         for h in 0..2 {
             let words = transpose4(load_group(row, g, qs_at + 64 * h));
             // Sub-blocks 4h + {0, 2} (low nibbles) and 4h + {1, 3} (high), two 128-bit lanes each.
@@ -390,8 +385,8 @@ unsafe fn block_q4<const T: usize>(
                 }
             }
         }
+        fold_group(&mut tot, &group, g);
     }
-    let tot: [__m512i; T] = sum_groups(&groups);
     let mins = [pair(m_lo, 0), pair(m_lo, 2), pair(m_hi, 0), pair(m_hi, 2)];
     let (d, dmin) = (halves_to_f32(d_dmin, false), halves_to_f32(d_dmin, true));
     let blocks = q8.n_in / QK_K;
@@ -442,8 +437,9 @@ unsafe fn block_q6<const T: usize>(
     let (nib, two) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
     let shift_lo = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     let shift_hi = _mm512_add_epi32(shift_lo, _mm512_set1_epi32(4));
-    let mut groups = [[_mm512_setzero_si512(); T]; 4];
-    for (g, group) in groups.iter_mut().enumerate() {
+    let mut tot = [_mm512_setzero_si512(); T];
+    for g in 0..4 {
+        let mut group = [_mm512_setzero_si512(); T];
         for n in 0..2 {
             let ql = transpose4(load_group(row, g, at + 64 * n));
             let qh = transpose4(load_group_twice(row, g, at + 128 + 32 * n));
@@ -480,8 +476,8 @@ unsafe fn block_q6<const T: usize>(
                 group[t] = _mm512_add_epi32(group[t], _mm512_mullo_epi32(hi, sc_high));
             }
         }
+        fold_group(&mut tot, &group, g);
     }
-    let tot: [__m512i; T] = sum_groups(&groups);
     let blocks = q8.n_in / QK_K;
     for t in 0..T {
         let dd = _mm512_mul_ps(d, _mm512_set1_ps(q8.d[t * blocks + b]));
