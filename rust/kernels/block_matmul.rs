@@ -133,15 +133,23 @@ pub unsafe fn block_matmul(
     #[cfg(target_arch = "x86_64")]
     let lanes32 = {
         let decode = path == Path::Fast && rows <= STREAM_MAX_ROWS && fast_int();
-        let wanted = |tys: [GgmlType; 2], q8: &Option<super::activations::Q8Rows>| match q8 {
-            Some(q8) if decode && weights.iter().any(|w| tys.contains(&w.ty)) => {
+        let wanted = |tys: &[GgmlType], q8: &Option<super::activations::Q8Rows>| match q8 {
+            Some(q8)
+                if decode
+                    && weights
+                        .iter()
+                        .any(|w| tys.contains(&w.ty) && super::stream_32::handles(w.ty, rows)) =>
+            {
                 Some(super::stream_32::Lanes32::new(q8, rows))
             }
             _ => None,
         };
         [
-            wanted([GgmlType::Q4_0, GgmlType::Q5_0], &acts.q8_0),
-            wanted([GgmlType::Q4_1, GgmlType::Q5_1], &acts.q8_1),
+            wanted(
+                &[GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0],
+                &acts.q8_0,
+            ),
+            wanted(&[GgmlType::Q4_1, GgmlType::Q5_1], &acts.q8_1),
         ]
     };
     let units: Vec<Unit> = weights
@@ -254,7 +262,7 @@ impl Job<'_> {
         if self.path == Path::Fast && !w.ty.is_float() && fast_int() {
             // SAFETY: the CPU has the features; the caller checked `out`.
             let lanes32 = match w.ty {
-                GgmlType::Q4_0 | GgmlType::Q5_0 => self.lanes32[0].as_ref(),
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => self.lanes32[0].as_ref(),
                 GgmlType::Q4_1 | GgmlType::Q5_1 => self.lanes32[1].as_ref(),
                 _ => None,
             };
