@@ -132,6 +132,25 @@ def test_an_empty_prompt_is_refused(args, stdin):
     assert run.returncode == 2
 
 
+@pytest.mark.parametrize(
+    "args, stdin, fragment",
+    [
+        ((b"caf\xe9",), b"", "the prompt is not valid UTF-8: byte 0xe9 at character 3"),
+        ((), b"\xff\xfe hello", "the prompt is not valid UTF-8: byte 0xff at character 0"),
+        ((b"hi", b"--system", b"\xc3"), b"", "the system message is not valid UTF-8: byte 0xc3"),
+    ],
+    ids=["argument", "stdin", "system"],
+)
+def test_a_prompt_that_is_not_utf8_is_refused_in_one_line(args, stdin, fragment):
+    raw = subprocess.run(
+        [sys.executable, "-m", "lljx.cli", "generate", "-n", "2", *args],
+        input=stdin, capture_output=True, timeout=300, env={**os.environ, "LLJX_COMPILE_CACHE": "0"},
+    )
+    run = subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+    assert_one_line_error(run, fragment)
+    assert run.returncode == 2
+
+
 def test_no_prompt_at_a_terminal_says_how_to_give_one():
     import pty
 

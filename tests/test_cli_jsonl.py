@@ -34,6 +34,16 @@ def test_bad_input_is_one_line_and_no_output(stdin, fragment):
     assert_one_line_error(lljx("generate", "--jsonl", "-", stdin=stdin), fragment)
 
 
+def test_a_line_that_is_not_utf8_stops_the_batch_before_any_output():
+    raw = subprocess.run(
+        [sys.executable, "-m", "lljx.cli", "generate", "--jsonl", "-", "-n", "2"],
+        input=b'"fine"\n"caf\xe9"\n', capture_output=True, timeout=300,
+        env={**os.environ, "LLJX_COMPILE_CACHE": "0"},
+    )
+    run = subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+    assert_one_line_error(run, "-:2: not UTF-8 text")
+
+
 def test_jsonl_needs_no_prompt_and_parallel_needs_jsonl(tmp_path):
     assert_one_line_error(lljx("generate", "hi", "--jsonl", "-", stdin='"x"\n'), "not both")
     assert_one_line_error(lljx("generate", "hi", "--parallel", "2"), "--parallel goes with --jsonl")

@@ -31,6 +31,12 @@ def test_body_must_be_a_json_object():
     assert "invalid JSON" in rejected(parse_body, b"\xff\xfe").message
 
 
+def test_lone_surrogate_escapes_become_replacement_characters_as_in_ollama():
+    body = parse_body(rb'{"prompt": "\ud800 a \ud83e\udd16 b", "messages": [{"content": "\udfff"}]}')
+    assert body == {"prompt": "\ufffd a \U0001f916 b", "messages": [{"content": "\ufffd"}]}
+    body["prompt"].encode("utf-8")  # what the tokenizer needs
+
+
 def test_generate_defaults_and_field_errors():
     parsed = parse_generate({"model": "smollm2", "prompt": "hi"})
     assert parsed.stream is True and parsed.schema is None and parsed.raw is False and parsed.options == {}

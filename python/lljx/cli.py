@@ -111,7 +111,19 @@ def read_prompt(
             prompt = prompt.removesuffix("\n").removesuffix("\r")
     if not allow_empty and not prompt.strip():
         raise click.UsageError(f"the {what} is empty: give it as an argument or pipe some text on stdin")
-    return prompt
+    return valid_utf8(prompt, what)
+
+
+def valid_utf8(text: str, what: str) -> str:
+    """`text` as given, or a usage error naming the first byte that is not UTF-8 (Python hands such
+    bytes of argv and stdin over as lone surrogates, which no tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        char = ord(text[error.start])
+        what_byte = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"code point U+{char:04X}"
+        raise click.UsageError(f"the {what} is not valid UTF-8: {what_byte} at character {error.start}") from None
+    return text
 
 
 class LazyGroup(click.Group):
@@ -205,6 +217,8 @@ def generate(
     if parallel is not None and jsonl_path is None:
         raise click.UsageError("--parallel goes with --jsonl")
     text = "" if jsonl_path is not None else read_prompt(prompt, strip_final_newline=True, allow_empty=False)
+    if system is not None:
+        valid_utf8(system, "system message")
     strategy = registry.load(strategy_name or registry.default_strategy())
     schema = None if reply_format is None else read_format(reply_format)
     settings = SamplerSettings(

@@ -49,6 +49,11 @@ def read_items(path: str) -> list[Item]:
 def item_of(path: str, number: int, line: str) -> Item:
     where = f"{path}:{number}"
     try:
+        # stdin hands bytes that are not UTF-8 over as lone surrogates rather than failing.
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.ClickException(f"{where}: not UTF-8 text") from None
+    try:
         value = json.loads(line)
     except json.JSONDecodeError as error:
         raise click.ClickException(f"{where}: not valid JSON ({error.msg})") from None

@@ -132,6 +132,22 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise bad(f"invalid JSON in request body: {error}") from None
     if not isinstance(value, dict):
         raise bad(f"the request body must be a JSON object, got {type(value).__name__}")
+    return replace_lone_surrogates(value)
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """`value` with every lone UTF-16 surrogate escape (valid JSON, "\\ud800") in its strings
+    replaced by U+FFFD, as Ollama's JSON decoder does; no tokenizer takes them as they are."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_lone_surrogates(v) for v in value]
     return value
 
 
