@@ -78,6 +78,9 @@ def test_prompts_file_lines_and_json_strings(tmp_path):
         prompt_pool.select(None, tmp_path / "empty.txt")
     with pytest.raises(prompt_pool.PromptError, match="missing.txt"):
         prompt_pool.select(None, tmp_path / "missing.txt")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9?\n")
+    with pytest.raises(prompt_pool.PromptError, match="latin1.txt: not a UTF-8 text file"):
+        prompt_pool.select(None, tmp_path / "latin1.txt")
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,12 @@ def test_command_line_formats_read_json_a_file_or_inline_text(tmp_path):
         read_format(str(path.with_name("list.json").write_text("[1]") and path.with_name("list.json")))
     with pytest.raises(GrammarError, match="inline schema is not valid JSON"):
         read_format('{"type": ')
+    # What argv makes of bytes that are not UTF-8, and a file holding such bytes.
+    with pytest.raises(GrammarError, match="inline schema is not valid UTF-8"):
+        read_format('{"enum": ["\udcff"]}')
+    (tmp_path / "latin1.json").write_bytes(b'{"enum": ["caf\xe9"]}')
+    with pytest.raises(GrammarError, match="latin1.json: not a UTF-8 text file"):
+        read_format(str(tmp_path / "latin1.json"))
 
 
 def test_the_first_tokens_open_the_object_and_specials_never_appear(tokenizer, grammars, stop_ids):

@@ -56,6 +56,10 @@ def read_format(text: str) -> dict[str, Any]:
         return dict(JSON_OBJECT)
     if stripped.startswith("{"):
         source, where = stripped, "the inline schema"
+        try:
+            source.encode("utf-8")  # argv hands bytes that are not UTF-8 over as lone surrogates
+        except UnicodeEncodeError:
+            raise GrammarError("the inline schema is not valid UTF-8") from None
     else:
         try:
             source, where = Path(text).read_text(encoding="utf-8"), text

@@ -50,6 +50,8 @@ def read_prompts_file(path: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise PromptError(f"{path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise PromptError(f"{path}: not a UTF-8 text file") from None
     prompts = []
     for line in lines:
         text = line.strip()
