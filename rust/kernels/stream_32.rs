@@ -199,16 +199,10 @@ unsafe fn tile_t<const T: usize, const EIGHT: bool>(
             let first = j * GROUP;
             let n = GROUP.min(blocks - first);
             let at = first * bb;
-            for r in 0..16 {
-                let from = next.wrapping_add(r * w.row_bytes + at);
-                _mm_prefetch::<_MM_HINT_T0>(from as *const i8);
-                if EIGHT {
-                    // Four Q8_0 blocks span up to four lines; four 4-bit blocks at most two.
-                    _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(64) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(128) as *const i8);
-                }
-                _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(n * bb - 1) as *const i8);
-            }
+            // The next tile's contiguous bytes in address order, a share per group: from DRAM
+            // on two cores 38% faster for Q4_1 and 10-20% for Q8_0 than asking for each
+            // group's blocks row by row.
+            super::stream_k::prefetch_share(next, 16 * w.row_bytes, j, blocks.div_ceil(GROUP));
             // With the block count fixed at compile time, the loads and inserts unroll: one
             // activation row runs twice as fast, four rows 1.5x (measured on Zen 5).
             match n {

@@ -201,14 +201,11 @@ unsafe fn tile_t<const T: usize>(
         let next = w.data.as_ptr().wrapping_add((start + 16) * w.row_bytes);
         let mut facc = [_mm512_setzero_ps(); T];
         for b in 0..blocks {
-            // The next tile's block, one tile ahead, in the order it will be read.
-            for r in 0..16 {
-                let from = next.wrapping_add(r * w.row_bytes + b * bb);
-                for line in (0..bb).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(line) as *const i8);
-                }
-                _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(bb - 1) as *const i8);
-            }
+            // The next tile, one tile ahead: its sixteen rows are one contiguous run of
+            // memory, asked for in address order, a 1/blocks share per block. Asked for block
+            // by block across its rows (the order it is read) it streamed 5-9% slower from
+            // DRAM on two cores.
+            prefetch_share(next, 16 * w.row_bytes, b, blocks);
             let at = b * bb;
             if q6 {
                 block_q6::<T>(&row, at, b, q8, lanes, &mut facc);
@@ -226,6 +223,18 @@ unsafe fn tile_t<const T: usize>(
         for (t, v) in facc.iter().enumerate() {
             _mm512_mask_storeu_ps(out.add(t * w.n_out + start), mask, *v);
         }
+    }
+}
+
+/// Share `part` of `parts` of the `span` bytes at `from`, one prefetch per cache line, into L1.
+/// Addresses past the weight are harmless for a prefetch.
+#[inline(always)]
+pub(super) unsafe fn prefetch_share(from: *const u8, span: usize, part: usize, parts: usize) {
+    let (start, end) = (span * part / parts, span * (part + 1) / parts);
+    let mut line = start & !63;
+    while line < end {
+        _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(line) as *const i8);
+        line += 64;
     }
 }
 
