@@ -151,26 +151,30 @@ pub unsafe fn tile(
     // Q8_0 gets bodies of its own: a runtime branch between the byte and nibble loads slowed
     // the 4-bit formats by half at one row.
     if w.ty == GgmlType::Q8_0 {
-        return match n_tokens {
-            1 => tile_t::<1, true>(w, rows, q8, lanes, out),
-            2 => tile_t::<2, true>(w, rows, q8, lanes, out),
-            3 => tile_t::<3, true>(w, rows, q8, lanes, out),
-            4 => tile_t::<4, true>(w, rows, q8, lanes, out),
-            5 => tile_t::<5, true>(w, rows, q8, lanes, out),
-            6 => tile_t::<6, true>(w, rows, q8, lanes, out),
-            7 => tile_t::<7, true>(w, rows, q8, lanes, out),
-            _ => tile_t::<8, true>(w, rows, q8, lanes, out),
-        };
+        tile_n::<true>(w, rows, q8, lanes, n_tokens, out)
+    } else {
+        tile_n::<false>(w, rows, q8, lanes, n_tokens, out)
     }
+}
+
+#[inline(always)]
+unsafe fn tile_n<const EIGHT: bool>(
+    w: &BlockWeight,
+    rows: Range<usize>,
+    q8: &Q8Rows,
+    lanes: &Lanes32,
+    n_tokens: usize,
+    out: *mut f32,
+) {
     match n_tokens {
-        1 => tile_t::<1, false>(w, rows, q8, lanes, out),
-        2 => tile_t::<2, false>(w, rows, q8, lanes, out),
-        3 => tile_t::<3, false>(w, rows, q8, lanes, out),
-        4 => tile_t::<4, false>(w, rows, q8, lanes, out),
-        5 => tile_t::<5, false>(w, rows, q8, lanes, out),
-        6 => tile_t::<6, false>(w, rows, q8, lanes, out),
-        7 => tile_t::<7, false>(w, rows, q8, lanes, out),
-        _ => tile_t::<8, false>(w, rows, q8, lanes, out),
+        1 => tile_t::<1, EIGHT>(w, rows, q8, lanes, out),
+        2 => tile_t::<2, EIGHT>(w, rows, q8, lanes, out),
+        3 => tile_t::<3, EIGHT>(w, rows, q8, lanes, out),
+        4 => tile_t::<4, EIGHT>(w, rows, q8, lanes, out),
+        5 => tile_t::<5, EIGHT>(w, rows, q8, lanes, out),
+        6 => tile_t::<6, EIGHT>(w, rows, q8, lanes, out),
+        7 => tile_t::<7, EIGHT>(w, rows, q8, lanes, out),
+        _ => tile_t::<8, EIGHT>(w, rows, q8, lanes, out),
     }
 }
 
