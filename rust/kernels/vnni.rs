@@ -60,35 +60,46 @@ fn zero_point(ty: GgmlType) -> i32 {
     }
 }
 
-/// Block `block` of a 32-value format for activation rows first..first + T.
-#[inline(always)]
-unsafe fn dot32<const T: usize>(
-    tile: &Tile32,
+/// Blocks first_block.. of a 32-value format (one decoded tile each) for activation rows
+/// first..first + T, added into `facc`. One compiled body per row count and minimum, so the
+/// accumulators stay in registers across the blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline(never)]
+unsafe fn sweep32<const T: usize, const MIN: bool>(
+    tiles: &[Tile32],
+    first_block: usize,
     zero: i32,
-    min: bool,
     q8: &Q8Rows,
     first: usize,
-    block: usize,
-    facc: &mut [__m512],
+    facc: &mut [__m512; T],
 ) {
-    let blocks = q8.n_in / QK32;
-    for t in 0..T {
-        let i = (first + t) * blocks + block;
-        let a = q8.qs.as_ptr().add(i * QK32);
-        // Two chains halve the wait on vpdpbusd's latency; integer sums do not care.
-        let mut even = _mm512_set1_epi32(-zero * q8.sum[i]);
-        let mut odd = _mm512_setzero_si512();
-        for g in (0..8).step_by(2) {
-            even = _mm512_dpbusd_epi32(even, tile.q[g], broadcast(a.add(4 * g)));
-            odd = _mm512_dpbusd_epi32(odd, tile.q[g + 1], broadcast(a.add(4 * g + 4)));
-        }
-        let isum = _mm512_add_epi32(even, odd);
-        let dd = _mm512_mul_ps(tile.d, _mm512_set1_ps(q8.d[i]));
-        facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, facc[t]);
-        if min {
-            facc[t] = _mm512_fmadd_ps(tile.m, _mm512_set1_ps(q8.s[i]), facc[t]);
+    let per_row = q8.n_in / QK32;
+    let (qs, d, sum, s) = (q8.qs.as_ptr(), q8.d.as_ptr(), q8.sum.as_ptr(), q8.s.as_ptr());
+    let mut acc = *facc;
+    for (k, tile) in tiles.iter().enumerate() {
+        for t in 0..T {
+            let i = (first + t) * per_row + first_block + k;
+            let a = qs.add(i * QK32);
+            // Two chains halve the wait on vpdpbusd's latency; integer sums do not care.
+            let mut even = if MIN {
+                _mm512_setzero_si512()
+            } else {
+                _mm512_set1_epi32(-zero * *sum.add(i))
+            };
+            let mut odd = _mm512_setzero_si512();
+            for g in (0..8).step_by(2) {
+                even = _mm512_dpbusd_epi32(even, tile.q[g], broadcast(a.add(4 * g)));
+                odd = _mm512_dpbusd_epi32(odd, tile.q[g + 1], broadcast(a.add(4 * g + 4)));
+            }
+            let isum = _mm512_add_epi32(even, odd);
+            let dd = _mm512_mul_ps(tile.d, _mm512_set1_ps(*d.add(i)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, acc[t]);
+            if MIN {
+                acc[t] = _mm512_fmadd_ps(tile.m, _mm512_set1_ps(*s.add(i)), acc[t]);
+            }
         }
     }
+    *facc = acc;
 }
 
 /// Super-block `block` of a K-quant for activation rows first..first + T.
@@ -99,7 +110,7 @@ unsafe fn dot_k<const T: usize>(
     q8: &Q8KRows,
     first: usize,
     block: usize,
-    facc: &mut [__m512],
+    facc: &mut [__m512; T],
 ) {
     let blocks = q8.n_in / QK_K;
     let index = |t: usize| (first + t) * blocks + block;
@@ -165,18 +176,37 @@ unsafe fn dot_k<const T: usize>(
     }
 }
 
+/// Super-blocks first_block.. of a K-quant for activation rows first..first + T: one compiled
+/// body per row count and format, accumulators in registers across the super-blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline(never)]
+unsafe fn sweep_k<const T: usize, const Q6: bool>(
+    tiles: &[KTile],
+    first_block: usize,
+    q8: &Q8KRows,
+    first: usize,
+    facc: &mut [__m512; T],
+) {
+    let mut acc = *facc;
+    for (k, tile) in tiles.iter().enumerate() {
+        dot_k::<T>(tile, Q6, q8, first, first_block + k, &mut acc);
+    }
+    *facc = acc;
+}
+
 /// The formats' common shape: decode block(s) into tiles, multiply a tile by T activation rows.
 trait Family {
     type Tile: Copy;
     /// Blocks decoded per call of `unpack`.
     const GROUP: usize;
     unsafe fn unpack(&self, rows: &Rows, block: usize, count: usize, tiles: &mut [Self::Tile]);
-    unsafe fn dot<const T: usize>(
+    /// Decoded blocks first_block.. (one tile each) times activation rows first..first + T.
+    unsafe fn sweep<const T: usize>(
         &self,
-        tile: &Self::Tile,
+        tiles: &[Self::Tile],
+        first_block: usize,
         first: usize,
-        block: usize,
-        facc: &mut [__m512],
+        facc: &mut [__m512; T],
     );
     fn zeroed() -> Self::Tile;
 }
@@ -202,22 +232,18 @@ impl Family for Blocks32<'_> {
         );
     }
     #[inline(always)]
-    unsafe fn dot<const T: usize>(
+    unsafe fn sweep<const T: usize>(
         &self,
-        tile: &Tile32,
+        tiles: &[Tile32],
+        first_block: usize,
         first: usize,
-        block: usize,
-        facc: &mut [__m512],
+        facc: &mut [__m512; T],
     ) {
-        dot32::<T>(
-            tile,
-            self.zero,
-            self.layout.min,
-            self.q8,
-            first,
-            block,
-            facc,
-        );
+        if self.layout.min {
+            sweep32::<T, true>(tiles, first_block, self.zero, self.q8, first, facc)
+        } else {
+            sweep32::<T, false>(tiles, first_block, self.zero, self.q8, first, facc)
+        }
     }
     fn zeroed() -> Tile32 {
         // SAFETY: a tile is plain integers and floats; all-zero bytes are a valid value.
@@ -242,14 +268,18 @@ impl Family for KQuants<'_> {
         }
     }
     #[inline(always)]
-    unsafe fn dot<const T: usize>(
+    unsafe fn sweep<const T: usize>(
         &self,
-        tile: &KTile,
+        tiles: &[KTile],
+        first_block: usize,
         first: usize,
-        block: usize,
-        facc: &mut [__m512],
+        facc: &mut [__m512; T],
     ) {
-        dot_k::<T>(tile, self.ty == GgmlType::Q6K, self.q8, first, block, facc);
+        if self.ty == GgmlType::Q6K {
+            sweep_k::<T, true>(tiles, first_block, self.q8, first, facc)
+        } else {
+            sweep_k::<T, false>(tiles, first_block, self.q8, first, facc)
+        }
     }
     fn zeroed() -> KTile {
         // SAFETY: as for Tile32.
@@ -366,19 +396,17 @@ unsafe fn stream_tile<F: Family>(
             _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(group_bytes - 1) as *const i8);
         }
         family.unpack(&tile_rows, block, count, tiles);
-        for (k, tile) in tiles.iter().enumerate().take(count) {
-            let mut first = 0;
-            while first < n_tokens {
-                let size = group_size(n_tokens - first);
-                dot_group(
-                    family,
-                    tile,
-                    first,
-                    block + k,
-                    &mut facc[first..first + size],
-                );
-                first += size;
-            }
+        let mut first = 0;
+        while first < n_tokens {
+            let size = group_size(n_tokens - first);
+            sweep_group(
+                family,
+                &tiles[..count],
+                block,
+                first,
+                &mut facc[first..first + size],
+            );
+            first += size;
         }
         block += count;
     }
@@ -415,20 +443,18 @@ unsafe fn cached_tiles<F: Family>(
         let count = (n_tokens - first).min(8);
         for (s, tile) in tiles.iter().enumerate() {
             let mut facc = [_mm512_setzero_ps(); 8];
-            for block in 0..blocks {
-                let decoded_block = &decoded[s * padded + block];
-                let mut offset = 0;
-                while offset < count {
-                    let size = group_size(count - offset);
-                    dot_group(
-                        family,
-                        decoded_block,
-                        first + offset,
-                        block,
-                        &mut facc[offset..offset + size],
-                    );
-                    offset += size;
-                }
+            let tile_blocks = &decoded[s * padded..s * padded + blocks];
+            let mut offset = 0;
+            while offset < count {
+                let size = group_size(count - offset);
+                sweep_group(
+                    family,
+                    tile_blocks,
+                    0,
+                    first + offset,
+                    &mut facc[offset..offset + size],
+                );
+                offset += size;
             }
             store(&facc[..count], first, w.n_out, tile.clone(), out);
         }
@@ -449,20 +475,20 @@ unsafe fn store(facc: &[__m512], first: usize, n_out: usize, rows: Range<usize>,
     }
 }
 
-/// One tile times a group of 8, 4, 2 or 1 activation rows (one compiled body per size).
+/// Decoded tiles times a group of 8, 4, 2 or 1 activation rows (one compiled body per size).
 #[inline(always)]
-unsafe fn dot_group<F: Family>(
+unsafe fn sweep_group<F: Family>(
     family: &F,
-    tile: &F::Tile,
+    tiles: &[F::Tile],
+    first_block: usize,
     first: usize,
-    block: usize,
     group: &mut [__m512],
 ) {
     match group.len() {
-        8 => family.dot::<8>(tile, first, block, group),
-        4 => family.dot::<4>(tile, first, block, group),
-        2 => family.dot::<2>(tile, first, block, group),
-        _ => family.dot::<1>(tile, first, block, group),
+        8 => family.sweep::<8>(tiles, first_block, first, group.try_into().unwrap()),
+        4 => family.sweep::<4>(tiles, first_block, first, group.try_into().unwrap()),
+        2 => family.sweep::<2>(tiles, first_block, first, group.try_into().unwrap()),
+        _ => family.sweep::<1>(tiles, first_block, first, group.try_into().unwrap()),
     }
 }
 
