@@ -85,8 +85,10 @@ unsafe fn attend_avx512(
                     *a = _mm512_fmadd_ps(qc, _mm512_loadu_ps(k.add((t0 + j) * d + c)), *a);
                 }
             }
-            let scaled: [__m512; 16] = std::array::from_fn(|j| _mm512_mul_ps(acc[j], scale));
-            _mm512_storeu_ps(s.add(i * padded + t0), reduce16(scaled));
+            for a in acc.iter_mut() {
+                *a = _mm512_mul_ps(*a, scale);
+            }
+            _mm512_storeu_ps(s.add(i * padded + t0), reduce16(acc));
         }
         for t in whole..len {
             let key = k.add(t * d);
@@ -144,31 +146,38 @@ unsafe fn attend_avx512(
 unsafe fn reduce16(v: [std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     // The last level leaves vector 4s + l's sum in lane 4l + s: take the inputs in that order.
-    let w: [__m512; 16] = std::array::from_fn(|i| v[4 * (i % 4) + i / 4]);
+    // Plain loops, not closures: a closure would not inherit this function's target features.
+    let mut w = [_mm512_setzero_ps(); 16];
+    for i in 0..16 {
+        w[i] = v[4 * (i % 4) + i / 4];
+    }
     // Lanes i + 8 onto i: 128-bit lanes [a0 a1 b0 b1] + [a2 a3 b2 b3].
-    let halves: [__m512; 8] = std::array::from_fn(|p| {
+    let mut halves = [_mm512_setzero_ps(); 8];
+    for p in 0..8 {
         let (a, b) = (w[2 * p], w[2 * p + 1]);
-        _mm512_add_ps(
+        halves[p] = _mm512_add_ps(
             _mm512_shuffle_f32x4::<0x44>(a, b),
             _mm512_shuffle_f32x4::<0xEE>(a, b),
-        )
-    });
+        );
+    }
     // Lanes i + 4 onto i: one vector's four sums per 128-bit lane.
-    let quarters: [__m512; 4] = std::array::from_fn(|m| {
+    let mut quarters = [_mm512_setzero_ps(); 4];
+    for m in 0..4 {
         let (a, b) = (halves[2 * m], halves[2 * m + 1]);
-        _mm512_add_ps(
+        quarters[m] = _mm512_add_ps(
             _mm512_shuffle_f32x4::<0x88>(a, b),
             _mm512_shuffle_f32x4::<0xDD>(a, b),
-        )
-    });
+        );
+    }
     // Within each 128-bit lane: 0 + 2 and 1 + 3, two vectors per lane.
-    let pairs: [__m512; 2] = std::array::from_fn(|k| {
+    let mut pairs = [_mm512_setzero_ps(); 2];
+    for k in 0..2 {
         let (a, b) = (quarters[2 * k], quarters[2 * k + 1]);
-        _mm512_add_ps(
+        pairs[k] = _mm512_add_ps(
             _mm512_shuffle_ps::<0x44>(a, b),
             _mm512_shuffle_ps::<0xEE>(a, b),
-        )
-    });
+        );
+    }
     _mm512_add_ps(
         _mm512_shuffle_ps::<0x88>(pairs[0], pairs[1]),
         _mm512_shuffle_ps::<0xDD>(pairs[0], pairs[1]),

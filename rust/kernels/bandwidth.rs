@@ -38,7 +38,11 @@ pub struct Bandwidth {
 
 /// Streams a `bytes`-sized buffer with `threads` threads for about `seconds`, timing units of
 /// whole passes (each at least a couple of milliseconds), and returns the fastest unit.
-pub fn read_bandwidth(bytes: usize, threads: usize, seconds: f64) -> Result<Bandwidth, BandwidthError> {
+pub fn read_bandwidth(
+    bytes: usize,
+    threads: usize,
+    seconds: f64,
+) -> Result<Bandwidth, BandwidthError> {
     if bytes == 0 || threads == 0 || !(seconds >= 0.0) {
         return Err(BandwidthError(format!(
             "bytes and threads must be positive and seconds not negative (got {bytes}, {threads}, {seconds})"
@@ -63,7 +67,8 @@ pub fn read_bandwidth(bytes: usize, threads: usize, seconds: f64) -> Result<Band
     let sink = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for (index, share) in buffer.chunks(lines_per_thread).enumerate() {
-            let (barrier, passes, best_ns, stop, sink) = (&barrier, &passes, &best_ns, &stop, &sink);
+            let (barrier, passes, best_ns, stop, sink) =
+                (&barrier, &passes, &best_ns, &stop, &sink);
             scope.spawn(move || {
                 let mut sum = 0u64;
                 let began = Instant::now();
@@ -71,7 +76,11 @@ pub fn read_bandwidth(bytes: usize, threads: usize, seconds: f64) -> Result<Band
                 for unit in 0usize.. {
                     barrier.wait();
                     let start = Instant::now();
-                    let n = if unit == 0 { 1 } else { passes.load(Ordering::Acquire) };
+                    let n = if unit == 0 {
+                        1
+                    } else {
+                        passes.load(Ordering::Acquire)
+                    };
                     for _ in 0..n {
                         sum = sum.wrapping_add(read_all(share));
                     }
@@ -129,7 +138,9 @@ impl SpinBarrier {
             self.generation.fetch_add(1, Ordering::AcqRel);
             return;
         }
-        crate::kernels::workers::wait_until(|| self.generation.load(Ordering::Acquire) != generation);
+        crate::kernels::workers::wait_until(|| {
+            self.generation.load(Ordering::Acquire) != generation
+        });
     }
 }
 
@@ -182,7 +193,10 @@ mod avx512 {
         for line in rest {
             acc[0] = _mm512_add_epi64(acc[0], _mm512_load_si512(line.0.as_ptr() as *const __m512i));
         }
-        let all = _mm512_add_epi64(_mm512_add_epi64(acc[0], acc[1]), _mm512_add_epi64(acc[2], acc[3]));
+        let all = _mm512_add_epi64(
+            _mm512_add_epi64(acc[0], acc[1]),
+            _mm512_add_epi64(acc[2], acc[3]),
+        );
         _mm512_reduce_add_epi64(all) as u64
     }
 }
@@ -206,7 +220,10 @@ mod avx2 {
             }
         }
         let mut out = [0u64; 4];
-        let all = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
+        let all = _mm256_add_epi64(
+            _mm256_add_epi64(acc[0], acc[1]),
+            _mm256_add_epi64(acc[2], acc[3]),
+        );
         _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, all);
         out.iter().fold(0, |s, &v| s.wrapping_add(v))
     }

@@ -231,14 +231,15 @@ fn long_float_prompts_cross_token_and_weight_blocks_bit_for_bit() {
 #[test]
 fn a_rows_result_is_the_same_alone_in_a_batch_and_across_paths_and_threads() {
     for ty in ALL_TYPES {
-        let n_in = n_in_for(ty, 2);
+        // Nine blocks: two whole groups of four and a last group of one.
+        let n_in = n_in_for(ty, 9);
         let data = random_weight(ty, 70, n_in, 11);
         let w = BlockWeight::new(ty, &data, n_in, 70).unwrap();
         let x = Noise::new(5).floats(100 * n_in);
         let all = &run(&x, 100, &[w], 2, Path::Fast)[0];
         let one_thread = &run(&x, 100, &[w], 1, Path::Fast)[0];
         assert_eq!(all, one_thread, "{}", ty.name());
-        for (rows, t) in [(1, 0), (8, 5), (9, 8), (64, 63)] {
+        for (rows, t) in [(1, 0), (3, 2), (4, 3), (6, 1), (8, 5), (9, 8), (64, 63)] {
             let part = &run(&x[..rows * n_in], rows, &[w], 2, Path::Fast)[0];
             assert_eq!(
                 &part[t * 70..(t + 1) * 70],

@@ -74,7 +74,12 @@ unsafe fn sweep32<const T: usize, const MIN: bool>(
     facc: &mut [__m512; T],
 ) {
     let per_row = q8.n_in / QK32;
-    let (qs, d, sum, s) = (q8.qs.as_ptr(), q8.d.as_ptr(), q8.sum.as_ptr(), q8.s.as_ptr());
+    let (qs, d, sum, s) = (
+        q8.qs.as_ptr(),
+        q8.d.as_ptr(),
+        q8.sum.as_ptr(),
+        q8.s.as_ptr(),
+    );
     let mut acc = *facc;
     for (k, tile) in tiles.iter().enumerate() {
         for t in 0..T {
@@ -318,8 +323,8 @@ pub unsafe fn tile(
             } else {
                 &acts.q8_0
             };
-            if let Some(lanes) = lanes32
-                .filter(|_| acts.rows <= STREAM_MAX_ROWS && stream_32::handles(ty, acts.rows))
+            if let Some(lanes) =
+                lanes32.filter(|_| acts.rows <= STREAM_MAX_ROWS && stream_32::handles(ty))
             {
                 let q8 = q8.as_ref().expect("Q8 activations");
                 return stream_32::tile(w, rows, q8, lanes, acts.rows, out);
