@@ -138,7 +138,7 @@ pub unsafe fn block_matmul(
                 if decode
                     && weights
                         .iter()
-                        .any(|w| tys.contains(&w.ty) && super::stream_32::handles(w.ty)) =>
+                        .any(|w| tys.contains(&w.ty) && super::stream_32::handles(w.ty, rows)) =>
             {
                 Some(super::stream_32::Lanes32::new(q8, rows))
             }

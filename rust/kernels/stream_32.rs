@@ -76,14 +76,19 @@ impl Lanes32 {
     }
 }
 
-/// Whether `tile` decodes this type: the 32-value formats, Q8_0 included. At 4 to 8 rows
-/// Q8_0 streams about 5% faster than through decoded tiles (`vnni`), and at one row 1.6x
-/// (measured on Zen 5).
-pub fn handles(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
-    )
+/// Q8_0 streams up to this many activation rows. Its blocks are twice the bytes of the 4-bit
+/// ones, so from four rows on, weights decoded once into tiles (`vnni`) are as fast or faster
+/// from memory; at one row streaming is 1.6x faster (measured on Zen 5).
+pub const Q8_0_MAX_ROWS: usize = 3;
+
+/// Whether `tile` is the faster kernel for this type at this many activation rows (at most
+/// STREAM_MAX_ROWS).
+pub fn handles(ty: GgmlType, rows: usize) -> bool {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => true,
+        GgmlType::Q8_0 => rows <= Q8_0_MAX_ROWS,
+        _ => false,
+    }
 }
 
 struct Format {
@@ -131,7 +136,7 @@ fn format(ty: GgmlType) -> Format {
 /// Output rows `rows` of a 4-bit 32-value weight for 1..=8 activation rows.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F/BW/VL/VNNI; `handles(w.ty)`; at most STREAM_MAX_ROWS rows; `out` must hold n_tokens ·
+/// The CPU must have AVX-512 F/BW/VL/VNNI; `handles(w.ty, n_tokens)`; `out` must hold n_tokens ·
 /// w.n_out values; `lanes` must be built from `q8`, the activations this type takes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn tile(
@@ -283,11 +288,12 @@ unsafe fn lane_of(v: __m512i, g: usize) -> __m512i {
 
 /// Whether each group of four rows is decoded into registers and met by every activation row
 /// at once. Otherwise the sixteen rows are decoded into a buffer that each activation row then
-/// reads in turn: past two rows (three for Q8_0) the sums of all four groups no longer fit in
-/// registers, and spilling them cost more. Measured on Zen 5: Q4_1 at 8 rows 1.55x and at
-/// 4 rows 1.3x faster through the buffer; Q8_0 at 1 to 3 rows up to 15% slower.
+/// reads in turn: past two rows the sums of all four groups no longer fit in registers, and
+/// spilling them cost more. Measured on Zen 5, Q4_1 through the buffer: at 8 rows 1.55x
+/// faster in cache and 1.4x from DRAM on two cores, at 4 rows 1.3x. Q8_0, streamed up to
+/// three rows only, was up to 15% slower through it.
 const fn in_registers(rows: usize, eight_bit: bool) -> bool {
-    rows <= 2 || (eight_bit && rows <= 3)
+    rows <= 2 || eight_bit
 }
 
 /// Blocks first..first + N (N <= 4) of all sixteen rows against every activation row.

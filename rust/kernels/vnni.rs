@@ -323,8 +323,8 @@ pub unsafe fn tile(
             } else {
                 &acts.q8_0
             };
-            if let Some(lanes) =
-                lanes32.filter(|_| acts.rows <= STREAM_MAX_ROWS && stream_32::handles(ty))
+            if let Some(lanes) = lanes32
+                .filter(|_| acts.rows <= STREAM_MAX_ROWS && stream_32::handles(ty, acts.rows))
             {
                 let q8 = q8.as_ref().expect("Q8 activations");
                 return stream_32::tile(w, rows, q8, lanes, acts.rows, out);
