@@ -201,14 +201,16 @@ unsafe fn tile_t<const T: usize>(
         let next = w.data.as_ptr().wrapping_add((start + 16) * w.row_bytes);
         let mut facc = [_mm512_setzero_ps(); T];
         // The next tile, one tile ahead: its sixteen rows are one contiguous run of memory,
-        // asked for in address order, a share per half of each row group of each block.
-        // Asked for block by block across its rows (the order it is read) it streamed 5-9%
-        // slower from DRAM on two cores; one share per block instead of eight made 4-row
-        // steps of a 1B Q4_K_M model 13% slower.
+        // asked for in address order, a share per block. Asked for block by block across its
+        // rows (the order it is read) it streamed 5-9% slower from DRAM on two cores. Up to
+        // four activation rows each block's share is split in eight, one per half row group:
+        // 1B Q4_K_M 4-row steps were 20% faster in 3 of 4 paired runs; 8-row steps were
+        // about 6% slower that way, so they keep one share per block.
         let ahead = Ahead {
             from: next,
             span: 16 * w.row_bytes,
-            parts: blocks * 8,
+            blocks,
+            split: T <= 4,
         };
         for b in 0..blocks {
             let at = b * bb;
@@ -231,17 +233,23 @@ unsafe fn tile_t<const T: usize>(
     }
 }
 
-/// The bytes to prefetch while a tile is read, in `parts` equal shares.
+/// The bytes to prefetch while a tile is read: a share per block, split in eight when `split`.
 struct Ahead {
     from: *const u8,
     span: usize,
-    parts: usize,
+    blocks: usize,
+    split: bool,
 }
 
 impl Ahead {
+    /// Step `step` (0..8, one per half row group) of block `b`.
     #[inline(always)]
-    unsafe fn share(&self, part: usize) {
-        prefetch_share(self.from, self.span, part, self.parts);
+    unsafe fn share(&self, b: usize, step: usize) {
+        if self.split {
+            prefetch_share(self.from, self.span, 8 * b + step, 8 * self.blocks);
+        } else if step == 0 {
+            prefetch_share(self.from, self.span, b, self.blocks);
+        }
     }
 }
 
@@ -349,7 +357,7 @@ unsafe fn block_q4<const T: usize, const Q5: bool>(
     for g in 0..4 {
         let mut group = [_mm512_setzero_si512(); T];
         for h in 0..2 {
-            ahead.share(b * 8 + 2 * g + h);
+            ahead.share(b, 2 * g + h);
             let words = transpose4(load_group(row, g, qs_at + 64 * h));
             // Sub-blocks 4h + {0, 2} (low nibbles) and 4h + {1, 3} (high), two 128-bit lanes each.
             let x = lane_of(if h == 0 { sc_lo } else { sc_hi }, g);
@@ -472,7 +480,7 @@ unsafe fn block_q6<const T: usize>(
     for g in 0..4 {
         let mut group = [_mm512_setzero_si512(); T];
         for n in 0..2 {
-            ahead.share(b * 8 + 2 * g + n);
+            ahead.share(b, 2 * g + n);
             let ql = transpose4(load_group(row, g, at + 64 * n));
             let qh = transpose4(load_group_twice(row, g, at + 128 + 32 * n));
             // Sub-block 8n + L (low nibbles) and 8n + 4 + L (high) in 128-bit lane L.
