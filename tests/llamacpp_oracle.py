@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lljx.bench.llamacpp_load import Llama
 from lljx.bench.requantize import requantized
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[test]')")
@@ -28,8 +29,8 @@ def load(path: Path, n_ctx: int = 512, *, logits_all: bool = False, f32_cache: b
     """llama.cpp on `path`. `f32_cache` keeps K and V in f32 as lljx does (llama.cpp's default is f16): against
     a file whose activations llama.cpp rounds to 8 bits, the f16 cache's rounding flips some of those roundings."""
     cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32, "flash_attn": False} if f32_cache else {}
-    return llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=2, logits_all=logits_all, verbose=False, seed=0,
+    return Llama(
+        path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=2, logits_all=logits_all, verbose=False, seed=0,
         **cache,
     )
 
@@ -52,3 +53,27 @@ def greedy_tokens(llm, tokens: list[int], n: int) -> list[int]:
         if len(out) >= n:
             break
     return out
+
+
+def assert_greedy_agrees(llm, tokens: list[int], ours: list[int], n: int, *, near_tie: float) -> None:
+    """Our greedy tokens equal llama.cpp's, or first differ where llama.cpp's own logits nearly tie.
+
+    On files whose activations both engines round to 8 bits, a difference in the last bit of one
+    activation (the order of a float sum, which differs between CPUs and builds) can move a value
+    across a rounding boundary, and the logits by a few hundredths: where llama.cpp's best two
+    tokens are that close, either is right. `near_tie` bounds llama.cpp's margin of its own token
+    over ours at the first difference; a wrong kernel moves logits by far more.
+    """
+    theirs = greedy_tokens(llm, tokens, n)
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    if first is None:
+        assert len(ours) == len(theirs), (ours, theirs)
+        return
+    prefix = tokens + theirs[:first]
+    llm.reset()
+    llm.eval(prefix)
+    row = np.asarray(llm.scores[len(prefix) - 1], dtype=np.float32)
+    margin = float(row[theirs[first]] - row[ours[first]])
+    assert margin <= near_tie, (
+        f"token {first}: llama.cpp prefers {theirs[first]} over our {ours[first]} by {margin:.4f} (> {near_tie})"
+    )

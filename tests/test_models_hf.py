@@ -59,11 +59,13 @@ def test_hf_twin_loads_the_same_params_as_the_gguf(random_llama, dtype):
 
 
 def test_twins_match_llama_cpp_logits(random_llama):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     gguf_path, hf_dir = random_llama
     # f32 KV cache (type 0): llama.cpp's default f16 cache would add ~1e-2 of its own error.
-    llm = llama_cpp.Llama(
-        model_path=str(gguf_path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0, n_threads=2
+    from lljx.bench.llamacpp_load import Llama
+
+    llm = Llama(
+        gguf_path, n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0, n_threads=2
     )
     llm.eval(PROMPT)
     expected = np.array(llm.scores[: len(PROMPT)], dtype=np.float32)

@@ -32,6 +32,9 @@ pytestmark = pytest.mark.slow
 # llama.cpp against itself with an f16 instead of an f32 cache agrees on 5 of the 10 too.
 PROMPTS = ["What makes prime numbers special?", "What is the Pythagorean theorem?", "How do vaccines train immunity?"]
 GREEDY_TOKENS = 32
+# On an Intel Xeon (AVX-512 FP16, AMX) the first of these differs at its 5th token, where
+# llama.cpp's best two logits are 0.09 apart; the others agree for all 32.
+NEAR_TIE = 0.25
 
 
 def greedy(model, strategy: str, ids: list[int], n: int) -> list[int]:
@@ -51,7 +54,8 @@ def test_embedded_q4_1_file_greedy_text_equals_llamacpp_on_the_same_file(embedde
     llama = oracle.load(Path(embedded.path), n_ctx=256, f32_cache=True)
     for prompt in PROMPTS:
         ids = chat_prompt_ids(embedded, prompt)
-        assert greedy(embedded, strategy, ids, GREEDY_TOKENS) == oracle.greedy_tokens(llama, ids, GREEDY_TOKENS), prompt
+        ours = greedy(embedded, strategy, ids, GREEDY_TOKENS)
+        oracle.assert_greedy_agrees(llama, ids, ours, GREEDY_TOKENS, near_tie=NEAR_TIE)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lljx.bench import environment
+from lljx.bench.llamacpp_load import repacking_runs
 
 CHILD = Path(__file__).with_name("llamacpp_child.py")
 COLUMNS = ("system", "spawn", "ttft_s", "peak_rss_mb", "file", "threads")
@@ -58,6 +59,8 @@ def lljx_system(strategy: str, model_file: str, dtype: str, prompt: str) -> Cold
 def llamacpp_system(model_file: str, threads: int, ids: Sequence[int]) -> ColdSystem:
     n_ctx = math.ceil((len(ids) + 1) / 256) * 256
     argv = [sys.executable, str(CHILD), model_file, str(threads), str(n_ctx), json.dumps(list(ids))]
+    if not repacking_runs(Path(model_file)):
+        argv.append("no-repack")
     return ColdSystem("llama.cpp", tuple(argv), model_file)
 
 

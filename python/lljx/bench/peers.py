@@ -87,12 +87,12 @@ class LlamaCppSystem:
         self.llm: Any = None
 
     def warm_up(self) -> Readiness:
-        from llama_cpp import Llama
+        from .llamacpp_load import Llama
 
         path = self.file = peer_file(self.source, self.ftype)
         start = time.perf_counter()
         self.llm = Llama(
-            model_path=str(path), n_ctx=self.n_ctx, n_batch=min(self.n_ctx, 512), n_threads=self.threads,
+            path, n_ctx=self.n_ctx, n_batch=min(self.n_ctx, 512), n_threads=self.threads,
             n_threads_batch=self.threads, seed=self.seed, verbose=False,
         )
         load_s = time.perf_counter() - start
