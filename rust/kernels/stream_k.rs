@@ -164,37 +164,40 @@ pub unsafe fn tile(
     n_tokens: usize,
     out: *mut f32,
 ) {
-    // One compiled body per activation-row count keeps every accumulator in a register.
     if multiply_is_slow() {
-        match n_tokens {
-            1 => tile_t::<1, true>(w, rows, q8, lanes, out),
-            2 => tile_t::<2, true>(w, rows, q8, lanes, out),
-            3 => tile_t::<3, true>(w, rows, q8, lanes, out),
-            4 => tile_t::<4, true>(w, rows, q8, lanes, out),
-            5 => tile_t::<5, true>(w, rows, q8, lanes, out),
-            6 => tile_t::<6, true>(w, rows, q8, lanes, out),
-            7 => tile_t::<7, true>(w, rows, q8, lanes, out),
-            _ => tile_t::<8, true>(w, rows, q8, lanes, out),
-        }
+        by_rows::<true>(w, rows, q8, lanes, n_tokens, out)
     } else {
-        match n_tokens {
-            1 => tile_t::<1, false>(w, rows, q8, lanes, out),
-            2 => tile_t::<2, false>(w, rows, q8, lanes, out),
-            3 => tile_t::<3, false>(w, rows, q8, lanes, out),
-            4 => tile_t::<4, false>(w, rows, q8, lanes, out),
-            5 => tile_t::<5, false>(w, rows, q8, lanes, out),
-            6 => tile_t::<6, false>(w, rows, q8, lanes, out),
-            7 => tile_t::<7, false>(w, rows, q8, lanes, out),
-            _ => tile_t::<8, false>(w, rows, q8, lanes, out),
-        }
+        by_rows::<false>(w, rows, q8, lanes, n_tokens, out)
+    }
+}
+
+/// One compiled body per activation-row count keeps every accumulator in a register.
+#[inline(always)]
+unsafe fn by_rows<const MADD: bool>(
+    w: &BlockWeight,
+    rows: Range<usize>,
+    q8: &Q8KRows,
+    lanes: &KLanes,
+    n_tokens: usize,
+    out: *mut f32,
+) {
+    match n_tokens {
+        1 => tile_t::<1, MADD>(w, rows, q8, lanes, out),
+        2 => tile_t::<2, MADD>(w, rows, q8, lanes, out),
+        3 => tile_t::<3, MADD>(w, rows, q8, lanes, out),
+        4 => tile_t::<4, MADD>(w, rows, q8, lanes, out),
+        5 => tile_t::<5, MADD>(w, rows, q8, lanes, out),
+        6 => tile_t::<6, MADD>(w, rows, q8, lanes, out),
+        7 => tile_t::<7, MADD>(w, rows, q8, lanes, out),
+        _ => tile_t::<8, MADD>(w, rows, q8, lanes, out),
     }
 }
 
 /// Whether a 512-bit 32-bit multiply competes with the integer dot products for one port:
 /// on Intel's AVX-512 cores it is two operations on the port `vpdpbusd` runs on, so Q4_K
-/// scales its sub-block sums with one 16-bit multiply-add instead (single thread, Q4_K at
-/// 2-8 activation rows: 5-17% faster on an Intel Xeon with AVX-512 FP16, in cache and from
-/// L3). Zen 5 runs the multiply beside the dot products, and there it measured no better.
+/// scales its sub-block sums with one 16-bit multiply-add instead (single thread on an Intel
+/// Xeon with AVX-512 FP16, Q4_K: 2 and 4 rows 5-10% faster, 8 rows 18-20% from L3 and the
+/// same in cache). Zen 5 runs the multiply beside the dot products; there it measured no better.
 fn multiply_is_slow() -> bool {
     static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *INTEL.get_or_init(|| {
