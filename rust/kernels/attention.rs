@@ -122,15 +122,20 @@ unsafe fn attend_avx512(
         }
         for i in 0..r {
             let mut acc = [_mm512_setzero_ps(); 16];
-            let mut t = 0;
-            while t < padded {
-                let mask = if t + 16 >= padded { last_mask } else { 0xffff };
+            // Whole vectors load unmasked (a masked load in this loop costs an extra operation
+            // on the FMA ports); only the last vector of positions is masked.
+            let last = padded - 16;
+            for t in (0..last).step_by(16) {
                 let weights = _mm512_loadu_ps(s.add(i * padded + t));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let values = _mm512_maskz_loadu_ps(mask, v.add((c0 + j) * t_max + t));
+                    let values = _mm512_loadu_ps(v.add((c0 + j) * t_max + t));
                     *a = _mm512_fmadd_ps(weights, values, *a);
                 }
-                t += 16;
+            }
+            let weights = _mm512_loadu_ps(s.add(i * padded + last));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let values = _mm512_maskz_loadu_ps(last_mask, v.add((c0 + j) * t_max + last));
+                *a = _mm512_fmadd_ps(weights, values, *a);
             }
             _mm512_storeu_ps(o.add(i * d + c0), reduce16(acc));
         }

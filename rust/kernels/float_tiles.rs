@@ -9,9 +9,10 @@
 //! range; BF16 decode and odd batch rows take eight weight rows at once (eight independent
 //! chains hide the FMA latency), BF16 on the hardware prefetchers alone. Prompts take 4 x 6
 //! tiles and block the work for the caches: 48 activation rows at a time (L2) against up to
-//! 256 KB of weight rows (L2), in passes of 1024 inputs (the tile's activations in L1); a
-//! token block's first tile prefetches the next weight block. No SIMD value is touched inside
-//! a closure (closures do not inherit target features).
+//! half an L2 of weight rows, in passes of 1024 inputs whose six activation rows are copied
+//! into one stream (in L1); a token block's first tile prefetches the next weight block. Only
+//! a row's last, partial step loads masked. No SIMD value is touched inside a closure
+//! (closures do not inherit target features).
 
 #![cfg(target_arch = "x86_64")]
 // Index loops over lanes, tokens and quads read closer to the data layout than iterator chains.
@@ -19,6 +20,7 @@
 
 use super::activations::Activations;
 use super::block_matmul::STREAM_MAX_ROWS;
+use super::caches;
 use super::ggml::{BlockWeight, GgmlType};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -44,16 +46,62 @@ unsafe fn reduce(v: __m512) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
 }
 
-/// Sixteen weights starting at input `k` of a row (fewer than 16 left: `mask`), as f32.
+/// Sixteen weights starting at input `k` of a row, as f32; fewer than 16 left (`FULL`
+/// false): the lanes of `mask`, the rest zero.
 #[inline(always)]
-unsafe fn load_w(ty: GgmlType, row: *const u8, k: usize, mask: __mmask16) -> __m512 {
-    match ty {
-        GgmlType::F32 => _mm512_maskz_loadu_ps(mask, (row as *const f32).add(k)),
-        _ => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (row as *const i16).add(k))),
+unsafe fn load_w<const FULL: bool>(
+    ty: GgmlType,
+    row: *const u8,
+    k: usize,
+    mask: __mmask16,
+) -> __m512 {
+    match (ty, FULL) {
+        (GgmlType::F32, true) => _mm512_loadu_ps((row as *const f32).add(k)),
+        (GgmlType::F32, false) => _mm512_maskz_loadu_ps(mask, (row as *const f32).add(k)),
+        (_, true) => _mm512_cvtph_ps(_mm256_loadu_si256((row as *const i16).add(k) as *const _)),
+        (_, false) => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (row as *const i16).add(k))),
+    }
+}
+
+/// Sixteen activations starting at `k` (`FULL` false: the lanes of `mask`, the rest zero).
+#[inline(always)]
+unsafe fn load_x<const FULL: bool>(x: *const f32, k: usize, mask: __mmask16) -> __m512 {
+    if FULL {
+        _mm512_loadu_ps(x.add(k))
+    } else {
+        _mm512_maskz_loadu_ps(mask, x.add(k))
+    }
+}
+
+/// One step of sixteen inputs of the RM x RN tile: weights at input `k` (`W_FULL` false: the
+/// lanes of `mask`), activation j at `x[j] + x_at` (`X_FULL` false: the lanes of `mask`).
+#[inline(always)]
+unsafe fn step_f<const RM: usize, const RN: usize, const W_FULL: bool, const X_FULL: bool>(
+    ty: GgmlType,
+    w: &[*const u8; RM],
+    k: usize,
+    x: &[*const f32; RN],
+    x_at: usize,
+    mask: __mmask16,
+    acc: &mut [[__m512; RN]; RM],
+) {
+    let mut wv = [_mm512_setzero_ps(); RM];
+    for m in 0..RM {
+        wv[m] = load_w::<W_FULL>(ty, w[m], k, mask);
+    }
+    for j in 0..RN {
+        let xv = load_x::<X_FULL>(x[j], x_at, mask);
+        for m in 0..RM {
+            acc[m][j] = _mm512_fmadd_ps(wv[m], xv, acc[m][j]);
+        }
     }
 }
 
 /// acc[m][n] over all inputs for F32/F16 weight rows `w` and f32 activation rows `x`.
+///
+/// Whole steps load unmasked: a masked load costs an extra operation on the FMA ports, and
+/// masking every step measured 40% slower in prompts. Only the last, partial step is masked;
+/// its zero lanes add nothing, so every lane sees the same sums either way.
 #[inline(always)]
 unsafe fn micro_f<const RM: usize, const RN: usize, const PREFETCH: bool>(
     ty: GgmlType,
@@ -65,34 +113,114 @@ unsafe fn micro_f<const RM: usize, const RN: usize, const PREFETCH: bool>(
 ) {
     let n = k_range.end;
     let elem = if ty == GgmlType::F32 { 4 } else { 2 };
+    let whole_end = k_range.start + k_range.len() / 16 * 16;
     let mut k = k_range.start;
-    while k < n {
-        let left = n - k;
-        let mask: __mmask16 = if left >= 16 {
-            0xffff
-        } else {
-            (1u16 << left) - 1
-        };
+    while k < whole_end {
         if PREFETCH && (k * elem).is_multiple_of(64) {
             for row in w {
                 _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(k * elem + ahead) as *const i8);
             }
         }
-        let mut wv = [_mm512_setzero_ps(); RM];
-        for m in 0..RM {
-            wv[m] = load_w(ty, w[m], k, mask);
-        }
-        for j in 0..RN {
-            let xv = _mm512_maskz_loadu_ps(mask, x[j].add(k));
-            for m in 0..RM {
-                acc[m][j] = _mm512_fmadd_ps(wv[m], xv, acc[m][j]);
+        step_f::<RM, RN, true, true>(ty, &w, k, &x, k, 0xffff, acc);
+        k += 16;
+    }
+    if k < n {
+        step_f::<RM, RN, false, false>(ty, &w, k, &x, k, (1u16 << (n - k)) - 1, acc);
+    }
+}
+
+/// `micro_f` over activations packed by `pack`: step s of activation j at
+/// `packed + (s·RN + j)·16`, one stream in L1 whatever the rows' stride, the last step zero
+/// padded (so only the weights' last step is masked). The sums are `micro_f`'s.
+#[inline(always)]
+unsafe fn micro_packed<const RM: usize, const RN: usize, const PREFETCH: bool>(
+    ty: GgmlType,
+    w: [*const u8; RM],
+    packed: *const f32,
+    k_range: Range<usize>,
+    acc: &mut [[__m512; RN]; RM],
+    ahead: usize,
+) {
+    let n = k_range.end;
+    let elem = if ty == GgmlType::F32 { 4 } else { 2 };
+    let whole_end = k_range.start + k_range.len() / 16 * 16;
+    let x: [*const f32; RN] = std::array::from_fn(|j| packed.add(j * 16));
+    let mut k = k_range.start;
+    let mut x_at = 0;
+    while k < whole_end {
+        if PREFETCH && (k * elem).is_multiple_of(64) {
+            for row in w {
+                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(k * elem + ahead) as *const i8);
             }
+        }
+        step_f::<RM, RN, true, true>(ty, &w, k, &x, x_at, 0xffff, acc);
+        k += 16;
+        x_at += RN * 16;
+    }
+    if k < n {
+        step_f::<RM, RN, false, true>(ty, &w, k, &x, x_at, (1u16 << (n - k)) - 1, acc);
+    }
+}
+
+/// Activation rows `x` over inputs `k_range` in `micro_packed`'s layout, into `packed`
+/// (room for RN · k_range.len() rounded up to 16).
+#[inline(always)]
+unsafe fn pack<const RN: usize>(x: &[*const f32; RN], k_range: Range<usize>, packed: *mut f32) {
+    let n = k_range.end;
+    let mut out = packed;
+    let mut k = k_range.start;
+    while k < n {
+        let left = n - k;
+        for j in 0..RN {
+            let v = if left >= 16 {
+                _mm512_loadu_ps(x[j].add(k))
+            } else {
+                _mm512_maskz_loadu_ps((1u16 << left) - 1, x[j].add(k))
+            };
+            _mm512_store_ps(out, v);
+            out = out.add(16);
         }
         k += 16;
     }
 }
 
-/// acc[m][n] over all inputs for BF16 weight rows `w` and bf16 activation rows `x`.
+/// Thirty-two bf16 values at `p` (`FULL` false: the lanes of `mask`, the rest zero).
+#[inline(always)]
+unsafe fn load_bf16<const FULL: bool>(p: *const u16, mask: __mmask32) -> __m512i {
+    if FULL {
+        _mm512_loadu_si512(p as *const _)
+    } else {
+        _mm512_maskz_loadu_epi16(mask, p as *const i16)
+    }
+}
+
+/// One step of 32 inputs of the RM x RN BF16 tile (`FULL` false: the lanes of `mask`).
+#[inline(always)]
+unsafe fn step_bf16<const RM: usize, const RN: usize, const FULL: bool>(
+    w: &[*const u8; RM],
+    x: &[*const u16; RN],
+    k: usize,
+    mask: __mmask32,
+    acc: &mut [[__m512; RN]; RM],
+) {
+    let mut wv = [_mm512_setzero_si512(); RM];
+    for m in 0..RM {
+        wv[m] = load_bf16::<FULL>((w[m] as *const u16).add(k), mask);
+    }
+    for j in 0..RN {
+        let xv: __m512bh = std::mem::transmute(load_bf16::<FULL>(x[j].add(k), mask));
+        for m in 0..RM {
+            acc[m][j] = _mm512_dpbf16_ps(
+                acc[m][j],
+                std::mem::transmute::<__m512i, __m512bh>(wv[m]),
+                xv,
+            );
+        }
+    }
+}
+
+/// acc[m][n] over all inputs for BF16 weight rows `w` and bf16 activation rows `x`; whole
+/// steps unmasked, as in `micro_f`.
 #[inline(always)]
 unsafe fn micro_bf16<const RM: usize, const RN: usize>(
     w: [*const u8; RM],
@@ -101,26 +229,14 @@ unsafe fn micro_bf16<const RM: usize, const RN: usize>(
     acc: &mut [[__m512; RN]; RM],
 ) {
     let n = k_range.end;
+    let whole_end = k_range.start + k_range.len() / 32 * 32;
     let mut k = k_range.start;
-    while k < n {
-        let left = n - k;
-        let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
-        let mut wv = [_mm512_setzero_si512(); RM];
-        for m in 0..RM {
-            wv[m] = _mm512_maskz_loadu_epi16(mask, (w[m] as *const i16).add(k));
-        }
-        for j in 0..RN {
-            let xv: __m512bh =
-                std::mem::transmute(_mm512_maskz_loadu_epi16(mask, (x[j] as *const i16).add(k)));
-            for m in 0..RM {
-                acc[m][j] = _mm512_dpbf16_ps(
-                    acc[m][j],
-                    std::mem::transmute::<__m512i, __m512bh>(wv[m]),
-                    xv,
-                );
-            }
-        }
+    while k < whole_end {
+        step_bf16::<RM, RN, true>(&w, &x, k, !0, acc);
         k += 32;
+    }
+    if k < n {
+        step_bf16::<RM, RN, false>(&w, &x, k, (1u32 << (n - k)) - 1, acc);
     }
 }
 
@@ -155,10 +271,14 @@ unsafe fn tile_bf16(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out
     }
 }
 
-/// Most weight bytes per sweep over a block of activation rows in prompts: the block's
-/// weights stay in L2 while every group of activation rows passes. Decode streams all rows
-/// in one sweep.
-const PROMPT_BLOCK_BYTES: usize = 256 * 1024;
+/// Most weight bytes per sweep over a block of activation rows in prompts: half a core's L2,
+/// so the block stays there while every group of activation rows passes and the next block is
+/// prefetched beside it. Decode streams all rows in one sweep. (On a 2 MB L2, 1 MB blocks
+/// read 8192-input F16 rows 13% faster than 256 KB ones; 2048-input rows are capped at 64
+/// rows either way.)
+fn prompt_block_bytes() -> usize {
+    caches::l2_bytes() / 2
+}
 
 /// Activation rows per prompt block: they stay in L2 (or close) while every weight block of
 /// the call passes, so a long prompt does not re-read its activations from L3 per block.
@@ -172,7 +292,7 @@ fn row_blocks(
     let step = if tokens <= STREAM_MAX_ROWS {
         rows.len().max(1)
     } else {
-        (PROMPT_BLOCK_BYTES / row_bytes.max(1)).clamp(4, GROUPS * 4) / 4 * 4
+        (prompt_block_bytes() / row_bytes.max(1)).clamp(4, GROUPS * 4) / 4 * 4
     };
     rows.clone()
         .step_by(step)
@@ -259,6 +379,10 @@ unsafe fn row_by_row(w: &BlockWeight, rows: Range<usize>, acts: &Activations, ou
 /// lane and a pair's accumulator sees the same operations in the same order as in one pass.
 const K_CHUNK: usize = 1024;
 
+/// One pass of up to six activation rows in `micro_packed`'s layout (24 KB, in L1).
+#[repr(C, align(64))]
+struct PackedActs([f32; 6 * K_CHUNK]);
+
 /// Weight row groups of a prompt block (at most 64 rows).
 const GROUPS: usize = 16;
 
@@ -301,6 +425,12 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     } else {
         K_CHUNK
     };
+    // Prompts copy each pass's activation rows into one stream (`micro_packed`) once, for
+    // every weight group of the block: the rows themselves lie a power-of-two stride apart
+    // and evict each other from L1.
+    let packs = !BF && RN > 1 && acts.rows > STREAM_MAX_ROWS && chunk == K_CHUNK;
+    let mut packed = MaybeUninit::<PackedActs>::uninit();
+    let mut packed_at = usize::MAX;
     // Only the first `groups` entries are used, each zeroed below before it is read (zeroing
     // all sixteen up front was a 24 KB memset per call, 2-5% of a prompt).
     let mut accs: [MaybeUninit<[[__m512; RN]; RM]>; GROUPS] =
@@ -318,11 +448,22 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
         }
         for k in (0..n).step_by(chunk) {
             let k_range = k..(k + chunk).min(n);
+            if packs && packed_at != k {
+                pack::<RN>(&xf, k_range.clone(), packed.as_mut_ptr() as *mut f32);
+                packed_at = k;
+            }
             for (g, acc) in accs.iter_mut().enumerate().take(groups) {
                 let acc = acc.assume_init_mut();
                 let wp = row_ptrs(r0 + g * RM);
                 if BF {
                     micro_bf16::<RM, RN>(wp, xb, k_range.clone(), acc);
+                } else if packs {
+                    let x = packed.as_ptr() as *const f32;
+                    if ahead != 0 {
+                        micro_packed::<RM, RN, true>(w.ty, wp, x, k_range.clone(), acc, ahead);
+                    } else {
+                        micro_packed::<RM, RN, false>(w.ty, wp, x, k_range.clone(), acc, 0);
+                    }
                 } else {
                     // Separate loops with and without prefetches keep the plain one's
                     // registers free (a runtime test there cost 10-20% at 8 rows).

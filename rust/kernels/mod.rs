@@ -12,6 +12,7 @@ pub mod attention;
 pub mod bandwidth;
 pub mod block_matmul;
 pub mod blocks;
+pub mod caches;
 pub mod float_tiles;
 pub mod ggml;
 pub mod matvec;
