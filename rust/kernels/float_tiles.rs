@@ -111,22 +111,7 @@ unsafe fn micro_f<const RM: usize, const RN: usize, const PREFETCH: bool>(
     acc: &mut [[__m512; RN]; RM],
     ahead: usize,
 ) {
-    let n = k_range.end;
-    let elem = if ty == GgmlType::F32 { 4 } else { 2 };
-    let whole_end = k_range.start + k_range.len() / 16 * 16;
-    let mut k = k_range.start;
-    while k < whole_end {
-        if PREFETCH && (k * elem).is_multiple_of(64) {
-            for row in w {
-                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(k * elem + ahead) as *const i8);
-            }
-        }
-        step_f::<RM, RN, true, true>(ty, &w, k, &x, k, 0xffff, acc);
-        k += 16;
-    }
-    if k < n {
-        step_f::<RM, RN, false, false>(ty, &w, k, &x, k, (1u16 << (n - k)) - 1, acc);
-    }
+    micro::<RM, RN, PREFETCH, false>(ty, w, x, k_range, acc, ahead)
 }
 
 /// `micro_f` over activations packed by `pack`: step s of activation j at
@@ -141,12 +126,27 @@ unsafe fn micro_packed<const RM: usize, const RN: usize, const PREFETCH: bool>(
     acc: &mut [[__m512; RN]; RM],
     ahead: usize,
 ) {
+    let x: [*const f32; RN] = std::array::from_fn(|j| packed.add(j * 16));
+    micro::<RM, RN, PREFETCH, true>(ty, w, x, k_range, acc, ahead)
+}
+
+/// The loop of `micro_f` (activation j of step k at `x[j] + k`) and `micro_packed` (at
+/// `x[j] + s·RN·16` for step s of the pass, zero padded).
+#[inline(always)]
+unsafe fn micro<const RM: usize, const RN: usize, const PREFETCH: bool, const PACKED: bool>(
+    ty: GgmlType,
+    w: [*const u8; RM],
+    x: [*const f32; RN],
+    k_range: Range<usize>,
+    acc: &mut [[__m512; RN]; RM],
+    ahead: usize,
+) {
     let n = k_range.end;
     let elem = if ty == GgmlType::F32 { 4 } else { 2 };
     let whole_end = k_range.start + k_range.len() / 16 * 16;
-    let x: [*const f32; RN] = std::array::from_fn(|j| packed.add(j * 16));
+    let x_step = if PACKED { RN * 16 } else { 16 };
     let mut k = k_range.start;
-    let mut x_at = 0;
+    let mut x_at = if PACKED { 0 } else { k };
     while k < whole_end {
         if PREFETCH && (k * elem).is_multiple_of(64) {
             for row in w {
@@ -155,10 +155,10 @@ unsafe fn micro_packed<const RM: usize, const RN: usize, const PREFETCH: bool>(
         }
         step_f::<RM, RN, true, true>(ty, &w, k, &x, x_at, 0xffff, acc);
         k += 16;
-        x_at += RN * 16;
+        x_at += x_step;
     }
     if k < n {
-        step_f::<RM, RN, false, true>(ty, &w, k, &x, x_at, (1u16 << (n - k)) - 1, acc);
+        step_f::<RM, RN, false, PACKED>(ty, &w, k, &x, x_at, (1u16 << (n - k)) - 1, acc);
     }
 }
 
