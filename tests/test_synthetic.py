@@ -36,7 +36,7 @@ def test_specs_parse_with_f16_by_default_and_any_case():
 def test_bad_shape_or_format_is_an_error_listing_the_valid_ones():
     with pytest.raises(SyntheticSpecError, match="unknown synthetic shape 'llama-9b'.*llama-3.2-1b, llama-3.2-3b"):
         parse("synthetic:llama-9b")
-    with pytest.raises(SyntheticSpecError, match="unknown synthetic format 'q5_0'.*f16, q8_0, q4_k_m"):
+    with pytest.raises(SyntheticSpecError, match="unknown synthetic format 'q5_0'.*f16, bf16, q8_0, q4_k_m"):
         parse("synthetic:llama-tiny:q5_0")
     with pytest.raises(ModelError, match="expected one of"):
         resolve("synthetic:")

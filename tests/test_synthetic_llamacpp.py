@@ -75,3 +75,14 @@ def test_greedy_tokens_equal_llamacpps_on_the_1b_shape():
     path = synthetic.ensure(SyntheticSpec("llama-3.2-1b", "f16"))  # the user's cache: made once across runs
     for ours, theirs in greedy_pairs(path, "f16", list(BUILTIN[:3])):
         assert ours == theirs and len(theirs) == GREEDY_TOKENS
+
+
+def test_the_bf16_file_is_llamacpps_conversion_and_greedy_tokens_agree_at_auto(tmp_path_factory):
+    import gguf
+
+    path = synthetic.ensure(SyntheticSpec("llama-tiny", "bf16"), cache=tmp_path_factory.mktemp("xdg") / "lljx")
+    matrices = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2}
+    assert matrices and set(matrices.values()) == {"BF16"}, matrices
+    pairs = greedy_pairs(path, "auto", list(BUILTIN[:5]))
+    for ours, theirs in pairs:
+        assert ours == theirs and len(theirs) == GREEDY_TOKENS

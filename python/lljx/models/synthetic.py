@@ -4,8 +4,8 @@ No real weights of Llama 3.2 1B-3B or 3.1 8B can be downloaded here, but random 
 the same shape, with the real Llama 3 vocabulary, read exactly the same bytes per token, and
 llama.cpp runs the same file. So the bench and the profile can measure at the scale users
 run, while the text such a model writes is noise. The F16 file is written by lljx
-(`synthetic_gguf`); Q8_0 and Q4_K_M are that file rewritten by llama.cpp's own quantizer,
-as Ollama's files are. Files live in the cache (`synthetic/` under lljx's cache folder),
+(`synthetic_gguf`); BF16, Q8_0 and Q4_K_M are that file rewritten by llama.cpp's own
+quantizer, as Ollama's files are. Files live in the cache (`synthetic/` under lljx's cache folder),
 keyed by shape, format and generator version, and appear there only when complete.
 """
 
@@ -58,7 +58,10 @@ SHAPES = {
     "llama-tiny": Shape(256, 2, 4, 2, 64, 768, tied=True, rope_factor=32.0),
 }
 # Format name -> llama.cpp's file type (None: written by lljx itself).
-FORMATS = {"f16": None, "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+FORMATS = {
+    "f16": None, "bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
 DEFAULT_FORMAT = "f16"
 NOISE_NOTE = "random weights: its text is noise"
 
