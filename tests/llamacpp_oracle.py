@@ -64,6 +64,9 @@ def assert_greedy_agrees(llm, tokens: list[int], ours: list[int], n: int, *, nea
     tokens are that close, either is right. `near_tie` bounds llama.cpp's margin of its own token
     over ours at the first difference; a wrong kernel moves logits by far more.
     """
+    # Without logits_all, llama-cpp-python leaves the scores it keeps at zero, and every margin
+    # would read 0: the check could not fail.
+    assert llm._logits_all, "load llama.cpp with logits_all=True to compare greedy tokens"
     theirs = greedy_tokens(llm, tokens, n)
     first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
     if first is None:
@@ -73,6 +76,7 @@ def assert_greedy_agrees(llm, tokens: list[int], ours: list[int], n: int, *, nea
     llm.reset()
     llm.eval(prefix)
     row = np.asarray(llm.scores[len(prefix) - 1], dtype=np.float32)
+    assert np.any(row), "llama.cpp returned no logits for the prefix"
     margin = float(row[theirs[first]] - row[ours[first]])
     assert margin <= near_tie, (
         f"token {first}: llama.cpp prefers {theirs[first]} over our {ours[first]} by {margin:.4f} (> {near_tie})"

@@ -424,7 +424,7 @@ def test_native_int8_dot_kernel_greedy_tokens_equal_llamacpp_q8_0(embedded_int8,
         pytest.skip("this CPU has no AVX-512 VNNI for the int8 dot-product kernel")
     decoder = registry.load("native-token").build(embedded_int8, SamplerSettings(temperature=0))
     assert isinstance(decoder.params.layers[0].wq.kernel_weight(), TiledInt8Weight)
-    llama = oracle.load(llamacpp_q8_0, n_ctx=256)
+    llama = oracle.load(llamacpp_q8_0, n_ctx=256, logits_all=True)
     for prompt in INT8_DOT_PROMPTS:
         ids = chat_prompt_ids(embedded_int8, prompt)
         ours = int8_greedy(embedded_int8, decoder, prompt, 32)

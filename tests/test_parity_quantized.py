@@ -51,7 +51,7 @@ def embedded():
 
 @pytest.mark.parametrize("strategy", ["native-token", "native-loop"])
 def test_embedded_q4_1_file_greedy_text_equals_llamacpp_on_the_same_file(embedded, strategy):
-    llama = oracle.load(Path(embedded.path), n_ctx=256, f32_cache=True)
+    llama = oracle.load(Path(embedded.path), n_ctx=256, f32_cache=True, logits_all=True)
     for prompt in PROMPTS:
         ids = chat_prompt_ids(embedded, prompt)
         ours = greedy(embedded, strategy, ids, GREEDY_TOKENS)

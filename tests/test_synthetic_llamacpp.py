@@ -78,11 +78,23 @@ def test_greedy_tokens_equal_llamacpps_on_the_1b_shape():
 
 
 def test_the_bf16_file_is_llamacpps_conversion_and_greedy_tokens_agree_at_auto(tmp_path_factory):
+    """lljx's BF16 kernels against llama.cpp's on its own BF16 conversion. Both round activations
+    to bf16 (8 bits), so a different order of a float sum can cross a rounding boundary, as on
+    8-bit files: tokens agree, or first differ where llama.cpp's logits nearly tie."""
     import gguf
 
+    if not has_file_format_kernels():
+        pytest.skip("this build of lljx has no kernels for weights in their file's format (dtype auto)")
     path = synthetic.ensure(SyntheticSpec("llama-tiny", "bf16"), cache=tmp_path_factory.mktemp("xdg") / "lljx")
     matrices = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2}
     assert matrices and set(matrices.values()) == {"BF16"}, matrices
-    pairs = greedy_pairs(path, "auto", list(BUILTIN[:5]))
-    for ours, theirs in pairs:
-        assert ours == theirs and len(theirs) == GREEDY_TOKENS
+    model = load_model(str(path), dtype="auto")
+    llm = oracle.load(path, n_ctx=256, logits_all=True)
+    decoder = registry.build(registry.load("native-token"), model, SamplerSettings(temperature=0))
+    for prompt in BUILTIN[:5]:
+        ids = chat_prompt_ids(model, prompt)
+        generation = Generation(model, decoder, ids, max_tokens=GREEDY_TOKENS, stop_token_ids=model.stop_token_ids)
+        for _ in generation:
+            pass
+        oracle.assert_greedy_agrees(llm, ids, generation.token_ids, GREEDY_TOKENS, near_tie=0.25)
+    llm.close()

@@ -41,6 +41,9 @@ pub struct Activations<'a> {
     pub f16: Vec<f32>,
     /// bf16 bits, rounded to nearest even.
     pub bf16: Vec<u16>,
+    /// The same bf16 values as f32, where the float tiles widen BF16 weights
+    /// (`float_tiles::widens_bf16`); empty elsewhere.
+    pub bf16_f32: Vec<f32>,
     pub q8_0: Option<Q8Rows>,
     pub q8_1: Option<Q8Rows>,
     pub q8k: Option<Q8KRows>,
@@ -78,6 +81,7 @@ impl<'a> Activations<'a> {
             f32: x,
             f16: Vec::new(),
             bf16: Vec::new(),
+            bf16_f32: Vec::new(),
             q8_0: None,
             q8_1: None,
             q8k: None,
@@ -113,6 +117,14 @@ impl<'a> Activations<'a> {
         }
         if has(ActFormat::Bf16) && acts.bf16.is_empty() {
             acts.bf16 = x.iter().map(|&v| bf16_bits(v)).collect();
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has(ActFormat::Bf16) && super::float_tiles::widens_bf16() {
+            acts.bf16_f32 = acts
+                .bf16
+                .iter()
+                .map(|&b| f32::from_bits((b as u32) << 16))
+                .collect();
         }
         if has(ActFormat::Q8_0) && acts.q8_0.is_none() {
             acts.q8_0 = Some(quantize_q8(x, n_in, false));

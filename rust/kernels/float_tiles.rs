@@ -30,9 +30,19 @@ use std::ops::Range;
 pub fn available(ty: GgmlType) -> bool {
     let base = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
     match ty {
-        GgmlType::Bf16 => base && is_x86_feature_detected!("avx512bf16"),
+        GgmlType::Bf16 => base && (widens_bf16() || is_x86_feature_detected!("avx512bf16")),
         _ => base,
     }
+}
+
+/// Whether BF16 weights take the F16 path here, widened to f32 and fused-multiply-added
+/// against bf16-rounded activations held as f32, instead of `vdpbf16ps`. On Intel's AVX-512
+/// cores `vdpbf16ps` issues one every two cycles (54 G multiply-adds/s per core on an Intel
+/// Xeon with AVX-512 BF16, against 110 for f32 FMAs), so its prompts ran below the F16
+/// path's; on Zen 4/5 it runs at full rate and stays. Every BF16 product on one machine takes
+/// the same path, so a row's sums still do not depend on its batch.
+pub fn widens_bf16() -> bool {
+    super::vendor::is_intel()
 }
 
 /// The reduction `portable_dot::reduce_lanes` defines: (l, l + 8), (l, l + 4), (l, l + 2), (0, 1).
@@ -49,18 +59,32 @@ unsafe fn reduce(v: __m512) -> f32 {
 /// Sixteen weights starting at input `k` of a row, as f32; fewer than 16 left (`FULL`
 /// false): the lanes of `mask`, the rest zero.
 #[inline(always)]
-unsafe fn load_w<const FULL: bool>(
-    ty: GgmlType,
+unsafe fn load_w<const KIND: u8, const FULL: bool>(
     row: *const u8,
     k: usize,
     mask: __mmask16,
 ) -> __m512 {
-    match (ty, FULL) {
-        (GgmlType::F32, true) => _mm512_loadu_ps((row as *const f32).add(k)),
-        (GgmlType::F32, false) => _mm512_maskz_loadu_ps(mask, (row as *const f32).add(k)),
-        (_, true) => _mm512_cvtph_ps(_mm256_loadu_si256((row as *const i16).add(k) as *const _)),
-        (_, false) => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (row as *const i16).add(k))),
+    let halves = (row as *const i16).add(k);
+    match (KIND, FULL) {
+        (F32_ROWS, true) => _mm512_loadu_ps((row as *const f32).add(k)),
+        (F32_ROWS, false) => _mm512_maskz_loadu_ps(mask, (row as *const f32).add(k)),
+        (BF16_ROWS, true) => widen_bf16(_mm256_loadu_si256(halves as *const _)),
+        (BF16_ROWS, false) => widen_bf16(_mm256_maskz_loadu_epi16(mask, halves)),
+        (_, true) => _mm512_cvtph_ps(_mm256_loadu_si256(halves as *const _)),
+        (_, false) => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, halves)),
     }
+}
+
+/// Weight row kinds of the F32/F16 path, as a constant so each gets its own loop (a
+/// runtime type there left a branch in the inner loop).
+const F32_ROWS: u8 = 0;
+const F16_ROWS: u8 = 1;
+const BF16_ROWS: u8 = 2;
+
+/// Sixteen bf16 values as f32 (exactly: a bf16 is the top half of its f32).
+#[inline(always)]
+unsafe fn widen_bf16(v: __m256i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
 }
 
 /// Sixteen activations starting at `k` (`FULL` false: the lanes of `mask`, the rest zero).
@@ -76,8 +100,13 @@ unsafe fn load_x<const FULL: bool>(x: *const f32, k: usize, mask: __mmask16) -> 
 /// One step of sixteen inputs of the RM x RN tile: weights at input `k` (`W_FULL` false: the
 /// lanes of `mask`), activation j at `x[j] + x_at` (`X_FULL` false: the lanes of `mask`).
 #[inline(always)]
-unsafe fn step_f<const RM: usize, const RN: usize, const W_FULL: bool, const X_FULL: bool>(
-    ty: GgmlType,
+unsafe fn step_f<
+    const RM: usize,
+    const RN: usize,
+    const KIND: u8,
+    const W_FULL: bool,
+    const X_FULL: bool,
+>(
     w: &[*const u8; RM],
     k: usize,
     x: &[*const f32; RN],
@@ -87,7 +116,7 @@ unsafe fn step_f<const RM: usize, const RN: usize, const W_FULL: bool, const X_F
 ) {
     let mut wv = [_mm512_setzero_ps(); RM];
     for m in 0..RM {
-        wv[m] = load_w::<W_FULL>(ty, w[m], k, mask);
+        wv[m] = load_w::<KIND, W_FULL>(w[m], k, mask);
     }
     for j in 0..RN {
         let xv = load_x::<X_FULL>(x[j], x_at, mask);
@@ -141,8 +170,33 @@ unsafe fn micro<const RM: usize, const RN: usize, const PREFETCH: bool, const PA
     acc: &mut [[__m512; RN]; RM],
     ahead: usize,
 ) {
+    match ty {
+        GgmlType::F32 => {
+            micro_rows::<RM, RN, PREFETCH, PACKED, F32_ROWS>(w, x, k_range, acc, ahead)
+        }
+        GgmlType::Bf16 => {
+            micro_rows::<RM, RN, PREFETCH, PACKED, BF16_ROWS>(w, x, k_range, acc, ahead)
+        }
+        _ => micro_rows::<RM, RN, PREFETCH, PACKED, F16_ROWS>(w, x, k_range, acc, ahead),
+    }
+}
+
+#[inline(always)]
+unsafe fn micro_rows<
+    const RM: usize,
+    const RN: usize,
+    const PREFETCH: bool,
+    const PACKED: bool,
+    const KIND: u8,
+>(
+    w: [*const u8; RM],
+    x: [*const f32; RN],
+    k_range: Range<usize>,
+    acc: &mut [[__m512; RN]; RM],
+    ahead: usize,
+) {
     let n = k_range.end;
-    let elem = if ty == GgmlType::F32 { 4 } else { 2 };
+    let elem = if KIND == F32_ROWS { 4 } else { 2 };
     let whole_end = k_range.start + k_range.len() / 16 * 16;
     let x_step = if PACKED { RN * 16 } else { 16 };
     let mut k = k_range.start;
@@ -153,12 +207,13 @@ unsafe fn micro<const RM: usize, const RN: usize, const PREFETCH: bool, const PA
                 _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(k * elem + ahead) as *const i8);
             }
         }
-        step_f::<RM, RN, true, true>(ty, &w, k, &x, x_at, 0xffff, acc);
+        step_f::<RM, RN, KIND, true, true>(&w, k, &x, x_at, 0xffff, acc);
         k += 16;
         x_at += x_step;
     }
     if k < n {
-        step_f::<RM, RN, false, PACKED>(ty, &w, k, &x, x_at, (1u16 << (n - k)) - 1, acc);
+        let mask = (1u16 << (n - k)) - 1;
+        step_f::<RM, RN, KIND, false, PACKED>(&w, k, &x, x_at, mask, acc);
     }
 }
 
@@ -246,7 +301,7 @@ unsafe fn micro_bf16<const RM: usize, const RN: usize>(
 /// `available(w.ty)` must hold; `out` must hold acts.rows · w.n_out values; `acts` must hold
 /// the activation format `w` needs.
 pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
-    if w.ty == GgmlType::Bf16 {
+    if w.ty == GgmlType::Bf16 && !widens_bf16() {
         tile_bf16(w, rows, acts, out)
     } else {
         tile_f(w, rows, acts, out)
@@ -351,6 +406,16 @@ unsafe fn each_group<const BF: bool>(
     }
 }
 
+/// The f32 activation rows the F32/F16 path multiplies `ty` with: x itself for F32, rounded
+/// to f16 for F16, to bf16 for BF16 (`widens_bf16`).
+fn float_acts(ty: GgmlType, acts: &Activations) -> *const f32 {
+    match ty {
+        GgmlType::F32 => acts.f32.as_ptr(),
+        GgmlType::Bf16 => acts.bf16_f32.as_ptr(),
+        _ => acts.f16.as_ptr(),
+    }
+}
+
 /// How far ahead of its reads `row_by_row` prefetches (into L2): 8-16 KB measured best
 /// for 2048- and 8192-input rows streamed from DRAM on two cores.
 const DECODE_AHEAD_BYTES: usize = 12 * 1024;
@@ -361,11 +426,7 @@ const DECODE_AHEAD_BYTES: usize = 12 * 1024;
 /// same single chain per lane as every tile's.
 #[inline(always)]
 unsafe fn row_by_row(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
-    let x = if w.ty == GgmlType::F32 {
-        acts.f32.as_ptr()
-    } else {
-        acts.f16.as_ptr()
-    };
+    let x = float_acts(w.ty, acts);
     for r in rows {
         let mut acc = [[_mm512_setzero_ps(); 1]; 1];
         let row = w.data.as_ptr().add(r * w.row_bytes);
@@ -413,11 +474,7 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
     let row_ptrs = |r: usize| -> [*const u8; RM] {
         std::array::from_fn(|m| w.data.as_ptr().add((r + m).min(rows.end - 1) * w.row_bytes))
     };
-    let x_f = if w.ty == GgmlType::F32 {
-        acts.f32.as_ptr()
-    } else {
-        acts.f16.as_ptr()
-    };
+    let x_f = float_acts(w.ty, acts);
     let xf: [*const f32; RN] = std::array::from_fn(|j| x_f.add((first + j) * n));
     let xb: [*const u16; RN] = std::array::from_fn(|j| acts.bf16.as_ptr().add((first + j) * n));
     let chunk = if RN == 1 || rows.len() > GROUPS * RM {

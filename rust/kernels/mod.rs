@@ -21,6 +21,7 @@ pub mod real_rows;
 pub mod stream_32;
 pub mod stream_k;
 pub mod unpack;
+pub mod vendor;
 pub mod vnni;
 pub mod workers;
 

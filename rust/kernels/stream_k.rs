@@ -199,13 +199,7 @@ unsafe fn by_rows<const MADD: bool>(
 /// Xeon with AVX-512 FP16, Q4_K: 2 and 4 rows 5-10% faster, 8 rows 18-20% from L3 and the
 /// same in cache). Zen 5 runs the multiply beside the dot products; there it measured no better.
 fn multiply_is_slow() -> bool {
-    static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *INTEL.get_or_init(|| {
-        // SAFETY: leaf 0 (the vendor) exists on every x86-64 CPU.
-        #[allow(unused_unsafe)]
-        let id = unsafe { __cpuid(0) };
-        [id.ebx, id.edx, id.ecx] == [*b"Genu", *b"ineI", *b"ntel"].map(u32::from_le_bytes)
-    })
+    super::vendor::is_intel()
 }
 
 // One function per activation-row count, so that each gets its own register allocation.
