@@ -2,7 +2,8 @@
 //!
 //! The arithmetic is `portable_dot`'s: lane l of a pair's accumulator sums inputs 16c + l
 //! (F32 with f32 activations, F16 with f16-rounded ones, widened and fused-multiply-added in
-//! f32) or the pairs 32c + 2l, 2l + 1 (BF16 with bf16 activations, `vdpbf16ps`), the last
+//! f32) or the pairs 32c + 2l, 2l + 1 (BF16 with bf16 activations, `vdpbf16ps`; on Intel,
+//! where that instruction is half rate, BF16 takes the F16 arithmetic, `widens_bf16`), the last
 //! chunk zero-padded, then the fixed reduction tree. A register tile of RM weight rows by RN
 //! activation rows shares every load. F32/F16 decode (one activation row) reads weight rows
 //! one at a time, prefetching a fixed distance ahead, so each core streams one sequential
