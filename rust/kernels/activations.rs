@@ -41,8 +41,8 @@ pub struct Activations<'a> {
     pub f16: Vec<f32>,
     /// bf16 bits, rounded to nearest even.
     pub bf16: Vec<u16>,
-    /// The same bf16 values as f32, where the float tiles widen BF16 weights
-    /// (`float_tiles::widens_bf16`); empty elsewhere.
+    /// The same bf16 values as f32 in the order the float tiles take them where they widen
+    /// BF16 weights (`float_tiles::split_bf16`, `widens_bf16`); empty elsewhere.
     pub bf16_f32: Vec<f32>,
     pub q8_0: Option<Q8Rows>,
     pub q8_1: Option<Q8Rows>,
@@ -120,11 +120,7 @@ impl<'a> Activations<'a> {
         }
         #[cfg(target_arch = "x86_64")]
         if has(ActFormat::Bf16) && super::float_tiles::widens_bf16() {
-            acts.bf16_f32 = acts
-                .bf16
-                .iter()
-                .map(|&b| f32::from_bits((b as u32) << 16))
-                .collect();
+            acts.bf16_f32 = super::float_tiles::split_bf16(&acts.bf16, rows, n_in);
         }
         if has(ActFormat::Q8_0) && acts.q8_0.is_none() {
             acts.q8_0 = Some(quantize_q8(x, n_in, false));

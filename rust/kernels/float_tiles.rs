@@ -3,7 +3,7 @@
 //! The arithmetic is `portable_dot`'s: lane l of a pair's accumulator sums inputs 16c + l
 //! (F32 with f32 activations, F16 with f16-rounded ones, widened and fused-multiply-added in
 //! f32) or the pairs 32c + 2l, 2l + 1 (BF16 with bf16 activations, `vdpbf16ps`; on Intel,
-//! where that instruction is half rate, BF16 takes the F16 arithmetic, `widens_bf16`), the last
+//! where that instruction is half rate, widened and fused-multiply-added: `micro_split`), the last
 //! chunk zero-padded, then the fixed reduction tree. A register tile of RM weight rows by RN
 //! activation rows shares every load. F32/F16 decode (one activation row) reads weight rows
 //! one at a time, prefetching a fixed distance ahead, so each core streams one sequential
@@ -36,8 +36,8 @@ pub fn available(ty: GgmlType) -> bool {
     }
 }
 
-/// Whether BF16 weights take the F16 path here, widened to f32 and fused-multiply-added
-/// against bf16-rounded activations held as f32, instead of `vdpbf16ps`. On Intel's AVX-512
+/// Whether BF16 weights are widened to f32 here and fused-multiply-added against
+/// bf16-rounded activations held as f32 (`micro_split`), instead of `vdpbf16ps`. On Intel's AVX-512
 /// cores `vdpbf16ps` issues one every two cycles (54 G multiply-adds/s per core on an Intel
 /// Xeon with AVX-512 BF16, against 110 for f32 FMAs), so its prompts ran below the F16
 /// path's; on Zen 4/5 it runs at full rate and stays. Every BF16 product on one machine takes
@@ -69,8 +69,6 @@ unsafe fn load_w<const KIND: u8, const FULL: bool>(
     match (KIND, FULL) {
         (F32_ROWS, true) => _mm512_loadu_ps((row as *const f32).add(k)),
         (F32_ROWS, false) => _mm512_maskz_loadu_ps(mask, (row as *const f32).add(k)),
-        (BF16_ROWS, true) => widen_bf16(_mm256_loadu_si256(halves as *const _)),
-        (BF16_ROWS, false) => widen_bf16(_mm256_maskz_loadu_epi16(mask, halves)),
         (_, true) => _mm512_cvtph_ps(_mm256_loadu_si256(halves as *const _)),
         (_, false) => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, halves)),
     }
@@ -80,13 +78,6 @@ unsafe fn load_w<const KIND: u8, const FULL: bool>(
 /// runtime type there left a branch in the inner loop).
 const F32_ROWS: u8 = 0;
 const F16_ROWS: u8 = 1;
-const BF16_ROWS: u8 = 2;
-
-/// Sixteen bf16 values as f32 (exactly: a bf16 is the top half of its f32).
-#[inline(always)]
-unsafe fn widen_bf16(v: __m256i) -> __m512 {
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
-}
 
 /// Sixteen activations starting at `k` (`FULL` false: the lanes of `mask`, the rest zero).
 #[inline(always)]
@@ -156,7 +147,9 @@ unsafe fn micro_packed<const RM: usize, const RN: usize, const PREFETCH: bool>(
     acc: &mut [[__m512; RN]; RM],
     ahead: usize,
 ) {
-    let x: [*const f32; RN] = std::array::from_fn(|j| packed.add(j * 16));
+    // Sixteen floats per activation row and step, or 32 in `micro_split`'s steps.
+    let per_row = if ty == GgmlType::Bf16 { 32 } else { 16 };
+    let x: [*const f32; RN] = std::array::from_fn(|j| packed.add(j * per_row));
     micro::<RM, RN, PREFETCH, true>(ty, w, x, k_range, acc, ahead)
 }
 
@@ -175,9 +168,7 @@ unsafe fn micro<const RM: usize, const RN: usize, const PREFETCH: bool, const PA
         GgmlType::F32 => {
             micro_rows::<RM, RN, PREFETCH, PACKED, F32_ROWS>(w, x, k_range, acc, ahead)
         }
-        GgmlType::Bf16 => {
-            micro_rows::<RM, RN, PREFETCH, PACKED, BF16_ROWS>(w, x, k_range, acc, ahead)
-        }
+        GgmlType::Bf16 => micro_split::<RM, RN, PREFETCH, PACKED>(w, x, k_range, acc, ahead),
         _ => micro_rows::<RM, RN, PREFETCH, PACKED, F16_ROWS>(w, x, k_range, acc, ahead),
     }
 }
@@ -216,6 +207,119 @@ unsafe fn micro_rows<
         let mask = (1u16 << (n - k)) - 1;
         step_f::<RM, RN, KIND, false, PACKED>(&w, k, &x, x_at, mask, acc);
     }
+}
+
+/// BF16 weight rows widened to f32 (`widens_bf16`), 32 inputs a step: one 512-bit load of a
+/// row gives its even inputs (shifted up 16 bits) and its odd ones (low halves cleared), one
+/// operation each, where widening sixteen at a time took two. The activations are laid out
+/// to match (`split_bf16`): per 32 inputs, the 16 even ones, then the 16 odd ones, rows
+/// zero-padded to whole steps, so lane l sums inputs 32c + 2l, then 32c + 2l + 1, for every
+/// c in order, at any batch size. With `PACKED`, activation j of step s is at
+/// `x[j] + s·RN·32` (`pack_split`); otherwise at `x[j] + k`.
+#[inline(always)]
+unsafe fn micro_split<
+    const RM: usize,
+    const RN: usize,
+    const PREFETCH: bool,
+    const PACKED: bool,
+>(
+    w: [*const u8; RM],
+    x: [*const f32; RN],
+    k_range: Range<usize>,
+    acc: &mut [[__m512; RN]; RM],
+    ahead: usize,
+) {
+    let n = k_range.end;
+    let whole_end = k_range.start + k_range.len() / 32 * 32;
+    let x_step = if PACKED { RN * 32 } else { 32 };
+    let mut k = k_range.start;
+    let mut x_at = if PACKED { 0 } else { k };
+    while k < whole_end {
+        if PREFETCH {
+            for row in w {
+                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * k + ahead) as *const i8);
+            }
+        }
+        step_split::<RM, RN, true>(&w, k, &x, x_at, !0, acc);
+        k += 32;
+        x_at += x_step;
+    }
+    if k < n {
+        step_split::<RM, RN, false>(&w, k, &x, x_at, (1u32 << (n - k)) - 1, acc);
+    }
+}
+
+/// One step of `micro_split`: the even half of every pair, then the odd half.
+#[inline(always)]
+unsafe fn step_split<const RM: usize, const RN: usize, const FULL: bool>(
+    w: &[*const u8; RM],
+    k: usize,
+    x: &[*const f32; RN],
+    x_at: usize,
+    mask: __mmask32,
+    acc: &mut [[__m512; RN]; RM],
+) {
+    let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    for odd in [false, true] {
+        let mut wv = [_mm512_setzero_ps(); RM];
+        for m in 0..RM {
+            let pairs = load_bf16::<FULL>((w[m] as *const u16).add(k), mask);
+            wv[m] = _mm512_castsi512_ps(if odd {
+                _mm512_and_si512(pairs, high)
+            } else {
+                _mm512_slli_epi32::<16>(pairs)
+            });
+        }
+        for j in 0..RN {
+            let xv = _mm512_loadu_ps(x[j].add(x_at + if odd { 16 } else { 0 }));
+            for m in 0..RM {
+                acc[m][j] = _mm512_fmadd_ps(wv[m], xv, acc[m][j]);
+            }
+        }
+    }
+}
+
+/// Activation rows `x` (laid out by `split_bf16`) over inputs `k_range` in `micro_split`'s
+/// packed layout, into `packed` (room for RN · k_range.len() rounded up to 32).
+#[inline(always)]
+unsafe fn pack_split<const RN: usize>(
+    x: &[*const f32; RN],
+    k_range: Range<usize>,
+    packed: *mut f32,
+) {
+    let mut out = packed;
+    for k in k_range.step_by(32) {
+        for j in 0..RN {
+            _mm512_store_ps(out, _mm512_loadu_ps(x[j].add(k)));
+            _mm512_store_ps(out.add(16), _mm512_loadu_ps(x[j].add(k + 16)));
+            out = out.add(32);
+        }
+    }
+}
+
+/// bf16 activation bits [rows, n_in] as f32 in `micro_split`'s order: per 32 inputs, the
+/// even ones, then the odd ones; each row padded with zeros to `split_stride(n_in)`.
+pub fn split_bf16(bits: &[u16], rows: usize, n_in: usize) -> Vec<f32> {
+    let stride = split_stride(n_in);
+    let mut out = vec![0.0f32; rows * stride];
+    let widen = |b: u16| f32::from_bits((b as u32) << 16);
+    for (row, src) in out
+        .chunks_exact_mut(stride)
+        .zip(bits.chunks_exact(n_in.max(1)))
+    {
+        for (dst, pairs) in row.chunks_exact_mut(32).zip(src.chunks(32)) {
+            for (l, pair) in pairs.chunks(2).enumerate() {
+                dst[l] = widen(pair[0]);
+                dst[16 + l] = pair.get(1).map_or(0.0, |&b| widen(b));
+            }
+        }
+    }
+    out
+}
+
+/// Floats per row of `split_bf16`'s layout: the inputs rounded up to whole steps of 32.
+pub fn split_stride(n_in: usize) -> usize {
+    n_in.next_multiple_of(32)
 }
 
 /// Activation rows `x` over inputs `k_range` in `micro_packed`'s layout, into `packed`
@@ -476,7 +580,12 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
         std::array::from_fn(|m| w.data.as_ptr().add((r + m).min(rows.end - 1) * w.row_bytes))
     };
     let x_f = float_acts(w.ty, acts);
-    let xf: [*const f32; RN] = std::array::from_fn(|j| x_f.add((first + j) * n));
+    let x_stride = if w.ty == GgmlType::Bf16 {
+        split_stride(n)
+    } else {
+        n
+    };
+    let xf: [*const f32; RN] = std::array::from_fn(|j| x_f.add((first + j) * x_stride));
     let xb: [*const u16; RN] = std::array::from_fn(|j| acts.bf16.as_ptr().add((first + j) * n));
     let chunk = if RN == 1 || rows.len() > GROUPS * RM {
         n.max(1)
@@ -507,7 +616,11 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
         for k in (0..n).step_by(chunk) {
             let k_range = k..(k + chunk).min(n);
             if packs && packed_at != k {
-                pack::<RN>(&xf, k_range.clone(), packed.as_mut_ptr() as *mut f32);
+                if w.ty == GgmlType::Bf16 {
+                    pack_split::<RN>(&xf, k_range.clone(), packed.as_mut_ptr() as *mut f32);
+                } else {
+                    pack::<RN>(&xf, k_range.clone(), packed.as_mut_ptr() as *mut f32);
+                }
                 packed_at = k;
             }
             for (g, acc) in accs.iter_mut().enumerate().take(groups) {
@@ -546,4 +659,35 @@ unsafe fn rows_of<const RM: usize, const RN: usize, const BF: bool>(
         r0 += groups * RM;
     }
     RN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_bf16_puts_each_steps_even_inputs_before_its_odd_ones() {
+        // Two rows of 35 inputs: value i + 1 (exact in bf16) at input i of row 0, -(i + 1) in row 1.
+        let n = 35;
+        let bits: Vec<u16> = (0..2 * n)
+            .map(|i| {
+                let v = (i % n + 1) as f32 * if i < n { 1.0 } else { -1.0 };
+                (v.to_bits() >> 16) as u16
+            })
+            .collect();
+        let split = split_bf16(&bits, 2, n);
+        assert_eq!(split_stride(n), 64);
+        assert_eq!(split.len(), 2 * 64);
+        let row0 = &split[..64];
+        assert_eq!(row0[0], 1.0); // input 0
+        assert_eq!(row0[1], 3.0); // input 2
+        assert_eq!(row0[16], 2.0); // input 1
+        assert_eq!(row0[31], 32.0); // input 31
+        assert_eq!(row0[32], 33.0); // input 32
+        assert_eq!(row0[33], 35.0); // input 34
+        assert_eq!(row0[48], 34.0); // input 33
+        assert_eq!(row0[34], 0.0); // padding
+        assert_eq!(row0[49], 0.0);
+        assert_eq!(split[64 + 16], -2.0);
+    }
 }
