@@ -77,8 +77,9 @@ def kernel_calls(model):
         q = jnp.asarray(rng.standard_normal((rows, c.n_heads, c.d_head)), jnp.float32)
         k = jnp.asarray(rng.standard_normal((rows, c.n_kv_heads, CACHE_LEN, c.d_head)), jnp.float32)
         v = jnp.asarray(rng.standard_normal((rows, c.n_kv_heads, c.d_head, CACHE_LEN)), jnp.float32)
+        new = jnp.asarray(rng.standard_normal((rows, c.n_kv_heads, c.d_head)), jnp.float32)
         pos = jnp.full((rows,), POSITION, jnp.int32)
-        calls[f"attend (one layer) rows={rows}"] = (jax.jit(native_kernels.attend), (q, k, v, pos))
+        calls[f"attend (one layer) rows={rows}"] = (jax.jit(native_kernels.attend), (q, new, new, k, v, pos))
     return calls
 
 

@@ -779,7 +779,13 @@ unsafe fn populate_range(at: usize, len: usize) -> bool {
     }
     let page = 4096usize;
     let start = at & !(page - 1);
-    unsafe { libc::madvise(start as *mut libc::c_void, len + (at - start), libc::MADV_POPULATE_READ) == 0 }
+    unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            len + (at - start),
+            libc::MADV_POPULATE_READ,
+        ) == 0
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -803,6 +809,12 @@ fn attend_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
 #[pyfunction]
 fn columns_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
     handler_capsule(py, crate::ffi::columns::lljx_columns)
+}
+
+/// The XLA FFI handler of RMSNorm by rows, as `jax.ffi.register_ffi_target` takes it.
+#[pyfunction]
+fn rms_norm_ffi_handler(py: Python<'_>) -> PyResult<Bound<'_, PyCapsule>> {
+    handler_capsule(py, crate::ffi::rms_norm::lljx_rms_norm)
 }
 
 /// The XLA FFI handler of greedy sampling's argmax, as `jax.ffi.register_ffi_target` takes it.
@@ -876,6 +888,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int8_dot_kernel_available, m)?)?;
     m.add_function(wrap_pyfunction!(columns_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(argmax_ffi_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(rms_norm_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_matmul_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_rows_ffi_handler, m)?)?;
     m.add_function(wrap_pyfunction!(block_kernel_types, m)?)?;

@@ -207,8 +207,9 @@ def attention_inputs(batch: int, kv_heads: int, rep: int, d: int, max_len: int):
 
 
 @pytest.mark.parametrize("kv_heads,rep,d", [(3, 3, 64), (1, 1, 16), (2, 4, 24)])
-def test_attention_kernel_matches_xla(kv_heads, rep, d):
+def test_attention_kernel_writes_the_cache_then_matches_xla(kv_heads, rep, d):
     from lljx.config import ModelConfig
+    from lljx.core import kv_cache
     from lljx.core.attention import attend_xla
 
     max_len = 40
@@ -217,18 +218,53 @@ def test_attention_kernel_matches_xla(kv_heads, rep, d):
         d_head=d, d_ffn=8, rope_theta=1e4, norm_eps=1e-5, context_length=max_len, tie_embeddings=True,
     )
     q, k, v = attention_inputs(2, kv_heads, rep, d, max_len)
+    new_k = jnp.asarray(RNG.standard_normal((2, 1, kv_heads, d), dtype=np.float32))
+    new_v = jnp.asarray(RNG.standard_normal((2, 1, kv_heads, d), dtype=np.float32))
     kernel = jax.jit(native_kernels.attend)
     for rows in ([0, 5], [39, 17], [12, 12]):
         positions = jnp.asarray(rows, jnp.int32)
-        got = kernel(q[:, 0], k, v, positions)
-        want = attend_xla(config, q, k, v, positions[:, None])
+        want_k = kv_cache.write_keys(k, new_k, positions)
+        want_v = kv_cache.write_values(v, new_v, positions)
+        got, got_k, got_v = kernel(q[:, 0], new_k[:, 0], new_v[:, 0], k, v, positions)
+        np.testing.assert_array_equal(np.asarray(got_k), np.asarray(want_k))
+        np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+        want = attend_xla(config, q, want_k, want_v, positions[:, None])
         np.testing.assert_allclose(np.asarray(got).reshape(2, -1), np.asarray(want)[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kernel_writes_a_donated_cache_in_place():
+    q, k, v = attention_inputs(1, 2, 2, 16, 8)
+    new = jnp.ones((1, 2, 16), jnp.float32)
+    step = jax.jit(native_kernels.attend, donate_argnums=(3, 4))
+    text = step.lower(q[:, 0], new, new, k, v, jnp.asarray([3], jnp.int32)).compile().as_text()
+    assert "copy(" not in text.split("ENTRY")[1], "the cache was copied rather than written in place"
+    _, k2, v2 = step(q[:, 0], new, new, k, v, jnp.asarray([3], jnp.int32))
+    assert np.all(np.asarray(k2)[0, :, 3] == 1) and np.all(np.asarray(v2)[0, :, :, 3] == 1)
 
 
 def test_attention_kernel_rejects_a_position_outside_the_cache():
     q, k, v = attention_inputs(1, 1, 2, 16, 8)
+    new = jnp.zeros((1, 1, 16), jnp.float32)
     with pytest.raises(Exception, match="position 8 is outside the cache of 8"):
-        jax.block_until_ready(jax.jit(native_kernels.attend)(q[:, 0], k, v, jnp.asarray([8], jnp.int32)))
+        jax.block_until_ready(jax.jit(native_kernels.attend)(q[:, 0], new, new, k, v, jnp.asarray([8], jnp.int32)))
+
+
+@pytest.mark.parametrize("d", [576, 33, 16])
+def test_rms_norm_kernel_matches_xla_and_is_the_same_in_any_batch(d):
+    from lljx.core.norm import rms_norm
+
+    x = jnp.asarray(RNG.standard_normal((8, d), dtype=np.float32) * 3)
+    weight = jnp.asarray(RNG.standard_normal(d, dtype=np.float32))
+    got = jax.jit(lambda x, w: rms_norm(x, w, 1e-5, row_invariant=True))(x, weight)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(rms_norm(x, weight, 1e-5)), rtol=2e-6, atol=2e-6)
+    for rows in (1, 3):
+        alone = jax.jit(lambda x, w: native_kernels.rms_norm(x, w, 1e-5))(x[:rows], weight)
+        np.testing.assert_array_equal(np.asarray(alone), np.asarray(got)[:rows])
+
+
+def test_rms_norm_kernel_rejects_a_weight_of_another_width():
+    with pytest.raises(Exception, match=r"weight must be \[8\], got \[6\]"):
+        jax.block_until_ready(native_kernels.rms_norm(jnp.ones((2, 8)), jnp.ones(6), 1e-5))
 
 
 def test_native_params_decode_like_xla(tiny_config, tiny_params):

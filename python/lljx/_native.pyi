@@ -19,6 +19,7 @@ __all__ = [
     "int8_dot_kernel_available",
     "columns_ffi_handler",
     "argmax_ffi_handler",
+    "rms_norm_ffi_handler",
     "block_matmul_ffi_handler",
     "block_rows_ffi_handler",
     "block_kernel_types",
@@ -194,6 +195,9 @@ def columns_ffi_handler() -> object:
 
 def argmax_ffi_handler() -> object:
     """The XLA FFI handler of greedy sampling's argmax, as `jax.ffi.register_ffi_target` takes it."""
+
+def rms_norm_ffi_handler() -> object:
+    """The XLA FFI handler of RMSNorm by rows, as `jax.ffi.register_ffi_target` takes it."""
 
 def block_matmul_ffi_handler() -> object:
     """The XLA FFI handler that multiplies activations by GGUF-format weights, as `jax.ffi.register_ffi_target` takes it."""

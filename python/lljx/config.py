@@ -45,9 +45,9 @@ class ModelConfig:
     # Activations and KV cache in another float dtype than the weights (e.g. f32 over bf16
     # weights, as the native kernel reads them); None keeps the compute dtype.
     activations: str | None = None
-    # Batched decoding with lljx's kernels: RMSNorm of several decode rows runs one row at a time
-    # (XLA vectorises a reduction over 8 rows differently than over 1), so a request's numbers are
-    # the same in any batch.
+    # Batched decoding with lljx's kernels: RMSNorm runs in lljx's kernel, one row at a time in a
+    # fixed order (XLA vectorises a reduction over 8 rows differently than over 1), so a request's
+    # numbers are the same in any batch.
     row_invariant: bool = False
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""lljx's Rust kernels inside jitted JAX code on CPU (matrix products over [in, out] and GGUF-format weights, attention, embedding lookups, argmax): registration and calls."""
+"""lljx's Rust kernels inside jitted JAX code on CPU (matrix products over [in, out] and GGUF-format weights, attention, RMSNorm, embedding lookups, argmax): registration and calls."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ TARGET = "lljx_matvec"
 ATTEND_TARGET = "lljx_attend"
 COLUMNS_TARGET = "lljx_columns"
 ARGMAX_TARGET = "lljx_argmax"
+RMS_NORM_TARGET = "lljx_rms_norm"
 BLOCK_MATMUL_TARGET = "lljx_block_matmul"
 BLOCK_ROWS_TARGET = "lljx_block_rows"
 
@@ -27,6 +28,7 @@ def register() -> None:
     jax.ffi.register_ffi_target(ATTEND_TARGET, _native.attend_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(COLUMNS_TARGET, _native.columns_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(ARGMAX_TARGET, _native.argmax_ffi_handler(), platform="cpu")
+    jax.ffi.register_ffi_target(RMS_NORM_TARGET, _native.rms_norm_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(BLOCK_MATMUL_TARGET, _native.block_matmul_ffi_handler(), platform="cpu")
     jax.ffi.register_ffi_target(BLOCK_ROWS_TARGET, _native.block_rows_ffi_handler(), platform="cpu")
 
@@ -57,12 +59,29 @@ def matvec(
     return list(jax.ffi.ffi_call(TARGET, results)(*operands))
 
 
-def attend(q: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.Array) -> jax.Array:
-    """Decode attention: q [batch, heads, d_head] against K [batch, kv_heads, max_len, d_head] and
-    V [batch, kv_heads, d_head, max_len] up to each row's position [batch]; all f32."""
+def attend(
+    q: jax.Array, new_k: jax.Array, new_v: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Decode attention after the cache write: each row's new keys and values [batch, kv_heads,
+    d_head] go into K [batch, kv_heads, max_len, d_head] and V [batch, kv_heads, d_head, max_len]
+    at its position [batch], then q [batch, heads, d_head] attends up to it; all f32. Returns the
+    output and both caches, updated in place when their buffers are donated."""
     register()
-    call = jax.ffi.ffi_call(ATTEND_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32))
-    return call(q, cache_k, cache_v, positions.astype(jnp.int32))
+    results = (
+        jax.ShapeDtypeStruct(q.shape, jnp.float32),
+        jax.ShapeDtypeStruct(cache_k.shape, jnp.float32),
+        jax.ShapeDtypeStruct(cache_v.shape, jnp.float32),
+    )
+    call = jax.ffi.ffi_call(ATTEND_TARGET, results, input_output_aliases={3: 1, 4: 2})
+    out, cache_k, cache_v = call(q, new_k, new_v, cache_k, cache_v, positions.astype(jnp.int32))
+    return out, cache_k, cache_v
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm of f32 x [..., d] by weight [d], each row summed in one fixed order whatever the batch."""
+    register()
+    call = jax.ffi.ffi_call(RMS_NORM_TARGET, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    return call(x.astype(jnp.float32), weight.astype(jnp.float32), eps=np.float32(eps))
 
 
 def columns(table: jax.Array, ids: jax.Array) -> jax.Array:

@@ -7,4 +7,5 @@ pub mod block_matmul;
 pub mod block_rows;
 pub mod columns;
 pub mod matvec;
+pub mod rms_norm;
 pub mod xla;

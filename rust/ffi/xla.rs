@@ -144,6 +144,7 @@ pub const S64: i32 = 5;
 pub const U8: i32 = 6;
 pub const F16: i32 = 10;
 pub const F32: i32 = 11;
+pub const F64: i32 = 12;
 pub const BF16: i32 = 16;
 
 // ---- the handler ----
@@ -331,6 +332,26 @@ impl<'a> Attributes<'a> {
             )),
         }
     }
+
+    /// A float scalar attribute (f32, or f64 rounded to f32).
+    pub fn float_scalar(&self, name: &str) -> Result<f32, String> {
+        let (kind, value) = self.find(name)?;
+        if kind != ATTR_SCALAR {
+            return Err(format!("attribute {name:?} must be a float scalar"));
+        }
+        let scalar = unsafe { &*(value as *const ScalarAttr) };
+        if scalar.value.is_null() {
+            return Err(format!("attribute {name:?} has no value"));
+        }
+        match scalar.dtype {
+            F32 => Ok(unsafe { *(scalar.value as *const f32) }),
+            F64 => Ok(unsafe { *(scalar.value as *const f64) } as f32),
+            other => Err(format!(
+                "attribute {name:?} must be a float scalar, got {}",
+                dtype_name(other)
+            )),
+        }
+    }
 }
 
 unsafe fn buffers<'a>(list: &'a List, what: &str) -> Result<Vec<&'a Buffer>, String> {
@@ -364,6 +385,7 @@ pub fn dtype_name(dtype: i32) -> String {
         U8 => "uint8".into(),
         F16 => "f16".into(),
         F32 => "f32".into(),
+        F64 => "f64".into(),
         BF16 => "bf16".into(),
         other => format!("XLA type {other}"),
     }

@@ -4,7 +4,8 @@
 //! Two families of products: `matvec` over weights laid out [in, out] (f32, bf16, f16, int8)
 //! for explicit dtypes, and `block_matmul` over GGUF weights as their files store them
 //! ([out, in] rows of blocks: `ggml`, `blocks`, `activations`, `portable_dot`).
-//! `real_rows` skips a padded prompt's padding. `bandwidth` measures the memory read speed these kernels are bound by.
+//! `real_rows` skips a padded prompt's padding; `norm` is RMSNorm by rows. `bandwidth` measures
+//! the memory read speed these kernels are bound by.
 
 pub mod act_simd;
 pub mod activations;
@@ -16,6 +17,7 @@ pub mod caches;
 pub mod float_tiles;
 pub mod ggml;
 pub mod matvec;
+pub mod norm;
 pub mod portable_dot;
 pub mod real_rows;
 pub mod stream_32;

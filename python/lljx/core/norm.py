@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-
-
-# Up to this many rows are normalised as separate ops in one program (a batch's decode rows);
-# more (a long prompt's) in a loop, so programs stay small.
-MAX_UNROLLED_ROWS = 64
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float, *, row_invariant: bool = False) -> jax.Array:
     """Scale x by the reciprocal root-mean-square of its last axis, then by weight.
 
-    `row_invariant` (batched decoding, see `ModelConfig.row_invariant`): several rows (of one
-    position each) are normalised one row at a time, each by the ops that normalise a lone
-    row, so each row's numbers are the ones it gets alone. (XLA:CPU vectorises the
-    reduction differently for 1 row and for 8, which moved batched replies off their lone ones.)
+    `row_invariant` (lljx's kernels, see `ModelConfig.row_invariant`): f32 rows are normalised
+    by lljx's kernel, each row alone in one fixed order, so a request's numbers are the ones it
+    gets alone in a batch of any size. (XLA:CPU vectorises the reduction differently for 1 row
+    and for 8, which moved batched replies off their lone ones; normalising each row as its own
+    XLA op cost three ops per row.)
     """
-    rows = math.prod(x.shape[:-1])
-    if row_invariant and rows > 1 and (x.ndim == 2 or x.shape[-2] == 1):
+    if row_invariant and x.dtype == jnp.float32:
+        from lljx import native_kernels
+
         with jax.named_scope("rms_norm_rows"):
-            flat = x.reshape(rows, 1, x.shape[-1])
-            if rows <= MAX_UNROLLED_ROWS:  # a batch's rows side by side: no loop to run, same numbers
-                return jnp.concatenate([_rms_norm(flat[i], weight, eps) for i in range(rows)]).reshape(x.shape)
-            return jax.lax.map(lambda row: _rms_norm(row, weight, eps), flat).reshape(x.shape)
+            return native_kernels.rms_norm(x, weight, eps)
     return _rms_norm(x, weight, eps)
 
 
