@@ -79,7 +79,8 @@ def kernel_calls(model):
         v = jnp.asarray(rng.standard_normal((rows, c.n_kv_heads, c.d_head, CACHE_LEN)), jnp.float32)
         new = jnp.asarray(rng.standard_normal((rows, c.n_kv_heads, c.d_head)), jnp.float32)
         pos = jnp.full((rows,), POSITION, jnp.int32)
-        calls[f"attend (one layer) rows={rows}"] = (jax.jit(native_kernels.attend), (q, new, new, k, v, pos))
+        table = jnp.full((rows, c.d_head // 2), 0.5, jnp.float32)
+        calls[f"attend (one layer) rows={rows}"] = (jax.jit(native_kernels.attend), (q, new, new, k, v, pos, table, table))
     return calls
 
 

@@ -206,11 +206,19 @@ def attention_inputs(batch: int, kv_heads: int, rep: int, d: int, max_len: int):
     return q, k, v
 
 
+def rope_inputs(config, positions):
+    from lljx.core.rope import rope_tables
+
+    cos, sin = rope_tables(config, positions[:, None])
+    return cos, sin
+
+
 @pytest.mark.parametrize("kv_heads,rep,d", [(3, 3, 64), (1, 1, 16), (2, 4, 24)])
-def test_attention_kernel_writes_the_cache_then_matches_xla(kv_heads, rep, d):
+def test_attention_kernel_rotates_writes_the_cache_then_matches_xla(kv_heads, rep, d):
     from lljx.config import ModelConfig
     from lljx.core import kv_cache
     from lljx.core.attention import attend_xla
+    from lljx.core.rope import apply_rope
 
     max_len = 40
     config = ModelConfig(
@@ -223,30 +231,36 @@ def test_attention_kernel_writes_the_cache_then_matches_xla(kv_heads, rep, d):
     kernel = jax.jit(native_kernels.attend)
     for rows in ([0, 5], [39, 17], [12, 12]):
         positions = jnp.asarray(rows, jnp.int32)
-        want_k = kv_cache.write_keys(k, new_k, positions)
+        cos, sin = rope_inputs(config, positions)
+        want_k = kv_cache.write_keys(k, apply_rope(new_k, cos, sin), positions)
         want_v = kv_cache.write_values(v, new_v, positions)
-        got, got_k, got_v = kernel(q[:, 0], new_k[:, 0], new_v[:, 0], k, v, positions)
-        np.testing.assert_array_equal(np.asarray(got_k), np.asarray(want_k))
+        got, got_k, got_v = kernel(q[:, 0], new_k[:, 0], new_v[:, 0], k, v, positions, cos[:, 0], sin[:, 0])
+        np.testing.assert_allclose(np.asarray(got_k), np.asarray(want_k), rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
-        want = attend_xla(config, q, want_k, want_v, positions[:, None])
+        want = attend_xla(config, apply_rope(q, cos, sin), want_k, want_v, positions[:, None])
         np.testing.assert_allclose(np.asarray(got).reshape(2, -1), np.asarray(want)[:, 0], rtol=1e-5, atol=1e-5)
 
 
 def test_attention_kernel_writes_a_donated_cache_in_place():
     q, k, v = attention_inputs(1, 2, 2, 16, 8)
     new = jnp.ones((1, 2, 16), jnp.float32)
+    cos, sin = jnp.ones((1, 8), jnp.float32), jnp.zeros((1, 8), jnp.float32)
     step = jax.jit(native_kernels.attend, donate_argnums=(3, 4))
-    text = step.lower(q[:, 0], new, new, k, v, jnp.asarray([3], jnp.int32)).compile().as_text()
+    args = (q[:, 0], new, new, k, v, jnp.asarray([3], jnp.int32), cos, sin)
+    text = step.lower(*args).compile().as_text()
     assert "copy(" not in text.split("ENTRY")[1], "the cache was copied rather than written in place"
-    _, k2, v2 = step(q[:, 0], new, new, k, v, jnp.asarray([3], jnp.int32))
+    _, k2, v2 = step(*args)
     assert np.all(np.asarray(k2)[0, :, 3] == 1) and np.all(np.asarray(v2)[0, :, :, 3] == 1)
 
 
 def test_attention_kernel_rejects_a_position_outside_the_cache():
     q, k, v = attention_inputs(1, 1, 2, 16, 8)
     new = jnp.zeros((1, 1, 16), jnp.float32)
+    table = jnp.zeros((1, 8), jnp.float32)
     with pytest.raises(Exception, match="position 8 is outside the cache of 8"):
-        jax.block_until_ready(jax.jit(native_kernels.attend)(q[:, 0], new, new, k, v, jnp.asarray([8], jnp.int32)))
+        jax.block_until_ready(
+            jax.jit(native_kernels.attend)(q[:, 0], new, new, k, v, jnp.asarray([8], jnp.int32), table, table)
+        )
 
 
 @pytest.mark.parametrize("d", [576, 33, 16])

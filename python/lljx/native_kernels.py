@@ -60,11 +60,13 @@ def matvec(
 
 
 def attend(
-    q: jax.Array, new_k: jax.Array, new_v: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.Array
+    q: jax.Array, new_k: jax.Array, new_v: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.Array,
+    cos: jax.Array, sin: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Decode attention after the cache write: each row's new keys and values [batch, kv_heads,
-    d_head] go into K [batch, kv_heads, max_len, d_head] and V [batch, kv_heads, d_head, max_len]
-    at its position [batch], then q [batch, heads, d_head] attends up to it; all f32. Returns the
+    """Decode attention with the rotary embedding and the cache write: q [batch, heads, d_head] and
+    the new keys [batch, kv_heads, d_head] are rotated by each row's cos and sin [batch, d_head / 2];
+    the keys and new values go into K [batch, kv_heads, max_len, d_head] and V [batch, kv_heads,
+    d_head, max_len] at each row's position [batch]; then q attends up to it. All f32. Returns the
     output and both caches, updated in place when their buffers are donated."""
     register()
     results = (
@@ -73,7 +75,9 @@ def attend(
         jax.ShapeDtypeStruct(cache_v.shape, jnp.float32),
     )
     call = jax.ffi.ffi_call(ATTEND_TARGET, results, input_output_aliases={3: 1, 4: 2})
-    out, cache_k, cache_v = call(q, new_k, new_v, cache_k, cache_v, positions.astype(jnp.int32))
+    out, cache_k, cache_v = call(
+        q, new_k, new_v, cache_k, cache_v, positions.astype(jnp.int32), cos.astype(jnp.float32), sin.astype(jnp.float32)
+    )
     return out, cache_k, cache_v
 
 

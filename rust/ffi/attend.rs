@@ -1,14 +1,18 @@
 //! The XLA FFI handler `lljx_attend`: decode attention (one new token per row) over lljx's KV cache,
 //! after writing that token's keys and values into it.
 //!
-//! Call shape: q [batch, heads, d_head], the new keys and values [batch, kv_heads, d_head], the
-//! layer's K cache [batch, kv_heads, max_len, d_head], its V cache transposed [batch, kv_heads,
-//! d_head, max_len], and each row's position [batch] (int32). Results: the output [batch, heads,
-//! d_head] and both caches, which the caller aliases to the cache arguments so the write is in
-//! place. All f32. Writing here rather than in XLA saves two ops per row per layer (an 8-row
-//! step of a 30-layer model ran 480 of them). Query heads are grouped by the KV head they share
-//! (grouped-query attention); groups are spread over the calling thread and lljx's helpers when
-//! the cache is large.
+//! Call shape: q [batch, heads, d_head] and the new keys [batch, kv_heads, d_head], both before
+//! their rotary embedding; the new values [batch, kv_heads, d_head]; the layer's K cache [batch,
+//! kv_heads, max_len, d_head] and its V cache transposed [batch, kv_heads, d_head, max_len]; each
+//! row's position [batch] (int32); and each row's rotary cos and sin [batch, d_head / 2]. Results:
+//! the output [batch, heads, d_head] and both caches, which the caller aliases to the cache
+//! arguments so the write is in place. All f32 but the positions.
+//!
+//! Rotating and writing here rather than in XLA saves XLA ops per layer: two per row for the
+//! write (an 8-row step of a 30-layer model ran 480 of them), and the rotations, into each of
+//! which XLA fused its own evaluation of the cos and sin tables. Query heads are grouped by the
+//! KV head they share (grouped-query attention); groups are spread over the calling thread and
+//! lljx's helpers when the cache is large.
 
 use crate::ffi::xla::{dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, F32};
 use crate::kernels::attention::attend_group;
@@ -29,8 +33,12 @@ pub unsafe extern "C" fn lljx_attend(frame: *mut CallFrame) -> ErrorPtr {
 
 struct Attend {
     q: *const f32,
-    k: *const f32,
-    v: *const f32,
+    cos: *const f32,
+    sin: *const f32,
+    new_k: *const f32,
+    new_v: *const f32,
+    k: *mut f32,
+    v: *mut f32,
     out: *mut f32,
     lens: Vec<usize>,
     kv_heads: usize,
@@ -50,41 +58,69 @@ impl Attend {
         self.lens.len() * self.kv_heads
     }
 
-    fn run_group(&self, g: usize, scratch: &mut Vec<f32>) {
+    /// Rotates group g's queries and new key, writes the key and value at its row's position,
+    /// then attends over the cache.
+    fn run_group(&self, g: usize, scratch: &mut Vec<f32>, rotated: &mut Vec<f32>) {
         let (b, kvh) = (g / self.kv_heads, g % self.kv_heads);
         let (d, t_max, rep) = (self.d, self.t_max, self.rep);
         let heads = self.kv_heads * rep;
         let q_at = (b * heads + kvh * rep) * d;
-        let cache_at = (b * self.kv_heads + kvh) * t_max * d;
-        // SAFETY: attend_call checked every shape; groups cover disjoint output rows.
+        let cache_at = g * t_max * d;
+        let at = self.lens[b] - 1;
+        rotated.resize(rep * d, 0.0);
+        // SAFETY: attend_call checked every shape and position; each group writes only its own
+        // cache rows and output rows, and reads only its own.
         unsafe {
+            let k = std::slice::from_raw_parts_mut(self.k.add(cache_at), t_max * d);
+            let v = std::slice::from_raw_parts_mut(self.v.add(cache_at), d * t_max);
+            let cos = std::slice::from_raw_parts(self.cos.add(b * d / 2), d / 2);
+            let sin = std::slice::from_raw_parts(self.sin.add(b * d / 2), d / 2);
+            let new_k = std::slice::from_raw_parts(self.new_k.add(g * d), d);
+            let new_v = std::slice::from_raw_parts(self.new_v.add(g * d), d);
+            rotate(new_k, cos, sin, &mut k[at * d..(at + 1) * d]);
+            for (c, &value) in new_v.iter().enumerate() {
+                v[c * t_max + at] = value;
+            }
             let q = std::slice::from_raw_parts(self.q.add(q_at), rep * d);
-            let k = std::slice::from_raw_parts(self.k.add(cache_at), t_max * d);
-            let v = std::slice::from_raw_parts(self.v.add(cache_at), d * t_max);
+            for (head, out) in q.chunks_exact(d).zip(rotated.chunks_exact_mut(d)) {
+                rotate(head, cos, sin, out);
+            }
             let out = std::slice::from_raw_parts_mut(self.out.add(q_at), rep * d);
-            attend_group(q, k, v, d, self.lens[b], out, scratch);
+            attend_group(rotated, k, v, d, self.lens[b], out, scratch);
         }
+    }
+}
+
+/// One head's rotary embedding in rotate-half form (`lljx.core.rope.apply_rope`): the first half
+/// of x pairs with the second.
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = cos.len();
+    let (x1, x2) = x.split_at(half);
+    let (o1, o2) = out.split_at_mut(half);
+    for j in 0..half {
+        o1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+        o2[j] = x2[j] * cos[j] + x1[j] * sin[j];
     }
 }
 
 impl SharedJob for Attend {
     fn drain(&self) {
-        let mut scratch = Vec::new();
+        let (mut scratch, mut rotated) = (Vec::new(), Vec::new());
         loop {
             let g = self.next.fetch_add(1, Ordering::Relaxed);
             if g >= self.groups() {
                 return;
             }
-            self.run_group(g, &mut scratch);
+            self.run_group(g, &mut scratch, &mut rotated);
             self.done.fetch_add(1, Ordering::Release);
         }
     }
 }
 
 unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> {
-    let [q, k_new, v_new, k_in, v_in, pos] = args else {
+    let [q, k_new, v_new, k_in, v_in, pos, cos, sin] = args else {
         return Err(format!(
-            "expected 6 arguments (q, new keys, new values, k cache, v cache, positions), got {}",
+            "expected 8 arguments (q, new keys, new values, k cache, v cache, positions, cos, sin), got {}",
             args.len()
         ));
     };
@@ -100,6 +136,8 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
         ("new values", v_new),
         ("k cache", k_in),
         ("v cache", v_in),
+        ("cos", cos),
+        ("sin", sin),
         ("result", out),
         ("k cache result", k),
         ("v cache result", v),
@@ -120,7 +158,7 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
             "k cache must be [batch, kv_heads, max_len, d_head], got {k_dims:?}"
         ));
     };
-    if kb != batch || kd != d || kv_heads == 0 || heads % kv_heads != 0 {
+    if kb != batch || kd != d || kv_heads == 0 || heads % kv_heads != 0 || d % 2 != 0 {
         return Err(format!("k cache {k_dims:?} does not fit q {q_dims:?}"));
     }
     if v_dims != [batch, kv_heads, d, t_max] {
@@ -134,6 +172,15 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
             return Err(format!(
                 "{name} must be {:?}, got {:?}",
                 [batch, kv_heads, d],
+                dims(buffer)?
+            ));
+        }
+    }
+    for (name, buffer) in [("cos", cos), ("sin", sin)] {
+        if dims(buffer)? != [batch, d / 2] {
+            return Err(format!(
+                "{name} must be {:?}, got {:?}",
+                [batch, d / 2],
                 dims(buffer)?
             ));
         }
@@ -167,27 +214,14 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
             };
         }
     }
-    let (k_cache, v_cache) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(k.data as *mut f32, cells),
-            std::slice::from_raw_parts_mut(v.data as *mut f32, cells),
-        )
-    };
-    let rows = batch * kv_heads;
-    let new_k = unsafe { std::slice::from_raw_parts(k_new.data as *const f32, rows * d) };
-    let new_v = unsafe { std::slice::from_raw_parts(v_new.data as *const f32, rows * d) };
-    for row in 0..rows {
-        let at = lens[row / kv_heads] - 1;
-        let head = row * t_max * d;
-        k_cache[head + at * d..head + (at + 1) * d].copy_from_slice(&new_k[row * d..(row + 1) * d]);
-        for (c, &value) in new_v[row * d..(row + 1) * d].iter().enumerate() {
-            v_cache[head + c * t_max + at] = value;
-        }
-    }
     let work = Arc::new(Attend {
         q: q.data as *const f32,
-        k: k.data as *const f32,
-        v: v.data as *const f32,
+        cos: cos.data as *const f32,
+        sin: sin.data as *const f32,
+        new_k: k_new.data as *const f32,
+        new_v: v_new.data as *const f32,
+        k: k.data as *mut f32,
+        v: v.data as *mut f32,
         out: out.data as *mut f32,
         lens,
         kv_heads,

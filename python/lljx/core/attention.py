@@ -37,14 +37,16 @@ def forward(
         q, k, v = project_many(x, (layer.wq, layer.wk, layer.wv), real_rows=real_rows)
         q, k, v = q.reshape(batch, seq, h, d), k.reshape(batch, seq, kvh, d), v.reshape(batch, seq, kvh, d)
     cos, sin = rope
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if seq == 1 and uses_native_kernels(layer) and cache_k.dtype == q.dtype == jnp.float32:
         from lljx import native_kernels
 
-        with jax.named_scope("attend"):  # the kernel writes the new keys and values first
-            out, cache_k, cache_v = native_kernels.attend(q[:, 0], k[:, 0], v[:, 0], cache_k, cache_v, positions[:, 0])
+        with jax.named_scope("attend"):  # the kernel rotates q and k and writes k and v first
+            out, cache_k, cache_v = native_kernels.attend(
+                q[:, 0], k[:, 0], v[:, 0], cache_k, cache_v, positions[:, 0], cos[:, 0], sin[:, 0]
+            )
             out = out.reshape(batch, 1, h * d)
     else:
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         with jax.named_scope("kv_write"):
             cache_k = kv_cache.write_keys(cache_k, k, positions[:, 0])
             cache_v = kv_cache.write_values(cache_v, v, positions[:, 0])
