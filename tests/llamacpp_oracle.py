@@ -25,14 +25,9 @@ def requantize_f32(source: Path) -> Path:
     return requantized(source, "F32", cache=cache_dir())
 
 
-def load(path: Path, n_ctx: int = 512, *, logits_all: bool = False, f32_cache: bool = False):
-    """llama.cpp on `path`. `f32_cache` keeps K and V in f32 as lljx does (llama.cpp's default is f16): against
-    a file whose activations llama.cpp rounds to 8 bits, the f16 cache's rounding flips some of those roundings."""
-    cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32, "flash_attn": False} if f32_cache else {}
-    return Llama(
-        path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=2, logits_all=logits_all, verbose=False, seed=0,
-        **cache,
-    )
+def load(path: Path, n_ctx: int = 512, *, logits_all: bool = False):
+    """llama.cpp on `path`, with its default f16 KV cache, as lljx's kernels keep theirs."""
+    return Llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=2, logits_all=logits_all, verbose=False, seed=0)
 
 
 def all_logits(llm, tokens: list[int]) -> np.ndarray:

@@ -213,8 +213,9 @@ def rope_inputs(config, positions):
     return cos, sin
 
 
+@pytest.mark.parametrize("cache_dtype", [jnp.float32, jnp.float16])
 @pytest.mark.parametrize("kv_heads,rep,d", [(3, 3, 64), (1, 1, 16), (2, 4, 24)])
-def test_attention_kernel_rotates_writes_the_cache_then_matches_xla(kv_heads, rep, d):
+def test_attention_kernel_rotates_writes_the_cache_then_matches_xla(kv_heads, rep, d, cache_dtype):
     from lljx.config import ModelConfig
     from lljx.core import kv_cache
     from lljx.core.attention import attend_xla
@@ -226,6 +227,7 @@ def test_attention_kernel_rotates_writes_the_cache_then_matches_xla(kv_heads, re
         d_head=d, d_ffn=8, rope_theta=1e4, norm_eps=1e-5, context_length=max_len, tie_embeddings=True,
     )
     q, k, v = attention_inputs(2, kv_heads, rep, d, max_len)
+    k, v = k.astype(cache_dtype), v.astype(cache_dtype)
     new_k = jnp.asarray(RNG.standard_normal((2, 1, kv_heads, d), dtype=np.float32))
     new_v = jnp.asarray(RNG.standard_normal((2, 1, kv_heads, d), dtype=np.float32))
     kernel = jax.jit(native_kernels.attend)
@@ -235,9 +237,12 @@ def test_attention_kernel_rotates_writes_the_cache_then_matches_xla(kv_heads, re
         want_k = kv_cache.write_keys(k, apply_rope(new_k, cos, sin), positions)
         want_v = kv_cache.write_values(v, new_v, positions)
         got, got_k, got_v = kernel(q[:, 0], new_k[:, 0], new_v[:, 0], k, v, positions, cos[:, 0], sin[:, 0])
-        np.testing.assert_allclose(np.asarray(got_k), np.asarray(want_k), rtol=1e-6, atol=1e-6)
+        assert got_k.dtype == got_v.dtype == cache_dtype
+        # A rotated key may differ from XLA's by an f32 rounding, which f16 can round either way.
+        tolerance = 1e-6 if cache_dtype == jnp.float32 else 1e-3
+        np.testing.assert_allclose(np.asarray(got_k, np.float32), np.asarray(want_k, np.float32), rtol=tolerance, atol=tolerance)
         np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
-        want = attend_xla(config, apply_rope(q, cos, sin), want_k, want_v, positions[:, None])
+        want = attend_xla(config, apply_rope(q, cos, sin), got_k, got_v, positions[:, None])
         np.testing.assert_allclose(np.asarray(got).reshape(2, -1), np.asarray(want)[:, 0], rtol=1e-5, atol=1e-5)
 
 
@@ -251,6 +256,16 @@ def test_attention_kernel_writes_a_donated_cache_in_place():
     assert "copy(" not in text.split("ENTRY")[1], "the cache was copied rather than written in place"
     _, k2, v2 = step(*args)
     assert np.all(np.asarray(k2)[0, :, 3] == 1) and np.all(np.asarray(v2)[0, :, :, 3] == 1)
+
+
+def test_attention_kernel_rejects_caches_of_two_dtypes():
+    q, k, v = attention_inputs(1, 1, 2, 16, 8)
+    new = jnp.zeros((1, 1, 16), jnp.float32)
+    table = jnp.zeros((1, 8), jnp.float32)
+    with pytest.raises(Exception, match="the caches must be both f32 or both f16, got f32 and f16"):
+        jax.block_until_ready(
+            jax.jit(native_kernels.attend)(q[:, 0], new, new, k, v.astype(jnp.float16), jnp.asarray([1], jnp.int32), table, table)
+        )
 
 
 def test_attention_kernel_rejects_a_position_outside_the_cache():

@@ -51,7 +51,7 @@ def embedded():
 
 @pytest.mark.parametrize("strategy", ["native-token", "native-loop"])
 def test_embedded_q4_1_file_greedy_text_equals_llamacpp_on_the_same_file(embedded, strategy):
-    llama = oracle.load(Path(embedded.path), n_ctx=256, f32_cache=True, logits_all=True)
+    llama = oracle.load(Path(embedded.path), n_ctx=256, logits_all=True)
     for prompt in PROMPTS:
         ids = chat_prompt_ids(embedded, prompt)
         ours = greedy(embedded, strategy, ids, GREEDY_TOKENS)
@@ -71,7 +71,7 @@ def test_tiny_q4_k_m_file_holds_k_quants_and_greedy_text_equals_llamacpp(tiny_q4
     assert types["blk.0.ffn_gate.weight"] == gguf.GGMLQuantizationType.Q4_K
     assert gguf.GGMLQuantizationType.Q6_K in types.values()
     model = load_model(str(tiny_q4_k_m), dtype="auto")
-    llama = oracle.load(tiny_q4_k_m, n_ctx=256, f32_cache=True)
+    llama = oracle.load(tiny_q4_k_m, n_ctx=256)
     for text in ["The capital of France is", "1 2 3 4", "Hello"]:
         ids = encode_prompt(model, text, parse_special=False)
         assert greedy(model, "native-token", ids, 16) == oracle.greedy_tokens(llama, ids, 16), text

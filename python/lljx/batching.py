@@ -42,7 +42,7 @@ def default_slots(config: ModelConfig) -> int:
     """Requests a model serves at once by default: 8, or 4 when 8 full default contexts of KV
     cache would take more than a quarter of the machine's memory. (A batch's cache grows only
     as long as its requests need, so this bounds the worst case.)"""
-    per_position = 2 * config.n_layers * config.n_kv_heads * config.d_head * config.activation_dtype.itemsize
+    per_position = 2 * config.n_layers * config.n_kv_heads * config.d_head * config.cache_dtype.itemsize
     context = min(config.context_length, DEFAULT_CONTEXT)
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -49,12 +49,17 @@ class ModelConfig:
     # fixed order (XLA vectorises a reduction over 8 rows differently than over 1), so a request's
     # numbers are the same in any batch.
     row_invariant: bool = False
+    # The KV cache in another float dtype than the activations (f16 under lljx's kernels, as
+    # llama.cpp keeps it: half the bytes that decode attention reads); None keeps theirs.
+    kv_cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         if self.activations not in (None, "f32", "bf16", "f16"):
             raise ValueError(f"unknown activation dtype {self.activations!r}; expected f32, bf16 or f16")
+        if self.kv_cache not in (None, "f32", "bf16", "f16"):
+            raise ValueError(f"unknown KV cache dtype {self.kv_cache!r}; expected f32, bf16 or f16")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.d_head % 2:
@@ -68,8 +73,13 @@ class ModelConfig:
 
     @property
     def activation_dtype(self) -> jnp.dtype:
-        """The dtype of activations and the KV cache."""
+        """The dtype of activations (and of the KV cache unless `kv_cache` says otherwise)."""
         return jnp.dtype(DTYPES[self.activations or self.dtype])
+
+    @property
+    def cache_dtype(self) -> jnp.dtype:
+        """The dtype of the KV cache."""
+        return jnp.dtype(DTYPES[self.kv_cache]) if self.kv_cache else self.activation_dtype
 
     @property
     def n_rep(self) -> int:

@@ -66,13 +66,14 @@ def attend(
     """Decode attention with the rotary embedding and the cache write: q [batch, heads, d_head] and
     the new keys [batch, kv_heads, d_head] are rotated by each row's cos and sin [batch, d_head / 2];
     the keys and new values go into K [batch, kv_heads, max_len, d_head] and V [batch, kv_heads,
-    d_head, max_len] at each row's position [batch]; then q attends up to it. All f32. Returns the
-    output and both caches, updated in place when their buffers are donated."""
+    d_head, max_len] at each row's position [batch]; then q attends up to it. All f32 but the
+    caches, which may both be f16 instead. Returns the output and both caches, updated in place
+    when their buffers are donated."""
     register()
     results = (
         jax.ShapeDtypeStruct(q.shape, jnp.float32),
-        jax.ShapeDtypeStruct(cache_k.shape, jnp.float32),
-        jax.ShapeDtypeStruct(cache_v.shape, jnp.float32),
+        jax.ShapeDtypeStruct(cache_k.shape, cache_k.dtype),
+        jax.ShapeDtypeStruct(cache_v.shape, cache_v.dtype),
     )
     call = jax.ffi.ffi_call(ATTEND_TARGET, results, input_output_aliases={3: 1, 4: 2})
     out, cache_k, cache_v = call(

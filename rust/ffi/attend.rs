@@ -6,7 +6,9 @@
 //! kv_heads, max_len, d_head] and its V cache transposed [batch, kv_heads, d_head, max_len]; each
 //! row's position [batch] (int32); and each row's rotary cos and sin [batch, d_head / 2]. Results:
 //! the output [batch, heads, d_head] and both caches, which the caller aliases to the cache
-//! arguments so the write is in place. All f32 but the positions.
+//! arguments so the write is in place. All f32 but the positions and the caches, which are both
+//! f32 or both f16 (rounded to nearest on write, widened per group into an f32 copy in L2 for
+//! the kernel: the cache's memory reads are what decode attention waits on).
 //!
 //! Rotating and writing here rather than in XLA saves XLA ops per layer: two per row for the
 //! write (an 8-row step of a 30-layer model ran 480 of them), and the rotations, into each of
@@ -14,9 +16,11 @@
 //! KV head they share (grouped-query attention); groups are spread over the calling thread and
 //! lljx's helpers when the cache is large.
 
-use crate::ffi::xla::{dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, F32};
+use crate::ffi::xla::{dims, dtype_name, run_handler, Buffer, CallFrame, ErrorPtr, F16, F32};
 use crate::kernels::attention::attend_group;
 use crate::kernels::workers::{self, SharedJob};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -37,8 +41,9 @@ struct Attend {
     sin: *const f32,
     new_k: *const f32,
     new_v: *const f32,
-    k: *mut f32,
-    v: *mut f32,
+    k: *mut u8,
+    v: *mut u8,
+    half: bool,
     out: *mut f32,
     lens: Vec<usize>,
     kv_heads: usize,
@@ -60,34 +65,110 @@ impl Attend {
 
     /// Rotates group g's queries and new key, writes the key and value at its row's position,
     /// then attends over the cache.
-    fn run_group(&self, g: usize, scratch: &mut Vec<f32>, rotated: &mut Vec<f32>) {
+    fn run_group(&self, g: usize, work: &mut Scratch) {
         let (b, kvh) = (g / self.kv_heads, g % self.kv_heads);
         let (d, t_max, rep) = (self.d, self.t_max, self.rep);
         let heads = self.kv_heads * rep;
         let q_at = (b * heads + kvh * rep) * d;
         let cache_at = g * t_max * d;
-        let at = self.lens[b] - 1;
-        rotated.resize(rep * d, 0.0);
+        let (at, len) = (self.lens[b] - 1, self.lens[b]);
+        work.queries.resize(rep * d, 0.0);
+        work.key.resize(d, 0.0);
         // SAFETY: attend_call checked every shape and position; each group writes only its own
         // cache rows and output rows, and reads only its own.
         unsafe {
-            let k = std::slice::from_raw_parts_mut(self.k.add(cache_at), t_max * d);
-            let v = std::slice::from_raw_parts_mut(self.v.add(cache_at), d * t_max);
             let cos = std::slice::from_raw_parts(self.cos.add(b * d / 2), d / 2);
             let sin = std::slice::from_raw_parts(self.sin.add(b * d / 2), d / 2);
             let new_k = std::slice::from_raw_parts(self.new_k.add(g * d), d);
             let new_v = std::slice::from_raw_parts(self.new_v.add(g * d), d);
-            rotate(new_k, cos, sin, &mut k[at * d..(at + 1) * d]);
-            for (c, &value) in new_v.iter().enumerate() {
-                v[c * t_max + at] = value;
-            }
             let q = std::slice::from_raw_parts(self.q.add(q_at), rep * d);
-            for (head, out) in q.chunks_exact(d).zip(rotated.chunks_exact_mut(d)) {
+            for (head, out) in q.chunks_exact(d).zip(work.queries.chunks_exact_mut(d)) {
                 rotate(head, cos, sin, out);
             }
+            rotate(new_k, cos, sin, &mut work.key);
             let out = std::slice::from_raw_parts_mut(self.out.add(q_at), rep * d);
-            attend_group(rotated, k, v, d, self.lens[b], out, scratch);
+            if self.half {
+                let k =
+                    std::slice::from_raw_parts_mut((self.k as *mut f16).add(cache_at), t_max * d);
+                let v =
+                    std::slice::from_raw_parts_mut((self.v as *mut f16).add(cache_at), d * t_max);
+                k[at * d..(at + 1) * d].convert_from_f32_slice(&work.key);
+                for (c, &value) in new_v.iter().enumerate() {
+                    v[c * t_max + at] = f16::from_f32(value);
+                }
+                // The kernel reads the f32 copies [len, d] and [d, len] from L2.
+                work.keys.resize(len * d, 0.0);
+                work.values.resize(d * len, 0.0);
+                widen(&k[..len * d], &mut work.keys);
+                for (c, run) in work.values.chunks_exact_mut(len).enumerate() {
+                    widen(&v[c * t_max..c * t_max + len], run);
+                }
+                attend_group(
+                    &work.queries,
+                    &work.keys,
+                    &work.values,
+                    d,
+                    len,
+                    out,
+                    &mut work.scores,
+                );
+            } else {
+                let k =
+                    std::slice::from_raw_parts_mut((self.k as *mut f32).add(cache_at), t_max * d);
+                let v =
+                    std::slice::from_raw_parts_mut((self.v as *mut f32).add(cache_at), d * t_max);
+                k[at * d..(at + 1) * d].copy_from_slice(&work.key);
+                for (c, &value) in new_v.iter().enumerate() {
+                    v[c * t_max + at] = value;
+                }
+                attend_group(&work.queries, k, v, d, len, out, &mut work.scores);
+            }
         }
+    }
+}
+
+/// One thread's buffers, reused across its groups.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    queries: Vec<f32>,
+    key: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// f16 values widened to f32 (exactly), sixteen at a time where the CPU has AVX-512.
+fn widen(src: &[f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has these features; the lengths are equal.
+            unsafe { widen_avx512(src, dst) };
+            return;
+        }
+    }
+    src.convert_to_f32_slice(dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn widen_avx512(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (s, o) = (src.as_ptr() as *const i16, dst.as_mut_ptr());
+    let n = src.len();
+    let whole = n - n % 16;
+    for i in (0..whole).step_by(16) {
+        let h = _mm256_loadu_si256(s.add(i) as *const __m256i);
+        _mm512_storeu_ps(o.add(i), _mm512_cvtph_ps(h));
+    }
+    if whole < n {
+        let mask = ((1u32 << (n - whole)) - 1) as __mmask16;
+        let h = _mm256_maskz_loadu_epi16(mask, s.add(whole));
+        _mm512_mask_storeu_ps(o.add(whole), mask, _mm512_cvtph_ps(h));
     }
 }
 
@@ -105,13 +186,13 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
 
 impl SharedJob for Attend {
     fn drain(&self) {
-        let (mut scratch, mut rotated) = (Vec::new(), Vec::new());
+        let mut scratch = Scratch::default();
         loop {
             let g = self.next.fetch_add(1, Ordering::Relaxed);
             if g >= self.groups() {
                 return;
             }
-            self.run_group(g, &mut scratch, &mut rotated);
+            self.run_group(g, &mut scratch);
             self.done.fetch_add(1, Ordering::Release);
         }
     }
@@ -134,13 +215,9 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
         ("q", q),
         ("new keys", k_new),
         ("new values", v_new),
-        ("k cache", k_in),
-        ("v cache", v_in),
         ("cos", cos),
         ("sin", sin),
         ("result", out),
-        ("k cache result", k),
-        ("v cache result", v),
     ] {
         if buffer.dtype != F32 {
             return Err(format!(
@@ -148,6 +225,14 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
                 dtype_name(buffer.dtype)
             ));
         }
+    }
+    let cache_dtype = k_in.dtype;
+    if !matches!(cache_dtype, F32 | F16) || [v_in.dtype, k.dtype, v.dtype] != [cache_dtype; 3] {
+        return Err(format!(
+            "the caches must be both f32 or both f16, got {} and {}",
+            dtype_name(k_in.dtype),
+            dtype_name(v_in.dtype)
+        ));
     }
     let (q_dims, k_dims, v_dims, pos_dims) = (dims(q)?, dims(k_in)?, dims(v_in)?, dims(pos)?);
     let [batch, heads, d] = q_dims[..] else {
@@ -205,12 +290,13 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
             _ => Err(format!("position {p} is outside the cache of {t_max}")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let cells = batch * kv_heads * t_max * d;
+    let half = cache_dtype == F16;
+    let bytes = batch * kv_heads * t_max * d * if half { 2 } else { 4 };
     // Aliased results share the arguments' memory; were they not, the results start as copies.
     for (from, to) in [(k_in, k), (v_in, v)] {
         if from.data != to.data {
             unsafe {
-                std::ptr::copy_nonoverlapping(from.data as *const f32, to.data as *mut f32, cells)
+                std::ptr::copy_nonoverlapping(from.data as *const u8, to.data as *mut u8, bytes)
             };
         }
     }
@@ -220,8 +306,9 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
         sin: sin.data as *const f32,
         new_k: k_new.data as *const f32,
         new_v: v_new.data as *const f32,
-        k: k.data as *mut f32,
-        v: v.data as *mut f32,
+        k: k.data as *mut u8,
+        v: v.data as *mut u8,
+        half,
         out: out.data as *mut f32,
         lens,
         kv_heads,
@@ -231,7 +318,8 @@ unsafe fn attend_call(args: &[&Buffer], rets: &[&Buffer]) -> Result<(), String> 
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
     });
-    let cache_bytes: usize = work.lens.iter().sum::<usize>() * kv_heads * d * 8;
+    let cache_bytes: usize =
+        work.lens.iter().sum::<usize>() * kv_heads * d * if half { 4 } else { 8 };
     if work.groups() > 1 && cache_bytes >= PARALLEL_BYTES {
         workers::share(work.clone());
     }

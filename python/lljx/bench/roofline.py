@@ -138,7 +138,7 @@ def file_bytes_per_token(gf: GGUFFile) -> dict[str, float]:
 
 def kv_bytes(config: ModelConfig, context: float) -> float:
     """Keys and values of every layer over `context` positions, at the activations' dtype."""
-    return 2 * config.n_layers * config.n_kv_heads * config.d_head * config.activation_dtype.itemsize * context
+    return 2 * config.n_layers * config.n_kv_heads * config.d_head * config.cache_dtype.itemsize * context
 
 
 def weight_bytes(params: Params) -> int:

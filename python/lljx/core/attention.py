@@ -13,6 +13,9 @@ from lljx.core.linear import project, project_many
 from lljx.core.rope import apply_rope
 from lljx.params import GGMLWeight, LayerParams, NativeWeight
 
+# KV cache dtypes lljx's decode attention kernel reads (with f32 queries).
+NATIVE_CACHE_DTYPES = (jnp.float32, jnp.float16)
+
 
 def forward(
     config: ModelConfig,
@@ -37,7 +40,7 @@ def forward(
         q, k, v = project_many(x, (layer.wq, layer.wk, layer.wv), real_rows=real_rows)
         q, k, v = q.reshape(batch, seq, h, d), k.reshape(batch, seq, kvh, d), v.reshape(batch, seq, kvh, d)
     cos, sin = rope
-    if seq == 1 and uses_native_kernels(layer) and cache_k.dtype == q.dtype == jnp.float32:
+    if seq == 1 and uses_native_kernels(layer) and q.dtype == jnp.float32 and cache_k.dtype in NATIVE_CACHE_DTYPES:
         from lljx import native_kernels
 
         with jax.named_scope("attend"):  # the kernel rotates q and k and writes k and v first
@@ -74,6 +77,7 @@ def attend_xla(
     key_pos = jnp.arange(cache_k.shape[2])
     visible = key_pos[None, None, :] <= positions[:, :, None]  # [batch, seq, max_len]
     scores = jnp.where(visible[:, None, None, :, :], scores, -jnp.inf)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cache_v.dtype)
+    # Probabilities stay in the activations' precision over a narrower cache (f32 over f16).
+    probs = jax.nn.softmax(scores, axis=-1).astype(jnp.promote_types(cache_v.dtype, q.dtype))
     out = jnp.einsum("bkrst,bkdt->bkrsd", probs, cache_v, preferred_element_type=jnp.float32)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, h * d)

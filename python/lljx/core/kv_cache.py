@@ -37,7 +37,7 @@ def layer_shapes(config: ModelConfig, batch: int, max_len: int) -> tuple[tuple[i
 def create(config: ModelConfig, batch: int, max_len: int, *, stacked: bool = False) -> KVCache:
     """Zeroed cache for `batch` rows of up to `max_len` positions; `stacked` for lax.scan over layers."""
     k_shape, v_shape = layer_shapes(config, batch, max_len)
-    dtype = config.activation_dtype
+    dtype = config.cache_dtype
     if stacked:
         n = config.n_layers
         return KVCache(jnp.zeros((n, *k_shape), dtype), jnp.zeros((n, *v_shape), dtype))

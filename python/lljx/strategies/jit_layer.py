@@ -34,7 +34,7 @@ def empty_cache_slice(config: ModelConfig, batch: int, length: int) -> tuple[jax
     """One layer's zeroed K and V caches; a named function so profiles and traces say what it is."""
     with jax.named_scope("new_cache_slice"):
         k_shape, v_shape = kv_cache.layer_shapes(config, batch, length)
-        return jnp.zeros(k_shape, config.activation_dtype), jnp.zeros(v_shape, config.activation_dtype)
+        return jnp.zeros(k_shape, config.cache_dtype), jnp.zeros(v_shape, config.cache_dtype)
 
 
 def head_logits(config: ModelConfig, params: Params, x: jax.Array, last_index: jax.Array) -> jax.Array:
