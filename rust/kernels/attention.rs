@@ -104,7 +104,7 @@ unsafe fn attend_avx512(
         }
     }
     for i in 0..r {
-        softmax(&mut scores[i * padded..i * padded + len]);
+        softmax_avx512(&mut scores[i * padded..i * padded + len]);
     }
     // Positions past `len` are masked out of the value reads: the cache there may hold anything.
     let tail = (len % 16) as u32;
@@ -140,6 +140,72 @@ unsafe fn attend_avx512(
             _mm512_storeu_ps(o.add(i * d + c0), reduce16(acc));
         }
     }
+}
+
+/// `softmax` sixteen scores at a time, with `exp16` for libm's scalar `expf` (a call per score
+/// took about a third of a long row's attention). The sum adds lanes, then the lanes in
+/// `_mm512_reduce_add_ps`'s order: one fixed order for a row of any batch.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_avx512(row: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    if n == 0 {
+        return;
+    }
+    let p = row.as_mut_ptr();
+    let whole = n - n % 16;
+    let tail = ((1u32 << (n - whole)) - 1) as __mmask16;
+    let mut top = _mm512_set1_ps(f32::NEG_INFINITY);
+    for i in (0..whole).step_by(16) {
+        top = _mm512_max_ps(top, _mm512_loadu_ps(p.add(i)));
+    }
+    if tail != 0 {
+        top = _mm512_mask_max_ps(top, tail, top, _mm512_maskz_loadu_ps(tail, p.add(whole)));
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    let mut total = _mm512_setzero_ps();
+    for i in (0..whole).step_by(16) {
+        let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+        _mm512_storeu_ps(p.add(i), e);
+        total = _mm512_add_ps(total, e);
+    }
+    if tail != 0 {
+        let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(whole)), max);
+        let e = _mm512_maskz_mov_ps(tail, exp16(x));
+        _mm512_mask_storeu_ps(p.add(whole), tail, e);
+        total = _mm512_add_ps(total, e);
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(total));
+    for i in (0..whole).step_by(16) {
+        _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
+    }
+    if tail != 0 {
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(whole)), inv);
+        _mm512_mask_storeu_ps(p.add(whole), tail, v);
+    }
+}
+
+/// e^x for x <= 0 (a softmax's shifted scores), within about 2 ulp: x = n ln 2 + r with
+/// |r| <= ln 2 / 2, e^r by its degree-6 Taylor polynomial, then scaled by 2^n. Inputs below
+/// -104 give 0, as e^x rounds to there in f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+    let n =
+        _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+    // ln 2 in two parts (Cody and Waite), so n ln 2 is subtracted without rounding away r.
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut e = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(e, n)
 }
 
 /// Lane j of the result is `_mm512_reduce_add_ps(v[j])`, bit for bit: the same tree of
@@ -273,6 +339,36 @@ fn softmax(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_softmax_matches_f64() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: no AVX-512F on this CPU");
+            return;
+        }
+        for n in [1usize, 15, 16, 17, 401] {
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0)
+                .collect();
+            let mut got = row.clone();
+            unsafe { softmax_avx512(&mut got) };
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let total: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for (g, &v) in got.iter().zip(&row) {
+                let want = (v as f64 - max).exp() / total;
+                // f32's own rounding of v - max moves e^(v - max) by up to |v - max| * 2^-24.
+                assert!(
+                    (*g as f64 - want).abs() <= 2e-6 * want + 1e-30,
+                    "n={n}: {g} vs {want}"
+                );
+            }
+        }
+        let mut wide = [0.0f32, -200.0, -90.0, -1e30];
+        unsafe { softmax_avx512(&mut wide) };
+        assert_eq!(wide[0], 1.0);
+        assert!(wide[1..].iter().all(|&v| (0.0..1e-38).contains(&v)));
+    }
 
     fn reference(q: &[f32], k: &[f32], vt: &[f32], d: usize, len: usize) -> Vec<f64> {
         let t_max = k.len() / d;
