@@ -258,24 +258,20 @@ def test_attention_kernel_writes_a_donated_cache_in_place():
     assert np.all(np.asarray(k2)[0, :, 3] == 1) and np.all(np.asarray(v2)[0, :, :, 3] == 1)
 
 
-def test_attention_kernel_rejects_caches_of_two_dtypes():
+@pytest.mark.parametrize(
+    "v_dtype,position,message",
+    [
+        (jnp.float16, 1, "the caches must be both f32 or both f16, got f32 and f16"),
+        (jnp.float32, 8, "position 8 is outside the cache of 8"),
+    ],
+)
+def test_attention_kernel_rejects_bad_calls(v_dtype, position, message):
     q, k, v = attention_inputs(1, 1, 2, 16, 8)
     new = jnp.zeros((1, 1, 16), jnp.float32)
     table = jnp.zeros((1, 8), jnp.float32)
-    with pytest.raises(Exception, match="the caches must be both f32 or both f16, got f32 and f16"):
-        jax.block_until_ready(
-            jax.jit(native_kernels.attend)(q[:, 0], new, new, k, v.astype(jnp.float16), jnp.asarray([1], jnp.int32), table, table)
-        )
-
-
-def test_attention_kernel_rejects_a_position_outside_the_cache():
-    q, k, v = attention_inputs(1, 1, 2, 16, 8)
-    new = jnp.zeros((1, 1, 16), jnp.float32)
-    table = jnp.zeros((1, 8), jnp.float32)
-    with pytest.raises(Exception, match="position 8 is outside the cache of 8"):
-        jax.block_until_ready(
-            jax.jit(native_kernels.attend)(q[:, 0], new, new, k, v, jnp.asarray([8], jnp.int32), table, table)
-        )
+    call = jax.jit(native_kernels.attend)
+    with pytest.raises(Exception, match=message):
+        jax.block_until_ready(call(q[:, 0], new, new, k, v.astype(v_dtype), jnp.asarray([position], jnp.int32), table, table))
 
 
 @pytest.mark.parametrize("d", [576, 33, 16])

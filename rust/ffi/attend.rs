@@ -88,14 +88,8 @@ impl Attend {
             rotate(new_k, cos, sin, &mut work.key);
             let out = std::slice::from_raw_parts_mut(self.out.add(q_at), rep * d);
             if self.half {
-                let k =
-                    std::slice::from_raw_parts_mut((self.k as *mut f16).add(cache_at), t_max * d);
-                let v =
-                    std::slice::from_raw_parts_mut((self.v as *mut f16).add(cache_at), d * t_max);
-                k[at * d..(at + 1) * d].convert_from_f32_slice(&work.key);
-                for (c, &value) in new_v.iter().enumerate() {
-                    v[c * t_max + at] = f16::from_f32(value);
-                }
+                let (k, v) = self.cache_rows::<f16>(cache_at);
+                write_row(k, v, at, t_max, &work.key, new_v, f16::from_f32);
                 // The kernel reads the f32 copies [len, d] and [d, len] from L2.
                 work.keys.resize(len * d, 0.0);
                 work.values.resize(d * len, 0.0);
@@ -113,17 +107,47 @@ impl Attend {
                     &mut work.scores,
                 );
             } else {
-                let k =
-                    std::slice::from_raw_parts_mut((self.k as *mut f32).add(cache_at), t_max * d);
-                let v =
-                    std::slice::from_raw_parts_mut((self.v as *mut f32).add(cache_at), d * t_max);
-                k[at * d..(at + 1) * d].copy_from_slice(&work.key);
-                for (c, &value) in new_v.iter().enumerate() {
-                    v[c * t_max + at] = value;
-                }
+                let (k, v) = self.cache_rows::<f32>(cache_at);
+                write_row(k, v, at, t_max, &work.key, new_v, |x| x);
                 attend_group(&work.queries, k, v, d, len, out, &mut work.scores);
             }
         }
+    }
+}
+
+impl Attend {
+    /// One group's K [t_max, d] and V [d, t_max], elements of type T, from element `at` on.
+    ///
+    /// # Safety
+    /// T must be the caches' element type and `at` a group's start (attend_call checked both).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn cache_rows<T>(&self, at: usize) -> (&mut [T], &mut [T]) {
+        let cells = self.t_max * self.d;
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut((self.k as *mut T).add(at), cells),
+                std::slice::from_raw_parts_mut((self.v as *mut T).add(at), cells),
+            )
+        }
+    }
+}
+
+/// The new key [d] into K's row `at`, and the new value [d] into V's column `at`.
+fn write_row<T>(
+    k: &mut [T],
+    v: &mut [T],
+    at: usize,
+    t_max: usize,
+    key: &[f32],
+    value: &[f32],
+    cast: impl Fn(f32) -> T,
+) {
+    let d = key.len();
+    for (slot, &x) in k[at * d..(at + 1) * d].iter_mut().zip(key) {
+        *slot = cast(x);
+    }
+    for (c, &x) in value.iter().enumerate() {
+        v[c * t_max + at] = cast(x);
     }
 }
 

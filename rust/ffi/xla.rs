@@ -315,17 +315,10 @@ impl<'a> Attributes<'a> {
 
     /// An integer scalar attribute (int32 or int64).
     pub fn int_scalar(&self, name: &str) -> Result<i64, String> {
-        let (kind, value) = self.find(name)?;
-        if kind != ATTR_SCALAR {
-            return Err(format!("attribute {name:?} must be an integer scalar"));
-        }
-        let scalar = unsafe { &*(value as *const ScalarAttr) };
-        if scalar.value.is_null() {
-            return Err(format!("attribute {name:?} has no value"));
-        }
-        match scalar.dtype {
-            S32 => Ok(unsafe { *(scalar.value as *const i32) } as i64),
-            S64 => Ok(unsafe { *(scalar.value as *const i64) }),
+        let (dtype, value) = self.scalar(name, "an integer scalar")?;
+        match dtype {
+            S32 => Ok(unsafe { *(value as *const i32) } as i64),
+            S64 => Ok(unsafe { *(value as *const i64) }),
             other => Err(format!(
                 "attribute {name:?} must be an integer scalar, got {}",
                 dtype_name(other)
@@ -335,22 +328,28 @@ impl<'a> Attributes<'a> {
 
     /// A float scalar attribute (f32, or f64 rounded to f32).
     pub fn float_scalar(&self, name: &str) -> Result<f32, String> {
-        let (kind, value) = self.find(name)?;
-        if kind != ATTR_SCALAR {
-            return Err(format!("attribute {name:?} must be a float scalar"));
-        }
-        let scalar = unsafe { &*(value as *const ScalarAttr) };
-        if scalar.value.is_null() {
-            return Err(format!("attribute {name:?} has no value"));
-        }
-        match scalar.dtype {
-            F32 => Ok(unsafe { *(scalar.value as *const f32) }),
-            F64 => Ok(unsafe { *(scalar.value as *const f64) } as f32),
+        let (dtype, value) = self.scalar(name, "a float scalar")?;
+        match dtype {
+            F32 => Ok(unsafe { *(value as *const f32) }),
+            F64 => Ok(unsafe { *(value as *const f64) } as f32),
             other => Err(format!(
                 "attribute {name:?} must be a float scalar, got {}",
                 dtype_name(other)
             )),
         }
+    }
+
+    /// A scalar attribute's dtype and (non-null) value pointer; `what` names the expected kind.
+    fn scalar(&self, name: &str, what: &str) -> Result<(i32, *const c_void), String> {
+        let (kind, value) = self.find(name)?;
+        if kind != ATTR_SCALAR {
+            return Err(format!("attribute {name:?} must be {what}"));
+        }
+        let scalar = unsafe { &*(value as *const ScalarAttr) };
+        if scalar.value.is_null() {
+            return Err(format!("attribute {name:?} has no value"));
+        }
+        Ok((scalar.dtype, scalar.value))
     }
 }
 
