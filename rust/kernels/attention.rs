@@ -20,6 +20,51 @@ pub fn attend_group(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    if !try_avx512::<false, f32>(queries, keys, values_t, d, len, out, scores) {
+        attend_body(queries, keys, values_t, d, len, out, scores);
+    }
+}
+
+/// `attend_group` over an f16 cache. With AVX-512 the kernel widens each vector as it loads it
+/// (exactly, so the results are those of `attend_group` over the widened cache), reading half
+/// the bytes; otherwise the rows are widened into `widened` first.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group_f16(
+    queries: &[f32],
+    keys: &[half::f16],
+    values_t: &[half::f16],
+    d: usize,
+    len: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+    widened: &mut (Vec<f32>, Vec<f32>),
+) {
+    if try_avx512::<true, half::f16>(queries, keys, values_t, d, len, out, scores) {
+        return;
+    }
+    let t_max = keys.len() / d;
+    use half::slice::HalfFloatSliceExt;
+    let (k, v) = widened;
+    k.resize(len * d, 0.0);
+    v.resize(d * len, 0.0);
+    keys[..len * d].convert_to_f32_slice(k);
+    for (c, run) in v.chunks_exact_mut(len.max(1)).enumerate() {
+        values_t[c * t_max..c * t_max + len].convert_to_f32_slice(run);
+    }
+    attend_group(queries, k, v, d, len, out, scores);
+}
+
+/// Checks the shapes (panicking if they do not fit), then runs the AVX-512 kernel over elements
+/// T (f16 when HALF) if this CPU and these shapes allow it; false if it did not run.
+fn try_avx512<const HALF: bool, T>(
+    queries: &[f32],
+    keys: &[T],
+    values_t: &[T],
+    d: usize,
+    len: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) -> bool {
     let t_max = keys.len() / d.max(1);
     assert!(
         d > 0 && queries.len().is_multiple_of(d) && out.len() == queries.len(),
@@ -31,45 +76,76 @@ pub fn attend_group(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if queries.len() / d <= MAX_GROUP && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F; the body only indexes checked slices.
-            unsafe { attend_avx512(queries, keys, values_t, d, len, out, scores) };
-            return;
+        if queries.len() / d <= MAX_GROUP
+            && d.is_multiple_of(16)
+            && len > 0
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has these features; the shapes were checked above.
+            unsafe {
+                attend_avx512::<HALF>(
+                    queries,
+                    keys.as_ptr() as *const u8,
+                    values_t.as_ptr() as *const u8,
+                    d,
+                    t_max,
+                    len,
+                    out,
+                    scores,
+                )
+            };
+            return true;
         }
     }
-    attend_body(queries, keys, values_t, d, len, out, scores);
+    let _ = scores;
+    false
 }
 
+/// The kernel over f32 (HALF false) or f16 (HALF true) K [t_max, d] and V [d, t_max] at `keys`
+/// and `values_t`. Requires d a multiple of 16 and len > 0; with HALF, AVX-512 BW and VL too.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx512<const HALF: bool>(
     queries: &[f32],
-    keys: &[f32],
-    values_t: &[f32],
+    keys: *const u8,
+    values_t: *const u8,
     d: usize,
+    t_max: usize,
     len: usize,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    if !d.is_multiple_of(16) || len == 0 {
-        return attend_body(queries, keys, values_t, d, len, out, scores);
-    }
     use std::arch::x86_64::*;
+    // Sixteen cache values at element `i` of `base` as f32 (widened exactly from f16).
+    macro_rules! load {
+        ($base:expr, $i:expr) => {
+            if HALF {
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    ($base as *const u16).add($i) as *const __m256i
+                ))
+            } else {
+                _mm512_loadu_ps(($base as *const f32).add($i))
+            }
+        };
+    }
     let r = queries.len() / d;
-    let t_max = keys.len() / d;
+    let size = if HALF { 2 } else { 4 };
     let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
     // Scores [r, len] padded to whole vectors of positions, so the value pass reads whole vectors.
     let padded = len.next_multiple_of(16);
     scores.clear();
     scores.resize(r * padded, 0.0);
-    let (q, k, s) = (queries.as_ptr(), keys.as_ptr(), scores.as_mut_ptr());
+    let (q, k, s) = (queries.as_ptr(), keys, scores.as_mut_ptr());
     // The value pass reads d short runs of `len` values, t_max apart: too short for the hardware
     // prefetchers to follow, so a batch's cache (past L3) stalled on every run. Each run is
     // requested a block of sixteen runs early, the first ones before the scores, which hide
     // their wait.
-    let v = values_t.as_ptr();
+    let v = values_t;
     for c in 0..d.min(16) {
-        prefetch_run(v.add(c * t_max), len);
+        prefetch_run(v.add(c * t_max * size), len * size);
     }
     // Sixteen positions at a time: sixteen dot products, then one transposing reduction that
     // adds each one's lanes in `_mm512_reduce_add_ps`'s order, so every score is the same float
@@ -82,7 +158,7 @@ unsafe fn attend_avx512(
             for c in (0..d).step_by(16) {
                 let qc = _mm512_loadu_ps(query.add(c));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(qc, _mm512_loadu_ps(k.add((t0 + j) * d + c)), *a);
+                    *a = _mm512_fmadd_ps(qc, load!(k, (t0 + j) * d + c), *a);
                 }
             }
             for a in acc.iter_mut() {
@@ -91,14 +167,9 @@ unsafe fn attend_avx512(
             _mm512_storeu_ps(s.add(i * padded + t0), reduce16(acc));
         }
         for t in whole..len {
-            let key = k.add(t * d);
             let mut acc = _mm512_setzero_ps();
             for c in (0..d).step_by(16) {
-                acc = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(query.add(c)),
-                    _mm512_loadu_ps(key.add(c)),
-                    acc,
-                );
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(query.add(c)), load!(k, t * d + c), acc);
             }
             *s.add(i * padded + t) = _mm512_reduce_add_ps(_mm512_mul_ps(acc, scale));
         }
@@ -118,7 +189,7 @@ unsafe fn attend_avx512(
     // Sixteen value runs at a time, reduced together as the scores are.
     for c0 in (0..d).step_by(16) {
         for c in (c0 + 16)..(c0 + 32).min(d) {
-            prefetch_run(v.add(c * t_max), len);
+            prefetch_run(v.add(c * t_max * size), len * size);
         }
         for i in 0..r {
             let mut acc = [_mm512_setzero_ps(); 16];
@@ -128,13 +199,21 @@ unsafe fn attend_avx512(
             for t in (0..last).step_by(16) {
                 let weights = _mm512_loadu_ps(s.add(i * padded + t));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let values = _mm512_loadu_ps(v.add((c0 + j) * t_max + t));
+                    let values = load!(v, (c0 + j) * t_max + t);
                     *a = _mm512_fmadd_ps(weights, values, *a);
                 }
             }
             let weights = _mm512_loadu_ps(s.add(i * padded + last));
             for (j, a) in acc.iter_mut().enumerate() {
-                let values = _mm512_maskz_loadu_ps(last_mask, v.add((c0 + j) * t_max + last));
+                let at = (c0 + j) * t_max + last;
+                let values = if HALF {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        last_mask,
+                        (v as *const i16).add(at),
+                    ))
+                } else {
+                    _mm512_maskz_loadu_ps(last_mask, (v as *const f32).add(at))
+                };
                 *a = _mm512_fmadd_ps(weights, values, *a);
             }
             _mm512_storeu_ps(o.add(i * d + c0), reduce16(acc));
@@ -255,12 +334,11 @@ unsafe fn reduce16(v: [std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m
     )
 }
 
-/// Asks for the cache lines of `len` f32 values from `at` (a hint: no fault, no effect on results).
+/// Asks for the cache lines of `bytes` bytes from `at` (a hint: no fault, no effect on results).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn prefetch_run(at: *const f32, len: usize) {
+unsafe fn prefetch_run(at: *const u8, bytes: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    let bytes = len * 4;
     let mut offset = 0;
     while offset < bytes {
         _mm_prefetch::<_MM_HINT_T0>((at as *const i8).wrapping_add(offset));
@@ -339,6 +417,43 @@ fn softmax(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_f16_cache_gives_the_results_of_its_f32_widening() {
+        let (d, t_max, r) = (64, 37, 3);
+        let wave = |n: usize, m: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * m) % 97) as f32 - 48.0) / 29.0)
+                .collect()
+        };
+        let q = wave(r * d, 13);
+        let k16: Vec<half::f16> = wave(t_max * d, 7)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        let v16: Vec<half::f16> = wave(d * t_max, 11)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        let k32: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
+        let v32: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
+        for len in [1, 16, 17, 37] {
+            let (mut want, mut got) = (vec![0.0; r * d], vec![0.0; r * d]);
+            attend_group(&q, &k32, &v32, d, len, &mut want, &mut Vec::new());
+            let mut widened = (Vec::new(), Vec::new());
+            attend_group_f16(
+                &q,
+                &k16,
+                &v16,
+                d,
+                len,
+                &mut got,
+                &mut Vec::new(),
+                &mut widened,
+            );
+            assert_eq!(got, want, "len {len}");
+        }
+    }
 
     #[cfg(target_arch = "x86_64")]
     #[test]

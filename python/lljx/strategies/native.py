@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 def kernel_config(model: Model) -> ModelConfig:
     """f32 activations over 16-bit weights: the kernel accumulates in f32 anyway, and XLA:CPU's f32
     attention and prefill matmuls are far faster than its 16-bit ones. The KV cache is f16, as
-    llama.cpp keeps it: a context takes half the memory (decode attention runs as fast as over
-    f32, its widening to f32 in L2 costing what the halved reads save). RMSNorm runs in lljx's
-    kernel too (`row_invariant`): with every product, the decode attention, the embedding lookup
-    and argmax already in kernels whose rows are independent, a request's tokens are then the
-    same alone (`build`) and in any batch (`build_slots`)."""
+    llama.cpp keeps it: a context takes half the memory, and decode attention, which widens each
+    vector as it loads it, reads half the bytes. RMSNorm runs in lljx's kernel too
+    (`row_invariant`): with every product, the decode attention, the embedding lookup and argmax
+    already in kernels whose rows are independent, a request's tokens are then the same alone
+    (`build`) and in any batch (`build_slots`)."""
     return replace(model.config, activations="f32", row_invariant=True, kv_cache="f16")
 
 
