@@ -63,6 +63,9 @@ struct Job<'a> {
     /// What one thread claims at a time: a run of consecutive units.
     pieces: Vec<Range<usize>>,
     path: Path,
+    /// Prompts run AMX tiles (`amx::enabled`, checked once per call).
+    #[cfg(target_arch = "x86_64")]
+    amx: bool,
     next: AtomicUsize,
     done: AtomicUsize,
 }
@@ -185,6 +188,8 @@ pub unsafe fn block_matmul(
         units,
         pieces,
         path,
+        #[cfg(target_arch = "x86_64")]
+        amx: path == Path::Fast && rows > STREAM_MAX_ROWS && super::amx::enabled(),
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
     });
@@ -267,7 +272,15 @@ impl Job<'_> {
                 _ => None,
             };
             return unsafe {
-                super::vnni::tile(w, rows, acts, self.k_lanes.as_ref(), lanes32, out.0)
+                super::vnni::tile(
+                    w,
+                    rows,
+                    acts,
+                    self.k_lanes.as_ref(),
+                    lanes32,
+                    self.amx,
+                    out.0,
+                )
             };
         }
         #[cfg(target_arch = "x86_64")]

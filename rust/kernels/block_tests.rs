@@ -191,7 +191,8 @@ fn fast_and_portable_paths_agree_bit_for_bit_except_bf16() {
         for n_in in widths {
             let data = random_weight(ty, 50, n_in, 9);
             let w = BlockWeight::new(ty, &data, n_in, 50).unwrap();
-            for rows in [3, 12] {
+            // 37 rows: two groups of sixteen (AMX tiles, where the CPU has them) and five more.
+            for rows in [3, 12, 37] {
                 let x = Noise::new(4).floats(rows * n_in);
                 let fast = run(&x, rows, &[w], 1, Path::Fast);
                 let slow = run(&x, rows, &[w], 1, Path::Portable);

@@ -9,6 +9,7 @@
 
 pub mod act_simd;
 pub mod activations;
+pub mod amx;
 pub mod attention;
 pub mod bandwidth;
 pub mod block_matmul;

@@ -18,6 +18,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::activations::{Activations, Q8KRows, Q8Rows};
+use super::amx;
 use super::block_matmul::STREAM_MAX_ROWS;
 use super::ggml::{BlockWeight, GgmlType, QK32, QK_K};
 use super::stream_32::{self, Lanes32};
@@ -214,6 +215,16 @@ trait Family {
         facc: &mut [__m512; T],
     );
     fn zeroed() -> Self::Tile;
+    /// Whether `sweep_amx` handles this format.
+    fn amx(&self) -> bool;
+    /// `sweep` over every decoded tile for sixteen activation rows, with AMX tiles.
+    unsafe fn sweep_amx(
+        &self,
+        amx: &mut amx::Tiles,
+        tiles: &[Self::Tile],
+        first: usize,
+        facc: &mut [__m512; amx::ROWS],
+    );
 }
 
 struct Blocks32<'a> {
@@ -254,6 +265,23 @@ impl Family for Blocks32<'_> {
         // SAFETY: a tile is plain integers and floats; all-zero bytes are a valid value.
         unsafe { std::mem::zeroed() }
     }
+    fn amx(&self) -> bool {
+        true
+    }
+    #[inline(always)]
+    unsafe fn sweep_amx(
+        &self,
+        amx: &mut amx::Tiles,
+        tiles: &[Tile32],
+        first: usize,
+        facc: &mut [__m512; amx::ROWS],
+    ) {
+        if self.layout.min {
+            amx::sweep32::<true>(amx, tiles, self.zero, self.q8, first, facc)
+        } else {
+            amx::sweep32::<false>(amx, tiles, self.zero, self.q8, first, facc)
+        }
+    }
 }
 
 struct KQuants<'a> {
@@ -290,6 +318,19 @@ impl Family for KQuants<'_> {
         // SAFETY: as for Tile32.
         unsafe { std::mem::zeroed() }
     }
+    fn amx(&self) -> bool {
+        self.ty != GgmlType::Q6K // see `amx::sweep_k`
+    }
+    #[inline(always)]
+    unsafe fn sweep_amx(
+        &self,
+        amx: &mut amx::Tiles,
+        tiles: &[KTile],
+        first: usize,
+        facc: &mut [__m512; amx::ROWS],
+    ) {
+        amx::sweep_k(amx, tiles, self.q8, first, facc)
+    }
 }
 
 /// Output rows `rows` of block-format weight `w` for every activation row, into
@@ -306,6 +347,7 @@ pub unsafe fn tile(
     acts: &Activations,
     k_lanes: Option<&KLanes>,
     lanes32: Option<&Lanes32>,
+    use_amx: bool,
     out: *mut f32,
 ) {
     match w.ty {
@@ -315,7 +357,7 @@ pub unsafe fn tile(
                 return stream_k::tile(w, rows, q8, lanes, acts.rows, out);
             }
             let family = KQuants { ty: w.ty, q8 };
-            run(&family, w, rows, acts.rows, out)
+            run(&family, w, rows, acts.rows, use_amx, out)
         }
         ty => {
             let q8 = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
@@ -334,7 +376,7 @@ pub unsafe fn tile(
                 zero: zero_point(ty),
                 q8: q8.as_ref().expect("Q8 activations"),
             };
-            run(&family, w, rows, acts.rows, out)
+            run(&family, w, rows, acts.rows, use_amx, out)
         }
     }
 }
@@ -346,6 +388,7 @@ unsafe fn run<F: Family>(
     w: &BlockWeight,
     rows: Range<usize>,
     n_tokens: usize,
+    use_amx: bool,
     out: *mut f32,
 ) {
     let blocks = w.n_in / w.ty.block_values();
@@ -359,9 +402,21 @@ unsafe fn run<F: Family>(
     }
     let padded = blocks.next_multiple_of(F::GROUP);
     let mut decoded = vec![F::zeroed(); padded * SWEEP_TILES];
+    // SAFETY: `use_amx` is only set where `amx::available()` holds.
+    let mut tiles =
+        (use_amx && family.amx() && n_tokens >= amx::ROWS).then(|| unsafe { amx::Tiles::load() });
     for start in rows.clone().step_by(16 * SWEEP_TILES) {
         let sweep = start..(start + 16 * SWEEP_TILES).min(rows.end);
-        cached_tiles(family, w, sweep, blocks, n_tokens, out, &mut decoded);
+        cached_tiles(
+            family,
+            w,
+            sweep,
+            blocks,
+            n_tokens,
+            tiles.as_mut(),
+            out,
+            &mut decoded,
+        );
     }
 }
 
@@ -419,14 +474,16 @@ unsafe fn stream_tile<F: Family>(
 }
 
 /// Prompts: the tiles of `rows` (at most SWEEP_TILES) are decoded once, then reused from
-/// cache for every group of eight activation rows.
+/// cache for every group of sixteen activation rows with AMX (`amx`), or of eight without.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn cached_tiles<F: Family>(
     family: &F,
     w: &BlockWeight,
     rows: Range<usize>,
     blocks: usize,
     n_tokens: usize,
+    amx: Option<&mut amx::Tiles>,
     out: *mut f32,
     decoded: &mut [F::Tile],
 ) {
@@ -444,6 +501,21 @@ unsafe fn cached_tiles<F: Family>(
         }
     }
     let mut first = 0;
+    if let Some(amx) = amx {
+        while n_tokens - first >= amx::ROWS {
+            for (s, tile) in tiles.iter().enumerate() {
+                let mut facc = [_mm512_setzero_ps(); amx::ROWS];
+                family.sweep_amx(
+                    amx,
+                    &decoded[s * padded..s * padded + blocks],
+                    first,
+                    &mut facc,
+                );
+                store(&facc, first, w.n_out, tile.clone(), out);
+            }
+            first += amx::ROWS;
+        }
+    }
     while first < n_tokens {
         let count = (n_tokens - first).min(8);
         for (s, tile) in tiles.iter().enumerate() {
