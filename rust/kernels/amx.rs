@@ -64,9 +64,19 @@ fn request_permission() -> bool {
 /// step's while the vector units fold this one's.
 const STEP: usize = 8;
 
-/// Tile shapes (palette 1): tmm0-3 sums (16 × 16 i32), tmm4/tmm5 activations (16 rows × 32
-/// bytes), tmm6/tmm7 weights (8 quads × 64 bytes). Consecutive dots use different registers,
-/// so they do not wait on one another.
+/// Which tiles a kernel uses (consecutive dots use different registers, so they do not wait
+/// on one another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shapes {
+    /// 32-value blocks (`sweep32`): tmm0-3 sums (16 × 16 i32), tmm4/tmm5 activations (16 rows
+    /// × 32 bytes), tmm6/tmm7 weights (8 quads × 64 bytes).
+    Blocks,
+    /// Super-blocks with split scales (`sweep_k`): every tile 16 rows × 64 bytes: tmm0/tmm1
+    /// sums, tmm2/tmm3 activations, tmm4/tmm5 low-scaled weights, tmm6/tmm7 high-scaled ones.
+    SuperBlocks,
+}
+
+/// Palette 1's configuration block.
 #[repr(C, align(64))]
 struct TileConfig {
     palette: u8,
@@ -76,7 +86,7 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-fn config() -> TileConfig {
+fn config(shapes: Shapes) -> TileConfig {
     let mut config = TileConfig {
         palette: 1,
         start_row: 0,
@@ -84,11 +94,17 @@ fn config() -> TileConfig {
         colsb: [0; 16],
         rows: [0; 16],
     };
-    let shapes = [(64, 16); 4]
-        .into_iter()
-        .chain([(QK32 as u16, 16); 2])
-        .chain([(64, (QK32 / 4) as u8); 2]);
-    for (i, (colsb, rows)) in shapes.enumerate() {
+    let tiles: [(u16, u8); 8] = match shapes {
+        Shapes::Blocks => [(64, 16); 4]
+            .into_iter()
+            .chain([(QK32 as u16, 16); 2])
+            .chain([(64, (QK32 / 4) as u8); 2])
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("eight tiles"),
+        Shapes::SuperBlocks => [(64, 16); 8],
+    };
+    for (i, (colsb, rows)) in tiles.into_iter().enumerate() {
         config.colsb[i] = colsb;
         config.rows[i] = rows;
     }
@@ -128,8 +144,8 @@ macro_rules! dot_asm {
 impl Tiles {
     /// # Safety
     /// `available()` must be true.
-    pub unsafe fn load() -> Tiles {
-        let config = config();
+    pub unsafe fn load(shapes: Shapes) -> Tiles {
+        let config = config(shapes);
         asm!("ldtilecfg [{0}]", in(reg) &config as *const TileConfig, options(nostack, readonly));
         Tiles {
             sums: vec![Sums([0; 256]); 2 * STEP],
@@ -222,16 +238,106 @@ pub unsafe fn sweep32<const MIN: bool>(
     *facc = acc;
 }
 
-/// `vnni::sweep_k` for activation rows first..first + 16 over every decoded Q4_K/Q5_K tile.
-/// (Q6_K's 16-value sub-blocks make dots too short to beat `vpdpbusd`: measured slower.)
+/// Sixty-four quads of a super-block tile: the high-scaled weights of `split_scales`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct Quads(pub [__m512i; 64]);
+
+impl Quads {
+    pub fn zeroed() -> Quads {
+        // SAFETY: integers; all-zero bytes are a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+/// Folds a Q4_K/Q5_K tile's sub-block scales into its weights, so a super-block's 256 values
+/// are one dot instead of eight: with sc = lo + 8·hi (lo, hi < 8), tile.q becomes q·lo and
+/// `high` q·hi (both at most 31 · 7, still bytes), and Σ_j sc_j Σ q·a = Σ (q·lo)·a + 8 Σ (q·hi)·a,
+/// the same integer.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn split_scales(tile: &mut KTile, high: &mut Quads) {
+    let bytes02 = _mm512_set1_epi32(0x00ff_00ff);
+    for j in 0..8 {
+        // The scale of each lane (output) in both 16-bit halves, for 16-bit multiplies.
+        let lo = _mm512_and_si512(tile.sc[j], _mm512_set1_epi32(7));
+        let lo = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(lo));
+        let hi = _mm512_srli_epi32::<3>(tile.sc[j]);
+        let hi = _mm512_or_si512(hi, _mm512_slli_epi32::<16>(hi));
+        for g in 0..8 {
+            let q = tile.q[8 * j + g];
+            let even = _mm512_and_si512(q, bytes02);
+            let odd = _mm512_srli_epi16::<8>(q);
+            tile.q[8 * j + g] = _mm512_or_si512(
+                _mm512_mullo_epi16(even, lo),
+                _mm512_slli_epi16::<8>(_mm512_mullo_epi16(odd, lo)),
+            );
+            high.0[8 * j + g] = _mm512_or_si512(
+                _mm512_mullo_epi16(even, hi),
+                _mm512_slli_epi16::<8>(_mm512_mullo_epi16(odd, hi)),
+            );
+        }
+    }
+}
+
+/// A super-block's two dots for 16 activation rows, sums into sets `at` (low) and `at + 1`
+/// (high): `acts` row 0's 256 bytes, rows `stride` apart.
+#[inline(always)]
+unsafe fn dot_super(
+    amx: &mut Tiles,
+    at: usize,
+    acts: *const i8,
+    stride: usize,
+    low: *const __m512i,
+    high: *const __m512i,
+) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tileloadd tmm2, [{a} + {s} * 1]",
+        "tileloadd tmm4, [{l} + {q} * 1]",
+        "tileloadd tmm6, [{h} + {q} * 1]",
+        "tdpbsud tmm0, tmm2, tmm4",
+        "tdpbsud tmm1, tmm2, tmm6",
+        "tileloadd tmm3, [{a} + {s} * 1 + 64]",
+        "tileloadd tmm5, [{l} + {q} * 1 + 1024]",
+        "tileloadd tmm7, [{h} + {q} * 1 + 1024]",
+        "tdpbsud tmm0, tmm3, tmm5",
+        "tdpbsud tmm1, tmm3, tmm7",
+        "tileloadd tmm2, [{a} + {s} * 1 + 128]",
+        "tileloadd tmm4, [{l} + {q} * 1 + 2048]",
+        "tileloadd tmm6, [{h} + {q} * 1 + 2048]",
+        "tdpbsud tmm0, tmm2, tmm4",
+        "tdpbsud tmm1, tmm2, tmm6",
+        "tileloadd tmm3, [{a} + {s} * 1 + 192]",
+        "tileloadd tmm5, [{l} + {q} * 1 + 3072]",
+        "tileloadd tmm7, [{h} + {q} * 1 + 3072]",
+        "tdpbsud tmm0, tmm3, tmm5",
+        "tdpbsud tmm1, tmm3, tmm7",
+        "tilestored [{c0} + {q} * 1], tmm0",
+        "tilestored [{c1} + {q} * 1], tmm1",
+        a = in(reg) acts,
+        s = in(reg) stride,
+        l = in(reg) low,
+        h = in(reg) high,
+        q = in(reg) 64usize,
+        c0 = in(reg) amx.sums[at].0.as_mut_ptr(),
+        c1 = in(reg) amx.sums[at + 1].0.as_mut_ptr(),
+        options(nostack),
+    );
+}
+
+/// `vnni::sweep_k` for activation rows first..first + 16 over every Q4_K/Q5_K tile prepared by
+/// `split_scales` (`high` its high-scaled quads). Q6_K's 16 scales of 16 values do not split
+/// into bytes, and as 16-value dots lost to `vpdpbusd` (measured), so it stays on VNNI.
 ///
 /// # Safety
-/// As `sweep32`.
+/// As `sweep32`, with `amx` loaded as `Shapes::SuperBlocks`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline(never)]
 pub unsafe fn sweep_k(
     amx: &mut Tiles,
     tiles: &[KTile],
+    high: &[Quads],
     q8: &Q8KRows,
     first: usize,
     facc: &mut [__m512; ROWS],
@@ -240,14 +346,14 @@ pub unsafe fn sweep_k(
     let stride = q8.n_in;
     let issue = |amx: &mut Tiles, k: usize| {
         let a = q8.qs.as_ptr().add((first * blocks + k) * QK_K);
-        for j in 0..STEP {
-            amx.dot(
-                (k % 2) * STEP + j,
-                a.add(j * QK32),
-                stride,
-                tiles[k].q.as_ptr().add(8 * j),
-            );
-        }
+        dot_super(
+            amx,
+            2 * (k % 2),
+            a,
+            stride,
+            tiles[k].q.as_ptr(),
+            high[k].0.as_ptr(),
+        );
     };
     let mut acc = *facc;
     issue(amx, 0);
@@ -255,13 +361,11 @@ pub unsafe fn sweep_k(
         if k + 1 < tiles.len() {
             issue(amx, k + 1);
         }
-        let set = (k % 2) * STEP;
+        let set = 2 * (k % 2);
         for t in 0..ROWS {
             let i = (first + t) * blocks + k;
-            let mut tot = _mm512_setzero_si512();
-            for j in 0..STEP {
-                tot = _mm512_add_epi32(tot, _mm512_mullo_epi32(amx.sum(set + j, t), tile.sc[j]));
-            }
+            let tot =
+                _mm512_add_epi32(amx.sum(set, t), _mm512_slli_epi32::<3>(amx.sum(set + 1, t)));
             let mut summ = _mm512_setzero_si512();
             for p in 0..4 {
                 summ = _mm512_dpwssd_epi32(

@@ -215,13 +215,17 @@ trait Family {
         facc: &mut [__m512; T],
     );
     fn zeroed() -> Self::Tile;
-    /// Whether `sweep_amx` handles this format.
-    fn amx(&self) -> bool;
-    /// `sweep` over every decoded tile for sixteen activation rows, with AMX tiles.
+    /// Whether `sweep_amx` handles this format, and with which tile shapes.
+    fn amx(&self) -> Option<amx::Shapes>;
+    /// Rewrites decoded tiles in place for `sweep_amx`, with what does not fit in a tile in
+    /// `extra` (one entry per tile); afterwards only `sweep_amx` may read them.
+    unsafe fn amx_prepare(&self, _tiles: &mut [Self::Tile], _extra: &mut [amx::Quads]) {}
+    /// `sweep` over every decoded tile (prepared) for sixteen activation rows, with AMX tiles.
     unsafe fn sweep_amx(
         &self,
         amx: &mut amx::Tiles,
         tiles: &[Self::Tile],
+        extra: &[amx::Quads],
         first: usize,
         facc: &mut [__m512; amx::ROWS],
     );
@@ -265,14 +269,15 @@ impl Family for Blocks32<'_> {
         // SAFETY: a tile is plain integers and floats; all-zero bytes are a valid value.
         unsafe { std::mem::zeroed() }
     }
-    fn amx(&self) -> bool {
-        true
+    fn amx(&self) -> Option<amx::Shapes> {
+        Some(amx::Shapes::Blocks)
     }
     #[inline(always)]
     unsafe fn sweep_amx(
         &self,
         amx: &mut amx::Tiles,
         tiles: &[Tile32],
+        _extra: &[amx::Quads],
         first: usize,
         facc: &mut [__m512; amx::ROWS],
     ) {
@@ -318,18 +323,25 @@ impl Family for KQuants<'_> {
         // SAFETY: as for Tile32.
         unsafe { std::mem::zeroed() }
     }
-    fn amx(&self) -> bool {
-        self.ty != GgmlType::Q6K // see `amx::sweep_k`
+    fn amx(&self) -> Option<amx::Shapes> {
+        (self.ty != GgmlType::Q6K).then_some(amx::Shapes::SuperBlocks) // see `amx::sweep_k`
+    }
+    #[inline(always)]
+    unsafe fn amx_prepare(&self, tiles: &mut [KTile], extra: &mut [amx::Quads]) {
+        for (tile, high) in tiles.iter_mut().zip(extra) {
+            amx::split_scales(tile, high);
+        }
     }
     #[inline(always)]
     unsafe fn sweep_amx(
         &self,
         amx: &mut amx::Tiles,
         tiles: &[KTile],
+        extra: &[amx::Quads],
         first: usize,
         facc: &mut [__m512; amx::ROWS],
     ) {
-        amx::sweep_k(amx, tiles, self.q8, first, facc)
+        amx::sweep_k(amx, tiles, extra, self.q8, first, facc)
     }
 }
 
@@ -403,8 +415,17 @@ unsafe fn run<F: Family>(
     let padded = blocks.next_multiple_of(F::GROUP);
     let mut decoded = vec![F::zeroed(); padded * SWEEP_TILES];
     // SAFETY: `use_amx` is only set where `amx::available()` holds.
-    let mut tiles =
-        (use_amx && family.amx() && n_tokens >= amx::ROWS).then(|| unsafe { amx::Tiles::load() });
+    let mut tiles = match family.amx() {
+        Some(shapes) if use_amx && n_tokens >= amx::ROWS => {
+            Some(unsafe { amx::Tiles::load(shapes) })
+        }
+        _ => None,
+    };
+    let mut extra = if tiles.is_some() {
+        vec![amx::Quads::zeroed(); blocks * SWEEP_TILES]
+    } else {
+        Vec::new()
+    };
     for start in rows.clone().step_by(16 * SWEEP_TILES) {
         let sweep = start..(start + 16 * SWEEP_TILES).min(rows.end);
         cached_tiles(
@@ -414,6 +435,7 @@ unsafe fn run<F: Family>(
             blocks,
             n_tokens,
             tiles.as_mut(),
+            &mut extra,
             out,
             &mut decoded,
         );
@@ -474,7 +496,8 @@ unsafe fn stream_tile<F: Family>(
 }
 
 /// Prompts: the tiles of `rows` (at most SWEEP_TILES) are decoded once, then reused from
-/// cache for every group of sixteen activation rows with AMX (`amx`), or of eight without.
+/// cache for every group of sixteen activation rows with AMX (`amx`, at least sixteen rows;
+/// `extra` holds the prepared tiles' spill), or of eight without.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn cached_tiles<F: Family>(
@@ -484,6 +507,7 @@ unsafe fn cached_tiles<F: Family>(
     blocks: usize,
     n_tokens: usize,
     amx: Option<&mut amx::Tiles>,
+    extra: &mut [amx::Quads],
     out: *mut f32,
     decoded: &mut [F::Tile],
 ) {
@@ -500,22 +524,34 @@ unsafe fn cached_tiles<F: Family>(
             family.unpack(&tile_rows, block, count, &mut decoded[s * padded + block..]);
         }
     }
-    let mut first = 0;
     if let Some(amx) = amx {
-        while n_tokens - first >= amx::ROWS {
+        for s in 0..tiles.len() {
+            family.amx_prepare(
+                &mut decoded[s * padded..s * padded + blocks],
+                &mut extra[s * blocks..(s + 1) * blocks],
+            );
+        }
+        // Every row in groups of sixteen: the last group ends at the last row and overlaps the
+        // one before, whose rows it recomputes bit for bit and does not store again.
+        let mut first = 0;
+        while first < n_tokens {
+            let start = first.min(n_tokens - amx::ROWS);
             for (s, tile) in tiles.iter().enumerate() {
                 let mut facc = [_mm512_setzero_ps(); amx::ROWS];
                 family.sweep_amx(
                     amx,
                     &decoded[s * padded..s * padded + blocks],
-                    first,
+                    &extra[s * blocks..(s + 1) * blocks],
+                    start,
                     &mut facc,
                 );
-                store(&facc, first, w.n_out, tile.clone(), out);
+                store(&facc[first - start..], first, w.n_out, tile.clone(), out);
             }
-            first += amx::ROWS;
+            first = start + amx::ROWS;
         }
+        return;
     }
+    let mut first = 0;
     while first < n_tokens {
         let count = (n_tokens - first).min(8);
         for (s, tile) in tiles.iter().enumerate() {
