@@ -254,6 +254,9 @@ impl Quads {
 /// are one dot instead of eight: with sc = lo + 8·hi (lo, hi < 8), tile.q becomes q·lo and
 /// `high` q·hi (both at most 31 · 7, still bytes), and Σ_j sc_j Σ q·a = Σ (q·lo)·a + 8 Σ (q·hi)·a,
 /// the same integer.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub unsafe fn split_scales(tile: &mut KTile, high: &mut Quads) {
     let bytes02 = _mm512_set1_epi32(0x00ff_00ff);
