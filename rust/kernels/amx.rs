@@ -6,7 +6,9 @@
 //! dot of one block (or sub-block of 32) for 16 × 16 (row, output) pairs, which `vpdpbusd` builds
 //! from 128 instructions. The sums are exact integers, and the scales are then applied per
 //! row with the same float operations in the same order as `vnni`, so results are
-//! bit-identical to it and to `portable_dot`.
+//! bit-identical to it and to `portable_dot`. Q4_K/Q5_K tiles first fold their sub-block
+//! scales into the weight bytes (`split_scales`), so a super-block is two dots, not eight.
+//! Decode's eight rows stay on the stream kernels, which measured faster than tiles there.
 //!
 //! Linux hands out AMX state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), once per
 //! process; each thread loads the tile shapes before its first tile instruction of a call.
