@@ -70,3 +70,27 @@ def test_warm_up_waits_while_its_gate_is_shut() -> None:
     while decoder.warming and time.monotonic() < deadline:
         time.sleep(0.05)
     assert decoder.warming == 0 and all(decoder.ready(*key) for key in queued)
+
+
+@pytest.mark.slow
+def test_the_engine_lets_warm_up_compiles_start_only_after_a_quiet_spell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client sending its next request right after the last one must not find a core taken by
+    a compile that started in between (a compile cannot be stopped once started)."""
+    import time
+
+    from lljx import batching
+    from lljx.batching import BatchEngine
+    from lljx.sampling import SamplerSettings
+
+    monkeypatch.setattr(batching, "WARM_AFTER_IDLE_S", 0.5)
+    model = load_model("smollm2", dtype="auto")
+    engine = BatchEngine(model, registry.build_slots(registry.load("native-token"), model), slots=2)
+    try:
+        stream = engine.stream(model.tokenizer.encode("Hi"), max_tokens=2, settings=SamplerSettings(temperature=0.0))
+        list(stream)
+        assert stream.finished is not None
+        assert not engine._idle()  # just ended: a next request may be on its way
+        time.sleep(0.6)
+        assert engine._idle()
+    finally:
+        engine.close(timeout=60)

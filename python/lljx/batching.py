@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,9 @@ STAT_FIELDS = {f.name for f in fields(Stats)}
 
 # Context a request gets unless it asks for more (Ollama's num_ctx default).
 DEFAULT_CONTEXT = 4096
+
+# Seconds without a request before background compiles of common shapes may start.
+WARM_AFTER_IDLE_S = 2.0
 
 
 def default_slots(config: ModelConfig) -> int:
@@ -106,6 +110,7 @@ class BatchEngine:
         self._compile_ns: dict[int, int] = {}
         self._grammar_ns: dict[int, int] = {}  # compiling each constrained request's schema (or finding it)
         self._counts = (0, 0)  # (in slots, live), as the engine thread last saw them
+        self._active_at = time.monotonic()  # when a request was last here
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -130,6 +135,7 @@ class BatchEngine:
         with self._inbox.lock:
             if self._inbox.stopping is not None:
                 raise GenerationError(self._inbox.stopping)
+            self._active_at = time.monotonic()
             self._inbox.submits.append(request)
             self._inbox.lock.notify()
         return request.id
@@ -163,9 +169,13 @@ class BatchEngine:
         self.decoder.warm(common_programs(self.slots, lengths, self.decoder.chunk_sizes), when=self._idle)
 
     def _idle(self) -> bool:
+        """Whether a warm-up compile may start: nothing here, and nothing for WARM_AFTER_IDLE_S.
+        A compile cannot be stopped once started, and a client sending its next request a
+        few milliseconds after the last one ended would find a core taken for seconds."""
         with self._inbox.lock:
             waiting = bool(self._inbox.submits)
-        return not waiting and self._counts[1] == 0
+        quiet = time.monotonic() - self._active_at >= WARM_AFTER_IDLE_S
+        return not waiting and self._counts[1] == 0 and quiet
 
     @property
     def compiling(self) -> int:
@@ -240,6 +250,7 @@ class BatchEngine:
             for event in events:
                 self._deliver(event)
             self._counts = (loop.in_slots, loop.live)
+            self._active_at = time.monotonic()
             if not loop.progressed:
                 # Waiting for a compile on the background thread: do not spin on the cores it needs.
                 with self._inbox.lock:

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use crate::constrain::RowConstraint;
 use crate::error::Result;
-use crate::token_loop::{StopReason, Stats, TokenLoop};
+use crate::token_loop::{Stats, StopReason, TokenLoop};
 use crate::tokenizer::Tokenizer;
-pub use plan::{ChunkPolicy, Shape};
 use plan::{batch_bucket, cache_bucket, next_cut, prompt_bucket, MIN_BUCKET};
+pub use plan::{ChunkPolicy, Shape};
 
 /// One row's sampler: its request's raw PRNG key data and settings (temperature 0: greedy).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,8 +56,14 @@ pub struct Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Waiting,
-    Prefilling { done: usize },
-    Decoding { row: usize, position: usize, counter: usize },
+    Prefilling {
+        done: usize,
+    },
+    Decoding {
+        row: usize,
+        position: usize,
+        counter: usize,
+    },
 }
 
 struct Live {
@@ -169,6 +175,8 @@ impl StepPlan {
 pub struct InFlight {
     pub reads: Vec<(usize, u64)>,
     pub batch: usize,
+    /// The step grew or compacted the batch first (its time is not a decode step's).
+    pub resized: bool,
     pub decoded: bool,
     pub chunk_tokens: usize,
     /// The largest prompt bucket among the step's chunks (0 without chunks).
@@ -190,7 +198,13 @@ pub struct Batch {
 impl Batch {
     /// `slots` requests run at once (more wait); each step yields `width` tokens per row;
     /// prompts are prefilled in chunks of `chunk_sizes` (ascending powers of two).
-    pub fn new(tokenizer: Arc<Tokenizer>, slots: usize, width: usize, chunk_sizes: Vec<usize>, policy: ChunkPolicy) -> Self {
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        slots: usize,
+        width: usize,
+        chunk_sizes: Vec<usize>,
+        policy: ChunkPolicy,
+    ) -> Self {
         Batch {
             tokenizer,
             slots: slots.max(1),
@@ -251,7 +265,10 @@ impl Batch {
 
     /// Requests holding a slot (prefilling or decoding).
     pub fn in_slots(&self) -> usize {
-        self.live.iter().filter(|l| l.phase != Phase::Waiting).count()
+        self.live
+            .iter()
+            .filter(|l| l.phase != Phase::Waiting)
+            .count()
     }
 
     pub fn shape(&self) -> Option<Shape> {

@@ -18,20 +18,38 @@ struct Placement {
 impl Placement {
     fn step_ready(&self, shape: Shape, programs: &mut impl Programs, wait: bool) -> bool {
         if self.masked {
-            programs.ready(Program::Forward(shape), wait) && programs.ready(Program::Sample(shape.batch), wait)
+            programs.ready(Program::Forward(shape), wait)
+                && programs.ready(Program::Sample(shape.batch), wait)
         } else {
             programs.ready(Program::Decode(shape), wait)
         }
     }
 
-    fn insert_ready(&self, shape: Shape, bucket: usize, programs: &mut impl Programs, wait: bool) -> bool {
-        let program = if self.masked { Program::InsertLogits(shape, bucket) } else { Program::Insert(shape, bucket) };
+    fn insert_ready(
+        &self,
+        shape: Shape,
+        bucket: usize,
+        programs: &mut impl Programs,
+        wait: bool,
+    ) -> bool {
+        let program = if self.masked {
+            Program::InsertLogits(shape, bucket)
+        } else {
+            Program::Insert(shape, bucket)
+        };
         programs.ready(program, wait)
     }
 
     /// A row for a prompt of `bucket` that may fill `need` positions, growing the batch (or
     /// starting a fresh one) when the current one has no room and the programs are ready.
-    fn place(&mut self, need: usize, bucket: usize, chunks: &mut [Chunk], programs: &mut impl Programs, wait: bool) -> Option<usize> {
+    fn place(
+        &mut self,
+        need: usize,
+        bucket: usize,
+        chunks: &mut [Chunk],
+        programs: &mut impl Programs,
+        wait: bool,
+    ) -> Option<usize> {
         if let Some(shape) = self.shape {
             if need <= shape.cache_len && self.insert_ready(shape, bucket, programs, wait) {
                 if let Some(row) = self.taken.iter().position(|t| !t) {
@@ -41,23 +59,39 @@ impl Placement {
             }
         }
         let count = self.occupied + self.inserts.len() + 1;
-        let needs = self.inserts.iter().map(|&(_, _, n)| n).chain([need]).max().unwrap_or(need);
+        let needs = self
+            .inserts
+            .iter()
+            .map(|&(_, _, n)| n)
+            .chain([need])
+            .max()
+            .unwrap_or(need);
         let fresh = self.occupied == 0;
         let shape = match (self.shape, fresh) {
             (Some(old), false) => Shape {
                 batch: old.batch.max(batch_bucket(count)).min(self.max_batch),
                 cache_len: old.cache_len.max(cache_bucket(needs)),
             },
-            _ => Shape { batch: batch_bucket(count).min(self.max_batch), cache_len: cache_bucket(needs) },
+            _ => Shape {
+                batch: batch_bucket(count).min(self.max_batch),
+                cache_len: cache_bucket(needs),
+            },
         };
         if count > shape.batch || Some(shape) == self.shape {
             return None;
         }
         let resize_ready = fresh || programs.ready(Program::Resize(self.shape?, shape), wait);
-        let buckets: Vec<usize> = self.inserts.iter().map(|&(_, b, _)| b).chain([bucket]).collect();
+        let buckets: Vec<usize> = self
+            .inserts
+            .iter()
+            .map(|&(_, b, _)| b)
+            .chain([bucket])
+            .collect();
         if !(resize_ready
             && self.step_ready(shape, programs, wait)
-            && buckets.iter().all(|&b| self.insert_ready(shape, b, programs, wait)))
+            && buckets
+                .iter()
+                .all(|&b| self.insert_ready(shape, b, programs, wait)))
         {
             return None;
         }
@@ -95,7 +129,10 @@ impl Batch {
     /// Plans the next step; programs that are not compiled yet are left out (and start compiling).
     pub fn plan(&mut self, programs: &mut impl Programs, now_ns: u64) -> StepPlan {
         self.admit(now_ns);
-        let masked = self.live.iter().any(|l| l.phase != Phase::Waiting && l.grammar.is_some());
+        let masked = self
+            .live
+            .iter()
+            .any(|l| l.phase != Phase::Waiting && l.grammar.is_some());
         let decoding = self.decoding();
         let idle = decoding.is_empty();
         let occupied = self.rows.iter().filter(|r| r.is_some()).count();
@@ -118,9 +155,14 @@ impl Batch {
             .max()
             .unwrap_or(MIN_BUCKET);
         let mut budget = self.policy.budget(batch, !idle, &self.chunk_sizes, bucket);
+        if !idle && self.grow_ahead(&mut place, programs) {
+            budget = 0; // this step copies the cache: no prompt chunk shares it
+        }
         let mut chunks: Vec<Chunk> = Vec::new();
         'requests: for live in self.live.iter() {
-            let Phase::Prefilling { mut done } = live.phase else { continue };
+            let Phase::Prefilling { mut done } = live.phase else {
+                continue;
+            };
             let bucket = prompt_bucket(live.prompt.len());
             loop {
                 let Some(cut) = next_cut(live.prompt.len(), done, budget, &self.chunk_sizes) else {
@@ -152,7 +194,11 @@ impl Batch {
                 }
             }
         }
-        let mut plan = StepPlan { masked, chunks, ..StepPlan::default() };
+        let mut plan = StepPlan {
+            masked,
+            chunks,
+            ..StepPlan::default()
+        };
         let mut remap: Option<Vec<Option<usize>>> = None;
         if place.shape != self.shape {
             let shape = place.shape.expect("a placed prompt has a shape");
@@ -160,22 +206,35 @@ impl Batch {
                 plan.reset = Some(shape);
             } else {
                 let old = self.shape.expect("a grown batch had a shape").batch;
-                let source: Vec<Option<usize>> = (0..shape.batch).map(|r| (r < old).then_some(r)).collect();
+                let source: Vec<Option<usize>> =
+                    (0..shape.batch).map(|r| (r < old).then_some(r)).collect();
                 plan.resize = Some((source.iter().map(|s| s.unwrap_or(0)).collect(), shape));
                 remap = Some(source);
             }
-        } else if let Some((source, shape)) = place.inserts.is_empty().then(|| self.shrink(programs, idle)).flatten() {
+        } else if let Some((source, shape)) = place
+            .inserts
+            .is_empty()
+            .then(|| self.shrink(programs, idle))
+            .flatten()
+        {
             plan.resize = Some((source.iter().map(|s| s.unwrap_or(0)).collect(), shape));
             remap = Some(source);
             place.shape = Some(shape);
         }
-        plan.shape = if self.live.is_empty() { None } else { place.shape };
+        plan.shape = if self.live.is_empty() {
+            None
+        } else {
+            place.shape
+        };
         // Rows that decode, indexed as in the batch after the resize.
         let new_row = |row: usize| match &remap {
             Some(source) => source.iter().position(|&s| s == Some(row)),
             None => Some(row),
         };
-        plan.decoding = decoding.iter().filter_map(|&(row, id)| new_row(row).map(|r| (r, id))).collect();
+        plan.decoding = decoding
+            .iter()
+            .filter_map(|&(row, id)| new_row(row).map(|r| (r, id)))
+            .collect();
         if let (false, Some(shape)) = (plan.decoding.is_empty(), place.shape) {
             plan.rows = Some(self.rows_for(shape, &plan.decoding, &[]));
         }
@@ -183,15 +242,69 @@ impl Batch {
         plan
     }
 
+    /// While rows decode, the batch grows for the next prompt on its way in (a row, or a longer
+    /// cache) in a step of its own, before the prompt's chunks: growing copies every running
+    /// row's cache, which for long contexts costs as much as a chunk, and the step that ends a
+    /// long prompt would otherwise pay for both. Returns whether `place` now holds the grown shape.
+    fn grow_ahead(&self, place: &mut Placement, programs: &mut impl Programs) -> bool {
+        let Some(shape) = self.shape else {
+            return false;
+        };
+        let Some(live) = self
+            .live
+            .iter()
+            .find(|l| matches!(l.phase, Phase::Prefilling { .. }))
+        else {
+            return false;
+        };
+        let occupied = self.rows.iter().filter(|r| r.is_some()).count();
+        let extra_row = usize::from(occupied >= shape.batch);
+        let grown = Shape {
+            batch: shape
+                .batch
+                .max(batch_bucket(occupied + extra_row))
+                .min(place.max_batch),
+            cache_len: shape.cache_len.max(cache_bucket(live.need())),
+        };
+        if grown == shape || occupied + extra_row > grown.batch {
+            return false;
+        }
+        let bucket = prompt_bucket(live.prompt.len());
+        if !(programs.ready(Program::Resize(shape, grown), false)
+            && place.step_ready(grown, programs, false)
+            && place.insert_ready(grown, bucket, programs, false))
+        {
+            return false;
+        }
+        place.shape = Some(grown);
+        place.taken.resize(grown.batch, false);
+        true
+    }
+
     /// A smaller batch when its running rows fit in half of it (and no prompt is on its way in).
-    fn shrink(&self, programs: &mut impl Programs, wait: bool) -> Option<(Vec<Option<usize>>, Shape)> {
+    fn shrink(
+        &self,
+        programs: &mut impl Programs,
+        wait: bool,
+    ) -> Option<(Vec<Option<usize>>, Shape)> {
         let shape = self.shape?;
-        let occupied: Vec<usize> = (0..self.rows.len()).filter(|&r| self.rows[r].is_some()).collect();
-        let coming = self.live.iter().filter(|l| matches!(l.phase, Phase::Prefilling { .. })).count();
+        let occupied: Vec<usize> = (0..self.rows.len())
+            .filter(|&r| self.rows[r].is_some())
+            .collect();
+        let coming = self
+            .live
+            .iter()
+            .filter(|l| matches!(l.phase, Phase::Prefilling { .. }))
+            .count();
         if occupied.is_empty() {
             return None;
         }
-        let need = self.live.iter().filter(|l| matches!(l.phase, Phase::Decoding { .. })).map(Live::need).max()?;
+        let need = self
+            .live
+            .iter()
+            .filter(|l| matches!(l.phase, Phase::Decoding { .. }))
+            .map(Live::need)
+            .max()?;
         let smaller = Shape {
             batch: batch_bucket(occupied.len() + coming),
             cache_len: cache_bucket(need).min(shape.cache_len),
@@ -199,9 +312,13 @@ impl Batch {
         if smaller.batch >= shape.batch {
             return None;
         }
-        let masked = self.live.iter().any(|l| l.phase != Phase::Waiting && l.grammar.is_some());
+        let masked = self
+            .live
+            .iter()
+            .any(|l| l.phase != Phase::Waiting && l.grammar.is_some());
         let step = if masked {
-            programs.ready(Program::Forward(smaller), wait) && programs.ready(Program::Sample(smaller.batch), wait)
+            programs.ready(Program::Forward(smaller), wait)
+                && programs.ready(Program::Sample(smaller.batch), wait)
         } else {
             programs.ready(Program::Decode(smaller), wait)
         };
@@ -224,9 +341,13 @@ impl Batch {
         };
         let last = shape.cache_len.saturating_sub(1);
         for &(row, id) in decoding.iter().chain(joining) {
-            let Some(live) = self.live.iter().find(|l| l.id == id) else { continue };
+            let Some(live) = self.live.iter().find(|l| l.id == id) else {
+                continue;
+            };
             let (position, counter) = match live.phase {
-                Phase::Decoding { position, counter, .. } => (position, counter),
+                Phase::Decoding {
+                    position, counter, ..
+                } => (position, counter),
                 _ => (0, 0),
             };
             rows.positions[row] = position.min(last) as i32;
@@ -244,7 +365,10 @@ impl Batch {
             self.rows = vec![None; shape.batch];
         } else if let Some(source) = &plan.remap {
             let old = std::mem::take(&mut self.rows);
-            self.rows = source.iter().map(|s| s.and_then(|r| old.get(r).copied().flatten())).collect();
+            self.rows = source
+                .iter()
+                .map(|s| s.and_then(|r| old.get(r).copied().flatten()))
+                .collect();
             for live in self.live.iter_mut() {
                 if let Phase::Decoding { row, .. } = &mut live.phase {
                     match source.iter().position(|&s| s == Some(*row)) {
@@ -263,7 +387,10 @@ impl Batch {
         let mut reads = Vec::new();
         for &(row, id) in &plan.decoding {
             if let Some(live) = self.live.iter_mut().find(|l| l.id == id) {
-                if let Phase::Decoding { position, counter, .. } = &mut live.phase {
+                if let Phase::Decoding {
+                    position, counter, ..
+                } = &mut live.phase
+                {
                     *position += advance;
                     *counter += advance;
                     reads.push((row, id));
@@ -275,9 +402,15 @@ impl Batch {
         for chunk in &plan.chunks {
             chunk_tokens += chunk.size;
             chunk_bucket = chunk_bucket.max(chunk.bucket);
-            let Some(live) = self.live.iter_mut().find(|l| l.id == chunk.id) else { continue };
+            let Some(live) = self.live.iter_mut().find(|l| l.id == chunk.id) else {
+                continue;
+            };
             if let Some((row, _)) = chunk.insert {
-                live.phase = Phase::Decoding { row, position: live.prompt.len(), counter: 1 };
+                live.phase = Phase::Decoding {
+                    row,
+                    position: live.prompt.len(),
+                    counter: 1,
+                };
                 self.rows[row] = Some(chunk.id);
                 reads.push((row, chunk.id));
             } else if let Phase::Prefilling { done } = &mut live.phase {
@@ -287,6 +420,7 @@ impl Batch {
         InFlight {
             reads,
             batch: self.shape.map_or(0, |s| s.batch),
+            resized: plan.resize.is_some(),
             decoded: plan.rows.is_some(),
             chunk_tokens,
             chunk_bucket,
@@ -297,7 +431,9 @@ impl Batch {
     pub fn sample_rows(&self, flight: &InFlight) -> Option<Rows> {
         let shape = self.shape?;
         let (joining, decoding): (Vec<_>, Vec<_>) = flight.reads.iter().partition(|&&(_, id)| {
-            self.live.iter().any(|l| l.id == id && matches!(l.phase, Phase::Decoding { counter: 1, .. }))
+            self.live
+                .iter()
+                .any(|l| l.id == id && matches!(l.phase, Phase::Decoding { counter: 1, .. }))
         });
         let mut rows = self.rows_for(shape, &decoding, &joining);
         // Recorded already: the counters this step draws with are one lower (zero for a prompt that joined).
@@ -315,22 +451,36 @@ impl Batch {
     pub fn route(&mut self, flight: &InFlight, tokens: &[Vec<i64>], now_ns: u64) -> Vec<Event> {
         let mut events = Vec::new();
         for &(row, id) in &flight.reads {
-            let Some(at) = self.live.iter().position(|l| l.id == id) else { continue };
+            let Some(at) = self.live.iter().position(|l| l.id == id) else {
+                continue;
+            };
             let Some(ids) = tokens.get(row) else { continue };
             let live = &mut self.live[at];
             match take_tokens(live, ids, now_ns) {
                 Ok((text, false)) => {
                     if !text.is_empty() {
-                        events.push(Event { id, text, end: None });
+                        events.push(Event {
+                            id,
+                            text,
+                            end: None,
+                        });
                     }
                 }
                 Ok((text, true)) => {
                     let live = self.remove(id).expect("found above");
-                    events.push(Event { id, text, end: Some(End::Done(Box::new(finished(live, now_ns)))) });
+                    events.push(Event {
+                        id,
+                        text,
+                        end: Some(End::Done(Box::new(finished(live, now_ns)))),
+                    });
                 }
                 Err(error) => {
                     self.remove(id);
-                    events.push(Event { id, text: String::new(), end: Some(End::Failed(error.to_string())) });
+                    events.push(Event {
+                        id,
+                        text: String::new(),
+                        end: Some(End::Failed(error.to_string())),
+                    });
                 }
             }
         }
@@ -344,10 +494,16 @@ impl Batch {
         let mut buffer = vec![u32::MAX; batch * words];
         let mut failed = Vec::new();
         for live in self.live.iter_mut() {
-            let (Phase::Decoding { row, .. }, Some(grammar)) = (live.phase, live.grammar.as_mut()) else { continue };
+            let (Phase::Decoding { row, .. }, Some(grammar)) = (live.phase, live.grammar.as_mut())
+            else {
+                continue;
+            };
             let start = std::time::Instant::now();
             let result = grammar.fill(&mut buffer[row * words..(row + 1) * words]);
-            live.core.stats.mask_ns.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            live.core
+                .stats
+                .mask_ns
+                .push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
             if let Err(error) = result {
                 failed.push((live.id, error.to_string()));
             }
@@ -356,7 +512,11 @@ impl Batch {
             .into_iter()
             .map(|(id, message)| {
                 self.remove(id);
-                Event { id, text: String::new(), end: Some(End::Failed(message)) }
+                Event {
+                    id,
+                    text: String::new(),
+                    end: Some(End::Failed(message)),
+                }
             })
             .collect();
         (buffer, events)
@@ -366,9 +526,15 @@ impl Batch {
 /// One row's tokens into its request: text, and whether it ended. A grammar takes every token
 /// it allowed, and a reply ends once its grammar is complete.
 fn take_tokens(live: &mut Live, ids: &[i64], now_ns: u64) -> Result<(String, bool)> {
-    let mut step = live.core.on_tokens(ids, now_ns.saturating_sub(live.admitted_ns))?;
+    let mut step = live
+        .core
+        .on_tokens(ids, now_ns.saturating_sub(live.admitted_ns))?;
     let out_of_budget = step.finished && live.core.stats.stop_reason == Some(StopReason::Length);
-    if let Some(grammar) = live.grammar.as_mut().filter(|_| !step.finished || out_of_budget) {
+    if let Some(grammar) = live
+        .grammar
+        .as_mut()
+        .filter(|_| !step.finished || out_of_budget)
+    {
         for &id in ids.iter().filter(|&&id| id >= 0) {
             grammar.consume(u32::try_from(id).unwrap_or(u32::MAX))?;
         }

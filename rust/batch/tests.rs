@@ -49,7 +49,13 @@ impl Programs for Fake {
 }
 
 fn batch(slots: usize) -> Batch {
-    Batch::new(tokenizer(), slots, 1, SIZES.to_vec(), ChunkPolicy::new(150_000_000, 256))
+    Batch::new(
+        tokenizer(),
+        slots,
+        1,
+        SIZES.to_vec(),
+        ChunkPolicy::new(150_000_000, 256),
+    )
 }
 
 fn request(id: u64, prompt_len: usize, budget: usize) -> Request {
@@ -59,7 +65,10 @@ fn request(id: u64, prompt_len: usize, budget: usize) -> Request {
         budget,
         stop_ids: vec![EOS],
         stop_strings: vec![],
-        sampling: Sampling { temperature: 0.5, ..Sampling::FREE },
+        sampling: Sampling {
+            temperature: 0.5,
+            ..Sampling::FREE
+        },
         grammar: None,
     }
 }
@@ -74,14 +83,20 @@ struct Driver {
 
 impl Driver {
     fn new(slots: usize) -> Self {
-        Driver { b: batch(slots), p: Fake::default(), pending: None }
+        Driver {
+            b: batch(slots),
+            p: Fake::default(),
+            pending: None,
+        }
     }
 
     fn step(&mut self, token: i64) -> (StepPlan, Vec<Event>) {
         let plan = self.b.plan(&mut self.p, 0);
         let flight = self.b.commit(&plan);
         let events = match self.pending.replace(flight) {
-            Some(before) => self.b.route(&before, &vec![vec![token]; before.batch.max(1)], 1_000),
+            Some(before) => self
+                .b
+                .route(&before, &vec![vec![token]; before.batch.max(1)], 1_000),
             None => Vec::new(),
         };
         (plan, events)
@@ -90,20 +105,58 @@ impl Driver {
 
 #[test]
 fn chunks_fit_their_bucket_and_budget() {
-    assert_eq!(next_cut(40, 0, 256, &SIZES), Some(Cut { size: 64, real: 40, last: true }));
-    assert_eq!(next_cut(40, 0, 32, &SIZES), Some(Cut { size: 32, real: 32, last: false }));
-    assert_eq!(next_cut(40, 32, 32, &SIZES), Some(Cut { size: 16, real: 8, last: true }));
-    assert_eq!(next_cut(5, 0, 256, &SIZES), Some(Cut { size: 16, real: 5, last: true }));
+    assert_eq!(
+        next_cut(40, 0, 256, &SIZES),
+        Some(Cut {
+            size: 64,
+            real: 40,
+            last: true
+        })
+    );
+    assert_eq!(
+        next_cut(40, 0, 32, &SIZES),
+        Some(Cut {
+            size: 32,
+            real: 32,
+            last: false
+        })
+    );
+    assert_eq!(
+        next_cut(40, 32, 32, &SIZES),
+        Some(Cut {
+            size: 16,
+            real: 8,
+            last: true
+        })
+    );
+    assert_eq!(
+        next_cut(5, 0, 256, &SIZES),
+        Some(Cut {
+            size: 16,
+            real: 5,
+            last: true
+        })
+    );
     assert_eq!(next_cut(40, 0, 8, &SIZES), None);
     assert_eq!(next_cut(40, 40, 256, &SIZES), None);
     // A budget that grows mid-prompt never misaligns a chunk: 16 done, so at most 16 at a time.
-    assert_eq!(next_cut(100, 16, 256, &SIZES), Some(Cut { size: 16, real: 16, last: false }));
+    assert_eq!(
+        next_cut(100, 16, 256, &SIZES),
+        Some(Cut {
+            size: 16,
+            real: 16,
+            last: false
+        })
+    );
     // Every cut of any prompt stays inside the prompt's bucket.
     for len in 1..600 {
         for budget in [16, 48, 64, 256] {
             let mut done = 0;
             while let Some(cut) = next_cut(len, done, budget, &SIZES) {
-                assert!(done % cut.size == 0 && done + cut.size <= prompt_bucket(len), "{len} {budget} {done} {cut:?}");
+                assert!(
+                    done % cut.size == 0 && done + cut.size <= prompt_bucket(len),
+                    "{len} {budget} {done} {cut:?}"
+                );
                 done += cut.real;
                 assert_eq!(cut.last, done == len);
             }
@@ -114,8 +167,14 @@ fn chunks_fit_their_bucket_and_budget() {
 
 #[test]
 fn buckets_are_powers_of_two_with_floors() {
-    assert_eq!((batch_bucket(0), batch_bucket(3), batch_bucket(8)), (1, 4, 8));
-    assert_eq!((cache_bucket(10), cache_bucket(257), cache_bucket(4096)), (256, 512, 4096));
+    assert_eq!(
+        (batch_bucket(0), batch_bucket(3), batch_bucket(8)),
+        (1, 4, 8)
+    );
+    assert_eq!(
+        (cache_bucket(10), cache_bucket(257), cache_bucket(4096)),
+        (256, 512, 4096)
+    );
     assert_eq!((prompt_bucket(3), prompt_bucket(17)), (16, 32));
 }
 
@@ -156,11 +215,20 @@ fn a_lone_request_gets_a_fresh_batch_one_row_and_its_text() {
     let mut p = Fake::default();
     b.submit(request(7, 40, 3), 0);
     let plan = b.plan(&mut p, 0);
-    assert_eq!(plan.reset, Some(Shape { batch: 1, cache_len: 256 }));
+    assert_eq!(
+        plan.reset,
+        Some(Shape {
+            batch: 1,
+            cache_len: 256
+        })
+    );
     assert_eq!(plan.rows, None);
     assert_eq!(plan.chunks.len(), 1);
     let chunk = &plan.chunks[0];
-    assert_eq!((chunk.start, chunk.bucket, chunk.size, chunk.ids.len()), (0, 64, 64, 40));
+    assert_eq!(
+        (chunk.start, chunk.bucket, chunk.size, chunk.ids.len()),
+        (0, 64, 64, 40)
+    );
     assert_eq!(chunk.insert.map(|(row, _)| row), Some(0));
     // Nothing streams yet, so compiles may be waited for.
     assert!(p.asked.iter().all(|&(_, wait)| wait));
@@ -170,7 +238,10 @@ fn a_lone_request_gets_a_fresh_batch_one_row_and_its_text() {
     // The next step decodes row 0 at the prompt's end, counter 1, before the first token is read.
     let plan = b.plan(&mut p, 0);
     let rows = plan.rows.clone().unwrap();
-    assert_eq!((rows.positions[0], rows.counters[0], rows.active[0]), (40, 1, true));
+    assert_eq!(
+        (rows.positions[0], rows.counters[0], rows.active[0]),
+        (40, 1, true)
+    );
     let next = b.commit(&plan);
     let events = b.route(&flight, &[vec![letter('h')]], 5);
     assert_eq!(events.len(), 1);
@@ -191,8 +262,22 @@ fn requests_join_a_running_batch_which_grows_and_then_compacts() {
     d.step(letter('a'));
     d.b.submit(request(2, 10, 2), 0); // one chunk within the cautious first budget
     let (plan, _) = d.step(letter('b'));
-    // Row 0 keeps its place; the new request takes row 1 of a batch of 2.
-    assert_eq!(plan.resize, Some((vec![0, 0], Shape { batch: 2, cache_len: 256 })));
+    // The batch grows first, in a step of its own: row 0 keeps its place in a batch of 2.
+    assert_eq!(
+        plan.resize,
+        Some((
+            vec![0, 0],
+            Shape {
+                batch: 2,
+                cache_len: 256
+            }
+        ))
+    );
+    assert!(plan.chunks.is_empty());
+    assert_eq!(plan.rows.as_ref().unwrap().active, vec![true, false]);
+    // Then the new request's prompt takes row 1.
+    let (plan, _) = d.step(letter('b'));
+    assert_eq!(plan.resize, None);
     assert_eq!(plan.chunks[0].insert.map(|(row, _)| row), Some(1));
     assert_eq!(plan.rows.as_ref().unwrap().active, vec![true, false]);
     // Request 2 decodes its second token while its first is read: its budget of 2 is then spent.
@@ -200,11 +285,22 @@ fn requests_join_a_running_batch_which_grows_and_then_compacts() {
     assert_eq!(plan.rows.as_ref().unwrap().active, vec![true, true]);
     let (plan, events) = d.step(letter('d'));
     assert_eq!(plan.rows.as_ref().unwrap().active, vec![true, false]);
-    assert!(events.iter().any(|e| e.id == 2 && matches!(e.end, Some(End::Done(_)))));
+    assert!(events
+        .iter()
+        .any(|e| e.id == 2 && matches!(e.end, Some(End::Done(_)))));
     assert_eq!(d.b.in_slots(), 1);
     // Request 1 is alone again: its row moves to a batch of one.
     let (plan, _) = d.step(letter('e'));
-    assert_eq!(plan.resize, Some((vec![0], Shape { batch: 1, cache_len: 256 })));
+    assert_eq!(
+        plan.resize,
+        Some((
+            vec![0],
+            Shape {
+                batch: 1,
+                cache_len: 256
+            }
+        ))
+    );
     assert_eq!(plan.rows.as_ref().unwrap().active, vec![true]);
 }
 
@@ -217,7 +313,13 @@ fn past_the_slots_requests_wait_in_order() {
     let (plan, _) = d.step(letter('x'));
     let joined: Vec<u64> = plan.chunks.iter().map(|c| c.id).collect();
     assert_eq!(joined, vec![1, 2]);
-    assert_eq!(plan.reset, Some(Shape { batch: 2, cache_len: 256 }));
+    assert_eq!(
+        plan.reset,
+        Some(Shape {
+            batch: 2,
+            cache_len: 256
+        })
+    );
     let (plan, events) = d.step(letter('y'));
     assert!(plan.chunks.is_empty()); // both slots are held until their tokens are read
     assert_eq!(events.len(), 2); // both ended at their one-token budget
@@ -247,7 +349,10 @@ fn a_shape_still_compiling_keeps_the_batch_as_it_is() {
     let mut d = Driver::new(4);
     d.b.submit(request(1, 20, 50), 0);
     d.step(letter('a'));
-    let grown = Shape { batch: 2, cache_len: 256 };
+    let grown = Shape {
+        batch: 2,
+        cache_len: 256,
+    };
     d.p.missing.insert(Program::Decode(grown));
     d.b.submit(request(2, 10, 50), 0);
     let (plan, _) = d.step(letter('a'));
@@ -258,6 +363,8 @@ fn a_shape_still_compiling_keeps_the_batch_as_it_is() {
     assert!(d.p.asked.contains(&(Program::Decode(grown), false)));
     d.p.missing.clear();
     let (plan, _) = d.step(letter('a'));
+    assert_eq!(plan.resize.map(|(_, shape)| shape), Some(grown));
+    let (plan, _) = d.step(letter('a'));
     assert_eq!(plan.chunks[0].insert.map(|(row, _)| row), Some(1));
 }
 
@@ -267,15 +374,25 @@ fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
     d.b.submit(request(1, 20, 500), 0);
     d.step(letter('a'));
     d.b.submit(request(2, 2000, 10), 0);
+    // The batch grows for the prompt first (a row, and a cache for 2,010 positions), alone.
+    let (plan, _) = d.step(letter('a'));
+    assert_eq!(
+        plan.resize.map(|(_, shape)| shape),
+        Some(Shape {
+            batch: 2,
+            cache_len: 2048
+        })
+    );
+    assert!(plan.chunks.is_empty());
     let mut steps = 0;
     loop {
         let (plan, _) = d.step(letter('a'));
         steps += 1;
         assert!(plan.rows.as_ref().unwrap().active[0]);
+        assert_eq!(plan.resize, None);
         let prefilled: usize = plan.chunks.iter().map(|c| c.size).sum();
         assert!(prefilled <= 16, "{prefilled}"); // nothing measured: the smallest chunk per step
         if plan.chunks.iter().any(|c| c.insert.is_some()) {
-            assert_eq!(plan.resize.unwrap().1, Shape { batch: 2, cache_len: 2048 });
             break;
         }
     }

@@ -99,7 +99,7 @@ impl PyBatchLoop {
             .call_method0("tolist")?
             .extract()?;
         let now = self.now_ns();
-        if let Some(before) = self.last_read_ns {
+        if let Some(before) = self.last_read_ns.filter(|_| !flight.resized) {
             self.core.policy.observe(
                 flight.batch,
                 flight.decoded,
