@@ -246,6 +246,38 @@ def test_attention_kernel_rotates_writes_the_cache_then_matches_xla(kv_heads, re
         np.testing.assert_allclose(np.asarray(got).reshape(2, -1), np.asarray(want)[:, 0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cache_dtype", [jnp.float32, jnp.float16])
+@pytest.mark.parametrize("start,chunk", [(0, 16), (21, 5), (48, 16)])
+def test_a_prompt_chunk_attends_causally_over_one_shared_cache_row_as_xla_does(start, chunk, cache_dtype):
+    """q rows of one prompt's chunk share one cache row: every key is written, then each row
+    attends up to its own position; what XLA's prompt path computes over the whole bucket."""
+    from lljx.config import ModelConfig
+    from lljx.core import kv_cache
+    from lljx.core.attention import attend_xla
+    from lljx.core.rope import apply_rope, rope_tables
+
+    kv_heads, rep, d, max_len = 3, 3, 64, 64
+    config = ModelConfig(
+        vocab_size=8, d_model=kv_heads * rep * d, n_layers=1, n_heads=kv_heads * rep, n_kv_heads=kv_heads,
+        d_head=d, d_ffn=8, rope_theta=1e4, norm_eps=1e-5, context_length=max_len, tie_embeddings=True,
+    )
+    _, k, v = attention_inputs(1, kv_heads, rep, d, max_len)  # earlier chunks' keys, and stale ones past
+    k, v = k.astype(cache_dtype), v.astype(cache_dtype)
+    q = jnp.asarray(RNG.standard_normal((1, chunk, kv_heads * rep, d), dtype=np.float32))
+    new_k = jnp.asarray(RNG.standard_normal((1, chunk, kv_heads, d), dtype=np.float32))
+    new_v = jnp.asarray(RNG.standard_normal((1, chunk, kv_heads, d), dtype=np.float32))
+    positions = (start + jnp.arange(chunk, dtype=jnp.int32))[None]
+    cos, sin = rope_tables(config, positions)
+    got, got_k, got_v = jax.jit(native_kernels.attend)(q[0], new_k[0], new_v[0], k, v, positions[0], cos[0], sin[0])
+    want_k = kv_cache.write_keys(k, apply_rope(new_k, cos, sin), positions[:, 0])
+    want_v = kv_cache.write_values(v, new_v, positions[:, 0])
+    tolerance = 1e-6 if cache_dtype == jnp.float32 else 1e-3
+    np.testing.assert_allclose(np.asarray(got_k, np.float32), np.asarray(want_k, np.float32), rtol=tolerance, atol=tolerance)
+    np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+    want = attend_xla(config, apply_rope(q, cos, sin), got_k, got_v, positions)
+    np.testing.assert_allclose(np.asarray(got).reshape(1, chunk, -1), np.asarray(want), rtol=2e-5, atol=2e-5)
+
+
 def test_attention_kernel_writes_a_donated_cache_in_place():
     q, k, v = attention_inputs(1, 2, 2, 16, 8)
     new = jnp.ones((1, 2, 16), jnp.float32)

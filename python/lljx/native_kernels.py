@@ -68,7 +68,9 @@ def attend(
     the keys and new values go into K [batch, kv_heads, max_len, d_head] and V [batch, kv_heads,
     d_head, max_len] at each row's position [batch]; then q attends up to it. All f32 but the
     caches, which may both be f16 instead. Returns the output and both caches, updated in place
-    when their buffers are donated."""
+    when their buffers are donated. With caches of one row and q of several (a prompt chunk at
+    positions [chunk]), every row's key and value is written first, then each row attends up to
+    its own position."""
     register()
     results = (
         jax.ShapeDtypeStruct(q.shape, jnp.float32),

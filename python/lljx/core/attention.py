@@ -40,7 +40,8 @@ def forward(
         q, k, v = project_many(x, (layer.wq, layer.wk, layer.wv), real_rows=real_rows)
         q, k, v = q.reshape(batch, seq, h, d), k.reshape(batch, seq, kvh, d), v.reshape(batch, seq, kvh, d)
     cos, sin = rope
-    if seq == 1 and uses_native_kernels(layer) and q.dtype == jnp.float32 and cache_k.dtype in NATIVE_CACHE_DTYPES:
+    native = uses_native_kernels(layer) and q.dtype == jnp.float32 and cache_k.dtype in NATIVE_CACHE_DTYPES
+    if native and seq == 1:
         from lljx import native_kernels
 
         with jax.named_scope("attend"):  # the kernel rotates q and k and writes k and v first
@@ -48,6 +49,16 @@ def forward(
                 q[:, 0], k[:, 0], v[:, 0], cache_k, cache_v, positions[:, 0], cos[:, 0], sin[:, 0]
             )
             out = out.reshape(batch, 1, h * d)
+    elif native and batch == 1:
+        from lljx import native_kernels
+
+        # One prompt's chunk: its rows share the cache row, and each attends only up to its own
+        # position (XLA scored every query against the whole bucket).
+        with jax.named_scope("attend_chunk"):
+            out, cache_k, cache_v = native_kernels.attend(
+                q[0], k[0], v[0], cache_k, cache_v, positions[0], cos[0], sin[0]
+            )
+            out = out.reshape(1, seq, h * d)
     else:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         with jax.named_scope("kv_write"):
