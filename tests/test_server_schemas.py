@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import click
 import pytest
 
-from lljx.server.cli import parse_host
+from lljx.server.cli import listen, parse_host
 from lljx.server.jobs import budget_for
 from lljx.server.schemas import (
     RequestError,
@@ -133,3 +136,24 @@ def test_host_is_read_like_ollama_host(value, expected):
 def test_bad_hosts_are_refused(value):
     with pytest.raises(click.BadParameter):
         parse_host(value)
+
+
+def test_connections_to_the_listening_socket_send_at_once():
+    """Each streamed chunk leaves when written: asyncio sets TCP_NODELAY on what `listen` accepts."""
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=listen("127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
