@@ -87,9 +87,10 @@ class BatchEngine:
 
     The engine thread owns all device work; a step that prefills while rows decode aims to take
     at most `step_target_ms`, so a long prompt never freezes the other streams. 120 ms leaves
-    room under a 250 ms gap between two tokens for a misjudged chunk and a busy machine (on
-    2 cores, 150 ms gave worst gaps of 190-225 ms, 120 ms 100-145 ms, while a 2,000-token
-    prompt arrived; its own first token came about 40% later).
+    room under a 250 ms gap between two tokens for a chunk that grew dearer than measured and a
+    busy machine (on 2 cores, with a 2,000-token prompt arriving while 4 streams ran: worst gaps
+    of 132-165 ms at 120 ms, 155-164 ms at 140 ms and 210-236 ms at 160 ms, with no earlier
+    first token for the long prompt above 120 ms: chunk sizes go by powers of two).
     """
 
     def __init__(

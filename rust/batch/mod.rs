@@ -179,6 +179,9 @@ pub struct InFlight {
     pub resized: bool,
     pub decoded: bool,
     pub chunk_tokens: usize,
+    /// A chunk ended a prompt: the tokens read wait for the step's chunks too (otherwise they
+    /// run after its decode, and delay the next step's read instead).
+    pub inserted: bool,
     /// The largest prompt bucket among the step's chunks (0 without chunks).
     pub chunk_bucket: usize,
 }
@@ -193,6 +196,9 @@ pub struct Batch {
     shape: Option<Shape>,
     rows: Vec<Option<u64>>,
     pub policy: ChunkPolicy,
+    /// Prompt positions the last step queued behind its decode, ending no prompt: the device
+    /// runs them before the next step's decode, so they delay that step's tokens.
+    behind: usize,
 }
 
 impl Batch {
@@ -214,6 +220,7 @@ impl Batch {
             shape: None,
             rows: Vec::new(),
             policy,
+            behind: 0,
         }
     }
 

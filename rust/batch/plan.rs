@@ -77,24 +77,42 @@ pub fn next_cut(len: usize, done: usize, budget: usize, sizes: &[usize]) -> Opti
 
 /// How many prompt positions a step may prefill.
 ///
-/// With rows decoding, a step's prompt chunk delays each of their next tokens, so the chunk is
-/// the largest whose estimated time, added to a decode step's, stays within `target_ns`; the
-/// estimates come from measured steps (a step's time is the gap between reading it and reading
-/// the one before, when the device ran them back to back). A prompt token's cost grows with the
-/// prompt's bucket (each chunk attends over the bucket's scratch cache), so it is learned per
-/// bucket: a bucket not measured yet borrows the estimate of a larger one, or starts from the
-/// smallest chunk. With nothing decoding, a step takes `idle_budget` positions.
+/// With rows decoding, a step's prompt chunk delays each of their next tokens, so a step
+/// prefills the most positions whose whole step, decode included, is expected within
+/// `target_ns`. Expectations are measured rather than modelled: per batch, prompt bucket and
+/// positions, the running time of recent such steps (a step's time is the gap between reading
+/// it and reading the one before, when the device ran them back to back). A chunk's rows attend
+/// over every key before them, so the same chunk grows dearer as its prompt advances; the
+/// running time follows, and a size that got too slow gives way to the next smaller one.
+///
+/// A size not measured lately is expected to cost the next smaller size's prefill share scaled
+/// up by positions (an overestimate: a chunk's fixed costs do not grow with it), or what a
+/// larger bucket's step of that size took, whichever is less; with neither, the step takes
+/// the smallest chunk. With nothing decoding, a step takes `idle_budget` positions.
 #[derive(Clone, Debug)]
 pub struct ChunkPolicy {
     pub target_ns: u64,
     pub idle_budget: usize,
+    /// Per batch: steps that only decoded.
     decode_ns: HashMap<usize, f64>,
-    /// Per prompt bucket: the cost of one prompt position in a chunk.
-    token_ns: HashMap<usize, f64>,
+    /// Per (batch, prompt bucket, positions): steps that decoded and prefilled.
+    steps: HashMap<(usize, usize, usize), Measured>,
+    /// Steps observed so far: the clock that ages measurements.
+    observed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    ns: f64,
+    at: u64,
 }
 
 /// Weight of a new measurement in the running estimates.
 const SMOOTHING: f64 = 0.3;
+
+/// Steps after which a measurement is stale: the prompt it came from has moved on (or ended),
+/// so it no longer keeps a size from being tried again.
+const FRESH_STEPS: u64 = 48;
 
 impl ChunkPolicy {
     pub fn new(target_ns: u64, idle_budget: usize) -> Self {
@@ -102,7 +120,8 @@ impl ChunkPolicy {
             target_ns,
             idle_budget,
             decode_ns: HashMap::new(),
-            token_ns: HashMap::new(),
+            steps: HashMap::new(),
+            observed: 0,
         }
     }
 
@@ -113,52 +132,78 @@ impl ChunkPolicy {
         if !decoding {
             return self.idle_budget.max(smallest);
         }
-        let per_token = self.token_ns.get(&bucket).copied().or_else(|| {
-            // A larger bucket's positions cost at least as much: a safe first guess.
-            self.token_ns
-                .iter()
-                .filter(|&(&b, _)| b > bucket)
-                .min_by_key(|&(&b, _)| b)
-                .map(|(_, &ns)| ns)
-        });
-        let Some(per_token) = per_token else {
-            return smallest; // nothing measured yet: the cautious choice
-        };
-        let decode = self.decode_ns.get(&batch).copied().unwrap_or(0.0);
-        let room = self.target_ns as f64 - decode;
-        sizes
+        // A smaller batch's decode is cheaper: as the part of a step that does not scale with
+        // its chunk, it errs towards expecting larger chunks to cost more.
+        let decode = self
+            .decode_ns
             .iter()
-            .copied()
-            .filter(|&s| s as f64 * per_token <= room)
-            .max()
-            .unwrap_or(smallest)
+            .filter(|&(&b, _)| b <= batch)
+            .max_by_key(|&(&b, _)| b)
+            .map_or(0.0, |(_, &ns)| ns);
+        let mut chosen = smallest;
+        let mut previous: Option<(usize, f64)> = None;
+        for &size in sizes {
+            let scaled =
+                previous.map(|(smaller, ns)| decode + (ns - decode) * size as f64 / smaller as f64);
+            let measured = self.fresh(batch, bucket, size);
+            let borrowed = self.larger_bucket(batch, bucket, size);
+            let expected = match (measured, scaled, borrowed) {
+                (Some(ns), _, _) => ns,
+                (None, Some(a), Some(b)) => a.min(b),
+                (None, Some(ns), None) | (None, None, Some(ns)) => ns,
+                (None, None, None) => continue, // only a larger size was measured
+            };
+            if expected > self.target_ns as f64 {
+                break;
+            }
+            chosen = size;
+            previous = Some((size, expected));
+        }
+        chosen
+    }
+
+    fn fresh(&self, batch: usize, bucket: usize, size: usize) -> Option<f64> {
+        self.steps
+            .get(&(batch, bucket, size))
+            .filter(|m| self.observed - m.at <= FRESH_STEPS)
+            .map(|m| m.ns)
+    }
+
+    /// The nearest larger bucket's recent step of `size` positions: its chunks cost at least as much.
+    fn larger_bucket(&self, batch: usize, bucket: usize, size: usize) -> Option<f64> {
+        self.steps
+            .iter()
+            .filter(|&(&(b, k, s), m)| {
+                b == batch && s == size && k > bucket && self.observed - m.at <= FRESH_STEPS
+            })
+            .min_by_key(|&(&(_, k, _), _)| k)
+            .map(|(_, m)| m.ns)
     }
 
     /// A step of `batch` rows that decoded (or not) and prefilled `chunk` positions of prompts
     /// in bucket `bucket` (the largest, if several) took `ns`.
     pub fn observe(&mut self, batch: usize, decoded: bool, chunk: usize, bucket: usize, ns: u64) {
+        self.observed += 1;
         let ns = ns as f64;
-        let blend = |old: Option<f64>, new: f64| match old {
-            Some(old) => old + SMOOTHING * (new - old),
-            None => new,
-        };
+        if !decoded {
+            return; // a step beside no decoding rows says little of one beside them
+        }
         if chunk == 0 {
-            if decoded {
-                let old = self.decode_ns.get(&batch).copied();
-                self.decode_ns.insert(batch, blend(old, ns));
-            }
+            let old = self.decode_ns.get(&batch).copied();
+            self.decode_ns
+                .insert(batch, old.map_or(ns, |old| old + SMOOTHING * (ns - old)));
             return;
         }
-        let decode = if decoded {
-            match self.decode_ns.get(&batch) {
-                Some(&d) => d,
-                None => return, // the split is unknown until a decode-only step was seen
-            }
+        let now = self.observed;
+        let entry = self
+            .steps
+            .entry((batch, bucket, pow2(chunk)))
+            .or_insert(Measured { ns, at: now });
+        if now - entry.at > FRESH_STEPS {
+            entry.ns = ns; // stale: start over
         } else {
-            0.0
-        };
-        let per_token = ((ns - decode) / chunk as f64).max(0.0);
-        let old = self.token_ns.get(&bucket).copied();
-        self.token_ns.insert(bucket, blend(old, per_token));
+            entry.ns += SMOOTHING * (ns - entry.ns);
+        }
+        entry.at = now;
     }
 }

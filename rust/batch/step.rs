@@ -171,6 +171,12 @@ impl Batch {
                 if !programs.ready(Program::Prefill(bucket, cut.size), idle) {
                     break 'requests;
                 }
+                // A chunk that ends its prompt is read with the step's tokens, after the
+                // positions the step before left behind: together they must fit the budget, or
+                // the prompt ends a step later.
+                if cut.last && !idle && self.behind + cut.size > budget {
+                    break 'requests;
+                }
                 let mut insert = None;
                 if cut.last {
                     match place.place(live.need(), bucket, &mut chunks, programs, idle) {
@@ -399,6 +405,12 @@ impl Batch {
         }
         let mut chunk_tokens = 0;
         let mut chunk_bucket = 0;
+        let inserted = plan.chunks.iter().any(|c| c.insert.is_some());
+        self.behind = if inserted {
+            0
+        } else {
+            plan.chunks.iter().map(|c| c.size).sum()
+        };
         for chunk in &plan.chunks {
             chunk_tokens += chunk.size;
             chunk_bucket = chunk_bucket.max(chunk.bucket);
@@ -423,6 +435,7 @@ impl Batch {
             resized: plan.resize.is_some(),
             decoded: plan.rows.is_some(),
             chunk_tokens,
+            inserted,
             chunk_bucket,
         }
     }

@@ -184,13 +184,19 @@ fn the_chunk_budget_follows_measured_steps() {
     assert_eq!(policy.budget(4, false, &SIZES, 512), 512);
     assert_eq!(policy.budget(4, true, &SIZES, 512), 16); // nothing measured: the smallest chunk
     policy.observe(4, true, 0, 0, 30_000_000);
-    policy.observe(4, true, 64, 512, 30_000_000 + 64 * 1_000_000);
-    // 30 ms decode + 1 ms per prompt token: 64 fits in 150 ms, 128 does not.
+    policy.observe(4, true, 16, 512, 30_000_000 + 16 * 1_000_000);
+    // 30 ms decode + up to 1 ms per prompt position: 64 is expected within 150 ms, 128 is not.
     assert_eq!(policy.budget(4, true, &SIZES, 512), 64);
-    // A chunk seen before any decode-only step of its batch teaches nothing.
+    // Measured, 64 positions cost less than that (fixed costs are shared): 128 is tried.
+    policy.observe(4, true, 64, 512, 30_000_000 + 40_000_000);
+    assert_eq!(policy.budget(4, true, &SIZES, 512), 128);
+    // Before any decode-only step, a larger chunk is expected to cost its whole step scaled up.
     let mut fresh = ChunkPolicy::new(150_000_000, 512);
     fresh.observe(2, true, 32, 32, 90_000_000);
-    assert_eq!(fresh.budget(2, true, &SIZES, 32), 16);
+    assert_eq!(fresh.budget(2, true, &SIZES, 32), 32);
+    // Prefill-only steps teach nothing of steps beside decoding rows.
+    fresh.observe(2, false, 256, 32, 1_000_000);
+    assert_eq!(fresh.budget(2, true, &SIZES, 32), 32);
 }
 
 #[test]
@@ -204,9 +210,33 @@ fn a_prompt_bucket_not_measured_yet_is_not_budgeted_from_a_cheaper_one() {
     assert_eq!(policy.budget(4, true, &SIZES, 2048), 16);
     policy.observe(4, true, 16, 2048, 30_000_000 + 16 * 2_000_000);
     assert_eq!(policy.budget(4, true, &SIZES, 2048), 32);
-    // A smaller bucket not measured yet borrows the nearest larger bucket's cost.
+    // A smaller bucket not measured yet borrows the nearest larger bucket's steps.
     assert_eq!(policy.budget(4, true, &SIZES, 512), 32);
+    // A bucket's own measured steps count when cheaper than the scaled guess.
     assert_eq!(policy.budget(4, true, &SIZES, 16), 256);
+}
+
+#[test]
+fn a_chunk_size_that_grew_too_slow_gives_way_and_is_tried_again_later() {
+    let mut policy = ChunkPolicy::new(150_000_000, 512);
+    policy.observe(8, true, 0, 0, 30_000_000);
+    policy.observe(8, true, 32, 2048, 70_000_000);
+    policy.observe(8, true, 64, 2048, 100_000_000);
+    assert_eq!(policy.budget(8, true, &SIZES, 2048), 64);
+    // Later chunks of the prompt attend over more keys: the 64s creep past the target.
+    for ns in [130, 145, 160, 175, 190] {
+        policy.observe(8, true, 64, 2048, ns * 1_000_000);
+    }
+    assert_eq!(policy.budget(8, true, &SIZES, 2048), 32);
+    for _ in 0..20 {
+        policy.observe(8, true, 32, 2048, 100_000_000);
+    }
+    assert_eq!(policy.budget(8, true, &SIZES, 2048), 32);
+    // A new prompt starts cheap; once the slow 64s are stale, 64 is tried again.
+    for _ in 0..40 {
+        policy.observe(8, true, 32, 2048, 65_000_000);
+    }
+    assert_eq!(policy.budget(8, true, &SIZES, 2048), 64);
 }
 
 #[test]
@@ -384,19 +414,23 @@ fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
         })
     );
     assert!(plan.chunks.is_empty());
-    let mut steps = 0;
+    let mut prefilled = Vec::new();
     loop {
         let (plan, _) = d.step(letter('a'));
-        steps += 1;
         assert!(plan.rows.as_ref().unwrap().active[0]);
         assert_eq!(plan.resize, None);
-        let prefilled: usize = plan.chunks.iter().map(|c| c.size).sum();
-        assert!(prefilled <= 16, "{prefilled}"); // nothing measured: the smallest chunk per step
+        prefilled.push(plan.chunks.iter().map(|c| c.size).sum::<usize>());
         if plan.chunks.iter().any(|c| c.insert.is_some()) {
             break;
         }
     }
-    assert_eq!(steps, 2000usize.div_ceil(16));
+    // Nothing measured: the smallest chunk per step.
+    assert!(prefilled.iter().all(|&p| p <= 16), "{prefilled:?}");
+    // The last chunk is read with its step's tokens, so it waits a step for the chunk before
+    // it, which runs ahead of that step's decode, to be out of the way.
+    let steps = 2000usize.div_ceil(16);
+    assert_eq!(prefilled.len(), steps + 1);
+    assert_eq!(prefilled[steps - 1], 0);
 }
 
 #[test]

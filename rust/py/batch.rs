@@ -75,6 +75,9 @@ pub struct PyBatchLoop {
     clock: Instant,
     /// When the previous step was read, if the step after it was queued on the device already.
     last_read_ns: Option<u64>,
+    /// Prompt positions (and their largest bucket) dispatched behind the last step read: the
+    /// device runs them before the next step's decode, so they land in the next read's gap.
+    carried: (usize, usize),
     /// Whether the last `step()` dispatched or read anything.
     progressed: bool,
 }
@@ -85,10 +88,13 @@ impl PyBatchLoop {
     }
 
     /// Reads the pending step's tokens (waiting on the device with the GIL released, as jaxlib
-    /// does) and routes them; the gap since the previous read times the step for the chunk policy.
+    /// does) and routes them. The gap since the previous read is what the chunk policy learns
+    /// from: it holds this step's decode and the prompt chunks queued behind the step before
+    /// (plus this step's own, when one ends a prompt: the tokens then come after them).
     fn read_pending(&mut self, py: Python<'_>) -> PyResult<Vec<Event>> {
         let Some((tokens, flight)) = self.pending.take() else {
             self.last_read_ns = None;
+            self.carried = (0, 0);
             return Ok(Vec::new());
         };
         let tokens = tokens.into_bound(py);
@@ -99,12 +105,19 @@ impl PyBatchLoop {
             .call_method0("tolist")?
             .extract()?;
         let now = self.now_ns();
+        let own = (flight.chunk_tokens, flight.chunk_bucket);
+        let (landed, carried) = if flight.inserted {
+            ((self.carried.0 + own.0, self.carried.1.max(own.1)), (0, 0))
+        } else {
+            (self.carried, own)
+        };
+        self.carried = carried;
         if let Some(before) = self.last_read_ns.filter(|_| !flight.resized) {
             self.core.policy.observe(
                 flight.batch,
                 flight.decoded,
-                flight.chunk_tokens,
-                flight.chunk_bucket,
+                landed.0,
+                landed.1,
                 now.saturating_sub(before),
             );
         }
@@ -250,6 +263,7 @@ impl PyBatchLoop {
             unread: None,
             clock: Instant::now(),
             last_read_ns: None,
+            carried: (0, 0),
             progressed: false,
         })
     }
@@ -367,6 +381,7 @@ impl PyBatchLoop {
         self.pending = None;
         self.unread = None;
         self.last_read_ns = None;
+        self.carried = (0, 0);
         self.core
             .fail_all(message)
             .into_iter()
