@@ -79,24 +79,26 @@ pub fn next_cut(len: usize, done: usize, budget: usize, sizes: &[usize]) -> Opti
 ///
 /// With rows decoding, a step's prompt chunk delays each of their next tokens, so a step
 /// prefills the most positions whose whole step, decode included, is expected within
-/// `target_ns`. Expectations are measured rather than modelled: per batch, prompt bucket and
-/// positions, the running time of recent such steps (a step's time is the gap between reading
-/// it and reading the one before, when the device ran them back to back). A chunk's rows attend
+/// `target_ns`: a decode step's time plus the chunk's share. Both are measured rather than
+/// modelled (a step's time is the gap between reading it and reading the one before, when the
+/// device ran them back to back): decode per batch size, and the share per prompt bucket and
+/// chunk size as the running excess of recent steps over their decode. A chunk's rows attend
 /// over every key before them, so the same chunk grows dearer as its prompt advances; the
-/// running time follows, and a size that got too slow gives way to the next smaller one.
+/// running share follows, and a size that got too slow gives way to the next smaller one.
 ///
-/// A size not measured lately is expected to cost the next smaller size's prefill share scaled
-/// up by positions (an overestimate: a chunk's fixed costs do not grow with it), or what a
-/// larger bucket's step of that size took, whichever is less; with neither, the step takes
-/// the smallest chunk. With nothing decoding, a step takes `idle_budget` positions.
+/// A size not measured lately is expected to cost the next smaller size's share scaled up by
+/// positions (an overestimate: a chunk's fixed costs do not grow with it), or what a larger
+/// bucket's chunk of that size took, whichever is less; failing both, what it took when last
+/// measured; failing that, the step takes the smallest chunk. With nothing decoding, a step
+/// takes `idle_budget` positions.
 #[derive(Clone, Debug)]
 pub struct ChunkPolicy {
     pub target_ns: u64,
     pub idle_budget: usize,
     /// Per batch: steps that only decoded.
     decode_ns: HashMap<usize, f64>,
-    /// Per (batch, prompt bucket, positions): steps that decoded and prefilled.
-    steps: HashMap<(usize, usize, usize), Measured>,
+    /// Per (prompt bucket, positions): a chunk's share of a step beside decoding rows.
+    shares: HashMap<(usize, usize), Measured>,
     /// Steps observed so far: the clock that ages measurements.
     observed: u64,
 }
@@ -111,7 +113,7 @@ struct Measured {
 const SMOOTHING: f64 = 0.3;
 
 /// Steps after which a measurement is stale: the prompt it came from has moved on (or ended),
-/// so it no longer keeps a size from being tried again.
+/// so it no longer keeps a larger size from being tried again.
 const FRESH_STEPS: u64 = 48;
 
 impl ChunkPolicy {
@@ -120,9 +122,19 @@ impl ChunkPolicy {
             target_ns,
             idle_budget,
             decode_ns: HashMap::new(),
-            steps: HashMap::new(),
+            shares: HashMap::new(),
             observed: 0,
         }
+    }
+
+    /// A decode step of `batch` rows, as measured, or else the dearest smaller batch's (a lower
+    /// bound: it leaves more of a step to its chunk, so larger chunks are expected dearer).
+    fn decode(&self, batch: usize) -> f64 {
+        self.decode_ns
+            .iter()
+            .filter(|&(&b, _)| b <= batch)
+            .max_by_key(|&(&b, _)| b)
+            .map_or(0.0, |(_, &ns)| ns)
     }
 
     /// The positions a step may prefill, for prompts of bucket `bucket`, while `batch` rows
@@ -132,51 +144,47 @@ impl ChunkPolicy {
         if !decoding {
             return self.idle_budget.max(smallest);
         }
-        // A smaller batch's decode is cheaper: as the part of a step that does not scale with
-        // its chunk, it errs towards expecting larger chunks to cost more.
-        let decode = self
-            .decode_ns
-            .iter()
-            .filter(|&(&b, _)| b <= batch)
-            .max_by_key(|&(&b, _)| b)
-            .map_or(0.0, |(_, &ns)| ns);
+        let room = self.target_ns as f64 - self.decode(batch);
         let mut chosen = smallest;
         let mut previous: Option<(usize, f64)> = None;
         for &size in sizes {
-            let scaled =
-                previous.map(|(smaller, ns)| decode + (ns - decode) * size as f64 / smaller as f64);
-            let measured = self.fresh(batch, bucket, size);
-            let borrowed = self.larger_bucket(batch, bucket, size);
-            let expected = match (measured, scaled, borrowed) {
-                (Some(ns), _, _) => ns,
+            let scaled = previous.map(|(smaller, share)| share * size as f64 / smaller as f64);
+            let share = match (
+                self.share(bucket, size, true),
+                scaled,
+                self.larger_bucket(bucket, size),
+            ) {
+                (Some(share), _, _) => share,
                 (None, Some(a), Some(b)) => a.min(b),
-                (None, Some(ns), None) | (None, None, Some(ns)) => ns,
-                (None, None, None) => continue, // only a larger size was measured
+                (None, Some(share), None) | (None, None, Some(share)) => share,
+                (None, None, None) => match self.share(bucket, size, false) {
+                    Some(share) => share,
+                    None => continue, // only a larger size was measured
+                },
             };
-            if expected > self.target_ns as f64 {
+            if share > room {
                 break;
             }
             chosen = size;
-            previous = Some((size, expected));
+            previous = Some((size, share));
         }
         chosen
     }
 
-    fn fresh(&self, batch: usize, bucket: usize, size: usize) -> Option<f64> {
-        self.steps
-            .get(&(batch, bucket, size))
-            .filter(|m| self.observed - m.at <= FRESH_STEPS)
+    /// The share of a chunk of `size` in `bucket`: a recent one's, or (`fresh` false) any.
+    fn share(&self, bucket: usize, size: usize, fresh: bool) -> Option<f64> {
+        self.shares
+            .get(&(bucket, size))
+            .filter(|m| !fresh || self.observed - m.at <= FRESH_STEPS)
             .map(|m| m.ns)
     }
 
-    /// The nearest larger bucket's recent step of `size` positions: its chunks cost at least as much.
-    fn larger_bucket(&self, batch: usize, bucket: usize, size: usize) -> Option<f64> {
-        self.steps
+    /// The nearest larger bucket's recent share for `size` positions: its chunks cost at least as much.
+    fn larger_bucket(&self, bucket: usize, size: usize) -> Option<f64> {
+        self.shares
             .iter()
-            .filter(|&(&(b, k, s), m)| {
-                b == batch && s == size && k > bucket && self.observed - m.at <= FRESH_STEPS
-            })
-            .min_by_key(|&(&(_, k, _), _)| k)
+            .filter(|&(&(k, s), m)| s == size && k > bucket && self.observed - m.at <= FRESH_STEPS)
+            .min_by_key(|&(&(k, _), _)| k)
             .map(|(_, m)| m.ns)
     }
 
@@ -194,15 +202,16 @@ impl ChunkPolicy {
                 .insert(batch, old.map_or(ns, |old| old + SMOOTHING * (ns - old)));
             return;
         }
+        let share = (ns - self.decode(batch)).max(0.0);
         let now = self.observed;
         let entry = self
-            .steps
-            .entry((batch, bucket, pow2(chunk)))
-            .or_insert(Measured { ns, at: now });
+            .shares
+            .entry((bucket, pow2(chunk)))
+            .or_insert(Measured { ns: share, at: now });
         if now - entry.at > FRESH_STEPS {
-            entry.ns = ns; // stale: start over
+            entry.ns = share; // stale: start over
         } else {
-            entry.ns += SMOOTHING * (ns - entry.ns);
+            entry.ns += SMOOTHING * (share - entry.ns);
         }
         entry.at = now;
     }

@@ -240,6 +240,20 @@ fn a_chunk_size_that_grew_too_slow_gives_way_and_is_tried_again_later() {
 }
 
 #[test]
+fn a_chunks_share_carries_to_other_batch_sizes_and_outlives_its_freshness_as_a_first_guess() {
+    let mut policy = ChunkPolicy::new(150_000_000, 512);
+    policy.observe(4, true, 0, 0, 20_000_000);
+    policy.observe(8, true, 0, 0, 60_000_000);
+    policy.observe(8, true, 64, 64, 110_000_000); // 50 ms over the 8-row decode
+    assert_eq!(policy.budget(8, true, &SIZES, 64), 64); // 128 would take 60 + 100 ms
+    assert_eq!(policy.budget(4, true, &SIZES, 64), 128); // 20 + 100 ms
+    for _ in 0..100 {
+        policy.observe(4, true, 0, 0, 20_000_000);
+    }
+    assert_eq!(policy.budget(4, true, &SIZES, 64), 128);
+}
+
+#[test]
 fn a_lone_request_gets_a_fresh_batch_one_row_and_its_text() {
     let mut b = batch(4);
     let mut p = Fake::default();
