@@ -158,6 +158,9 @@ impl Batch {
         if !idle && self.grow_ahead(&mut place, programs) {
             budget = 0; // this step copies the cache: no prompt chunk shares it
         }
+        // Whether the budget is what the policy expects to fit, not just the smallest chunk
+        // (which a step takes even when nothing fits).
+        let fits = budget > self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
         let mut chunks: Vec<Chunk> = Vec::new();
         'requests: for live in self.live.iter() {
             let Phase::Prefilling { mut done } = live.phase else {
@@ -173,8 +176,9 @@ impl Batch {
                 }
                 // A chunk that ends its prompt is read with the step's tokens, after the
                 // positions the step before left behind: together they must fit the budget, or
-                // the prompt ends a step later.
-                if cut.last && !idle && self.behind + cut.size > budget {
+                // the prompt ends a step later. When not even the smallest chunk fits, waiting
+                // would not bring the step within the target, only delay the prompt.
+                if cut.last && !idle && fits && self.behind + cut.size > budget {
                     break 'requests;
                 }
                 let mut insert = None;

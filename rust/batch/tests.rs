@@ -428,6 +428,9 @@ fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
         })
     );
     assert!(plan.chunks.is_empty());
+    // Decode steps of 30 ms, and 32-position chunks of this bucket adding 70 ms: 32 fit.
+    d.b.policy.observe(2, true, 0, 0, 30_000_000);
+    d.b.policy.observe(2, true, 32, 2048, 100_000_000);
     let mut prefilled = Vec::new();
     loop {
         let (plan, _) = d.step(letter('a'));
@@ -438,13 +441,32 @@ fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
             break;
         }
     }
-    // Nothing measured: the smallest chunk per step.
-    assert!(prefilled.iter().all(|&p| p <= 16), "{prefilled:?}");
-    // The last chunk is read with its step's tokens, so it waits a step for the chunk before
-    // it, which runs ahead of that step's decode, to be out of the way.
-    let steps = 2000usize.div_ceil(16);
+    assert!(prefilled.iter().all(|&p| p <= 32), "{prefilled:?}");
+    // The last chunk (16 positions) is read with its step's tokens, so it waits a step for the
+    // chunk before it, which runs ahead of that step's decode, to be out of the way.
+    let steps = 2000usize.div_ceil(32);
     assert_eq!(prefilled.len(), steps + 1);
     assert_eq!(prefilled[steps - 1], 0);
+    assert_eq!(prefilled[steps], 16);
+}
+
+#[test]
+fn a_prompt_ends_without_waiting_when_even_the_smallest_chunk_is_over_the_target() {
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 20, 500), 0);
+    d.step(letter('a'));
+    d.b.submit(request(2, 40, 10), 0);
+    d.step(letter('a')); // the batch grows first
+    let mut prefilled = Vec::new();
+    loop {
+        let (plan, _) = d.step(letter('a'));
+        prefilled.push(plan.chunks.iter().map(|c| c.size).sum::<usize>());
+        if plan.chunks.iter().any(|c| c.insert.is_some()) {
+            break;
+        }
+    }
+    // Nothing measured: the smallest chunk every step, the last one too.
+    assert_eq!(prefilled, vec![16, 16, 16]);
 }
 
 #[test]
