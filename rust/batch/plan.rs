@@ -171,6 +171,17 @@ impl ChunkPolicy {
         chosen
     }
 
+    /// Whether, with `batch` rows decoding, even the smallest chunk of `bucket` is expected to
+    /// take the step past the target (as measured; unmeasured is not).
+    pub fn over_target(&self, batch: usize, sizes: &[usize], bucket: usize) -> bool {
+        let smallest = sizes.first().copied().unwrap_or(MIN_BUCKET);
+        let share = self
+            .share(bucket, smallest, true)
+            .or_else(|| self.larger_bucket(bucket, smallest))
+            .or_else(|| self.share(bucket, smallest, false));
+        share.is_some_and(|share| share > self.target_ns as f64 - self.decode(batch))
+    }
+
     /// The share of a chunk of `size` in `bucket`: a recent one's, or (`fresh` false) any.
     fn share(&self, bucket: usize, size: usize, fresh: bool) -> Option<f64> {
         self.shares

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// A prompt this many smallest chunks from its end is read in one chunk when even the smallest
+/// is over the step target.
+const SHORT_REST: usize = 4;
+
 /// Where a finished prompt goes: the batch's shape after this step and which rows are taken.
 struct Placement {
     shape: Option<Shape>,
@@ -158,15 +162,23 @@ impl Batch {
         if !idle && self.grow_ahead(&mut place, programs) {
             budget = 0; // this step copies the cache: no prompt chunk shares it
         }
-        // Whether the budget is what the policy expects to fit, not just the smallest chunk
-        // (which a step takes even when nothing fits).
-        let fits = budget > self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
+        // Even the smallest chunk takes the step past the target (a 1B model's 8-row decode on
+        // 2 cores nearly fills it, and a 16-position chunk there costs as much again, mostly
+        // for decoding the weights' tiles once per call). A short prompt's rest is then read
+        // in one chunk: the step is long either way, and one long step delays the other rows
+        // less than three or four (1B, 8 clients: 36-token prompts took three steps of
+        // 200-300 ms each).
+        let smallest = self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
+        let over = !idle && self.policy.over_target(batch, &self.chunk_sizes, bucket);
         let mut chunks: Vec<Chunk> = Vec::new();
         'requests: for live in self.live.iter() {
             let Phase::Prefilling { mut done } = live.phase else {
                 continue;
             };
             let bucket = prompt_bucket(live.prompt.len());
+            if over && budget > 0 && live.prompt.len() - done <= SHORT_REST * smallest {
+                budget = budget.max(SHORT_REST * smallest);
+            }
             loop {
                 let Some(cut) = next_cut(live.prompt.len(), done, budget, &self.chunk_sizes) else {
                     break 'requests;
@@ -178,7 +190,7 @@ impl Batch {
                 // positions the step before left behind: together they must fit the budget, or
                 // the prompt ends a step later. When not even the smallest chunk fits, waiting
                 // would not bring the step within the target, only delay the prompt.
-                if cut.last && !idle && fits && self.behind + cut.size > budget {
+                if cut.last && !idle && !over && self.behind + cut.size > budget {
                     break 'requests;
                 }
                 let mut insert = None;

@@ -451,22 +451,28 @@ fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
 }
 
 #[test]
-fn a_prompt_ends_without_waiting_when_even_the_smallest_chunk_is_over_the_target() {
+fn a_short_prompt_is_read_in_one_chunk_when_even_the_smallest_is_over_the_target() {
     let mut d = Driver::new(4);
     d.b.submit(request(1, 20, 500), 0);
     d.step(letter('a'));
+    // Decode steps of 100 ms, and 16-position chunks adding 100 ms: past the 150 ms target.
+    d.b.policy.observe(2, true, 0, 0, 100_000_000);
+    d.b.policy.observe(2, true, 16, 64, 200_000_000);
     d.b.submit(request(2, 40, 10), 0);
     d.step(letter('a')); // the batch grows first
-    let mut prefilled = Vec::new();
-    loop {
+    let (plan, _) = d.step(letter('a'));
+    assert_eq!(plan.chunks.len(), 1);
+    assert_eq!((plan.chunks[0].size, plan.chunks[0].ids.len()), (64, 40));
+    assert!(plan.chunks[0].insert.is_some());
+    // A long prompt still goes a smallest chunk at a time.
+    d.b.policy.observe(2, true, 16, 2048, 200_000_000);
+    d.b.submit(request(3, 1000, 10), 0);
+    let mut sizes = Vec::new();
+    for _ in 0..4 {
         let (plan, _) = d.step(letter('a'));
-        prefilled.push(plan.chunks.iter().map(|c| c.size).sum::<usize>());
-        if plan.chunks.iter().any(|c| c.insert.is_some()) {
-            break;
-        }
+        sizes.extend(plan.chunks.iter().map(|c| c.size));
     }
-    // Nothing measured: the smallest chunk every step, the last one too.
-    assert_eq!(prefilled, vec![16, 16, 16]);
+    assert!(sizes.iter().all(|&s| s == 16), "{sizes:?}");
 }
 
 #[test]
