@@ -115,14 +115,21 @@ fn config(shapes: Shapes) -> TileConfig {
 
 /// This thread's tile registers for one call; released when dropped, so an idle thread
 /// carries no tile state.
-pub struct Tiles {
+pub struct Tiles<'a> {
     /// Two sets of STEP dots' sums, each [16 rows][16 outputs] i32.
-    sums: Vec<Sums>,
+    sums: &'a mut [Sums],
 }
 
+/// One dot's sums as stored from a tile: [16 rows][16 outputs] i32.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-struct Sums([i32; 256]);
+pub struct Sums([i32; 256]);
+
+// SAFETY: 1 KB of integers.
+unsafe impl super::scratch::Plain for Sums {}
+
+/// The sums a `Tiles` needs (`Tiles::load`).
+pub const SUMS: usize = 2 * STEP;
 
 /// One dot into sums tile `$c`, from activations and weights in tiles `$a`, `$b`.
 macro_rules! dot_asm {
@@ -143,15 +150,17 @@ macro_rules! dot_asm {
     };
 }
 
-impl Tiles {
+impl<'a> Tiles<'a> {
+    /// Loads the tile shapes on this thread; `sums` (SUMS of them, any contents) is where
+    /// dots are stored for the vector units to fold.
+    ///
     /// # Safety
     /// `available()` must be true.
-    pub unsafe fn load(shapes: Shapes) -> Tiles {
+    pub unsafe fn load(shapes: Shapes, sums: &'a mut [Sums]) -> Tiles<'a> {
+        assert!(sums.len() >= SUMS, "{} sums for {SUMS} sets", sums.len());
         let config = config(shapes);
         asm!("ldtilecfg [{0}]", in(reg) &config as *const TileConfig, options(nostack, readonly));
-        Tiles {
-            sums: vec![Sums([0; 256]); 2 * STEP],
-        }
+        Tiles { sums }
     }
 
     /// Integer dots of one 32-value block (or sub-block) for 16 activation rows into sums `at`:
@@ -174,7 +183,7 @@ impl Tiles {
     }
 }
 
-impl Drop for Tiles {
+impl Drop for Tiles<'_> {
     fn drop(&mut self) {
         // SAFETY: only built after a successful ldtilecfg on this thread.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
@@ -244,6 +253,9 @@ pub unsafe fn sweep32<const MIN: bool>(
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 pub struct Quads(pub [__m512i; 64]);
+
+// SAFETY: 4 KB of integers.
+unsafe impl super::scratch::Plain for Quads {}
 
 impl Quads {
     pub fn zeroed() -> Quads {

@@ -33,6 +33,9 @@ pub struct Tile32 {
     pub m: __m512,
 }
 
+// SAFETY: vectors of integers and floats, 640 bytes.
+unsafe impl super::scratch::Plain for Tile32 {}
+
 /// One K-quant super-block of sixteen rows: 64 quads; integer scales per sub-block (8 of 32
 /// values for Q4_K/Q5_K, 16 of 16 for Q6_K); the Q4_K/Q5_K minimums as i16 pairs (m_2p, m_2p+1)
 /// for `vpdpwssd`; the super-scales.
@@ -45,6 +48,9 @@ pub struct KTile {
     pub d: __m512,
     pub dmin: __m512,
 }
+
+// SAFETY: vectors of integers and floats, 5,504 bytes.
+unsafe impl super::scratch::Plain for KTile {}
 
 /// Sixteen rows of one weight: lane i reads row `first + min(i, count - 1)` (a short tile
 /// repeats its last row; those lanes are never stored).

@@ -21,6 +21,7 @@ use super::activations::{Activations, Q8KRows, Q8Rows};
 use super::amx;
 use super::block_matmul::STREAM_MAX_ROWS;
 use super::ggml::{BlockWeight, GgmlType, QK32, QK_K};
+use super::scratch;
 use super::stream_32::{self, Lanes32};
 use super::stream_k::{self, KLanes};
 use super::unpack::{self, KTile, Layout32, Rows, Tile32};
@@ -202,7 +203,7 @@ unsafe fn sweep_k<const T: usize, const Q6: bool>(
 
 /// The formats' common shape: decode block(s) into tiles, multiply a tile by T activation rows.
 trait Family {
-    type Tile: Copy;
+    type Tile: Copy + scratch::Plain;
     /// Blocks decoded per call of `unpack`.
     const GROUP: usize;
     unsafe fn unpack(&self, rows: &Rows, block: usize, count: usize, tiles: &mut [Self::Tile]);
@@ -413,21 +414,45 @@ unsafe fn run<F: Family>(
         return;
     }
     let padded = blocks.next_multiple_of(F::GROUP);
-    let mut decoded = vec![F::zeroed(); padded * SWEEP_TILES];
-    // SAFETY: `use_amx` is only set where `amx::available()` holds.
-    let mut tiles = match family.amx() {
-        Some(shapes) if use_amx && n_tokens >= amx::ROWS => {
-            Some(unsafe { amx::Tiles::load(shapes) })
-        }
-        _ => None,
+    let shapes = family.amx().filter(|_| use_amx && n_tokens >= amx::ROWS);
+    // Only split K-quant scales spill out of their tiles (4 KB per tile).
+    let extra = match shapes {
+        Some(amx::Shapes::SuperBlocks) => blocks * SWEEP_TILES,
+        _ => 0,
     };
-    // Only split K-quant scales spill out of their tiles (4 KB per tile, not worth zeroing for
-    // the other formats: it slowed their short prompts by a third).
-    let mut extra = if tiles.is_some() && family.amx() == Some(amx::Shapes::SuperBlocks) {
-        vec![amx::Quads::zeroed(); blocks * SWEEP_TILES]
-    } else {
-        Vec::new()
-    };
+    let sums = if shapes.is_some() { amx::SUMS } else { 0 };
+    scratch::with(
+        padded * SWEEP_TILES,
+        extra,
+        sums,
+        |decoded: &mut [F::Tile], extra: &mut [amx::Quads], sums: &mut [amx::Sums]| {
+            // SAFETY: as this function's; `shapes` is only set where `amx::available()` holds.
+            unsafe {
+                sweeps(
+                    family, w, rows, blocks, n_tokens, shapes, decoded, extra, sums, out,
+                )
+            }
+        },
+    )
+}
+
+/// `run`'s prompt path over this thread's scratch buffers: output rows `rows` in sweeps of
+/// SWEEP_TILES decoded tiles.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sweeps<F: Family>(
+    family: &F,
+    w: &BlockWeight,
+    rows: Range<usize>,
+    blocks: usize,
+    n_tokens: usize,
+    shapes: Option<amx::Shapes>,
+    decoded: &mut [F::Tile],
+    extra: &mut [amx::Quads],
+    sums: &mut [amx::Sums],
+    out: *mut f32,
+) {
+    let mut tiles = shapes.map(|shapes| unsafe { amx::Tiles::load(shapes, sums) });
     for start in rows.clone().step_by(16 * SWEEP_TILES) {
         let sweep = start..(start + 16 * SWEEP_TILES).min(rows.end);
         cached_tiles(
@@ -437,9 +462,9 @@ unsafe fn run<F: Family>(
             blocks,
             n_tokens,
             tiles.as_mut(),
-            &mut extra,
+            extra,
             out,
-            &mut decoded,
+            decoded,
         );
     }
 }
@@ -508,7 +533,7 @@ unsafe fn cached_tiles<F: Family>(
     rows: Range<usize>,
     blocks: usize,
     n_tokens: usize,
-    amx: Option<&mut amx::Tiles>,
+    amx: Option<&mut amx::Tiles<'_>>,
     extra: &mut [amx::Quads],
     out: *mut f32,
     decoded: &mut [F::Tile],
