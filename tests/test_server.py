@@ -7,6 +7,8 @@ they did before batching; tests/test_server_batching.py serves several at once).
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 import signal
 import socket
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import ollama
@@ -295,3 +298,36 @@ def test_sigterm_mid_stream_and_ctrl_c_shut_down_cleanly(tmp_path):
     assert "strategy jit-layer" in idle.log_text()
     assert stop_server(idle, signal.SIGINT) == 0
     assert "Traceback" not in idle.log_text()
+
+
+def test_serve_runs_with_malloc_huge_pages_where_they_help(server):
+    """The server re-executes itself once with glibc's huge-page tunable (see lljx.server.huge_pages),
+    keeping its pid, so `stop_server` and signals still reach it."""
+    from lljx.server import huge_pages
+
+    try:
+        mode = Path(huge_pages.THP_MODE).read_text()
+    except OSError:
+        pytest.skip("no transparent huge pages on this kernel")
+    if not huge_pages.wanted(os.environ, mode, platform.libc_ver()[0]):
+        pytest.skip(f"huge pages would not change anything here (THP mode {mode.strip()!r}, "
+                    f"libc {platform.libc_ver()[0]!r}, GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')!r})")
+    environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ
+
+
+def test_huge_page_tunable_respects_what_is_set():
+    from lljx.server.huge_pages import wanted, with_tunable
+
+    madvise = "always [madvise] never\n"
+    assert wanted({}, madvise, "glibc")
+    assert not wanted({}, "[always] madvise never\n", "glibc")  # already huge
+    assert not wanted({}, "always madvise [never]\n", "glibc")
+    assert not wanted({}, madvise, "")  # musl and others read no GLIBC_TUNABLES
+    assert not wanted({}, None, "glibc")
+    assert not wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, madvise, "glibc")  # the user's choice
+    assert wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise, "glibc")
+    assert with_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "b"}) == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "A": "b",
+    }
+    assert with_tunable({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"

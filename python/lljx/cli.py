@@ -51,6 +51,10 @@ def entry_point() -> None:
     """The console script: click's own errors (bad options, usage) also become one line."""
     # What is imported by now (click) lives as long as the process: no collection needs to walk it again.
     gc.freeze()
+    if sys.argv[1:2] == ["serve"]:
+        from lljx.server.huge_pages import reexec_with_huge_pages
+
+        reexec_with_huge_pages()  # a long-running server's cache copies fault far less
     try:
         run_main()
     finally:
