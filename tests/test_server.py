@@ -300,34 +300,39 @@ def test_sigterm_mid_stream_and_ctrl_c_shut_down_cleanly(tmp_path):
     assert "Traceback" not in idle.log_text()
 
 
-def test_serve_runs_with_malloc_huge_pages_where_they_help(server):
-    """The server re-executes itself once with glibc's huge-page tunable (see lljx.server.huge_pages),
+def test_serve_runs_with_its_malloc_tunables(server):
+    """The server re-executes itself once with glibc's tunables (see lljx.server.malloc_tunables),
     keeping its pid, so `stop_server` and signals still reach it."""
-    from lljx.server import huge_pages
+    from lljx.server import malloc_tunables
 
     try:
-        mode = Path(huge_pages.THP_MODE).read_text()
+        mode: str | None = Path(malloc_tunables.THP_MODE).read_text()
     except OSError:
-        pytest.skip("no transparent huge pages on this kernel")
-    if not huge_pages.wanted(os.environ, mode, platform.libc_ver()[0]):
-        pytest.skip(f"huge pages would not change anything here (THP mode {mode.strip()!r}, "
-                    f"libc {platform.libc_ver()[0]!r}, GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')!r})")
-    environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
-    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ
+        mode = None
+    tunables = malloc_tunables.wanted(os.environ, mode, platform.libc_ver()[0])
+    if not tunables:
+        pytest.skip(f"the tunables would change nothing here (libc {platform.libc_ver()[0]!r}, "
+                    f"GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')!r})")
+    # glibc may split the variable in place where it parsed it (2.36 puts NULs for the colons).
+    raw = Path(f"/proc/{server.process.pid}/environ").read_bytes().decode(errors="replace")
+    items = set(raw.replace("GLIBC_TUNABLES=", "\0").replace(":", "\0").split("\0"))
+    assert {f"{name}={value}" for name, value in tunables.items()} <= items
 
 
-def test_huge_page_tunable_respects_what_is_set():
-    from lljx.server.huge_pages import wanted, with_tunable
+def test_malloc_tunables_respect_what_is_set():
+    from lljx.server.malloc_tunables import HUGE_PAGES, KEEP_FREED, wanted, with_tunables
 
     madvise = "always [madvise] never\n"
-    assert wanted({}, madvise, "glibc")
-    assert not wanted({}, "[always] madvise never\n", "glibc")  # already huge
-    assert not wanted({}, "always madvise [never]\n", "glibc")
-    assert not wanted({}, madvise, "")  # musl and others read no GLIBC_TUNABLES
-    assert not wanted({}, None, "glibc")
-    assert not wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, madvise, "glibc")  # the user's choice
-    assert wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise, "glibc")
-    assert with_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "b"}) == {
+    assert wanted({}, madvise, "glibc") == {**KEEP_FREED, **HUGE_PAGES}
+    assert wanted({}, "[always] madvise never\n", "glibc") == KEEP_FREED  # already huge
+    assert wanted({}, "always madvise [never]\n", "glibc") == KEEP_FREED
+    assert wanted({}, None, "glibc") == KEEP_FREED
+    assert wanted({}, madvise, "") == {}  # musl and others read no GLIBC_TUNABLES
+    # The user's own choices stay; after the re-execution nothing is left to add.
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2"}
+    assert wanted(mine, madvise, "glibc") == KEEP_FREED
+    assert wanted(with_tunables(mine, KEEP_FREED), madvise, "glibc") == {}
+    assert with_tunables({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "b"}, {"glibc.malloc.hugetlb": "1"}) == {
         "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "A": "b",
     }
-    assert with_tunable({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert with_tunables({}, HUGE_PAGES)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"

@@ -52,9 +52,9 @@ def entry_point() -> None:
     # What is imported by now (click) lives as long as the process: no collection needs to walk it again.
     gc.freeze()
     if sys.argv[1:2] == ["serve"]:
-        from lljx.server.huge_pages import reexec_with_huge_pages
+        from lljx.server.malloc_tunables import reexec_with_tunables
 
-        reexec_with_huge_pages()  # a long-running server's cache copies fault far less
+        reexec_with_tunables()  # a long-running server's cache copies reuse memory, not fault it in
     try:
         run_main()
     finally:

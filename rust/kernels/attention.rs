@@ -76,26 +76,26 @@ fn try_avx512<const HALF: bool, T>(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if queries.len() / d <= MAX_GROUP
+        if !queries.is_empty()
+            && queries.len() / d <= MAX_GROUP
             && d.is_multiple_of(16)
             && len > 0
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
         {
+            let (k, v) = (keys.as_ptr() as *const u8, values_t.as_ptr() as *const u8);
+            // One compiled body per group size, so each keeps its accumulators in registers.
+            macro_rules! heads {
+                ($($r:literal)*) => {
+                    match queries.len() / d {
+                        $($r => attend_heads::<HALF, $r>(queries, k, v, d, t_max, len, out, scores),)*
+                        _ => unreachable!("checked against MAX_GROUP above"),
+                    }
+                };
+            }
             // SAFETY: the CPU has these features; the shapes were checked above.
-            unsafe {
-                attend_avx512::<HALF>(
-                    queries,
-                    keys.as_ptr() as *const u8,
-                    values_t.as_ptr() as *const u8,
-                    d,
-                    t_max,
-                    len,
-                    out,
-                    scores,
-                )
-            };
+            unsafe { heads!(1 2 3 4 5 6 7 8) };
             return true;
         }
     }
@@ -103,35 +103,9 @@ fn try_avx512<const HALF: bool, T>(
     false
 }
 
-/// The kernel over f32 (HALF false) or f16 (HALF true) K [t_max, d] and V [d, t_max] at `keys`
-/// and `values_t`. Requires d a multiple of 16, len > 0 and at most MAX_GROUP query heads; with
-/// HALF, AVX-512 BW and VL too.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512<const HALF: bool>(
-    queries: &[f32],
-    keys: *const u8,
-    values_t: *const u8,
-    d: usize,
-    t_max: usize,
-    len: usize,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    // One compiled body per group size, so each keeps its accumulators in registers.
-    macro_rules! heads {
-        ($($r:literal)*) => {
-            match queries.len() / d {
-                $($r => attend_heads::<HALF, $r>(queries, keys, values_t, d, t_max, len, out, scores),)*
-                _ => unreachable!("try_avx512 checks the group size"),
-            }
-        };
-    }
-    heads!(1 2 3 4 5 6 7 8)
-}
-
-/// `attend_avx512` for a group of R query heads. Every cache vector is loaded (and widened) once
+/// The kernel for a group of R query heads (at most MAX_GROUP) over f32 (HALF false) or f16
+/// (HALF true) K [t_max, d] and V [d, t_max] at `keys` and `values_t`. Requires d a multiple
+/// of 16 and len > 0; AVX-512 F, BW and VL. Every cache vector is loaded (and widened) once
 /// for all R heads, where it was loaded once per head: one layer of the embedded model (3 heads
 /// per KV head, f16 cache in L3) at 1,500 positions took 42 against 55 us for one row and 320
 /// against 430 us for eight (2-core Xeon). Sixteen sums are formed at a time, R heads by 16 / R
