@@ -94,3 +94,29 @@ def test_the_engine_lets_warm_up_compiles_start_only_after_a_quiet_spell(monkeyp
         assert engine._idle()
     finally:
         engine.close(timeout=60)
+
+
+def test_default_slots_count_the_cache_the_decoder_keeps() -> None:
+    """The native strategies keep an f16 cache under f32 activations, so a server's default slot
+    count comes from the decoder's config, not the model's: a model whose 8 full f32 contexts
+    would pass a quarter of memory, but whose f16 ones would not, gets 8 slots."""
+    import os
+    from dataclasses import replace
+
+    import jax.numpy as jnp
+
+    from lljx.batching import DEFAULT_CONTEXT, slots_for
+
+    model = load_model(None, dtype="f32")
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    assert model.config.cache_dtype == jnp.float32 and decoder.config.cache_dtype == jnp.float16
+    # Layers that put 8 full f16 contexts at a fifth of this machine's memory: f32 ones take two fifths.
+    quarter = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    c = decoder.config
+    per_layer = 8 * DEFAULT_CONTEXT * 2 * c.n_kv_heads * c.d_head * 2
+    layers = max(1, int(quarter * 0.8) // per_layer)
+    decoder.config = replace(c, n_layers=layers, context_length=DEFAULT_CONTEXT)
+    assert slots_for(decoder, None) == 8
+    decoder.config = replace(decoder.config, kv_cache="f32")
+    assert slots_for(decoder, None) == 4
+    assert slots_for(decoder, 3) == 3  # --parallel, or OLLAMA_NUM_PARALLEL

@@ -45,7 +45,9 @@ WARM_AFTER_IDLE_S = 2.0
 def default_slots(config: ModelConfig) -> int:
     """Requests a model serves at once by default: 8, or 4 when 8 full default contexts of KV
     cache would take more than a quarter of the machine's memory. (A batch's cache grows only
-    as long as its requests need, so this bounds the worst case.)"""
+    as long as its requests need, so this bounds the worst case.) `config` is the decoder's
+    (`SlotDecoder.config`), whose cache dtype may differ from the model's: the native
+    strategies keep an f16 cache under f32 activations."""
     per_position = 2 * config.n_layers * config.n_kv_heads * config.d_head * config.cache_dtype.itemsize
     context = min(config.context_length, DEFAULT_CONTEXT)
     try:
@@ -53,6 +55,12 @@ def default_slots(config: ModelConfig) -> int:
     except (ValueError, OSError, AttributeError):
         return 4
     return 8 if 8 * context * per_position <= memory // 4 else 4
+
+
+def slots_for(decoder: SlotDecoder, parallel: int | None) -> int:
+    """Requests an engine over `decoder` serves at once: `parallel` when given, else
+    `default_slots` for the cache the decoder keeps."""
+    return parallel or default_slots(decoder.config)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def run_jsonl(
     depend on where it sits in the file)."""
     from dataclasses import replace
 
-    from lljx.batching import BatchEngine, default_slots
+    from lljx.batching import BatchEngine, slots_for
     from lljx.generation import chat_prompt_ids
     from lljx.strategies import registry
 
@@ -125,7 +125,7 @@ def run_jsonl(
     if decoder is None:
         raise click.ClickException(f"strategy {strategy.name} serves one request at a time here (it has no slots, or runs on a mesh); --jsonl needs slots")
     items = list(items)
-    engine = BatchEngine(model, decoder, slots=slots or default_slots(model.config), name="lljx-jsonl")
+    engine = BatchEngine(model, decoder, slots=slots_for(decoder, slots), name="lljx-jsonl")
     writer = InOrder(out, len(items))
     try:
         for index, item in enumerate(items):

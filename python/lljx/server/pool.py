@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from lljx.batching import BatchEngine, default_slots
+from lljx.batching import BatchEngine, slots_for
 from lljx.models import Model, ResolvedModel, load_resolved
 from lljx.sampling import SamplerSettings
 from lljx.server import jobs
@@ -127,8 +127,7 @@ class ModelPool:
         decoder = registry.build_slots(self.strategy, model)
         if decoder is None:
             return None
-        slots = self.parallel or default_slots(model.config)
-        engine = BatchEngine(model, decoder, slots=slots, name=f"lljx-batch-{model.name}")
+        engine = BatchEngine(model, decoder, slots=slots_for(decoder, self.parallel), name=f"lljx-batch-{model.name}")
         engine.warm_up()
         return engine
 
