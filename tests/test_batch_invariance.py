@@ -78,3 +78,24 @@ def test_greedy_tokens_do_not_depend_on_the_batch(strategy_engine, model):
     lone = Generation(model, decoder, ids, max_tokens=32, stop_token_ids=model.stop_token_ids, settings=GREEDY)
     list(lone)
     assert lone.token_ids == alone  # what `lljx generate` gives: a lone request is served as before
+
+
+def test_a_reply_that_outgrows_its_cache_keeps_its_tokens(strategy_engine, model):
+    """A batch's cache follows its rows: a reply from a ~200-token prompt starts in 256 positions
+    and is copied into 512 mid-reply (and a companion's with it); its tokens are the lone decoder's."""
+    name, engine = strategy_engine
+    preamble = " ".join(f"Item {i} is a kind of fruit." for i in range(14))
+    ids = chat_prompt_ids(model, preamble + " Now write the numbers from 1 to 100, one per line.")
+    budget = 96
+    assert 150 < len(ids) < 256 - 64 < len(ids) + budget  # placed in 256 positions, grown to 512
+    company: list[list[int]] = []
+    other = threading.Thread(target=lambda: company.append(tokens(engine, chat_prompt_ids(model, OTHERS[5][0]), GREEDY, 120)))
+    other.start()
+    together = tokens(engine, ids, GREEDY, budget)
+    other.join(120)
+    assert len(together) == budget and company
+    alone = tokens(engine, ids, GREEDY, budget)
+    decoder = registry.build(registry.load(name), model, GREEDY)
+    lone = Generation(model, decoder, ids, max_tokens=budget, stop_token_ids=model.stop_token_ids, settings=GREEDY)
+    list(lone)
+    assert together == alone == lone.token_ids

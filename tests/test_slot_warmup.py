@@ -27,6 +27,18 @@ def test_common_programs_start_with_one_request_and_cover_every_batch_bucket() -
     assert prefills == {(bucket, chunk) for bucket in CHUNK_SIZES for chunk in CHUNK_SIZES if chunk <= bucket}
 
 
+def test_common_programs_grow_every_batchs_cache_from_one_length_to_the_next() -> None:
+    keys = common_programs(8, [256, 512, 1024])
+    assert len(keys) == len(set(keys))
+    for shorter, length in ((256, 512), (512, 1024)):
+        for batch in (1, 2, 4, 8):
+            # Right after the batch's decode at the longer length: the two a growing row needs.
+            grow = ("resize", batch, shorter, batch, length)
+            assert keys.index(grow) == keys.index(("decode", batch, length)) + 1
+    assert not [k for k in keys if k[0] == "resize" and k[2] == 256 and k[4] == 1024]
+    assert not [k for k in common_programs(8, [256]) if k[0] == "resize" and k[2] != k[4]]
+
+
 @pytest.mark.parametrize("slots, largest", [(1, 1), (3, 4), (4, 4), (5, 8)])
 def test_common_programs_stop_at_the_loops_largest_batch(slots: int, largest: int) -> None:
     batches = {k[1] for k in common_programs(slots, [256]) if k[0] == "decode"}

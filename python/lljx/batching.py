@@ -38,6 +38,10 @@ STAT_FIELDS = {f.name for f in fields(Stats)}
 # Context a request gets unless it asks for more (Ollama's num_ctx default).
 DEFAULT_CONTEXT = 4096
 
+# Cache lengths compiled ahead: the shortest and the next two (256-1,024 positions), which
+# most replies grow through.
+WARM_REPLY_CACHES = 3
+
 # Seconds without a request before background compiles of common shapes may start.
 WARM_AFTER_IDLE_S = 2.0
 
@@ -45,7 +49,7 @@ WARM_AFTER_IDLE_S = 2.0
 def default_slots(config: ModelConfig) -> int:
     """Requests a model serves at once by default: 8, or 4 when 8 full default contexts of KV
     cache would take more than a quarter of the machine's memory. (A batch's cache grows only
-    as long as its requests need, so this bounds the worst case.) `config` is the decoder's
+    as its rows fill it, so this bounds the worst case.) `config` is the decoder's
     (`SlotDecoder.config`), whose cache dtype may differ from the model's: the native
     strategies keep an f16 cache under f32 activations."""
     per_position = 2 * config.n_layers * config.n_kv_heads * config.d_head * config.cache_dtype.itemsize
@@ -169,10 +173,13 @@ class BatchEngine:
 
     def warm_up(self, needs: Sequence[int] | None = None) -> None:
         """Compile in the background, while no request is here and behind anything a step waits
-        for, the programs that requests filling `needs` cache positions meet most (default: short exchanges, and
-        requests that may fill the default context, as an Ollama client without num_predict does)."""
+        for, the programs that requests filling `needs` cache positions meet most (default: the
+        caches of replies up to WARM_REPLY_CACHES times the shortest, which rows grow through
+        as they fill them; longer ones compile when a row first comes near their end)."""
         if needs is None:
-            needs = (1, min(self.model.config.context_length, DEFAULT_CONTEXT))
+            shortest = _native.BatchLoop.cache_bucket(1)
+            longest = _native.BatchLoop.cache_bucket(min(self.model.config.context_length, DEFAULT_CONTEXT))
+            needs = [shortest << i for i in range(WARM_REPLY_CACHES) if shortest << i <= longest]
         lengths = sorted({_native.BatchLoop.cache_bucket(need) for need in needs})
         # Only while no request is here: a compile would take a core from running streams.
         self.decoder.warm(common_programs(self.slots, lengths, self.decoder.chunk_sizes), when=self._idle)

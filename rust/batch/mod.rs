@@ -5,8 +5,10 @@
 //! and the step before it is read back afterwards (`route`), so the device always has the next
 //! step queued. A prompt is prefilled in chunks into a scratch cache, within a per-step budget,
 //! then inserted into a free row; the batch's rows and cache length are buckets that grow when
-//! requests need them and shrink when they leave. A shape whose programs are still compiling
-//! is not used until they are, so running rows never wait for a compile.
+//! requests join or rows near the end of the cache, and shrink when requests leave. A shape
+//! whose programs are still compiling is not used until they are, so running rows never wait
+//! for a compile, but for a row that reached the end of its cache before the longer one was
+//! ready: its next tokens have nowhere else to go.
 
 pub mod plan;
 #[cfg(test)]
@@ -18,7 +20,7 @@ use crate::constrain::RowConstraint;
 use crate::error::Result;
 use crate::token_loop::{Stats, StopReason, TokenLoop};
 use crate::tokenizer::Tokenizer;
-use plan::{batch_bucket, cache_bucket, next_cut, prompt_bucket, MIN_BUCKET};
+use plan::{batch_bucket, cache_bucket, grow_margin, next_cut, prompt_bucket, MIN_BUCKET};
 pub use plan::{ChunkPolicy, Shape};
 
 /// One row's sampler: its request's raw PRNG key data and settings (temperature 0: greedy).
@@ -79,9 +81,22 @@ struct Live {
 }
 
 impl Live {
-    /// Cache positions this request may fill.
-    fn need(&self) -> usize {
+    /// Cache positions this request may fill at most.
+    fn most(&self) -> usize {
         self.prompt.len() + self.budget
+    }
+
+    /// Cache positions its row needs now: what it has filled (its prompt, or its decode
+    /// position) and room to grow, never past `most`. A batch's cache follows its rows' reach,
+    /// not what they may fill one day: an Ollama client that sets no num_predict may fill the
+    /// whole context, but most replies end within a few hundred tokens, and every resize
+    /// copies the whole cache (8 rows of 4,096 positions are 755 MB for the embedded model).
+    fn reach(&self) -> usize {
+        let filled = match self.phase {
+            Phase::Decoding { position, .. } => position,
+            _ => self.prompt.len(),
+        };
+        self.most().min(filled + grow_margin(filled))
     }
 }
 

@@ -30,6 +30,14 @@ pub fn cache_bucket(need: usize) -> usize {
     pow2(need).max(MIN_CACHE)
 }
 
+/// Room a row that has filled `filled` positions keeps ahead of it: the cache grows once a row
+/// comes this close to its end, early enough to compile the longer shape on the background
+/// thread while the row decodes on (at least 64 positions, and a sixteenth more for long rows,
+/// so that a 1,905-token prompt still fits a cache of 2,048).
+pub fn grow_margin(filled: usize) -> usize {
+    (filled / 16).max(64)
+}
+
 /// A prompt of `len` tokens is prefilled into a scratch cache of this many positions.
 pub fn prompt_bucket(len: usize) -> usize {
     pow2(len).max(MIN_BUCKET)

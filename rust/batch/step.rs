@@ -195,11 +195,11 @@ impl Batch {
                 }
                 let mut insert = None;
                 if cut.last {
-                    match place.place(live.need(), bucket, &mut chunks, programs, idle) {
+                    match place.place(live.reach(), bucket, &mut chunks, programs, idle) {
                         Some(row) => insert = Some((row, live.sampling)),
                         None => break 'requests,
                     }
-                    place.inserts.push((chunks.len(), bucket, live.need()));
+                    place.inserts.push((chunks.len(), bucket, live.reach()));
                 }
                 chunks.push(Chunk {
                     id: live.id,
@@ -253,6 +253,14 @@ impl Batch {
             Some(source) => source.iter().position(|&s| s == Some(row)),
             None => Some(row),
         };
+        // A row at the end of its cache while the longer one compiles: no row decodes until it is
+        // ready (a row left out of a decode would still have a token drawn and written into its
+        // place). The margin a row keeps ahead of it makes this a rare wait.
+        let advance = if masked { 1 } else { self.width };
+        let decoding = match place.shape {
+            Some(shape) if self.row_at_end(advance, shape.cache_len) => Vec::new(),
+            _ => decoding,
+        };
         plan.decoding = decoding
             .iter()
             .filter_map(|&(row, id)| new_row(row).map(|r| (r, id)))
@@ -264,43 +272,73 @@ impl Batch {
         plan
     }
 
-    /// While rows decode, the batch grows for the next prompt on its way in (a row, or a longer
-    /// cache) in a step of its own, before the prompt's chunks: growing copies every running
-    /// row's cache, which for long contexts costs as much as a chunk, and the step that ends a
-    /// long prompt would otherwise pay for both. Returns whether `place` now holds the grown shape.
-    fn grow_ahead(&self, place: &mut Placement, programs: &mut impl Programs) -> bool {
+    /// While rows decode, the batch grows in a step of its own for the next prompt on its way in
+    /// (a row, or a longer cache), before the prompt's chunks, and for running rows that near
+    /// the end of the cache: growing copies every running row's cache, which for long contexts
+    /// costs as much as a chunk, and the step that ends a long prompt would otherwise pay for
+    /// both. Returns whether `place` now holds the grown shape.
+    ///
+    /// A longer shape still compiling is not used until it is ready, as for a new batch size
+    /// (its programs were asked for as soon as a row's `reach` passed the cache's end).
+    fn grow_ahead<P: Programs>(&self, place: &mut Placement, programs: &mut P) -> bool {
         let Some(shape) = self.shape else {
             return false;
         };
-        let Some(live) = self
+        let coming = self
             .live
             .iter()
-            .find(|l| matches!(l.phase, Phase::Prefilling { .. }))
-        else {
-            return false;
-        };
+            .find(|l| matches!(l.phase, Phase::Prefilling { .. }));
+        let running: Vec<&Live> = self
+            .live
+            .iter()
+            .filter(|l| matches!(l.phase, Phase::Decoding { .. }))
+            .collect();
         let occupied = self.rows.iter().filter(|r| r.is_some()).count();
-        let extra_row = usize::from(occupied >= shape.batch);
-        let grown = Shape {
-            batch: shape
-                .batch
-                .max(batch_bucket(occupied + extra_row))
-                .min(place.max_batch),
-            cache_len: shape.cache_len.max(cache_bucket(live.need())),
+        let grown = |coming: Option<&Live>| {
+            let reach = running
+                .iter()
+                .copied()
+                .chain(coming)
+                .map(Live::reach)
+                .max()
+                .unwrap_or(0);
+            let extra_row = usize::from(coming.is_some() && occupied >= shape.batch);
+            let grown = Shape {
+                batch: shape
+                    .batch
+                    .max(batch_bucket(occupied + extra_row))
+                    .min(place.max_batch),
+                cache_len: shape.cache_len.max(cache_bucket(reach)),
+            };
+            (grown != shape && occupied + extra_row <= grown.batch).then_some(grown)
         };
-        if grown == shape || occupied + extra_row > grown.batch {
+        let try_grow = |grown: Shape, bucket: Option<usize>, programs: &mut P| {
+            programs.ready(Program::Resize(shape, grown), false)
+                && place.step_ready(grown, programs, false)
+                && bucket.is_none_or(|b| place.insert_ready(grown, b, programs, false))
+        };
+        let bucket = coming.map(|l| prompt_bucket(l.prompt.len()));
+        let chosen = grown(coming)
+            .filter(|&g| try_grow(g, bucket, programs))
+            .or_else(|| grown(None).filter(|&g| try_grow(g, None, programs)));
+        let Some(grown) = chosen else {
             return false;
-        }
-        let bucket = prompt_bucket(live.prompt.len());
-        if !(programs.ready(Program::Resize(shape, grown), false)
-            && place.step_ready(grown, programs, false)
-            && place.insert_ready(grown, bucket, programs, false))
-        {
-            return false;
-        }
+        };
         place.shape = Some(grown);
         place.taken.resize(grown.batch, false);
         true
+    }
+
+    /// Whether a running row's next `advance` tokens would not fit a cache of `cache_len`
+    /// positions, though it may fill a longer one (the last step of a row whose budget ends
+    /// there runs on, writing nothing past the end, and its extra tokens are dropped).
+    fn row_at_end(&self, advance: usize, cache_len: usize) -> bool {
+        self.live.iter().any(|l| match l.phase {
+            Phase::Decoding { position, .. } => {
+                position + advance > cache_len && cache_bucket(l.most()) > cache_len
+            }
+            _ => false,
+        })
     }
 
     /// A smaller batch when its running rows fit in half of it (and no prompt is on its way in).
@@ -325,7 +363,7 @@ impl Batch {
             .live
             .iter()
             .filter(|l| matches!(l.phase, Phase::Decoding { .. }))
-            .map(Live::need)
+            .map(Live::reach)
             .max()?;
         let smaller = Shape {
             batch: batch_bucket(occupied.len() + coming),

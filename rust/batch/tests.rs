@@ -413,6 +413,112 @@ fn a_shape_still_compiling_keeps_the_batch_as_it_is() {
 }
 
 #[test]
+fn a_rows_cache_grows_as_it_fills_it_in_a_step_of_its_own() {
+    let mut d = Driver::new(4);
+    // A budget that may fill 4,000 positions starts with the cache its prompt needs.
+    d.b.submit(request(1, 30, 3970), 0);
+    let (plan, _) = d.step(letter('a'));
+    assert_eq!(plan.reset.map(|s| s.cache_len), Some(256));
+    let mut grown = Vec::new();
+    for _ in 0..1200 {
+        let position = match d.b.live[0].phase {
+            Phase::Decoding { position, .. } => position,
+            _ => unreachable!("the prompt joined in the first step"),
+        };
+        let (plan, _) = d.step(letter('a'));
+        if let Some((source, shape)) = plan.resize {
+            assert_eq!(source, vec![0]);
+            assert!(plan.chunks.is_empty());
+            grown.push((position, shape.cache_len));
+        }
+        // The row decodes in every step, growing ones included.
+        assert!(plan.rows.as_ref().unwrap().active[0]);
+        assert!((position as i32) < plan.shape.unwrap().cache_len as i32);
+    }
+    // It grows to twice the length once 64 positions (or a sixteenth) from the end.
+    assert_eq!(grown, vec![(193, 512), (449, 1024), (961, 2048)]);
+}
+
+#[test]
+fn rows_at_the_end_of_their_cache_wait_for_the_longer_one_only_then() {
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 30, 1000), 0);
+    d.b.submit(request(2, 30, 1000), 0);
+    let (plan, _) = d.step(letter('a'));
+    let short = plan.reset.unwrap();
+    assert_eq!(
+        short,
+        Shape {
+            batch: 2,
+            cache_len: 256
+        }
+    );
+    let long = Shape {
+        batch: 2,
+        cache_len: 512,
+    };
+    d.p.missing.insert(Program::Resize(short, long));
+    // While the longer cache compiles, the rows decode on into the end of theirs.
+    for _ in 0..226 {
+        let (plan, _) = d.step(letter('a'));
+        assert_eq!(plan.resize, None);
+        let rows = plan.rows.unwrap();
+        assert!(rows.positions.iter().all(|&p| p < 256));
+        assert_eq!(rows.active, vec![true, true]);
+    }
+    assert!(d.p.asked.contains(&(Program::Resize(short, long), false)));
+    // Their next tokens would not fit: no row decodes until the longer cache is ready.
+    for _ in 0..3 {
+        let (plan, _) = d.step(letter('a'));
+        assert_eq!((plan.resize, plan.rows), (None, None));
+    }
+    d.p.missing.clear();
+    let (plan, _) = d.step(letter('a'));
+    assert_eq!(plan.resize.map(|(_, shape)| shape), Some(long));
+    let rows = plan.rows.unwrap();
+    assert_eq!(
+        (rows.positions, rows.active),
+        (vec![256, 256], vec![true, true])
+    );
+}
+
+#[test]
+fn a_running_row_grows_its_cache_while_a_joining_prompts_batch_compiles() {
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 177, 96), 0);
+    d.step(letter('a'));
+    let two = Shape {
+        batch: 2,
+        cache_len: 512,
+    };
+    d.p.missing.insert(Program::Decode(two));
+    d.p.missing.insert(Program::Decode(Shape {
+        batch: 2,
+        cache_len: 256,
+    }));
+    d.b.submit(request(2, 40, 120), 0);
+    let mut grown = None;
+    for step in 0..100 {
+        let (plan, _) = d.step(letter('a'));
+        if let Some((_, shape)) = plan.resize {
+            grown = Some((step, shape));
+            break;
+        }
+    }
+    // At position 193 the row's cache doubles alone; the prompt waits for its batch.
+    assert_eq!(
+        grown,
+        Some((
+            16,
+            Shape {
+                batch: 1,
+                cache_len: 512
+            }
+        ))
+    );
+}
+
+#[test]
 fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
     let mut d = Driver::new(4);
     d.b.submit(request(1, 20, 500), 0);

@@ -171,10 +171,12 @@ def sample_masked(sample: RowSampler, width: int, logits: jax.Array, rows: RowSa
 
 def resize(tokens: jax.Array, cache: KVCache, source_rows: jax.Array, cache_len: int) -> tuple[jax.Array, KVCache]:
     """The batch with new rows [len(source_rows)], row i taken from old row source_rows[i], and
-    every cache padded to `cache_len` positions (a grown batch's new rows are free: their source
-    is any row)."""
+    every cache padded or cut to `cache_len` positions (a grown batch's new rows are free: their
+    source is any row; a shorter cache still holds every position its rows have filled)."""
     def one(k: jax.Array, axis_rows: int, axis_len: int) -> jax.Array:
         taken = jnp.take(k, source_rows, axis=axis_rows)
+        if cache_len <= taken.shape[axis_len]:
+            return jax.lax.slice_in_dim(taken, 0, cache_len, axis=axis_len)
         pad = [(0, 0)] * taken.ndim
         pad[axis_len] = (0, cache_len - taken.shape[axis_len])
         return jnp.pad(taken, pad)

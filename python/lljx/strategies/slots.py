@@ -349,18 +349,22 @@ class SlotDecoder:
 def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence[int] = CHUNK_SIZES) -> list[tuple[Any, ...]]:
     """The programs a server with `slots` meets most, most likely first: one request's decode,
     prefill and insert, then each larger batch with the resize that reaches it, then smaller
-    prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket. Shapes
-    follow the batch loop's buckets (rows 1, 2, 4...; prompt buckets from the smallest chunk)."""
+    prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket. Each
+    of the ascending `cache_lens` after the first also gets the resize that grows every batch's
+    cache to it from the one before, as rows fill their caches. Shapes follow the batch loop's
+    buckets (rows 1, 2, 4...; prompt buckets from the smallest chunk)."""
     batches = list(_powers(1, 1 << max(0, slots - 1).bit_length()))
     buckets = list(chunk_sizes)
     short = buckets[:-1] or buckets
     keys: list[tuple[Any, ...]] = []
-    for length in cache_lens:
-        keys.append(("decode", 1, length))
+    for shorter, length in zip([None, *cache_lens], cache_lens):
+        grow = [] if shorter is None else [("resize", batch, shorter, batch, length) for batch in batches]
+        keys += [("decode", 1, length), *grow[:1]]
         keys += [("prefill", bucket, bucket) for bucket in short]
         keys += [("insert", 1, length, bucket) for bucket in short]
-        for smaller, batch in itertools.pairwise(batches):
+        for (smaller, batch), grown in zip(itertools.pairwise(batches), grow[1:] or [None] * len(batches)):
             keys += [("resize", smaller, length, batch, length), ("decode", batch, length)]
+            keys += [] if grown is None else [grown]
             keys += [("insert", batch, length, bucket) for bucket in short]
     keys += [("prefill", bucket, chunk) for bucket in buckets for chunk in chunk_sizes if chunk < bucket]
     for length in cache_lens:
