@@ -294,12 +294,17 @@ impl Batch {
             .filter(|l| matches!(l.phase, Phase::Decoding { .. }))
             .collect();
         let occupied = self.rows.iter().filter(|r| r.is_some()).count();
+        // A step's tokens must fit too, however many it draws per row.
+        let advance = if place.masked { 1 } else { self.width };
+        let step_end = |l: &Live| match l.phase {
+            Phase::Decoding { position, .. } => (position + advance).min(l.most()),
+            _ => 0,
+        };
         let grown = |coming: Option<&Live>| {
             let reach = running
                 .iter()
-                .copied()
-                .chain(coming)
-                .map(Live::reach)
+                .map(|l| l.reach().max(step_end(l)))
+                .chain(coming.map(Live::reach))
                 .max()
                 .unwrap_or(0);
             let extra_row = usize::from(coming.is_some() && occupied >= shape.batch);

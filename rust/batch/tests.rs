@@ -519,6 +519,26 @@ fn a_running_row_grows_its_cache_while_a_joining_prompts_batch_compiles() {
 }
 
 #[test]
+fn a_step_drawing_more_tokens_than_the_margin_grows_the_cache_for_them() {
+    let mut b = Batch::new(
+        tokenizer(),
+        4,
+        200,
+        SIZES.to_vec(),
+        ChunkPolicy::new(150_000_000, 256),
+    );
+    let mut p = Fake::default();
+    b.submit(request(1, 130, 1000), 0);
+    let plan = b.plan(&mut p, 0);
+    assert_eq!(plan.reset.map(|s| s.cache_len), Some(256));
+    b.commit(&plan);
+    // 200 tokens from position 130 need 330 positions: the cache doubles before they are drawn.
+    let plan = b.plan(&mut p, 0);
+    assert_eq!(plan.resize.map(|(_, s)| s.cache_len), Some(512));
+    assert_eq!(plan.rows.unwrap().active, vec![true]);
+}
+
+#[test]
 fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
     let mut d = Driver::new(4);
     d.b.submit(request(1, 20, 500), 0);
