@@ -1,7 +1,7 @@
 //! The arithmetic of a batched step: bucketed shapes, how a prompt is cut into chunks, and how
 //! many prompt tokens a step may take while other rows decode (learned from measured steps).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// Positions every row of a batch can hold, and its rows; both buckets, so few programs compile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,9 +90,10 @@ pub fn next_cut(len: usize, done: usize, budget: usize, sizes: &[usize]) -> Opti
 /// `target_ns`: a decode step's time plus the chunk's share. Both are measured rather than
 /// modelled (a step's time is the gap between reading it and reading the one before, when the
 /// device ran them back to back): decode per batch size, and the share per prompt bucket and
-/// chunk size as the running excess of recent steps over their decode. A chunk's rows attend
-/// over every key before them, so the same chunk grows dearer as its prompt advances; the
-/// running share follows, and a size that got too slow gives way to the next smaller one.
+/// chunk size as the running excess of recent steps over their decode (the cheapest of the
+/// last `DECODE_WINDOW` decode-only steps). A chunk's rows attend over every key before them,
+/// so the same chunk grows dearer as its prompt advances; the running share follows, and a
+/// size that got too slow gives way to the next smaller one.
 ///
 /// A size not measured lately is expected to cost the next smaller size's share scaled up by
 /// positions (an overestimate: a chunk's fixed costs do not grow with it), or what a larger
@@ -103,8 +104,8 @@ pub fn next_cut(len: usize, done: usize, budget: usize, sizes: &[usize]) -> Opti
 pub struct ChunkPolicy {
     pub target_ns: u64,
     pub idle_budget: usize,
-    /// Per batch: steps that only decoded.
-    decode_ns: HashMap<usize, f64>,
+    /// Per batch: the latest steps that only decoded, oldest first.
+    decode_ns: HashMap<usize, VecDeque<f64>>,
     /// Per (prompt bucket, positions): a chunk's share of a step beside decoding rows.
     shares: HashMap<(usize, usize), Measured>,
     /// Steps observed so far: the clock that ages measurements.
@@ -119,6 +120,16 @@ struct Measured {
 
 /// Weight of a new measurement in the running estimates.
 const SMOOTHING: f64 = 0.3;
+
+/// Decode-only steps remembered per batch size; the cheapest of them is the decode estimate.
+/// Such a step is only ever slowed by what runs beside it (a background compile sharing the
+/// cores, a long prompt being tokenized, a collection), so its cost is the low end, and an
+/// estimate too high is the dangerous error: a chunk's share, measured against it, comes out
+/// near zero and the next step takes the largest chunk. A running mean did exactly that: one
+/// 245 ms step beside a compile took the 4-row estimate from 12 to 69 ms, 16-position chunks
+/// then measured free, and a 1,905-token prompt went in 256-position steps of 190-250 ms. A
+/// row's decode grows dearer only slowly with its cache, so a short window follows it.
+const DECODE_WINDOW: usize = 16;
 
 /// Steps after which a measurement is stale: the prompt it came from has moved on (or ended),
 /// so it no longer keeps a larger size from being tried again.
@@ -135,14 +146,17 @@ impl ChunkPolicy {
         }
     }
 
-    /// A decode step of `batch` rows, as measured, or else the dearest smaller batch's (a lower
-    /// bound: it leaves more of a step to its chunk, so larger chunks are expected dearer).
+    /// A decode step of `batch` rows, the cheapest recent one, or else the dearest smaller
+    /// batch's (a lower bound: it leaves more of a step to its chunk, so larger chunks are
+    /// expected dearer).
     fn decode(&self, batch: usize) -> f64 {
         self.decode_ns
             .iter()
             .filter(|&(&b, _)| b <= batch)
             .max_by_key(|&(&b, _)| b)
-            .map_or(0.0, |(_, &ns)| ns)
+            .map_or(0.0, |(_, recent)| {
+                recent.iter().copied().fold(f64::INFINITY, f64::min)
+            })
     }
 
     /// The positions a step may prefill, for prompts of bucket `bucket`, while `batch` rows
@@ -216,9 +230,11 @@ impl ChunkPolicy {
             return; // a step beside no decoding rows says little of one beside them
         }
         if chunk == 0 {
-            let old = self.decode_ns.get(&batch).copied();
-            self.decode_ns
-                .insert(batch, old.map_or(ns, |old| old + SMOOTHING * (ns - old)));
+            let recent = self.decode_ns.entry(batch).or_default();
+            if recent.len() == DECODE_WINDOW {
+                recent.pop_front();
+            }
+            recent.push_back(ns);
             return;
         }
         let share = (ns - self.decode(batch)).max(0.0);

@@ -240,6 +240,28 @@ fn a_chunk_size_that_grew_too_slow_gives_way_and_is_tried_again_later() {
 }
 
 #[test]
+fn a_slow_decode_step_beside_a_compile_does_not_make_chunks_look_free() {
+    let mut policy = ChunkPolicy::new(120_000_000, 256);
+    for _ in 0..10 {
+        policy.observe(4, true, 0, 0, 12_000_000);
+    }
+    // A long prompt arrives: its programs compile beside the rows, and one step takes 245 ms.
+    policy.observe(4, true, 0, 0, 245_000_000);
+    for ns in [34, 28, 44] {
+        policy.observe(4, true, 0, 0, ns * 1_000_000);
+    }
+    // A 16-position chunk took 41 ms over a 12 ms decode: 32 fits the 120 ms, 64 does not.
+    policy.observe(4, true, 16, 2048, 53_000_000);
+    assert_eq!(policy.budget(4, true, &SIZES, 2048), 32);
+    // Once the slow steps have left the window, the estimate is what decode costs now.
+    for _ in 0..16 {
+        policy.observe(4, true, 0, 0, 30_000_000);
+    }
+    policy.observe(4, true, 16, 2048, 60_000_000);
+    assert_eq!(policy.budget(4, true, &SIZES, 2048), 32);
+}
+
+#[test]
 fn a_chunks_share_carries_to_other_batch_sizes_and_outlives_its_freshness_as_a_first_guess() {
     let mut policy = ChunkPolicy::new(150_000_000, 512);
     policy.observe(4, true, 0, 0, 20_000_000);
