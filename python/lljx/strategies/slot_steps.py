@@ -185,3 +185,9 @@ def resize(tokens: jax.Array, cache: KVCache, source_rows: jax.Array, cache_len:
     if isinstance(cache.k, tuple):
         return tokens, KVCache(tuple(one(k, 0, 2) for k in cache.k), tuple(one(v, 0, 3) for v in cache.v))
     return tokens, KVCache(one(cache.k, 1, 3), one(cache.v, 1, 4))
+
+
+def resize_into(tokens: jax.Array, cache: KVCache, source_rows: jax.Array, spare: KVCache) -> tuple[jax.Array, KVCache]:
+    """`resize` to the spare cache's length. The spare is only read for its shape: jitted with
+    it donated (and kept though unused), the new cache is written into the spare's buffers."""
+    return resize(tokens, cache, source_rows, spare.max_len)

@@ -31,6 +31,7 @@ from lljx.params import Params
 from lljx.sampling import RowSampling, mask_words, sample_rows
 from lljx.strategies import slot_steps
 from lljx.strategies.slot_steps import SlotState, Transform
+from lljx.strategies.spare_caches import SpareCaches
 
 # Prompt chunk lengths a step may prefill (static shapes; a prompt's last chunk is padded).
 CHUNK_SIZES = (16, 32, 64, 128, 256)
@@ -51,6 +52,7 @@ class SlotSteps:
     insert_logits: Callable[..., Any]  # (logits, cache, scratch, chunk_logits, slot) -> (logits, cache)
     sample: Callable[..., Any]  # (logits, rows, mask) -> tokens
     resize: Callable[..., Any]  # (tokens, cache, source_rows, cache_len) -> (tokens, cache)
+    resize_into: Callable[..., Any]  # (tokens, cache, source_rows, spare_cache) -> (tokens, cache)
     empty: Callable[..., Any]  # (batch, cache_len) -> (tokens, cache)
     empty_scratch: Callable[..., Any]  # (bucket) -> scratch
     width: int  # tokens per row per step
@@ -64,6 +66,7 @@ def _bookkeeping(config: ModelConfig, sample: slot_steps.RowSampler, width: int,
         insert_logits=jax.jit(slot_steps.insert_logits, donate_argnums=(0, 1)),
         sample=jax.jit(partial(slot_steps.sample_masked, sample, width)),
         resize=jax.jit(slot_steps.resize, static_argnums=(3,)),
+        resize_into=jax.jit(slot_steps.resize_into, donate_argnums=(3,), keep_unused=True),
         empty=jax.jit(partial(slot_steps.empty_batch, config, width=width, stacked=stacked), static_argnums=(0, 1)),
         empty_scratch=jax.jit(partial(slot_steps.empty_scratch, config, stacked=stacked), static_argnums=(0,)),
     )
@@ -136,6 +139,7 @@ class SlotDecoder:
         self._pending: dict[tuple[Any, ...], Future[Any]] = {}
         self._lock = threading.Lock()
         self._vocab: int | None = None
+        self._spares = SpareCaches()
 
     # ---- programs ----
 
@@ -143,7 +147,7 @@ class SlotDecoder:
         """Whether the program `kind` for `shape` can run now without compiling; a missing one starts
         compiling on a background thread. Kinds and shapes: decode / forward (batch, cache_len),
         sample (batch), insert / insert_logits (batch, cache_len, bucket), prefill (bucket, chunk),
-        resize (batch, cache_len, new_batch, new_cache_len)."""
+        resize / resize_into (batch, cache_len, new_batch, new_cache_len)."""
         if not self.steps.compiled:
             return True
         key = (kind, *shape)
@@ -189,6 +193,19 @@ class SlotDecoder:
         """Programs queued or compiling on the background thread."""
         with self._lock:
             return sum(not pending.done() for pending in self._pending.values())
+
+    def _compiled(self, key: tuple[Any, ...]) -> bool:
+        """Whether `key` can run now without compiling; unlike `ready`, starts no compile."""
+        if not self.steps.compiled:
+            return True
+        with self._lock:
+            if key in self._programs:
+                return True
+            pending = self._pending.get(key)
+        if pending is None or not pending.done():
+            return False
+        self._adopt(key)
+        return True
 
     def _adopt(self, key: tuple[Any, ...]) -> Any:
         with self._lock:
@@ -253,9 +270,11 @@ class SlotDecoder:
             bucket, chunk = shape
             scratch = jax.eval_shape(steps.empty_scratch, bucket)
             return steps.prefill, (self.params, scratch, ints(1, chunk), scalar, scalar)
-        if kind == "resize":
+        if kind in ("resize", "resize_into"):
             b, length, new_b, new_length = shape
             tokens, cache = batch(b, length)
+            if kind == "resize_into":
+                return steps.resize_into, (tokens, cache, ints(new_b), batch(new_b, new_length)[1])
             return steps.resize, (tokens, cache, ints(new_b), new_length)
         raise ValueError(f"unknown slot program {kind!r}")
 
@@ -304,9 +323,7 @@ class SlotDecoder:
         sampler row when the chunk ends it."""
         tokens, cache, scratch, chunk_logits = state.tokens, state.cache, state.scratch, state.chunk_logits
         if resize is not None:
-            source, new_len = resize
-            key = ("resize", tokens.shape[0], cache.max_len, len(source), new_len)
-            tokens, cache = self._run(key, tokens, cache, np.asarray(source, np.int32))
+            tokens, cache = self._resize(tokens, cache, *resize)
         # No batch yet: only prompt chunks that end no prompt (placing one makes a batch first).
         b, length = (0, 0) if tokens is None else (tokens.shape[0], cache.max_len)
         logits = None
@@ -337,6 +354,31 @@ class SlotDecoder:
                     ("insert", b, length, bucket), tokens, cache, scratch, chunk_logits, np.int32(slot), _rows(row)
                 )
         return SlotState(tokens, cache, scratch, chunk_logits, logits)
+
+    def _resize(self, tokens: Any, cache: Any, source: Sequence[int], new_len: int) -> tuple[Any, Any]:
+        """The batch's rows `source` in a cache of `new_len` positions: written into a spare of
+        that shape when there is one and its program is compiled (see `spare_caches`); the old
+        cache becomes a spare, and resizes to its shape start compiling their in-place form."""
+        old = (tokens.shape[0], cache.max_len)
+        new = (len(source), new_len)
+        shape = (*old, *new)
+        rows = np.asarray(source, np.int32)
+        if new in self._spares and self._compiled(("resize_into", *shape)):
+            resized = self._run(("resize_into", *shape), tokens, cache, rows, self._spares.take(new))
+        else:
+            resized = self._run(("resize", *shape), tokens, cache, rows)
+        self._spares.keep(old, cache)
+        if self.steps.compiled:
+            with self._lock:
+                targets = [key for key in self._programs if key[0] == "resize" and key[3:] == old]
+            # Ahead of the warm-up and not gated on idleness: a busy server would never get them,
+            # and each takes one core for about 0.1 s where a resize into fresh pages took 0.5 s.
+            with self._lock:
+                for key in targets:
+                    into = ("resize_into", *key[1:])
+                    if into not in self._programs and into not in self._pending:
+                        self._pending[into] = _background().submit(URGENT, self._compile, into)
+        return resized
 
     def sample(self, state: SlotState, rows: dict[str, Sequence[Any]], mask: np.ndarray) -> SlotState:
         """The split step's second half: every row's token under its packed mask [B, words]."""
