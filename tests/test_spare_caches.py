@@ -28,7 +28,11 @@ def test_a_regrown_batch_is_written_into_the_cache_it_left_and_holds_the_same_ro
     pointers = [leaf.unsafe_buffer_pointer() for leaf in left]
     back = decoder.step(eight, ([0, 1, 2, 3], 256), None, [])  # the 8-row cache becomes a spare
     back = back._replace(cache=random_like(back.cache, 2))
-    decoder.prepare("resize_into", 4, 256, 8, 256)
+    # With a spare of its shape, the grow a step waits for is the in-place one.
+    assert decoder._key("resize", (4, 256, 8, 256)) == ("resize_into", 4, 256, 8, 256)
+    assert decoder._key("resize", (4, 256, 2, 256)) == ("resize", 4, 256, 2, 256)
+    decoder.prepare("resize", 4, 256, 8, 256)
+    assert decoder.ready("resize_into", 4, 256, 8, 256)
     source = [3, 2, 1, 0, 1, 1, 1, 1]
     expected = slot_steps.resize(back.tokens, back.cache, jnp.asarray(source, jnp.int32), 256)
     again = decoder.step(back, (source, 256), None, [])

@@ -147,10 +147,11 @@ class SlotDecoder:
         """Whether the program `kind` for `shape` can run now without compiling; a missing one starts
         compiling on a background thread. Kinds and shapes: decode / forward (batch, cache_len),
         sample (batch), insert / insert_logits (batch, cache_len, bucket), prefill (bucket, chunk),
-        resize / resize_into (batch, cache_len, new_batch, new_cache_len)."""
+        resize / resize_into (batch, cache_len, new_batch, new_cache_len). A resize to a shape
+        with a spare cache runs in place (`_resize`), so it is that program a step waits for."""
         if not self.steps.compiled:
             return True
-        key = (kind, *shape)
+        key = self._key(kind, shape)
         with self._lock:
             if key in self._programs:
                 return True
@@ -169,7 +170,12 @@ class SlotDecoder:
         """Compile `kind` for `shape` now (or wait for its background compile)."""
         if self.steps.compiled:
             self.ready(kind, *shape)
-            self._adopt((kind, *shape))
+            self._adopt(self._key(kind, shape))
+
+    def _key(self, kind: str, shape: tuple[int, ...]) -> tuple[Any, ...]:
+        if kind == "resize" and (shape[2], shape[3]) in self._spares:
+            return ("resize_into", *shape)
+        return (kind, *shape)
 
     def warm(self, keys: Sequence[tuple[Any, ...]], when: Callable[[], bool] | None = None) -> None:
         """Compile `keys` on the background thread, in order, whenever no step waits for a
