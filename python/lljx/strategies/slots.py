@@ -375,11 +375,10 @@ class SlotDecoder:
             resized = self._run(("resize", *shape), tokens, cache, rows)
         self._spares.keep(old, cache)
         if self.steps.compiled:
-            with self._lock:
-                targets = [key for key in self._programs if key[0] == "resize" and key[3:] == old]
             # Ahead of the warm-up and not gated on idleness: a busy server would never get them,
             # and each takes one core for about 0.1 s where a resize into fresh pages took 0.5 s.
             with self._lock:
+                targets = [key for key in self._programs if key[0] == "resize" and key[3:] == old]
                 for key in targets:
                     into = ("resize_into", *key[1:])
                     if into not in self._programs and into not in self._pending:
