@@ -394,6 +394,12 @@ def test_int8_greedy_tokens_start_like_llamacpp_q8_0(embedded_int8, int8_decoder
 
     from lljx.generation import chat_prompt_ids
 
+    from lljx import _native
+
+    if not _native.int8_dot_kernel_available():
+        # Without the kernel, int8 keeps activations f32: the test above is its oracle, and
+        # llama.cpp's 8-bit activations already move the first token of these prompts (Zen 3).
+        pytest.skip("this CPU has no AVX-512 VNNI for the int8 dot-product kernel, which rounds activations as Q8_0 does")
     llama = oracle.load(llamacpp_q8_0, n_ctx=256)
     for prompt in Q8_0_PROMPTS:
         theirs = oracle.greedy_tokens(llama, chat_prompt_ids(embedded_int8, prompt), Q8_0_AGREE)
