@@ -209,6 +209,39 @@ fn fast_and_portable_paths_agree_bit_for_bit_except_bf16() {
 }
 
 #[test]
+fn the_portable_tile_gives_each_rows_own_dot_across_token_chunks() {
+    use super::activations::Activations;
+    use super::portable_dot;
+    // 70 activation rows cross two chunk boundaries of the tile's token loop.
+    for ty in ALL_TYPES {
+        let (n_in, n_out, tokens) = (n_in_for(ty, 3), 20, 70);
+        let data = random_weight(ty, n_out, n_in, 13);
+        let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
+        let x = Noise::new(8).floats(tokens * n_in);
+        let acts = Activations::portable(&x, tokens, n_in, &[ty.act_format()]);
+        let mut out = vec![f32::NAN; tokens * n_out];
+        // SAFETY: `out` holds tokens · n_out values.
+        unsafe { portable_dot::tile(&w, 3..17, &acts, out.as_mut_ptr()) };
+        for t in 0..tokens {
+            for r in 0..n_out {
+                let got = out[t * n_out + r];
+                if (3..17).contains(&r) {
+                    let want = portable_dot::dot(&w, r, &acts, t);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{} token {t} row {r}",
+                        ty.name()
+                    );
+                } else {
+                    assert!(got.is_nan(), "{} wrote row {r} outside its tile", ty.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn long_float_prompts_cross_token_and_weight_blocks_bit_for_bit() {
     // 100 activation rows span several token blocks and every tile height (6, 4, 2, 1);
     // 8200 inputs give rows of 16-33 KB, so one call's rows fall into several weight blocks.
