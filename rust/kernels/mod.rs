@@ -21,6 +21,7 @@ pub mod matvec;
 pub mod norm;
 pub mod portable_dot;
 pub mod real_rows;
+pub mod rows8_avx2;
 pub mod scratch;
 pub mod stream_32;
 pub mod stream_k;

@@ -62,7 +62,16 @@ pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
-    unsafe { tile_body::<true>(w, rows, acts, out) }
+    use super::rows8_avx2::{self, ROWS};
+    let mut r = rows.start;
+    if rows8_avx2::handles(w.ty) {
+        while r + ROWS <= rows.end {
+            // SAFETY: AVX2 and FMA are enabled here; the rows fit in `out`.
+            unsafe { rows8_avx2::rows8(w, r, acts, out) };
+            r += ROWS;
+        }
+    }
+    unsafe { tile_body::<true>(w, r..rows.end, acts, out) }
 }
 
 /// `SIMD`: the integer dots use AVX2 intrinsics (only inlined into `tile_avx2`).

@@ -1,0 +1,254 @@
+//! AVX2 block dots eight output rows at a time: each row's blocks fold into its own lane of one register, in `portable_dot`'s order with its operations, so the results are its bits.
+//!
+//! On CPUs without AVX-512, `portable_dot::tile` folds a row's blocks one after another, and
+//! each fused multiply-add waits for the one before it: decode was bound by that chain, not
+//! by memory. Here eight rows advance together. A block's integer dot is exact whichever
+//! instructions compute it (`vpmaddubsw` sums two products of at most 63 · 127 or, for Q8_0's
+//! signed values, 128 · 127, below the i16 limit; activations stay within ±127). The float
+//! steps per lane are the scalar ones: the product of the two scales rounded once, the integer
+//! sum converted to f32, one fused multiply-add per term.
+
+#![cfg(target_arch = "x86_64")]
+
+use super::activations::Activations;
+use super::blocks::{decode_block32, decode_superblock};
+use super::ggml::{read_u16, BlockWeight, GgmlType, QK32, QK_K};
+use std::arch::x86_64::*;
+
+/// Output rows per call.
+pub const ROWS: usize = 8;
+
+/// Activation rows whose accumulators stay live while a block's eight rows are in registers.
+const TOKENS: usize = 32;
+
+/// Whether `rows8` takes this weight type on this CPU (every block format; floats stay portable).
+pub fn handles(ty: GgmlType) -> bool {
+    static F16C: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !ty.is_float() && *F16C.get_or_init(|| std::is_x86_feature_detected!("f16c"))
+}
+
+/// Rows `r0..r0 + 8` of `w` for every activation row, written to `out` [acts.rows, w.n_out].
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `r0 + 8 <= w.n_out`; `out` points to acts.rows · w.n_out
+/// writable values that nothing else writes in these rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows8(w: &BlockWeight, r0: usize, acts: &Activations, out: *mut f32) {
+    let mut acc = [_mm256_setzero_ps(); TOKENS];
+    for first in (0..acts.rows).step_by(TOKENS) {
+        let count = TOKENS.min(acts.rows - first);
+        let acc = &mut acc[..count];
+        acc.fill(_mm256_setzero_ps());
+        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
+            unsafe { superblocks(w, r0, acts, first, acc) };
+        } else {
+            unsafe { blocks32(w, r0, acts, first, acc) };
+        }
+        for (t, a) in acc.iter().enumerate() {
+            // Rows r0..r0 + 8 of one activation row are adjacent in `out`.
+            unsafe { _mm256_storeu_ps(out.add((first + t) * w.n_out + r0), *a) };
+        }
+    }
+}
+
+/// Sixteen bytes of packed 4-bit values as 32 bytes: low nibbles first, then high ones.
+#[inline(always)]
+unsafe fn nibbles(qs: *const u8) -> __m256i {
+    unsafe {
+        let v = _mm_loadu_si128(qs as *const __m128i);
+        let low = _mm_set1_epi8(0x0f);
+        _mm256_set_m128i(
+            _mm_and_si128(_mm_srli_epi16::<4>(v), low),
+            _mm_and_si128(v, low),
+        )
+    }
+}
+
+/// A 32-value block's values in the form `vpmaddubsw` takes (Q8_0: its signed bytes), and the
+/// f16 bits of its scale and minimum (zero where the format has none).
+#[inline(always)]
+unsafe fn block32(ty: GgmlType, bytes: &[u8]) -> (__m256i, u16, u16) {
+    let at = |offset: usize| unsafe { bytes.as_ptr().add(offset) };
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => (nibbles(at(2)), read_u16(bytes, 0), 0),
+            GgmlType::Q4_1 => (nibbles(at(4)), read_u16(bytes, 0), read_u16(bytes, 2)),
+            GgmlType::Q8_0 => (
+                _mm256_loadu_si256(at(2) as *const __m256i),
+                read_u16(bytes, 0),
+                0,
+            ),
+            _ => {
+                // Q5_0 and Q5_1: the fifth bits are spread over a word; the scalar decoder has them.
+                let b = decode_block32(ty, bytes);
+                let m = if ty == GgmlType::Q5_1 {
+                    read_u16(bytes, 2)
+                } else {
+                    0
+                };
+                (
+                    _mm256_loadu_si256(b.q.as_ptr() as *const __m256i),
+                    read_u16(bytes, 0),
+                    m,
+                )
+            }
+        }
+    }
+}
+
+/// Eight f16 values as f32 (exact).
+#[inline(always)]
+unsafe fn f16x8(bits: &[u16; ROWS]) -> __m256 {
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i)) }
+}
+
+/// Eight vectors of eight i32 partial sums, one per row, summed into one vector [row 0..8].
+#[inline(always)]
+unsafe fn row_sums(p: &[__m256i; ROWS]) -> __m256i {
+    unsafe {
+        let h01 = _mm256_hadd_epi32(p[0], p[1]);
+        let h23 = _mm256_hadd_epi32(p[2], p[3]);
+        let h45 = _mm256_hadd_epi32(p[4], p[5]);
+        let h67 = _mm256_hadd_epi32(p[6], p[7]);
+        let low = _mm256_hadd_epi32(h01, h23);
+        let high = _mm256_hadd_epi32(h45, h67);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(low, high),
+            _mm256_permute2x128_si256::<0x31>(low, high),
+        )
+    }
+}
+
+#[inline(always)]
+unsafe fn blocks32(
+    w: &BlockWeight,
+    r0: usize,
+    acts: &Activations,
+    first: usize,
+    acc: &mut [__m256],
+) {
+    let with_min = matches!(w.ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+    let signed = w.ty == GgmlType::Q8_0;
+    let q8 = if with_min {
+        acts.q8_1.as_ref()
+    } else {
+        acts.q8_0.as_ref()
+    }
+    .expect("activations rounded for this weight type");
+    // Q8_0's values are read signed below, so its stored zero point of 128 is already applied.
+    let zero = match w.ty {
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        _ => 0,
+    };
+    let (blocks, block_bytes) = (w.n_in / QK32, w.ty.block_bytes());
+    let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + k));
+    let ones = _mm256_set1_epi16(1);
+    for b in 0..blocks {
+        let mut q = [_mm256_setzero_si256(); ROWS];
+        let (mut d, mut m) = ([0u16; ROWS], [0u16; ROWS]);
+        for k in 0..ROWS {
+            (q[k], d[k], m[k]) =
+                unsafe { block32(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes]) };
+        }
+        // Q8_0: |q| and the activations' signs moved onto q's, for the unsigned operand.
+        let magnitudes: [__m256i; ROWS] =
+            std::array::from_fn(|k| if signed { _mm256_abs_epi8(q[k]) } else { q[k] });
+        let (d, m) = unsafe { (f16x8(&d), f16x8(&m)) };
+        for (t, a) in acc.iter_mut().enumerate() {
+            let i = (first + t) * blocks + b;
+            let x = unsafe { _mm256_loadu_si256(q8.qs.as_ptr().add(i * QK32) as *const __m256i) };
+            let p: [__m256i; ROWS] = std::array::from_fn(|k| {
+                let x = if signed { _mm256_sign_epi8(x, q[k]) } else { x };
+                _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes[k], x), ones)
+            });
+            let isum =
+                _mm256_sub_epi32(unsafe { row_sums(&p) }, _mm256_set1_epi32(zero * q8.sum[i]));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
+            *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), *a);
+            if with_min {
+                *a = _mm256_fmadd_ps(m, _mm256_set1_ps(q8.s[i]), *a);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn superblocks(
+    w: &BlockWeight,
+    r0: usize,
+    acts: &Activations,
+    first: usize,
+    acc: &mut [__m256],
+) {
+    let q8 = acts.q8k.as_ref().expect("activations rounded to Q8_K");
+    let q6 = w.ty == GgmlType::Q6K;
+    let (blocks, block_bytes) = (w.n_in / QK_K, w.ty.block_bytes());
+    let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + k));
+    for b in 0..blocks {
+        let sb: [_; ROWS] = std::array::from_fn(|k| {
+            decode_superblock(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes])
+        });
+        // The i16 multipliers of each 32 values: one scale for both halves (Q4_K, Q5_K) or
+        // one per 16 (Q6_K, whose 256-bit `vpmaddubsw` pairs split 8 + 8 the same way).
+        let scales: [[__m256i; 8]; ROWS] = std::array::from_fn(|k| {
+            std::array::from_fn(|c| {
+                let (lo, hi) = if q6 {
+                    (sb[k].scales[2 * c], sb[k].scales[2 * c + 1])
+                } else {
+                    (sb[k].scales[2 * c], sb[k].scales[2 * c])
+                };
+                _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+            })
+        });
+        let d: [f32; ROWS] = std::array::from_fn(|k| sb[k].d);
+        let dmin: [f32; ROWS] = std::array::from_fn(|k| sb[k].dmin);
+        let (d, dmin) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(dmin.as_ptr())) };
+        for (t, a) in acc.iter_mut().enumerate() {
+            let i = (first + t) * blocks + b;
+            let x = unsafe { q8.qs.as_ptr().add(i * QK_K) };
+            let p: [__m256i; ROWS] = std::array::from_fn(|k| {
+                let mut s = _mm256_setzero_si256();
+                for c in 0..8 {
+                    let pairs = unsafe {
+                        _mm256_maddubs_epi16(
+                            _mm256_loadu_si256(sb[k].q.as_ptr().add(32 * c) as *const __m256i),
+                            _mm256_loadu_si256(x.add(32 * c) as *const __m256i),
+                        )
+                    };
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pairs, scales[k][c]));
+                }
+                s
+            });
+            let mut sumi = unsafe { row_sums(&p) };
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
+            if q6 {
+                // Σ_j sc_j · (s_j - 32 · bsum16_j), with the zero point's share taken at once.
+                let bsum = &q8.bsum16[i * 16..(i + 1) * 16];
+                let shift: [i32; ROWS] = std::array::from_fn(|k| {
+                    (0..16)
+                        .map(|j| sb[k].scales[j] * 32 * bsum[j])
+                        .fold(0i32, i32::wrapping_add)
+                });
+                sumi = _mm256_sub_epi32(sumi, unsafe {
+                    _mm256_loadu_si256(shift.as_ptr() as *const __m256i)
+                });
+                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), *a);
+            } else {
+                let bsum = &q8.bsum32[i * 8..(i + 1) * 8];
+                let summ: [i32; ROWS] = std::array::from_fn(|k| {
+                    (0..8)
+                        .map(|j| sb[k].mins[j] * bsum[j])
+                        .fold(0i32, i32::wrapping_add)
+                });
+                let summ = unsafe { _mm256_loadu_si256(summ.as_ptr() as *const __m256i) };
+                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), *a);
+                let m = _mm256_xor_ps(
+                    _mm256_mul_ps(dmin, _mm256_set1_ps(q8.d[i])),
+                    _mm256_set1_ps(-0.0),
+                );
+                *a = _mm256_fmadd_ps(m, _mm256_cvtepi32_ps(summ), *a);
+            }
+        }
+    }
+}
