@@ -11,7 +11,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::activations::Activations;
-use super::blocks::{decode_block32, decode_superblock};
+use super::blocks::{decode_block32, decode_superblock, scale_min_k4};
 use super::ggml::{read_u16, BlockWeight, GgmlType, QK32, QK_K};
 use std::arch::x86_64::*;
 
@@ -96,6 +96,12 @@ unsafe fn block32(ty: GgmlType, bytes: &[u8]) -> (__m256i, u16, u16) {
     }
 }
 
+/// A hint to fetch the line holding `at` (a hint only: any address is allowed).
+#[inline(always)]
+unsafe fn prefetch(at: *const u8) {
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(at as *const i8) }
+}
+
 /// Eight f16 values as f32 (exact).
 #[inline(always)]
 unsafe fn f16x8(bits: &[u16; ROWS]) -> __m256 {
@@ -119,7 +125,8 @@ unsafe fn row_sums(p: &[__m256i; ROWS]) -> __m256i {
     }
 }
 
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn blocks32(
     w: &BlockWeight,
     r0: usize,
@@ -150,18 +157,33 @@ unsafe fn blocks32(
         for k in 0..ROWS {
             (q[k], d[k], m[k]) =
                 unsafe { block32(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes]) };
+            // The same block of the next eight rows: one group ahead, where a tile continues.
+            unsafe {
+                prefetch(
+                    rows[k]
+                        .as_ptr()
+                        .wrapping_add(b * block_bytes + ROWS * w.row_bytes),
+                )
+            };
         }
         // Q8_0: |q| and the activations' signs moved onto q's, for the unsigned operand.
-        let magnitudes: [__m256i; ROWS] =
-            std::array::from_fn(|k| if signed { _mm256_abs_epi8(q[k]) } else { q[k] });
+        // Loops here, not closures: a closure is not built with this function's target
+        // features, so the intrinsics in it would become calls.
+        let mut magnitudes = q;
+        if signed {
+            for k in 0..ROWS {
+                magnitudes[k] = _mm256_abs_epi8(q[k]);
+            }
+        }
         let (d, m) = unsafe { (f16x8(&d), f16x8(&m)) };
         for (t, a) in acc.iter_mut().enumerate() {
             let i = (first + t) * blocks + b;
             let x = unsafe { _mm256_loadu_si256(q8.qs.as_ptr().add(i * QK32) as *const __m256i) };
-            let p: [__m256i; ROWS] = std::array::from_fn(|k| {
+            let mut p = [_mm256_setzero_si256(); ROWS];
+            for k in 0..ROWS {
                 let x = if signed { _mm256_sign_epi8(x, q[k]) } else { x };
-                _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes[k], x), ones)
-            });
+                p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes[k], x), ones);
+            }
             let isum =
                 _mm256_sub_epi32(unsafe { row_sums(&p) }, _mm256_set1_epi32(zero * q8.sum[i]));
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
@@ -173,7 +195,8 @@ unsafe fn blocks32(
     }
 }
 
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn superblocks(
     w: &BlockWeight,
     r0: usize,
@@ -185,41 +208,48 @@ unsafe fn superblocks(
     let q6 = w.ty == GgmlType::Q6K;
     let (blocks, block_bytes) = (w.n_in / QK_K, w.ty.block_bytes());
     let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + k));
+    let mut q = [[0u8; QK_K]; ROWS];
+    let mut sc = [[0i32; 16]; ROWS];
+    let mut mins = [[0i32; 8]; ROWS];
     for b in 0..blocks {
-        let sb: [_; ROWS] = std::array::from_fn(|k| {
-            decode_superblock(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes])
-        });
+        let (mut d, mut dmin) = ([0u16; ROWS], [0u16; ROWS]);
+        for k in 0..ROWS {
+            let bytes = &rows[k][b * block_bytes..(b + 1) * block_bytes];
+            (d[k], dmin[k]) =
+                unsafe { superblock(w.ty, bytes, &mut q[k], &mut sc[k], &mut mins[k]) };
+            unsafe {
+                prefetch(
+                    rows[k]
+                        .as_ptr()
+                        .wrapping_add(b * block_bytes + ROWS * w.row_bytes),
+                )
+            };
+        }
         // The i16 multipliers of each 32 values: one scale for both halves (Q4_K, Q5_K) or
         // one per 16 (Q6_K, whose 256-bit `vpmaddubsw` pairs split 8 + 8 the same way).
-        let scales: [[__m256i; 8]; ROWS] = std::array::from_fn(|k| {
-            std::array::from_fn(|c| {
-                let (lo, hi) = if q6 {
-                    (sb[k].scales[2 * c], sb[k].scales[2 * c + 1])
-                } else {
-                    (sb[k].scales[2 * c], sb[k].scales[2 * c])
-                };
-                _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
-            })
-        });
-        let d: [f32; ROWS] = std::array::from_fn(|k| sb[k].d);
-        let dmin: [f32; ROWS] = std::array::from_fn(|k| sb[k].dmin);
-        let (d, dmin) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(dmin.as_ptr())) };
+        let mut scales = [[_mm256_setzero_si256(); 8]; ROWS];
+        for k in 0..ROWS {
+            for c in 0..8 {
+                scales[k][c] = _mm256_set_m128i(
+                    _mm_set1_epi16(sc[k][2 * c + 1] as i16),
+                    _mm_set1_epi16(sc[k][2 * c] as i16),
+                );
+            }
+        }
+        let (d, dmin) = unsafe { (f16x8(&d), f16x8(&dmin)) };
         for (t, a) in acc.iter_mut().enumerate() {
             let i = (first + t) * blocks + b;
             let x = unsafe { q8.qs.as_ptr().add(i * QK_K) };
-            let p: [__m256i; ROWS] = std::array::from_fn(|k| {
-                let mut s = _mm256_setzero_si256();
-                for c in 0..8 {
-                    let pairs = unsafe {
-                        _mm256_maddubs_epi16(
-                            _mm256_loadu_si256(sb[k].q.as_ptr().add(32 * c) as *const __m256i),
-                            _mm256_loadu_si256(x.add(32 * c) as *const __m256i),
-                        )
-                    };
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pairs, scales[k][c]));
+            let mut p = [_mm256_setzero_si256(); ROWS];
+            for c in 0..8 {
+                let xc = unsafe { _mm256_loadu_si256(x.add(32 * c) as *const __m256i) };
+                for k in 0..ROWS {
+                    let qc =
+                        unsafe { _mm256_loadu_si256(q[k].as_ptr().add(32 * c) as *const __m256i) };
+                    let pairs = _mm256_maddubs_epi16(qc, xc);
+                    p[k] = _mm256_add_epi32(p[k], _mm256_madd_epi16(pairs, scales[k][c]));
                 }
-                s
-            });
+            }
             let mut sumi = unsafe { row_sums(&p) };
             let dd = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
             if q6 {
@@ -227,7 +257,7 @@ unsafe fn superblocks(
                 let bsum = &q8.bsum16[i * 16..(i + 1) * 16];
                 let shift: [i32; ROWS] = std::array::from_fn(|k| {
                     (0..16)
-                        .map(|j| sb[k].scales[j] * 32 * bsum[j])
+                        .map(|j| sc[k][j] * 32 * bsum[j])
                         .fold(0i32, i32::wrapping_add)
                 });
                 sumi = _mm256_sub_epi32(sumi, unsafe {
@@ -238,7 +268,7 @@ unsafe fn superblocks(
                 let bsum = &q8.bsum32[i * 8..(i + 1) * 8];
                 let summ: [i32; ROWS] = std::array::from_fn(|k| {
                     (0..8)
-                        .map(|j| sb[k].mins[j] * bsum[j])
+                        .map(|j| mins[k][j] * bsum[j])
                         .fold(0i32, i32::wrapping_add)
                 });
                 let summ = unsafe { _mm256_loadu_si256(summ.as_ptr() as *const __m256i) };
@@ -249,6 +279,80 @@ unsafe fn superblocks(
                 );
                 *a = _mm256_fmadd_ps(m, _mm256_cvtepi32_ps(summ), *a);
             }
+        }
+    }
+}
+
+/// Decodes one K-quant super-block into `q` (unsigned values), `sc` (the integer scale of
+/// each 16 values), `mins` (of each 32; Q6_K: none), as `blocks::decode_superblock` does;
+/// returns the f16 bits of d and dmin.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn superblock(
+    ty: GgmlType,
+    bytes: &[u8],
+    q: &mut [u8; QK_K],
+    sc: &mut [i32; 16],
+    mins: &mut [i32; 8],
+) -> (u16, u16) {
+    let load = |at: usize| unsafe { _mm256_loadu_si256(bytes.as_ptr().add(at) as *const __m256i) };
+    let store = |q: &mut [u8; QK_K], at: usize, v: __m256i| unsafe {
+        _mm256_storeu_si256(q.as_mut_ptr().add(at) as *mut __m256i, v)
+    };
+    let low4 = _mm256_set1_epi8(0x0f);
+    match ty {
+        GgmlType::Q4K => {
+            for j in 0..8 {
+                let (s, m) = scale_min_k4(j, &bytes[4..16]);
+                (sc[2 * j], sc[2 * j + 1], mins[j]) = (s, s, m);
+            }
+            for c in 0..4 {
+                let v = load(16 + 32 * c);
+                store(q, 64 * c, _mm256_and_si256(v, low4));
+                store(
+                    q,
+                    64 * c + 32,
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4),
+                );
+            }
+            (read_u16(bytes, 0), read_u16(bytes, 2))
+        }
+        GgmlType::Q6K => {
+            for (j, s) in sc.iter_mut().enumerate() {
+                *s = bytes[192 + j] as i8 as i32;
+            }
+            let low2 = _mm256_set1_epi8(3);
+            // Two high bits, moved to bits 4-5 of each byte (no byte crosses into the next).
+            let high = |h: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(h, low2));
+            for half in 0..2 {
+                let (a, b, h) = (load(64 * half), load(64 * half + 32), load(128 + 32 * half));
+                let v = 128 * half;
+                let nib = |x: __m256i| _mm256_and_si256(x, low4);
+                let top = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(x), low4);
+                store(q, v, _mm256_or_si256(nib(a), high(h)));
+                store(
+                    q,
+                    v + 32,
+                    _mm256_or_si256(nib(b), high(_mm256_srli_epi16::<2>(h))),
+                );
+                store(
+                    q,
+                    v + 64,
+                    _mm256_or_si256(top(a), high(_mm256_srli_epi16::<4>(h))),
+                );
+                store(
+                    q,
+                    v + 96,
+                    _mm256_or_si256(top(b), high(_mm256_srli_epi16::<6>(h))),
+                );
+            }
+            (read_u16(bytes, 208), 0)
+        }
+        _ => {
+            // Q5_K: its fifth bits are spread over 32 bytes; the scalar decoder has them.
+            let b = decode_superblock(ty, bytes);
+            (*q, *sc, *mins) = (b.q, b.scales, b.mins);
+            (read_u16(bytes, 0), read_u16(bytes, 2))
         }
     }
 }
