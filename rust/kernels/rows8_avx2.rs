@@ -9,9 +9,11 @@
 //! sum converted to f32, one fused multiply-add per term.
 
 #![cfg(target_arch = "x86_64")]
+// Index loops over rows and chunks read closer to the register layout than iterator chains.
+#![allow(clippy::needless_range_loop)]
 
 use super::activations::Activations;
-use super::blocks::{decode_block32, decode_superblock, scale_min_k4};
+use super::blocks::{decode_block32, decode_superblock};
 use super::ggml::{read_u16, BlockWeight, GgmlType, QK32, QK_K};
 use std::arch::x86_64::*;
 
@@ -217,23 +219,27 @@ unsafe fn superblocks(
             let bytes = &rows[k][b * block_bytes..(b + 1) * block_bytes];
             (d[k], dmin[k]) =
                 unsafe { superblock(w.ty, bytes, &mut q[k], &mut sc[k], &mut mins[k]) };
-            unsafe {
-                prefetch(
-                    rows[k]
-                        .as_ptr()
-                        .wrapping_add(b * block_bytes + ROWS * w.row_bytes),
-                )
-            };
+            // A super-block spans up to four cache lines: ask for each of them.
+            let ahead = rows[k]
+                .as_ptr()
+                .wrapping_add(b * block_bytes + ROWS * w.row_bytes);
+            for line in [0, 64, 128, block_bytes - 1] {
+                unsafe { prefetch(ahead.wrapping_add(line)) };
+            }
         }
         // The i16 multipliers of each 32 values: one scale for both halves (Q4_K, Q5_K) or
         // one per 16 (Q6_K, whose 256-bit `vpmaddubsw` pairs split 8 + 8 the same way).
         let mut scales = [[_mm256_setzero_si256(); 8]; ROWS];
         for k in 0..ROWS {
             for c in 0..8 {
-                scales[k][c] = _mm256_set_m128i(
-                    _mm_set1_epi16(sc[k][2 * c + 1] as i16),
-                    _mm_set1_epi16(sc[k][2 * c] as i16),
-                );
+                scales[k][c] = if q6 {
+                    _mm256_set_m128i(
+                        _mm_set1_epi16(sc[k][2 * c + 1] as i16),
+                        _mm_set1_epi16(sc[k][2 * c] as i16),
+                    )
+                } else {
+                    _mm256_set1_epi16(sc[k][2 * c] as i16)
+                };
             }
         }
         let (d, dmin) = unsafe { (f16x8(&d), f16x8(&dmin)) };
@@ -302,9 +308,10 @@ unsafe fn superblock(
     let low4 = _mm256_set1_epi8(0x0f);
     match ty {
         GgmlType::Q4K => {
+            let (scales, minimums) = k4_scales(&bytes[4..16]);
             for j in 0..8 {
-                let (s, m) = scale_min_k4(j, &bytes[4..16]);
-                (sc[2 * j], sc[2 * j + 1], mins[j]) = (s, s, m);
+                (sc[2 * j], sc[2 * j + 1]) = (scales[j] as i32, scales[j] as i32);
+                mins[j] = minimums[j] as i32;
             }
             for c in 0..4 {
                 let v = load(16 + 32 * c);
@@ -353,6 +360,52 @@ unsafe fn superblock(
             let b = decode_superblock(ty, bytes);
             (*q, *sc, *mins) = (b.q, b.scales, b.mins);
             (read_u16(bytes, 0), read_u16(bytes, 2))
+        }
+    }
+}
+
+/// The eight 6-bit scales and minimums packed in Q4_K/Q5_K's 12 bytes, as `scale_min_k4`
+/// gives them one by one, unpacked with word-wide masks (each byte's bits stay in that byte).
+#[inline(always)]
+fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let (low6, low4, low2) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+    let scales_hi = (w2 & low4) | (((w0 >> 6) & low2) << 4);
+    let mins_hi = ((w2 >> 4) & low4) | (((w1 >> 6) & low2) << 4);
+    let join = |a: u32, b: u32| {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&a.to_le_bytes());
+        out[4..].copy_from_slice(&b.to_le_bytes());
+        out
+    };
+    (join(w0 & low6, scales_hi), join(w1 & low6, mins_hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::blocks::scale_min_k4;
+
+    #[test]
+    fn k4_scales_unpacks_every_pair_as_scale_min_k4() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let bytes: [u8; 12] = std::array::from_fn(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            });
+            let (scales, mins) = k4_scales(&bytes);
+            for j in 0..8 {
+                let want = scale_min_k4(j, &bytes);
+                assert_eq!(
+                    (scales[j] as i32, mins[j] as i32),
+                    want,
+                    "{bytes:?} pair {j}"
+                );
+            }
         }
     }
 }
