@@ -92,7 +92,9 @@ def llama_1b_alone():
     return run_greedy(1, LLAMA_1B, LLAMA_1B_TOKENS, ["jit-token"], dtype="auto", constrained=False)
 
 
-@pytest.mark.parametrize("devices", [2, 4])
+# Two devices only at this scale: four (minutes of CI on a 2-core machine) split the same way,
+# and test_greedy_text_equals_one_devices[4] checks four devices on the embedded model.
+@pytest.mark.parametrize("devices", [2])
 def test_llama_1b_shape_on_forced_devices_equals_one_device(llama_1b_alone, devices):
     # Random weights in Llama 3.2 1B's shapes (32 query / 8 KV heads, FFN 8192, vocabulary 128256), the
     # f16 file's weights made f32 on one device and on several.
