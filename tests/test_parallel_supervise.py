@@ -84,3 +84,24 @@ def test_options_that_do_not_make_a_cluster(cluster, message):
 def test_no_options_are_a_run_of_one_process():
     assert not Cluster().wanted and Cluster().label() == "this process"
     assert Cluster("h:1", 2, 1).label() == "process 1 of 2"
+
+
+def unhealthy(*tasks: int) -> bytes:
+    """What the coordinator's process logs when heartbeats stop (its list has one task id per line)."""
+    listed = b"".join(b"%d\n" % task for task in tasks)
+    return (b"E1203 18:21:23.235488   14354 coordination_service.cc:1549] [7261676818706345022] Use error polling to "
+            b"propagate the following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped "
+            b"sending heartbeats):\n" + listed + b"The tasks have crashed. Check the task logs for an earlier error, "
+            b"or scheduler events (e.g. preemption, eviction) to debug further.\n"
+            b"F1203 18:21:23.237132   14365 client.h:80] Terminating process because the JAX distributed service "
+            b"detected fatal errors.\n")
+
+
+def test_the_peer_that_stopped_sending_heartbeats_is_named_not_the_survivor():
+    relay, out = filtered(INFO, unhealthy(1))
+    assert out == b"" and why(-6, relay.held_text(), 0).startswith("stopped: process 1 of this run stopped responding")
+    # A loaded survivor may be listed beside the peer that died: the peer is the one named.
+    assert why(-6, unhealthy(0, 1), 0).startswith("stopped: process 1 of this run stopped responding")
+    assert why(-6, unhealthy(0, 2, 3), 0).startswith("stopped: processes 2, 3 of this run stopped responding")
+    assert why(-6, unhealthy(1), None).startswith("stopped: process 1 of this run")
+    assert why(-6, unhealthy(0), 0).startswith("stopped: JAX's distributed service missed this process's own heartbeats")

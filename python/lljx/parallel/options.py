@@ -79,7 +79,7 @@ def run_on_mesh(body: Callable[[], Any], *, tensor_parallel: int | None, coordin
     if tensor_parallel is not None and tensor_parallel < 1:
         raise click.BadParameter(f"must be at least 1, got {tensor_parallel}", param_hint="--tensor-parallel")
     if cluster.wanted and not supervise.is_child():
-        sys.exit(supervise.supervise(sys.argv[1:], cluster.label()))
+        sys.exit(supervise.supervise(sys.argv[1:], cluster.label(), cluster.process_id))
     if not cluster.wanted:
         if tensor_parallel is not None:
             configure(tensor_parallel)

@@ -28,7 +28,9 @@ LOG_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+\s+\S+:\d+\]")
 NOISE = (re.compile(rb"^\[Gloo\] Rank \d+ is connected"),)
 OURS = b"lljx: "
 DISTRIBUTED_FATAL = b"JAX distributed service detected fatal errors"
-STALLED_TASK = re.compile(rb"Task (\d+) heartbeat timeout|stopped sending heartbeats\):\s*(\d+)")
+# 'Task 1 heartbeat timeout', or the service's list: 'unhealthy (stopped sending heartbeats):\n1\n0\nThe tasks ...'
+STALLED_TASK = re.compile(rb"Task (\d+) heartbeat timeout")
+STALLED_LIST = re.compile(rb"stopped sending heartbeats\):((?:[\s,]*\d+\b)+)")
 JOIN_FAILED = b"CoordinationService/RegisterTask"  # the RPC that times out when not every process came
 COORDINATOR_GONE = (b"Failed to send RPC to coordination service", b"Socket closed", b"Connection reset by peer")
 
@@ -37,7 +39,7 @@ def is_child() -> bool:
     return os.environ.get(CHILD_ENV) == "1"
 
 
-def supervise(argv: Sequence[str], label: str) -> int:
+def supervise(argv: Sequence[str], label: str, process_id: int | None = None) -> int:
     """Run `lljx <argv>` as a child process; returns the exit code to leave with."""
     env = {**os.environ, CHILD_ENV: "1"}
     child = subprocess.Popen(
@@ -57,7 +59,7 @@ def supervise(argv: Sequence[str], label: str) -> int:
         relay.release()
         return 0
     if code < 0 or (relay.held and not relay.said_error):
-        sys.stderr.buffer.write(f"lljx: error: {label} {why(code, relay.held_text())}\n".encode())
+        sys.stderr.buffer.write(f"lljx: error: {label} {why(code, relay.held_text(), process_id)}\n".encode())
         sys.stderr.buffer.flush()
         return 1
     return code
@@ -73,12 +75,26 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def why(code: int, log: bytes) -> str:
-    """What ended the child, from its exit and the log it left."""
-    stalled = STALLED_TASK.search(log)
+def stalled_tasks(log: bytes) -> list[int]:
+    """The process ids JAX's distributed service says stopped sending heartbeats, in the order named."""
+    named = [int(found) for found in STALLED_TASK.findall(log)]
+    for listed in STALLED_LIST.findall(log):
+        named += [int(number) for number in re.findall(rb"\d+", listed)]
+    return list(dict.fromkeys(named))
+
+
+def why(code: int, log: bytes, process_id: int | None = None) -> str:
+    """What ended the child, from its exit and the log it left (`process_id`: the child's own, if known)."""
+    stalled = stalled_tasks(log)
+    # On a loaded machine the service may list the survivor too: the peer that died is the one to name.
+    others = [task for task in stalled if task != process_id]
+    if others:
+        names = ", ".join(map(str, others))
+        subject = f"process {names} of this run" if len(others) == 1 else f"processes {names} of this run"
+        return f"stopped: {subject} stopped responding (JAX's distributed service ended the run)"
     if stalled:
-        task = (stalled.group(1) or stalled.group(2)).decode()
-        return f"stopped: process {task} of this run stopped responding (JAX's distributed service ended the run)"
+        return ("stopped: JAX's distributed service missed this process's own heartbeats (a loaded machine? "
+                "a longer --peer-timeout allows more)")
     if DISTRIBUTED_FATAL in log and JOIN_FAILED in log:
         return ("could not join the run: not every process reached the coordinator within --join-timeout "
                 "(start every process with the same --coordinator and --num-processes)")
