@@ -161,7 +161,7 @@ def test_a_prompt_over_num_ctx_is_a_400_and_the_others_are_untouched(server, alo
 def test_a_long_prompt_arriving_mid_stream_changes_no_reply(server, alone):
     long_prompt = " ".join(f"Item {i} is a kind of fruit." for i in range(250)) + " Which item is last?"
 
-    async def scenario() -> tuple[list[str], float, str]:
+    async def scenario() -> tuple[list[str], float, float, str]:
         async with ollama.AsyncClient(host=server.url) as client:
             gaps: list[float] = []
 
@@ -179,15 +179,25 @@ def test_a_long_prompt_arriving_mid_stream_changes_no_reply(server, alone):
             gaps.clear()
             running = asyncio.gather(*(timed(p) for p in PROMPTS[:3]))
             await asyncio.sleep(1.0)
-            long_reply = await reply(client, long_prompt, {"temperature": 0, "num_predict": 8})
+            sent = time.monotonic()
+            long_parts = []
+            async for part in await client.generate(model=MODEL, prompt=long_prompt,
+                                                    options={"temperature": 0, "num_predict": 8}, stream=True):
+                if not long_parts:
+                    first_token = time.monotonic() - sent
+                long_parts.append(part.response)
             together = await running
             assert together == alone_long
-            return together, max(gaps), long_reply
+            return together, max(gaps), first_token, "".join(long_parts)
 
-    _, worst_gap, long_reply = run(scenario(), 600)
+    _, worst_gap, long_prefill, long_reply = run(scenario(), 600)
     assert long_reply
-    print(f"worst gap between two tokens while a long prompt was prefilled: {worst_gap * 1000:.0f} ms")
-    assert worst_gap < 5.0  # chunked prefill: the streams keep moving (the 250 ms target is measured on a quiet machine)
+    print(f"worst gap between two tokens while a long prompt was prefilled: {worst_gap * 1000:.0f} ms "
+          f"(its first token came after {long_prefill * 1000:.0f} ms)")
+    # Chunked prefill: the streams keep moving while the ~2,250-token prompt is read in chunks of at most 256,
+    # so no gap comes near the whole prefill (one step holding it would). A ratio measured in one run, because
+    # a loaded CI machine stretches both; the 250 ms target is measured by `lljx bench serve` on a quiet machine.
+    assert worst_gap < long_prefill / 2
 
 
 def test_a_disconnect_mid_decode_frees_its_slot_at_once(server, alone):
