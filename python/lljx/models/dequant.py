@@ -106,12 +106,18 @@ def decode(
         raise ValueError(f"output holds {out.size} values, tensor {info.name} has {rows * row_length}")
     out2 = out.reshape(expected)
 
+    step = max(1, CHUNK_ELEMENTS // max(1, row_length))
     if info.ggml_type in _VIEWABLE:
         values = packed.view(_VIEWABLE[info.ggml_type])
-        out2[...] = values.T if transpose else values
+        if not transpose:
+            out2[...] = values
+            return out
+        # A block of rows at a time, widened while contiguous: one strided cast of a whole embedding table
+        # (128256 x 2048 at f16) took 12 s instead of 2.
+        for r0 in range(0, rows, step):
+            out2[:, r0 : r0 + step] = values[r0 : r0 + step].astype(out.dtype, copy=False).T
         return out
 
-    step = max(1, CHUNK_ELEMENTS // max(1, row_length))
     for r0 in range(0, rows, step):
         chunk = rows_to_f32(packed[r0 : r0 + step], info.ggml_type)
         if transpose:
