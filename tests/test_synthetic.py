@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_shapes_have_the_hf_models_numbers_and_the_writer_plans_exactly_them():
         assert sum(t.rows * t.cols for t in plan if t.kind != "rope") == count
         assert ("output.weight" in {t.name for t in plan}) == (not shape.tied)
     assert SHAPES["llama-3.2-3b"].d_head * SHAPES["llama-3.2-3b"].n_heads == 3072
+    assert SHAPES["llama-3.2-1b-2l"] == dataclasses.replace(SHAPES["llama-3.2-1b"], n_layers=2)
     assert all(s.d_model % 256 == 0 and s.d_ffn % 256 == 0 for s in SHAPES.values())  # K-quant rows
 
 

@@ -73,7 +73,8 @@ def test_greedy_tokens_equal_llamacpps_on_the_tiny_shape(tiny_file, dtype):
 
 def test_greedy_tokens_equal_llamacpps_on_the_1b_shape():
     path = synthetic.ensure(SyntheticSpec("llama-3.2-1b", "f16"))  # the user's cache: made once across runs
-    for ours, theirs in greedy_pairs(path, "f16", list(BUILTIN[:3])):
+    # Two prompts at this scale (each costs both engines a 1B-shaped prefill on CI's 2 cores); five at the tiny one.
+    for ours, theirs in greedy_pairs(path, "f16", list(BUILTIN[:2])):
         assert ours == theirs and len(theirs) == GREEDY_TOKENS
 
 

@@ -54,6 +54,9 @@ SHAPES = {
     "llama-3.2-1b": Shape(2048, 16, 32, 8, 64, 8192, tied=True, rope_factor=32.0),
     "llama-3.2-3b": Shape(3072, 28, 24, 8, 128, 8192, tied=True, rope_factor=32.0),
     "llama-3.1-8b": Shape(4096, 32, 32, 8, 128, 14336, tied=False, rope_factor=8.0),
+    # For tests: two of Llama 3.2 1B's sixteen layers with its vocabulary. Every layer splits across devices
+    # and processes as the sixteen do, at an eighth of the weights and compile time.
+    "llama-3.2-1b-2l": Shape(2048, 2, 32, 8, 64, 8192, tied=True, rope_factor=32.0),
     # For tests: Llama 3.2's features at a tiny width, every row a multiple of 256 so K-quants are K-quants.
     "llama-tiny": Shape(256, 2, 4, 2, 64, 768, tied=True, rope_factor=32.0),
 }
