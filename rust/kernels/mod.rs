@@ -15,6 +15,7 @@ pub mod bandwidth;
 pub mod block_matmul;
 pub mod blocks;
 pub mod caches;
+pub mod float_avx2;
 pub mod float_tiles;
 pub mod ggml;
 pub mod matvec;

@@ -63,6 +63,10 @@ pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out:
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out: *mut f32) {
     use super::rows8_avx2::{self, ROWS};
+    if w.ty.is_float() && super::float_avx2::available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; the caller vouches for `out`.
+        return unsafe { super::float_avx2::tile(w, rows, acts, out) };
+    }
     let mut r = rows.start;
     if rows8_avx2::handles(w.ty) {
         while r + ROWS <= rows.end {
