@@ -52,7 +52,13 @@ def test_shapes_have_the_hf_models_numbers_and_the_writer_plans_exactly_them():
         assert ("output.weight" in {t.name for t in plan}) == (not shape.tied)
     assert SHAPES["llama-3.2-3b"].d_head * SHAPES["llama-3.2-3b"].n_heads == 3072
     assert SHAPES["llama-3.2-1b-2l"] == dataclasses.replace(SHAPES["llama-3.2-1b"], n_layers=2)
-    assert all(s.d_model % 256 == 0 and s.d_ffn % 256 == 0 for s in SHAPES.values())  # K-quant rows
+    # The embedded model's head layout, checked against the embedded file's own numbers.
+    embedded = load_model(None, dtype="f32").config
+    heads = SHAPES["smollm2-heads-2l"]
+    assert (heads.d_model, heads.n_heads, heads.n_kv_heads, heads.d_head, heads.d_ffn, heads.n_layers) == (
+        embedded.d_model, embedded.n_heads, embedded.n_kv_heads, embedded.d_head, embedded.d_ffn, 2)
+    # K-quant rows for every shape users quantize (the heads shape is for F16 tests only).
+    assert all(s.d_model % 256 == 0 and s.d_ffn % 256 == 0 for n, s in SHAPES.items() if n != "smollm2-heads-2l")
 
 
 def test_the_file_carries_llama3s_metadata_and_loads_as_the_named_shape(tiny_cache):

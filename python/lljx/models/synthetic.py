@@ -57,6 +57,9 @@ SHAPES = {
     # For tests: two of Llama 3.2 1B's sixteen layers with its vocabulary. Every layer splits across devices
     # and processes as the sixteen do, at an eighth of the weights and compile time.
     "llama-3.2-1b-2l": Shape(2048, 2, 32, 8, 64, 8192, tied=True, rope_factor=32.0),
+    # For tests: the embedded SmolLM2-135M's heads (9 query / 3 KV, width 576, FFN 1536) in two layers, with
+    # Llama 3's vocabulary. Its 3 KV heads split over 2 or 4 devices only by repeating, at a fifteenth of the compile.
+    "smollm2-heads-2l": Shape(576, 2, 9, 3, 64, 1536, tied=True, rope_factor=32.0),
     # For tests: Llama 3.2's features at a tiny width, every row a multiple of 256 so K-quants are K-quants.
     "llama-tiny": Shape(256, 2, 4, 2, 64, 768, tied=True, rope_factor=32.0),
 }
