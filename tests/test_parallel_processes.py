@@ -35,11 +35,11 @@ PEER_TIMEOUT = 10  # seconds; every failure below must end well inside a minute
 
 # The embedded model's heads (9 query / 3 KV, width 576) in two of its layers, with Llama 3's vocabulary: the
 # runs that check text split as the embedded model does but compile two layers in each process, not thirty.
-# The server below and `test_parallel_mesh`'s CLI run keep the embedded model itself.
+# The embedded model itself runs on two forced devices in `test_parallel_mesh`.
 HEADS = "synthetic:smollm2-heads-2l"
 
 
-def greedy_text(model_spec: str | None) -> Callable[..., str]:
+def greedy_text(model_spec: str) -> Callable[..., str]:
     """One device's greedy text (jit-token, f32): what every run of several processes must print."""
     model = load_model(model_spec, dtype="f32")
     decoder = registry.build(registry.load("jit-token"), model, SamplerSettings(temperature=0))
@@ -50,11 +50,6 @@ def greedy_text(model_spec: str | None) -> Callable[..., str]:
                                   stop_token_ids=model.stop_token_ids, grammar=grammar))
 
     return text
-
-
-@pytest.fixture(scope="module")
-def alone() -> Callable[..., str]:
-    return greedy_text(None)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +130,7 @@ def served(tmp_path) -> Iterator[tuple[str, list[subprocess.Popen[str]], list[Pa
     """`lljx serve` as two processes: process 0 listens, process 1 replays; logs in files."""
     logs = [tmp_path / "serve0.log", tmp_path / "serve1.log"]
     handles = [open(log, "w") for log in logs]  # noqa: SIM115 - closed below
-    procs = processes(["serve", "--dtype", "f32", "--port", "0"], peer_timeout=PEER_TIMEOUT, stdouts=handles,
+    procs = processes(["serve", "--model", HEADS, "--dtype", "f32", "--port", "0"], peer_timeout=PEER_TIMEOUT, stdouts=handles,
                       stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
@@ -154,20 +149,20 @@ def served(tmp_path) -> Iterator[tuple[str, list[subprocess.Popen[str]], list[Pa
             handle.close()
 
 
-def test_serve_relays_every_call_to_the_other_process(served, alone):
+def test_serve_relays_every_call_to_the_other_process(served, heads_alone):
     url, procs, logs = served
     with ollama.Client(host=url, timeout=300) as client:
         options = {"temperature": 0, "num_predict": TOKENS}
-        assert client.generate(model="smollm2", prompt=PROMPT, options=options).response == alone(PROMPT)
+        assert client.generate(model=HEADS, prompt=PROMPT, options=options).response == heads_alone(PROMPT)
         # A constrained reply runs the split step (forward, then a masked sample), relayed call by call.
-        reply = client.generate(model="smollm2", prompt="Name a cat, in JSON.", format=SCHEMA, options=options).response
-        assert reply == alone("Name a cat, in JSON.", schema=SCHEMA)
+        reply = client.generate(model=HEADS, prompt="Name a cat, in JSON.", format=SCHEMA, options=options).response
+        assert reply == heads_alone("Name a cat, in JSON.", schema=SCHEMA)
         # A client that goes away mid-stream: process 0 stops dispatching, so process 1 has nothing more to replay.
-        with httpx.stream("POST", f"{url}/api/generate", json={"model": "smollm2", "prompt": "Tell a long story.",
+        with httpx.stream("POST", f"{url}/api/generate", json={"model": HEADS, "prompt": "Tell a long story.",
                                                                 "options": {"num_predict": 500}}, timeout=300) as stream:
             for _ in zip(range(3), stream.iter_lines()):
                 pass
-        assert client.generate(model="smollm2", prompt=PROMPT, options=options).response == alone(PROMPT)
+        assert client.generate(model=HEADS, prompt=PROMPT, options=options).response == heads_alone(PROMPT)
     procs[0].send_signal(signal.SIGTERM)
     results = finish(procs, 60)
     assert [code for code, _, _ in results] == [0, 0], logs[0].read_text() + logs[1].read_text()
