@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lljx.models import resolve
+from lljx.models.gguf_file import read_gguf_header
 from lljx.tokenizer import StreamDecoder, Tokenizer, TokenizerError
 
 LLAMA3_PATTERN = (
@@ -134,6 +135,13 @@ def gguf_fields(smollm2_gguf: Path) -> dict[str, object]:
     return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
 
 
+def test_the_two_gguf_readers_agree_on_the_vocabulary(smollm2_gguf: Path, gguf_fields: dict[str, object]):
+    ours = gguf_tokenizer_fields(smollm2_gguf)
+    assert ours.keys() == gguf_fields.keys()
+    for key, value in gguf_fields.items():
+        assert (list(ours[key]) if isinstance(value, list) else ours[key]) == value, key
+
+
 def from_gguf(fields: dict[str, object]) -> Tokenizer:
     return Tokenizer.from_gguf_vocab(
         model=fields["tokenizer.ggml.model"],
@@ -197,9 +205,10 @@ def llama3_gguf(tmp_path_factory: pytest.TempPathFactory, llama3_json: Path) -> 
 
 
 def gguf_tokenizer_fields(path: Path) -> dict[str, object]:
-    gguf = pytest.importorskip("gguf")
-    reader = gguf.GGUFReader(str(path))
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
+    # lljx's header reader: the gguf package's took 20 s on Llama 3's 128256 tokens and 280147 merges.
+    # The two readers give the same vocabulary on the embedded file (test_the_two_gguf_readers_agree_on_the_vocabulary).
+    fields = read_gguf_header(path).fields
+    return {k: v for k, v in fields.items() if k.startswith("tokenizer.ggml.")}
 
 
 @pytest.fixture(scope="module")
