@@ -282,6 +282,29 @@ def test_a_prompt_chunk_attends_causally_over_one_shared_cache_row_as_xla_does(s
     np.testing.assert_allclose(np.asarray(got).reshape(1, chunk, -1), np.asarray(want), rtol=2e-5, atol=2e-5)
 
 
+def test_padding_rows_of_a_prompt_chunk_write_and_attend_nothing():
+    """Rows at position -1 (a prompt right-padded to its bucket) leave the cache as it was and give
+    zeros; the real rows give what they give without the padding."""
+    kv_heads, rep, d, max_len, real, chunk = 2, 3, 16, 32, 5, 8
+    _, k, v = attention_inputs(1, kv_heads, rep, d, max_len)
+    q = jnp.asarray(RNG.standard_normal((chunk, kv_heads * rep, d), dtype=np.float32))
+    new_k = jnp.asarray(RNG.standard_normal((chunk, kv_heads, d), dtype=np.float32))
+    new_v = jnp.asarray(RNG.standard_normal((chunk, kv_heads, d), dtype=np.float32))
+    angles = jnp.asarray(RNG.standard_normal((chunk, d // 2), dtype=np.float32))
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    start = 7
+    padded = jnp.where(jnp.arange(chunk) < real, start + jnp.arange(chunk), -1).astype(jnp.int32)
+    out, got_k, got_v = jax.jit(native_kernels.attend)(q, new_k, new_v, k, v, padded, cos, sin)
+    alone, want_k, want_v = jax.jit(native_kernels.attend)(
+        q[:real], new_k[:real], new_v[:real], k, v, start + jnp.arange(real, dtype=jnp.int32), cos[:real], sin[:real])
+    np.testing.assert_array_equal(np.asarray(out)[:real], np.asarray(alone))
+    assert not np.asarray(out)[real:].any()
+    np.testing.assert_array_equal(np.asarray(got_k), np.asarray(want_k))  # nothing written past the real rows
+    np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+    with pytest.raises(Exception, match="position -2 is outside the cache"):
+        jax.jit(native_kernels.attend)(q, new_k, new_v, k, v, padded.at[-1].set(-2), cos, sin).block_until_ready()
+
+
 def test_attention_kernel_writes_a_donated_cache_in_place():
     q, k, v = attention_inputs(1, 2, 2, 16, 8)
     new = jnp.ones((1, 2, 16), jnp.float32)

@@ -70,7 +70,7 @@ def attend(
     caches, which may both be f16 instead. Returns the output and both caches, updated in place
     when their buffers are donated. With caches of one row and q of several (a prompt chunk at
     positions [chunk]), every row's key and value is written first, then each row attends up to
-    its own position."""
+    its own position. A row at position -1 is padding: it writes and attends nothing (zeros out)."""
     register()
     results = (
         jax.ShapeDtypeStruct(q.shape, jnp.float32),

@@ -53,10 +53,14 @@ def forward(
         from lljx import native_kernels
 
         # One prompt's chunk: its rows share the cache row, and each attends only up to its own
-        # position (XLA scored every query against the whole bucket).
+        # position (XLA scored every query against the whole bucket). Padding rows (position -1)
+        # write and attend nothing: they would attend up to their padded positions.
+        rows = positions[0]
+        if real_rows is not None:
+            rows = jnp.where(jnp.arange(seq) < real_rows[0], rows, -1)
         with jax.named_scope("attend_chunk"):
             out, cache_k, cache_v = native_kernels.attend(
-                q[0], k[0], v[0], cache_k, cache_v, positions[0], cos[0], sin[0]
+                q[0], k[0], v[0], cache_k, cache_v, rows, cos[0], sin[0]
             )
             out = out.reshape(1, seq, h * d)
     else:
