@@ -141,6 +141,23 @@ unsafe fn reduce(lo: __m256, hi: __m256) -> f32 {
     }
 }
 
+/// Each (row, activation row) pair's two registers reduced into out [activation row, n_out].
+#[inline(always)]
+unsafe fn store<const RM: usize, const RN: usize>(
+    lo: &[[__m256; RN]; RM],
+    hi: &[[__m256; RN]; RM],
+    n_out: usize,
+    r0: usize,
+    t0: usize,
+    out: *mut f32,
+) {
+    for i in 0..RM {
+        for j in 0..RN {
+            unsafe { *out.add((t0 + j) * n_out + r0 + i) = reduce(lo[i][j], hi[i][j]) };
+        }
+    }
+}
+
 /// How F32 and F16 rows read as f32: eight values from element `k` of a row.
 trait Lanes {
     const BYTES: usize;
@@ -233,11 +250,7 @@ impl<L: Lanes> Kernel for L {
                 }
             }
         }
-        for i in 0..RM {
-            for j in 0..RN {
-                unsafe { *out.add((t0 + j) * w.n_out + r0 + i) = reduce(lo[i][j], hi[i][j]) };
-            }
-        }
+        unsafe { store(&lo, &hi, w.n_out, r0, t0, out) };
     }
 }
 
@@ -335,11 +348,7 @@ impl Kernel for Bf16Row {
                 }
             }
         }
-        for i in 0..RM {
-            for j in 0..RN {
-                unsafe { *out.add((t0 + j) * w.n_out + r0 + i) = reduce(lo[i][j], hi[i][j]) };
-            }
-        }
+        unsafe { store(&lo, &hi, w.n_out, r0, t0, out) };
     }
 }
 
