@@ -44,7 +44,7 @@ pub unsafe fn tile(w: &BlockWeight, rows: Range<usize>, acts: &Activations, out:
         match w.ty {
             GgmlType::F32 => blocked::<F32Row>(w, rows, acts, out),
             GgmlType::F16 => blocked::<F16Row>(w, rows, acts, out),
-            GgmlType::Bf16 => blocked::<Bf16Row>(w, rows, acts, out),
+            GgmlType::Bf16 => blocked::<Bf16Row>(w, rows, &flushed_bf16(acts), out),
             other => unreachable!("{} is not a float format", other.name()),
         }
     }
@@ -269,22 +269,54 @@ unsafe fn flush(v: __m256) -> __m256 {
     }
 }
 
-/// Sixteen bf16 values from `p` as eight (even, odd) pairs of f32, flushed.
+/// The call's bf16 activations with subnormals already flushed (`flush` on every load of every
+/// activation, once per weight row, was most of a prompt's time); only `bf16` is filled.
+fn flushed_bf16<'a>(acts: &Activations) -> Activations<'a> {
+    let bf16 = acts
+        .bf16
+        .iter()
+        .map(|&b| if b & 0x7f80 == 0 { b & 0x8000 } else { b })
+        .collect();
+    Activations {
+        rows: acts.rows,
+        n_in: acts.n_in,
+        f32: &[],
+        f16: Vec::new(),
+        bf16,
+        bf16_f32: Vec::new(),
+        q8_0: None,
+        q8_1: None,
+        q8k: None,
+    }
+}
+
+/// Sixteen bf16 values from `p` as eight (even, odd) pairs of f32, as stored.
 #[inline(always)]
 unsafe fn bf16_pairs(p: *const u16) -> (__m256, __m256) {
     unsafe {
         let v = _mm256_loadu_si256(p as *const __m256i);
         let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
         let odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(-65536)));
+        (even, odd)
+    }
+}
+
+/// `bf16_pairs`, flushed (weights; the activations come flushed).
+#[inline(always)]
+unsafe fn bf16_pairs_flushed(p: *const u16) -> (__m256, __m256) {
+    unsafe {
+        let (even, odd) = bf16_pairs(p);
         (flush(even), flush(odd))
     }
 }
 
-/// One step of `portable_dot::bf16_dot` on eight lanes: the odd product, then the even one.
+/// One step of `portable_dot::bf16_dot` on eight lanes: the odd product, then the even one. The
+/// portable loop also flushes the accumulator before the first; every value it holds was
+/// already flushed (zero at first, then each step's result).
 #[inline(always)]
 unsafe fn bf16_step(acc: __m256, w: (__m256, __m256), x: (__m256, __m256)) -> __m256 {
     unsafe {
-        let acc = flush(_mm256_fmadd_ps(w.1, x.1, flush(acc)));
+        let acc = flush(_mm256_fmadd_ps(w.1, x.1, acc));
         flush(_mm256_fmadd_ps(w.0, x.0, acc))
     }
 }
@@ -316,11 +348,11 @@ impl Kernel for Bf16Row {
         let mut k = 0;
         while k < full {
             for i in 0..RM {
-                let wl = unsafe { bf16_pairs(wp[i].add(k)) };
+                let wl = unsafe { bf16_pairs_flushed(wp[i].add(k)) };
                 for j in 0..RN {
                     lo[i][j] = unsafe { bf16_step(lo[i][j], wl, bf16_pairs(xp[j].add(k))) };
                 }
-                let wh = unsafe { bf16_pairs(wp[i].add(k + 16)) };
+                let wh = unsafe { bf16_pairs_flushed(wp[i].add(k + 16)) };
                 for j in 0..RN {
                     hi[i][j] = unsafe { bf16_step(hi[i][j], wh, bf16_pairs(xp[j].add(k + 16))) };
                 }
@@ -338,8 +370,12 @@ impl Kernel for Bf16Row {
                 for (v, bytes) in ws.iter_mut().zip(w.row(r0 + i)[2 * k..].chunks_exact(2)) {
                     *v = u16::from_le_bytes([bytes[0], bytes[1]]);
                 }
-                let (wl, wh) =
-                    unsafe { (bf16_pairs(ws.as_ptr()), bf16_pairs(ws.as_ptr().add(16))) };
+                let (wl, wh) = unsafe {
+                    (
+                        bf16_pairs_flushed(ws.as_ptr()),
+                        bf16_pairs_flushed(ws.as_ptr().add(16)),
+                    )
+                };
                 for j in 0..RN {
                     unsafe {
                         lo[i][j] = bf16_step(lo[i][j], wl, bf16_pairs(xs[j].as_ptr()));
