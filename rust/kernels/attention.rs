@@ -20,14 +20,14 @@ pub fn attend_group(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    if !try_avx512::<false, f32>(queries, keys, values_t, d, len, out, scores) {
+    if !try_vector::<false, f32>(queries, keys, values_t, d, len, out, scores) {
         attend_body(queries, keys, values_t, d, len, out, scores);
     }
 }
 
-/// `attend_group` over an f16 cache. With AVX-512 the kernel widens each vector as it loads it
-/// (exactly, so the results are those of `attend_group` over the widened cache), reading half
-/// the bytes; otherwise the rows are widened into `widened` first.
+/// `attend_group` over an f16 cache. With AVX-512, or AVX2 with F16C, the kernel widens each
+/// vector as it loads it (exactly, so the results are those of `attend_group` over the widened
+/// cache), reading half the bytes; otherwise the rows are widened into `widened` first.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group_f16(
     queries: &[f32],
@@ -39,7 +39,7 @@ pub fn attend_group_f16(
     scores: &mut Vec<f32>,
     widened: &mut (Vec<f32>, Vec<f32>),
 ) {
-    if try_avx512::<true, half::f16>(queries, keys, values_t, d, len, out, scores) {
+    if try_vector::<true, half::f16>(queries, keys, values_t, d, len, out, scores) {
         return;
     }
     let t_max = keys.len() / d;
@@ -55,8 +55,9 @@ pub fn attend_group_f16(
 }
 
 /// Checks the shapes (panicking if they do not fit), then runs the AVX-512 kernel over elements
-/// T (f16 when HALF) if this CPU and these shapes allow it; false if it did not run.
-fn try_avx512<const HALF: bool, T>(
+/// T (f16 when HALF) if this CPU and these shapes allow it, else the AVX2 one
+/// (`attention_avx2`); false if neither ran.
+fn try_vector<const HALF: bool, T>(
     queries: &[f32],
     keys: &[T],
     values_t: &[T],
@@ -96,6 +97,19 @@ fn try_avx512<const HALF: bool, T>(
             }
             // SAFETY: the CPU has these features; the shapes were checked above.
             unsafe { heads!(1 2 3 4 5 6 7 8) };
+            return true;
+        }
+        if !queries.is_empty()
+            && queries.len() / d <= super::attention_avx2::MAX_GROUP
+            && d.is_multiple_of(8)
+            && len > 0
+            && super::attention_avx2::available()
+        {
+            let (k, v) = (keys.as_ptr() as *const u8, values_t.as_ptr() as *const u8);
+            // SAFETY: the CPU has AVX2, FMA and F16C; the shapes were checked above.
+            unsafe {
+                super::attention_avx2::attend::<HALF>(queries, k, v, d, t_max, len, out, scores)
+            };
             return true;
         }
     }

@@ -11,6 +11,7 @@ pub mod act_simd;
 pub mod activations;
 pub mod amx;
 pub mod attention;
+pub mod attention_avx2;
 pub mod bandwidth;
 pub mod block_matmul;
 pub mod blocks;
