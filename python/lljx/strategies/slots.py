@@ -155,7 +155,6 @@ class SlotDecoder:
         with self._lock:
             if key in self._programs:
                 return True
-            import sys as _s; print(f"TRACE wait {key} at {time.perf_counter():.2f}", file=_s.stderr, flush=True)
             pending = self._pending.get(key)
             if pending is None:
                 self._pending[key] = _background().submit(URGENT, self._compile, key)
@@ -230,7 +229,6 @@ class SlotDecoder:
         start = time.perf_counter()
         function, args = self._abstract(key)
         program = function.lower(*args).compile()
-        import sys as _s; print(f"TRACE compile {key} {time.perf_counter()-start:.2f}s at {time.perf_counter():.2f}", file=_s.stderr, flush=True)
         with self._lock:
             self.compile_seconds += time.perf_counter() - start
             self.compilations += 1
