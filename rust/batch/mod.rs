@@ -140,6 +140,12 @@ pub enum Program {
 /// streams, so the answer may wait for the compile.
 pub trait Programs {
     fn ready(&mut self, program: Program, wait: bool) -> bool;
+
+    /// Asks for a program a later step will likely need, without waiting: it compiles behind
+    /// the ones a step waits for.
+    fn ask(&mut self, program: Program) {
+        self.ready(program, false);
+    }
 }
 
 /// Per-row inputs of a decode (or forward, or sample) over the batch's rows.

@@ -216,6 +216,7 @@ impl Batch {
                 }
             }
         }
+        self.ask_ahead(programs, masked);
         let mut plan = StepPlan {
             masked,
             chunks,
@@ -270,6 +271,38 @@ impl Batch {
         }
         plan.remap = remap;
         plan
+    }
+
+    /// Asks, without waiting, for the programs a prompt longer than one chunk will meet on its
+    /// way in, behind the ones this step asked for: every chunk size of its bucket (the budget
+    /// picks among them as costs are measured, and its last chunk may be any), and the programs
+    /// that place it alone in a fresh batch, as it is once the rows running now have ended.
+    /// They compile while its first chunks run, not one after another once it is read: a
+    /// 2,250-token prompt to the embedded model waited 6 s after its last chunk for its last
+    /// chunk size, then the decode and insert of its fresh batch, compiled in turn.
+    fn ask_ahead(&self, programs: &mut impl Programs, masked: bool) {
+        let largest = self.chunk_sizes.last().copied().unwrap_or(MIN_BUCKET);
+        for live in &self.live {
+            if !matches!(live.phase, Phase::Prefilling { .. }) || live.prompt.len() <= largest {
+                continue;
+            }
+            let bucket = prompt_bucket(live.prompt.len());
+            for &size in self.chunk_sizes.iter().filter(|&&s| s <= bucket) {
+                programs.ask(Program::Prefill(bucket, size));
+            }
+            let alone = Shape {
+                batch: 1,
+                cache_len: cache_bucket(live.reach()),
+            };
+            if masked {
+                programs.ask(Program::Forward(alone));
+                programs.ask(Program::Sample(alone.batch));
+                programs.ask(Program::InsertLogits(alone, bucket));
+            } else {
+                programs.ask(Program::Decode(alone));
+                programs.ask(Program::Insert(alone, bucket));
+            }
+        }
     }
 
     /// While rows decode, the batch grows in a step of its own for the next prompt on its way in

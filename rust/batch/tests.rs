@@ -599,6 +599,41 @@ fn a_long_prompt_is_prefilled_within_the_budget_while_others_decode() {
 }
 
 #[test]
+fn a_long_prompt_asks_ahead_for_its_chunk_sizes_and_its_fresh_batch_without_waiting() {
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 20, 500), 0);
+    d.step(letter('a'));
+    d.step(letter('a'));
+    d.p.asked.clear();
+    d.b.submit(request(2, 2000, 10), 0);
+    d.step(letter('a'));
+    let alone = Shape {
+        batch: 1,
+        cache_len: 2048,
+    };
+    let mut wanted: Vec<Program> = SIZES.iter().map(|&s| Program::Prefill(2048, s)).collect();
+    wanted.extend([Program::Decode(alone), Program::Insert(alone, 2048)]);
+    for program in wanted {
+        assert!(
+            d.p.asked.contains(&(program, false)),
+            "{program:?} not asked for: {:?}",
+            d.p.asked
+        );
+    }
+    // A prompt read in one chunk asks for nothing past what its step needs.
+    let mut d = Driver::new(4);
+    d.b.submit(request(1, 200, 10), 0);
+    d.step(letter('a'));
+    assert!(
+        !d.p.asked
+            .iter()
+            .any(|(p, _)| matches!(p, Program::Prefill(256, 16))),
+        "{:?}",
+        d.p.asked
+    );
+}
+
+#[test]
 fn a_short_prompt_is_read_in_one_chunk_when_even_the_smallest_is_over_the_target() {
     let mut d = Driver::new(4);
     d.b.submit(request(1, 20, 500), 0);

@@ -37,6 +37,17 @@ fn program_args(program: Program) -> (&'static str, Vec<usize>) {
     }
 }
 
+impl<'py> DecoderPrograms<'_, 'py> {
+    /// The decoder's `method` called with the program's kind and shape.
+    fn call(&self, method: &str, program: Program) -> PyResult<Bound<'py, PyAny>> {
+        let (kind, shape) = program_args(program);
+        let py = self.decoder.py();
+        let mut items = vec![PyString::new(py, kind).into_any()];
+        items.extend(shape.into_iter().map(|n| PyInt::new(py, n).into_any()));
+        self.decoder.call_method1(method, PyTuple::new(py, items)?)
+    }
+}
+
 impl Programs for DecoderPrograms<'_, '_> {
     /// Never blocks, even when the batch is idle (`_wait`): a compile runs on its background
     /// thread while this thread keeps taking cancels and new requests, and the engine polls
@@ -45,16 +56,23 @@ impl Programs for DecoderPrograms<'_, '_> {
         if self.error.is_some() {
             return false;
         }
-        let (kind, shape) = program_args(program);
-        let py = self.decoder.py();
-        let mut items = vec![PyString::new(py, kind).into_any()];
-        items.extend(shape.into_iter().map(|n| PyInt::new(py, n).into_any()));
-        let answer = PyTuple::new(py, items)
-            .and_then(|args| self.decoder.call_method1("ready", args)?.extract::<bool>());
+        let answer = self
+            .call("ready", program)
+            .and_then(|answer| answer.extract::<bool>());
         answer.unwrap_or_else(|error| {
             self.error = Some(error);
             false
         })
+    }
+
+    /// A program asked for ahead (`SlotDecoder.ask`): compiled behind those a step waits for.
+    fn ask(&mut self, program: Program) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(error) = self.call("ask", program) {
+            self.error = Some(error);
+        }
     }
 }
 
