@@ -67,6 +67,7 @@ async def wait_until_free(server: Server, timeout: float = 20) -> dict[str, Any]
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(
         tmp_path_factory.mktemp("serve-batching"), "--port", "0", "--parallel", str(SLOTS), "--max-queue", str(QUEUE),
+        "--dtype", "auto",
     )
     yield running
     stop_server(running)
