@@ -26,7 +26,7 @@ SETTINGS = {"greedy": {"temperature": 0}, "sampled": {"temperature": 0.7, "top_k
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("serve-structured"))
+    running = start_server(tmp_path_factory.mktemp("serve-structured"), "--port", "0", "--dtype", "auto")
     yield running
     stop_server(running)
 
