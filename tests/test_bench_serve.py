@@ -49,7 +49,7 @@ def test_bad_levels_and_an_unreachable_server_are_one_line_errors():
 @pytest.mark.slow
 def test_a_short_sweep_against_a_real_lljx_serve(tmp_path):
     (tmp_path / "serve").mkdir()
-    server = start_server(tmp_path / "serve", "--port", "0", "--parallel", "2")
+    server = start_server(tmp_path / "serve", "--port", "0", "--parallel", "2", "--dtype", "auto")
     try:
         run = lljx("bench", "serve", "--host", server.url, "--rate", "4", "--concurrency", "2", "--requests", "4",
                    "--max-tokens", "8", "--warmup", "2", "--prompts", "4", "--out", str(tmp_path / "out"), "--format", "json")
