@@ -4,7 +4,7 @@
 //! softmax and a weighted sum of values. Done in one pass per KV head here, it reads each
 //! key and value once; XLA:CPU's batched dots transposed a copy of the cache per layer.
 
-/// Query heads per KV head that the AVX-512 path keeps in registers (Llama models use 1 to 8).
+/// Query heads per KV head that the vector kernels keep in registers (Llama models use 1 to 8).
 const MAX_GROUP: usize = 8;
 
 /// One KV head's group of `r` query heads: `queries` [r, d], `keys` [t_max, d] (row = position),
@@ -77,39 +77,32 @@ fn try_vector<const HALF: bool, T>(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if !queries.is_empty()
-            && queries.len() / d <= MAX_GROUP
-            && d.is_multiple_of(16)
-            && len > 0
+        use super::attention_avx2::{attend_heads as avx2_heads, available as avx2_available};
+        let group = queries.len() / d;
+        let (k, v) = (keys.as_ptr() as *const u8, values_t.as_ptr() as *const u8);
+        // One compiled body per group size, so each keeps its accumulators in registers.
+        macro_rules! heads {
+            ($kernel:ident; $($r:literal)*) => {
+                match group {
+                    $($r => $kernel::<HALF, $r>(queries, k, v, d, t_max, len, out, scores),)*
+                    _ => unreachable!("checked against MAX_GROUP above"),
+                }
+            };
+        }
+        let fits =
+            |lanes: usize| group > 0 && group <= MAX_GROUP && d.is_multiple_of(lanes) && len > 0;
+        if fits(16)
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
         {
-            let (k, v) = (keys.as_ptr() as *const u8, values_t.as_ptr() as *const u8);
-            // One compiled body per group size, so each keeps its accumulators in registers.
-            macro_rules! heads {
-                ($($r:literal)*) => {
-                    match queries.len() / d {
-                        $($r => attend_heads::<HALF, $r>(queries, k, v, d, t_max, len, out, scores),)*
-                        _ => unreachable!("checked against MAX_GROUP above"),
-                    }
-                };
-            }
             // SAFETY: the CPU has these features; the shapes were checked above.
-            unsafe { heads!(1 2 3 4 5 6 7 8) };
+            unsafe { heads!(attend_heads; 1 2 3 4 5 6 7 8) };
             return true;
         }
-        if !queries.is_empty()
-            && queries.len() / d <= super::attention_avx2::MAX_GROUP
-            && d.is_multiple_of(8)
-            && len > 0
-            && super::attention_avx2::available()
-        {
-            let (k, v) = (keys.as_ptr() as *const u8, values_t.as_ptr() as *const u8);
+        if fits(8) && avx2_available() {
             // SAFETY: the CPU has AVX2, FMA and F16C; the shapes were checked above.
-            unsafe {
-                super::attention_avx2::attend::<HALF>(queries, k, v, d, t_max, len, out, scores)
-            };
+            unsafe { heads!(avx2_heads; 1 2 3 4 5 6 7 8) };
             return true;
         }
     }

@@ -14,9 +14,6 @@
 
 use std::arch::x86_64::*;
 
-/// Query heads per KV head kept in registers (Llama models use 1 to 8).
-pub const MAX_GROUP: usize = 8;
-
 /// Whether this CPU runs the kernel (AVX2, FMA and F16C; checked once).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -154,36 +151,13 @@ unsafe fn softmax(row: &mut [f32], len: usize) {
     }
 }
 
-/// Attends R (1..=MAX_GROUP) query heads `queries` [R, d] to `len` (> 0) positions of K [t_max, d]
-/// at `keys` and V [d, t_max] at `values_t` (f16 when HALF, else f32); writes `out` [R, d].
+/// Attends R (1..=8) query heads `queries` [R, d] to `len` (> 0) positions of K [t_max, d] at
+/// `keys` and V [d, t_max] at `values_t` (f16 when HALF, else f32); writes `out` [R, d].
 ///
 /// # Safety
 /// `available()`; d a multiple of 8; the cache pointers hold t_max · d elements, len <= t_max.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn attend<const HALF: bool>(
-    queries: &[f32],
-    keys: *const u8,
-    values_t: *const u8,
-    d: usize,
-    t_max: usize,
-    len: usize,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    // One compiled body per group size, so each keeps its accumulators in registers.
-    macro_rules! heads {
-        ($($r:literal)*) => {
-            match queries.len() / d {
-                $($r => unsafe { attend_heads::<HALF, $r>(queries, keys, values_t, d, t_max, len, out, scores) },)*
-                other => unreachable!("{other} query heads per KV head, at most {MAX_GROUP}"),
-            }
-        };
-    }
-    heads!(1 2 3 4 5 6 7 8)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_heads<const HALF: bool, const R: usize>(
+pub unsafe fn attend_heads<const HALF: bool, const R: usize>(
     queries: &[f32],
     keys: *const u8,
     values_t: *const u8,
