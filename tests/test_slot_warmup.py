@@ -7,7 +7,7 @@ import pytest
 from lljx import _native
 from lljx.models import load_model
 from lljx.strategies import registry
-from lljx.strategies.slots import CHUNK_SIZES, common_programs
+from lljx.strategies.slots import CHUNK_SIZES, common_programs, long_prompt_programs
 
 
 def test_common_programs_start_with_one_request_and_cover_every_batch_bucket() -> None:
@@ -132,3 +132,63 @@ def test_default_slots_count_the_cache_the_decoder_keeps() -> None:
     decoder.config = replace(decoder.config, kv_cache="f32")
     assert slots_for(decoder, None) == 4
     assert slots_for(decoder, 3) == 3  # --parallel, or OLLAMA_NUM_PARALLEL
+
+
+def test_long_prompt_programs_cover_each_bucket_past_the_chunks_alone_and_beside_running_rows() -> None:
+    keys = long_prompt_programs(8, 256, 4096)
+    assert len(keys) == len(set(keys))
+    assert {k[1] for k in keys if k[0] == "prefill"} == {512, 1024, 2048, 4096}  # shortest first
+    assert keys[0] == ("scratch", 512) and keys.index(("scratch", 1024)) > keys.index(("prefill", 512, 256))
+    for bucket in (512, 1024, 2048, 4096):
+        assert all(("prefill", bucket, chunk) in keys for chunk in CHUNK_SIZES)
+        for batch, grown in ((1, 2), (2, 4), (4, 8), (8, 8)):
+            assert ("resize", batch, 256, grown, bucket) in keys
+            assert ("decode", grown, bucket) in keys and ("insert", grown, bucket, bucket) in keys
+        assert ("decode", 1, bucket) in keys and ("insert", 1, bucket, bucket) in keys
+    assert not [k for k in long_prompt_programs(4, 256, 1024) if k[0] == "decode" and k[1] > 4 or k[-1] > 1024]
+
+
+@pytest.mark.slow
+def test_after_the_warm_up_a_long_prompt_beside_a_running_stream_waits_for_no_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiling while streams run takes a core from them (2 cores: their gaps grew from 0.15
+    to 0.4 s): once an idle server has warmed up, a long prompt joining a stream runs only
+    programs compiled before it came. Only the in-place forms of resizes may compile then (they
+    are used once a spare cache exists, and compile in the idle CPU class)."""
+    import threading
+    import time
+
+    from lljx import batching
+    from lljx.batching import BatchEngine
+    from lljx.sampling import SamplerSettings
+
+    monkeypatch.setattr(batching, "WARM_AFTER_IDLE_S", 0.0)
+    monkeypatch.setattr(batching, "DEFAULT_CONTEXT", 512)  # long prompts up to the 512 bucket
+    model = load_model("smollm2", dtype="auto")
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    compiled: list[tuple] = []
+    compile = decoder._compile
+    decoder._compile = lambda key: (compiled.append(key), compile(key))[1]  # type: ignore[method-assign]
+    engine = BatchEngine(model, decoder, slots=2)
+    try:
+        engine.warm_up(needs=[256])
+        deadline = time.monotonic() + 600
+        while engine.compiling and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert engine.compiling == 0
+        assert ("prefill", 512, 16) in compiled and ("resize", 1, 256, 2, 512) in compiled
+        compiled.clear()
+        greedy = SamplerSettings(temperature=0.0)
+        running = engine.stream(model.tokenizer.encode("Count from 1 to 100."), max_tokens=120, settings=greedy)
+        tokens = iter(running)
+        next(tokens)
+        long_prompt = model.tokenizer.encode(" ".join(f"Item {i} is a fruit." for i in range(50)))
+        assert 256 < len(long_prompt) <= 448  # the 512 bucket, with its reach in a 512 cache
+        joined = engine.stream(long_prompt, max_tokens=4, settings=greedy)
+        rest = threading.Thread(target=lambda: list(tokens))
+        rest.start()
+        assert "".join(joined)
+        rest.join(120)
+        waited = [key for key in compiled if key[0] != "resize_into"]
+        assert not waited, f"compiled while the stream ran: {waited}"
+    finally:
+        engine.close(timeout=60)

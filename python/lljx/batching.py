@@ -21,7 +21,7 @@ from lljx import _native
 from lljx.config import ModelConfig
 from lljx.generation import GenerationError, Stats
 from lljx.sampling import SamplerSettings, mask_words, seed_key_data
-from lljx.strategies.slots import SlotDecoder, common_programs
+from lljx.strategies.slots import SlotDecoder, common_programs, long_prompt_programs
 
 if TYPE_CHECKING:
     from lljx.models import Model
@@ -171,18 +171,24 @@ class BatchEngine:
         )
         return Stream(self, request_id, events)
 
-    def warm_up(self, needs: Sequence[int] | None = None) -> None:
+    def warm_up(self, needs: Sequence[int] | None = None, long_prompts: bool = True) -> None:
         """Compile in the background, while no request is here and behind anything a step waits
         for, the programs that requests filling `needs` cache positions meet most (default: the
         caches of replies up to WARM_REPLY_CACHES times the shortest, which rows grow through
-        as they fill them; longer ones compile when a row first comes near their end)."""
+        as they fill them; longer ones compile when a row first comes near their end), then,
+        with `long_prompts`, those of prompts longer than a chunk up to the default context."""
         if needs is None:
             shortest = _native.BatchLoop.cache_bucket(1)
             longest = _native.BatchLoop.cache_bucket(min(self.model.config.context_length, DEFAULT_CONTEXT))
             needs = [shortest << i for i in range(WARM_REPLY_CACHES) if shortest << i <= longest]
         lengths = sorted({_native.BatchLoop.cache_bucket(need) for need in needs})
+        chunks = self.decoder.chunk_sizes
+        keys = common_programs(self.slots, lengths, chunks)
+        if long_prompts:
+            longest = _native.BatchLoop.cache_bucket(min(self.model.config.context_length, DEFAULT_CONTEXT))
+            keys += long_prompt_programs(self.slots, lengths[0], longest, chunks)
         # Only while no request is here: a compile would take a core from running streams.
-        self.decoder.warm(common_programs(self.slots, lengths, self.decoder.chunk_sizes), when=self._idle)
+        self.decoder.warm(keys, when=self._idle)
 
     def _idle(self) -> bool:
         """Whether a warm-up compile may start: nothing here, and nothing for WARM_AFTER_IDLE_S.

@@ -647,14 +647,21 @@ fn a_short_prompt_is_read_in_one_chunk_when_even_the_smallest_is_over_the_target
     assert_eq!(plan.chunks.len(), 1);
     assert_eq!((plan.chunks[0].size, plan.chunks[0].ids.len()), (64, 40));
     assert!(plan.chunks[0].insert.is_some());
-    // A long prompt still goes a smallest chunk at a time.
-    d.b.policy.observe(2, true, 16, 2048, 200_000_000);
+    // A long prompt still goes a smallest chunk at a time, its last ones too.
+    d.b.policy.observe(2, true, 16, 1024, 200_000_000);
     d.b.submit(request(3, 1000, 10), 0);
     let mut sizes = Vec::new();
-    for _ in 0..4 {
+    let mut inserted = false;
+    for _ in 0..200 {
         let (plan, _) = d.step(letter('a'));
         sizes.extend(plan.chunks.iter().map(|c| c.size));
+        inserted |= plan.chunks.iter().any(|c| c.insert.is_some());
+        if inserted {
+            break;
+        }
     }
+    assert!(inserted);
+    assert_eq!(sizes.iter().sum::<usize>(), 1008);
     assert!(sizes.iter().all(|&s| s == 16), "{sizes:?}");
 }
 

@@ -148,8 +148,9 @@ class SlotDecoder:
         """Whether the program `kind` for `shape` can run now without compiling; a missing one starts
         compiling on a background thread. Kinds and shapes: decode / forward (batch, cache_len),
         sample (batch), insert / insert_logits (batch, cache_len, bucket), prefill (bucket, chunk),
-        resize / resize_into (batch, cache_len, new_batch, new_cache_len). A resize to a shape
-        with a spare cache runs in place (`_resize`), so it is that program a step waits for."""
+        scratch (bucket: a zeroed prompt cache), resize / resize_into (batch, cache_len, new_batch,
+        new_cache_len). A resize to a shape with a spare cache runs in place (`_resize`), so it is
+        that program a step waits for."""
         if not self.steps.compiled:
             return True
         key = self._key(kind, shape)
@@ -283,6 +284,9 @@ class SlotDecoder:
                 logits = jax.ShapeDtypeStruct((b, vocab), jnp.float32)
                 return steps.insert_logits, (logits, cache, scratch, chunk_logits, scalar)
             return steps.insert, (tokens, cache, scratch, chunk_logits, scalar, rows(1))
+        if kind == "scratch":
+            (bucket,) = shape
+            return steps.empty_scratch, (bucket,)
         if kind == "prefill":
             bucket, chunk = shape
             scratch = jax.eval_shape(steps.empty_scratch, bucket)
@@ -355,7 +359,7 @@ class SlotDecoder:
             logits = jnp.zeros((b, self.vocab), jnp.float32)
         for ids, start, bucket, size, insert in chunks:
             if scratch is None or scratch.max_len != bucket:
-                scratch = self.steps.empty_scratch(bucket)
+                scratch = self._empty_scratch(bucket)
             padded = np.zeros((1, size), np.int32)
             padded[0, : len(ids)] = ids
             chunk_logits, scratch = self._run(
@@ -371,6 +375,14 @@ class SlotDecoder:
                     ("insert", b, length, bucket), tokens, cache, scratch, chunk_logits, np.int32(slot), _rows(row)
                 )
         return SlotState(tokens, cache, scratch, chunk_logits, logits)
+
+    def _empty_scratch(self, bucket: int) -> Any:
+        """A fresh scratch for prompts of `bucket`: its program when warmed up, else the jitted
+        function, which compiles on the engine's thread (0.1-0.2 s a bucket, a stall of every
+        stream the first time a prompt of a new bucket arrives)."""
+        if self._compiled(("scratch", bucket)):
+            return self._run(("scratch", bucket))
+        return self.steps.empty_scratch(bucket)
 
     def _resize(self, tokens: Any, cache: Any, source: Sequence[int], new_len: int) -> tuple[Any, Any]:
         """The batch's rows `source` in a cache of `new_len` positions: written into a spare of
@@ -407,10 +419,11 @@ class SlotDecoder:
 def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence[int] = CHUNK_SIZES) -> list[tuple[Any, ...]]:
     """The programs a server with `slots` meets most, most likely first: one request's decode,
     prefill and insert, then each larger batch with the resize that reaches it, then smaller
-    prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket. Each
-    of the ascending `cache_lens` after the first also gets the resize that grows every batch's
-    cache to it from the one before, as rows fill their caches. Shapes follow the batch loop's
-    buckets (rows 1, 2, 4...; prompt buckets from the smallest chunk)."""
+    prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket (each
+    bucket with its scratch). Each of the ascending `cache_lens` after the first also gets the
+    resize that grows every batch's cache to it from the one before, as rows fill their caches.
+    Shapes follow the batch loop's buckets (rows 1, 2, 4...; prompt buckets from the smallest
+    chunk)."""
     batches = list(_powers(1, 1 << max(0, slots - 1).bit_length()))
     buckets = list(chunk_sizes)
     short = buckets[:-1] or buckets
@@ -418,7 +431,7 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
     for shorter, length in zip([None, *cache_lens], cache_lens):
         grow = [] if shorter is None else [("resize", batch, shorter, batch, length) for batch in batches]
         keys += [("decode", 1, length), *grow[:1]]
-        keys += [("prefill", bucket, bucket) for bucket in short]
+        keys += [key for bucket in short for key in (("scratch", bucket), ("prefill", bucket, bucket))]
         keys += [("insert", 1, length, bucket) for bucket in short]
         for (smaller, batch), grown in zip(itertools.pairwise(batches), grow[1:] or [None] * len(batches)):
             keys += [("resize", smaller, length, batch, length), ("decode", batch, length)]
@@ -428,7 +441,28 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
     for length in cache_lens:
         keys += [("resize", batch, length, smaller, length) for smaller, batch in itertools.pairwise(batches)]
         keys += [("insert", batch, length, buckets[-1]) for batch in batches]
-    keys.append(("prefill", buckets[-1], buckets[-1]))
+    keys += [("scratch", buckets[-1]), ("prefill", buckets[-1], buckets[-1])]
+    return list(dict.fromkeys(keys))
+
+
+def long_prompt_programs(
+    slots: int, running_len: int, longest: int, chunk_sizes: Sequence[int] = CHUNK_SIZES,
+) -> list[tuple[Any, ...]]:
+    """The programs a prompt longer than the largest chunk meets, for each prompt bucket up to
+    `longest`, shortest first: its chunks' prefill at every size, then the batch it joins, with
+    its cache grown to the bucket: alone (decode and insert at one row), or beside rows that
+    decode at `running_len`, with or without a row more (the resize, decode and insert). A
+    2,000-token prompt arriving while 4 streams ran compiled nine of these while they ran: on
+    2 cores their gaps grew from 0.15 to 0.4 s."""
+    batches = list(_powers(1, 1 << max(0, slots - 1).bit_length()))
+    keys: list[tuple[Any, ...]] = []
+    for bucket in _powers(2 * chunk_sizes[-1], longest):
+        keys += [("scratch", bucket), *(("prefill", bucket, chunk) for chunk in chunk_sizes)]
+        keys += [("decode", 1, bucket), ("insert", 1, bucket, bucket)]
+        for batch in batches:
+            grown = min(2 * batch, batches[-1])
+            keys += [("resize", batch, running_len, grown, bucket), ("decode", grown, bucket), ("insert", grown, bucket, bucket)]
+            keys += [("resize", batch, running_len, batch, bucket)]
     return list(dict.fromkeys(keys))
 
 
@@ -525,12 +559,16 @@ class _Compiler:
 
 
 def _yield_to_steps() -> None:
-    """Lowest CPU priority for the calling (compile) thread and the threads it starts: a compile
-    takes a core for a second or more, and on a small machine the running streams' steps need
-    every core (2 cores, a 2,000-token prompt arriving while 4 streams ran: the streams' gaps
-    grew from 0.1 to 0.3-1.9 s while its programs compiled)."""
+    """The idle CPU class for the calling (compile) thread and the threads it starts, or the
+    lowest priority where that is refused: a compile takes a core for a second or more, and on
+    a small machine the running streams' steps need every core (2 cores, a 2,000-token prompt
+    arriving while 4 streams ran: the streams' gaps grew from 0.1 to 0.3-1.9 s while its
+    programs compiled at normal priority, and to 0.4-0.7 s at nice 19, which still takes a core
+    whenever a step's threads wait a moment; an idle-class thread runs only on a free core)."""
+    thread = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, thread, 19)
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         pass  # not Linux, or not allowed: compiles share the cores as before
 
