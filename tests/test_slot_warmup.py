@@ -192,3 +192,23 @@ def test_after_the_warm_up_a_long_prompt_beside_a_running_stream_waits_for_no_co
         assert not waited, f"compiled while the stream ran: {waited}"
     finally:
         engine.close(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_composed_strategys_slots_serve_a_prompt_without_compiled_programs() -> None:
+    """Strategies whose slot steps are Python compositions (per-layer jits here) run the same
+    step code without the compiled programs: a fresh prompt scratch must come from the step's
+    own function."""
+    from lljx.batching import BatchEngine
+    from lljx.sampling import SamplerSettings
+
+    model = load_model("smollm2", dtype="auto")
+    decoder = registry.build_slots(registry.load("jit-layer"), model)
+    assert decoder is not None and not decoder.steps.compiled
+    engine = BatchEngine(model, decoder, slots=2)
+    try:
+        stream = engine.stream(model.tokenizer.encode("Hi there"), max_tokens=3, settings=SamplerSettings(temperature=0.0))
+        assert "".join(stream)
+        assert stream.finished is not None and len(stream.finished.token_ids) == 3
+    finally:
+        engine.close(timeout=60)

@@ -380,8 +380,8 @@ class SlotDecoder:
         """A fresh scratch for prompts of `bucket`: its program when warmed up, else the jitted
         function, which compiles on the engine's thread (0.1-0.2 s a bucket, a stall of every
         stream the first time a prompt of a new bucket arrives)."""
-        if self._compiled(("scratch", bucket)):
-            return self._run(("scratch", bucket))
+        if self.steps.compiled and self._compiled(("scratch", bucket)):
+            return self._adopt(("scratch", bucket))()
         return self.steps.empty_scratch(bucket)
 
     def _resize(self, tokens: Any, cache: Any, source: Sequence[int], new_len: int) -> tuple[Any, Any]:
