@@ -66,35 +66,54 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
     }
 }
 
-/// A 32-value block's values in the form `vpmaddubsw` takes (Q8_0: its signed bytes), and the
-/// f16 bits of its scale and minimum (zero where the format has none).
+/// A 32-value block's values in the form `vpmaddubsw` takes (Q8_0: its signed bytes).
 #[inline(always)]
-unsafe fn block32(ty: GgmlType, bytes: &[u8]) -> (__m256i, u16, u16) {
+unsafe fn block32(ty: GgmlType, bytes: &[u8]) -> __m256i {
     let at = |offset: usize| unsafe { bytes.as_ptr().add(offset) };
     unsafe {
         match ty {
-            GgmlType::Q4_0 => (nibbles(at(2)), read_u16(bytes, 0), 0),
-            GgmlType::Q4_1 => (nibbles(at(4)), read_u16(bytes, 0), read_u16(bytes, 2)),
-            GgmlType::Q8_0 => (
-                _mm256_loadu_si256(at(2) as *const __m256i),
-                read_u16(bytes, 0),
-                0,
-            ),
+            GgmlType::Q4_0 => nibbles(at(2)),
+            GgmlType::Q4_1 => nibbles(at(4)),
+            GgmlType::Q8_0 => _mm256_loadu_si256(at(2) as *const __m256i),
             _ => {
                 // Q5_0 and Q5_1: the fifth bits are spread over a word; the scalar decoder has them.
                 let b = decode_block32(ty, bytes);
-                let m = if ty == GgmlType::Q5_1 {
-                    read_u16(bytes, 2)
-                } else {
-                    0
-                };
-                (
-                    _mm256_loadu_si256(b.q.as_ptr() as *const __m256i),
-                    read_u16(bytes, 0),
-                    m,
-                )
+                _mm256_loadu_si256(b.q.as_ptr() as *const __m256i)
             }
         }
+    }
+}
+
+/// The f16 scales (bytes 0-1) and minimums (bytes 2-3; garbage where the format has none) of
+/// one block in each of eight rows, as f32 [row 0..8]: every 32-value format starts so.
+/// Built in registers: eight 2-byte stores read back as one vector would stall on forwarding.
+#[inline(always)]
+unsafe fn block32_headers(rows: &[&[u8]; ROWS], at: usize) -> (__m256, __m256) {
+    let word = |k: usize| i32::from_le_bytes(rows[k][at..at + 4].try_into().unwrap());
+    unsafe {
+        let words = _mm256_setr_epi32(
+            word(0),
+            word(1),
+            word(2),
+            word(3),
+            word(4),
+            word(5),
+            word(6),
+            word(7),
+        );
+        // Per 128-bit half: the four low halves (scales), then the four high ones (minimums).
+        let split = _mm256_shuffle_epi8(
+            words,
+            _mm256_setr_epi8(
+                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2,
+                3, 6, 7, 10, 11, 14, 15,
+            ),
+        );
+        let ordered = _mm256_permute4x64_epi64::<0xD8>(split);
+        (
+            _mm256_cvtph_ps(_mm256_castsi256_si128(ordered)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(ordered)),
+        )
     }
 }
 
@@ -111,18 +130,32 @@ unsafe fn f16x8(bits: &[u16; ROWS]) -> __m256 {
 }
 
 /// Eight vectors of eight i32 partial sums, one per row, summed into one vector [row 0..8].
+///
+/// A transpose by blends, in-lane shuffles and adds: `vphaddd` costs three micro-ops on the
+/// shuffle pipes, and six of them per token and block were the kernel's bottleneck at 8 rows.
 #[inline(always)]
 unsafe fn row_sums(p: &[__m256i; ROWS]) -> __m256i {
+    // Lanes [a0 + a1, b0 + b1, a2 + a3, b2 + b3, ...]: each row's neighbours, interleaved.
+    #[inline(always)]
+    unsafe fn pair(a: __m256i, b: __m256i) -> __m256i {
+        let own = _mm256_blend_epi32::<0xAA>(a, b);
+        let swapped = _mm256_shuffle_epi32::<0xB1>(_mm256_blend_epi32::<0xAA>(b, a));
+        _mm256_add_epi32(own, swapped)
+    }
+    // From two pairs' results: per 128-bit half [a, b, c, d], each that half's sum.
+    #[inline(always)]
+    unsafe fn quad(ab: __m256i, cd: __m256i) -> __m256i {
+        let own = _mm256_blend_epi32::<0xCC>(ab, cd);
+        let swapped = _mm256_shuffle_epi32::<0x4E>(_mm256_blend_epi32::<0xCC>(cd, ab));
+        _mm256_add_epi32(own, swapped)
+    }
     unsafe {
-        let h01 = _mm256_hadd_epi32(p[0], p[1]);
-        let h23 = _mm256_hadd_epi32(p[2], p[3]);
-        let h45 = _mm256_hadd_epi32(p[4], p[5]);
-        let h67 = _mm256_hadd_epi32(p[6], p[7]);
-        let low = _mm256_hadd_epi32(h01, h23);
-        let high = _mm256_hadd_epi32(h45, h67);
+        let low = quad(pair(p[0], p[1]), pair(p[2], p[3]));
+        let high = quad(pair(p[4], p[5]), pair(p[6], p[7]));
+        // [low's first half, high's second] + [low's second half, high's first].
         _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(low, high),
-            _mm256_permute2x128_si256::<0x31>(low, high),
+            _mm256_blend_epi32::<0xF0>(low, high),
+            _mm256_permute2x128_si256::<0x21>(low, high),
         )
     }
 }
@@ -153,12 +186,14 @@ unsafe fn blocks32(
     let (blocks, block_bytes) = (w.n_in / QK32, w.ty.block_bytes());
     let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + k));
     let ones = _mm256_set1_epi16(1);
+    // Every (token, block) the loop reads, checked once here rather than at each read.
+    let end = (first + acc.len()) * blocks;
+    assert!(q8.qs.len() >= end * QK32 && q8.d.len() >= end && q8.sum.len() >= end);
+    assert!(!with_min || q8.s.len() >= end);
     for b in 0..blocks {
         let mut q = [_mm256_setzero_si256(); ROWS];
-        let (mut d, mut m) = ([0u16; ROWS], [0u16; ROWS]);
         for k in 0..ROWS {
-            (q[k], d[k], m[k]) =
-                unsafe { block32(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes]) };
+            q[k] = unsafe { block32(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes]) };
             // The same block of the next eight rows: one group ahead, where a tile continues.
             unsafe {
                 prefetch(
@@ -177,21 +212,31 @@ unsafe fn blocks32(
                 magnitudes[k] = _mm256_abs_epi8(q[k]);
             }
         }
-        let (d, m) = unsafe { (f16x8(&d), f16x8(&m)) };
+        let (d, m) = unsafe { block32_headers(&rows, b * block_bytes) };
         for (t, a) in acc.iter_mut().enumerate() {
             let i = (first + t) * blocks + b;
             let x = unsafe { _mm256_loadu_si256(q8.qs.as_ptr().add(i * QK32) as *const __m256i) };
             let mut p = [_mm256_setzero_si256(); ROWS];
             for k in 0..ROWS {
                 let x = if signed { _mm256_sign_epi8(x, q[k]) } else { x };
-                p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes[k], x), ones);
+                p[k] = _mm256_maddubs_epi16(magnitudes[k], x);
             }
-            let isum =
-                _mm256_sub_epi32(unsafe { row_sums(&p) }, _mm256_set1_epi32(zero * q8.sum[i]));
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
+            for k in 0..ROWS {
+                p[k] = _mm256_madd_epi16(p[k], ones);
+            }
+            let sums = unsafe { row_sums(&p) };
+            // SAFETY (the reads): i < end, checked above.
+            let isum = if zero != 0 {
+                let shift = zero * unsafe { *q8.sum.get_unchecked(i) };
+                _mm256_sub_epi32(sums, _mm256_set1_epi32(shift))
+            } else {
+                sums
+            };
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(unsafe { *q8.d.get_unchecked(i) }));
             *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), *a);
             if with_min {
-                *a = _mm256_fmadd_ps(m, _mm256_set1_ps(q8.s[i]), *a);
+                let s = unsafe { *q8.s.get_unchecked(i) };
+                *a = _mm256_fmadd_ps(m, _mm256_set1_ps(s), *a);
             }
         }
     }
@@ -242,6 +287,18 @@ unsafe fn superblocks(
                 };
             }
         }
+        // Q6_K's zero point per row: -32 · sc_j as i16 (|32 · sc_j| <= 4,096), so that one
+        // `vpmaddwd` with the activations' sums per 16 takes its share into the row's sum.
+        let mut shift_scales = [_mm256_setzero_si256(); ROWS];
+        if q6 {
+            for k in 0..ROWS {
+                let raw = unsafe {
+                    _mm_loadu_si128(rows[k].as_ptr().add(b * block_bytes + 192) as *const __m128i)
+                };
+                shift_scales[k] =
+                    _mm256_mullo_epi16(_mm256_cvtepi8_epi16(raw), _mm256_set1_epi16(-32));
+            }
+        }
         let (d, dmin) = unsafe { (f16x8(&d), f16x8(&dmin)) };
         for (t, a) in acc.iter_mut().enumerate() {
             let i = (first + t) * blocks + b;
@@ -256,21 +313,23 @@ unsafe fn superblocks(
                     p[k] = _mm256_add_epi32(p[k], _mm256_madd_epi16(pairs, scales[k][c]));
                 }
             }
-            let mut sumi = unsafe { row_sums(&p) };
             let dd = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
             if q6 {
-                // Σ_j sc_j · (s_j - 32 · bsum16_j), with the zero point's share taken at once.
-                let bsum = &q8.bsum16[i * 16..(i + 1) * 16];
-                let shift: [i32; ROWS] = std::array::from_fn(|k| {
-                    (0..16)
-                        .map(|j| sc[k][j] * 32 * bsum[j])
-                        .fold(0i32, i32::wrapping_add)
-                });
-                sumi = _mm256_sub_epi32(sumi, unsafe {
-                    _mm256_loadu_si256(shift.as_ptr() as *const __m256i)
-                });
+                // Σ_j sc_j · (s_j - 32 · bsum16_j): the sums per 16 (|bsum16| <= 2,032) as
+                // i16 in order, each i32 lane a pair j = 2l, 2l + 1 as `shift_scales` has them.
+                let bsum = unsafe {
+                    let at = q8.bsum16.as_ptr().add(i * 16) as *const __m256i;
+                    let packed =
+                        _mm256_packs_epi32(_mm256_loadu_si256(at), _mm256_loadu_si256(at.add(1)));
+                    _mm256_permute4x64_epi64::<0xD8>(packed)
+                };
+                for k in 0..ROWS {
+                    p[k] = _mm256_add_epi32(p[k], _mm256_madd_epi16(shift_scales[k], bsum));
+                }
+                let sumi = unsafe { row_sums(&p) };
                 *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), *a);
             } else {
+                let sumi = unsafe { row_sums(&p) };
                 let bsum = &q8.bsum32[i * 8..(i + 1) * 8];
                 let summ: [i32; ROWS] = std::array::from_fn(|k| {
                     (0..8)
