@@ -212,9 +212,13 @@ fn fast_and_portable_paths_agree_bit_for_bit_except_bf16() {
 fn the_portable_tile_gives_each_rows_own_dot_across_token_chunks() {
     use super::activations::Activations;
     use super::portable_dot;
-    // 70 activation rows cross two chunk boundaries of the tile's token loop.
-    for ty in ALL_TYPES {
-        let (n_in, n_out, tokens) = (n_in_for(ty, 3), 20, 70);
+    // 70 activation rows cross two chunk boundaries of the tile's token loop; 1 and 2 take the
+    // few-token (decode) forms of the AVX2 kernels.
+    for (ty, tokens) in ALL_TYPES
+        .into_iter()
+        .flat_map(|ty| [(ty, 70), (ty, 1), (ty, 2)])
+    {
+        let (n_in, n_out) = (n_in_for(ty, 3), 20);
         let data = random_weight(ty, n_out, n_in, 13);
         let w = BlockWeight::new(ty, &data, n_in, n_out).unwrap();
         let x = Noise::new(8).floats(tokens * n_in);

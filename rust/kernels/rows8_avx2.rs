@@ -12,7 +12,7 @@
 // Index loops over rows and chunks read closer to the register layout than iterator chains.
 #![allow(clippy::needless_range_loop)]
 
-use super::activations::Activations;
+use super::activations::{Activations, Q8KRows};
 use super::blocks::{decode_block32, decode_superblock};
 use super::ggml::{read_u16, BlockWeight, GgmlType, QK32, QK_K};
 use std::arch::x86_64::*;
@@ -45,7 +45,9 @@ pub unsafe fn rows8(w: &BlockWeight, r0: usize, acts: &Activations, out: *mut f3
         let count = TOKENS.min(acts.rows - first);
         let acc = &mut acc[..count];
         acc.fill(_mm256_setzero_ps());
-        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
+        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) && count < LANES_MIN_TOKENS {
+            unsafe { superblocks_direct(w, r0, acts, first, acc) };
+        } else if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
             unsafe { superblocks(w, r0, acts, first, acc) };
         } else {
             if count >= LANES_MIN_TOKENS {
@@ -375,18 +377,11 @@ unsafe fn superblocks(
                 };
             }
         }
-        // Q6_K's zero point per row: -32 · sc_j as i16 (|32 · sc_j| <= 4,096), so that one
-        // `vpmaddwd` with the activations' sums per 16 takes its share into the row's sum.
-        let mut shift_scales = [_mm256_setzero_si256(); ROWS];
-        if q6 {
-            for k in 0..ROWS {
-                let raw = unsafe {
-                    _mm_loadu_si128(rows[k].as_ptr().add(b * block_bytes + 192) as *const __m128i)
-                };
-                shift_scales[k] =
-                    _mm256_mullo_epi16(_mm256_cvtepi8_epi16(raw), _mm256_set1_epi16(-32));
-            }
-        }
+        let shift_scales = if q6 {
+            unsafe { shift_scales(&rows, b * block_bytes) }
+        } else {
+            [_mm256_setzero_si256(); ROWS]
+        };
         let (d, dmin) = unsafe { (f16x8(&d), f16x8(&dmin)) };
         for (t, a) in acc.iter_mut().enumerate() {
             let i = (first + t) * blocks + b;
@@ -401,39 +396,202 @@ unsafe fn superblocks(
                     p[k] = _mm256_add_epi32(p[k], _mm256_madd_epi16(pairs, scales[k][c]));
                 }
             }
-            let dd = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
             if q6 {
-                // Σ_j sc_j · (s_j - 32 · bsum16_j): the sums per 16 (|bsum16| <= 2,032) as
-                // i16 in order, each i32 lane a pair j = 2l, 2l + 1 as `shift_scales` has them.
-                let bsum = unsafe {
-                    let at = q8.bsum16.as_ptr().add(i * 16) as *const __m256i;
-                    let packed =
-                        _mm256_packs_epi32(_mm256_loadu_si256(at), _mm256_loadu_si256(at.add(1)));
-                    _mm256_permute4x64_epi64::<0xD8>(packed)
-                };
+                // Σ_j sc_j · (s_j - 32 · bsum16_j): the zero point's share, by `shift_scales`.
+                let bsum = unsafe { bsum16_pairs(q8, i) };
                 for k in 0..ROWS {
                     p[k] = _mm256_add_epi32(p[k], _mm256_madd_epi16(shift_scales[k], bsum));
                 }
-                let sumi = unsafe { row_sums(&p) };
-                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), *a);
-            } else {
-                let sumi = unsafe { row_sums(&p) };
-                let bsum = &q8.bsum32[i * 8..(i + 1) * 8];
-                let summ: [i32; ROWS] = std::array::from_fn(|k| {
-                    (0..8)
-                        .map(|j| mins[k][j] * bsum[j])
-                        .fold(0i32, i32::wrapping_add)
-                });
-                let summ = unsafe { _mm256_loadu_si256(summ.as_ptr() as *const __m256i) };
-                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), *a);
-                let m = _mm256_xor_ps(
-                    _mm256_mul_ps(dmin, _mm256_set1_ps(q8.d[i])),
-                    _mm256_set1_ps(-0.0),
-                );
-                *a = _mm256_fmadd_ps(m, _mm256_cvtepi32_ps(summ), *a);
             }
+            let sumi = unsafe { row_sums(&p) };
+            unsafe { finish_superblock(a, q6, sumi, &mins, q8, i, d, dmin) };
         }
     }
+}
+
+/// The sums per 16 of super-block `i`'s activations (|bsum16| <= 2,032) as i16 in order, each
+/// i32 lane a pair j = 2l, 2l + 1, as Q6_K's `shift_scales` has its scales.
+#[inline(always)]
+unsafe fn bsum16_pairs(q8: &Q8KRows, i: usize) -> __m256i {
+    let sums = &q8.bsum16[i * 16..(i + 1) * 16];
+    unsafe {
+        let at = sums.as_ptr() as *const __m256i;
+        let packed = _mm256_packs_epi32(_mm256_loadu_si256(at), _mm256_loadu_si256(at.add(1)));
+        _mm256_permute4x64_epi64::<0xD8>(packed)
+    }
+}
+
+/// Q6_K's zero point of eight rows' super-blocks: -32 · sc_j as i16 (|32 · sc_j| <= 4,096), so
+/// that one `vpmaddwd` with `bsum16_pairs` takes its share into each row's sum.
+#[inline(always)]
+unsafe fn shift_scales(rows: &[&[u8]; ROWS], at: usize) -> [__m256i; ROWS] {
+    std::array::from_fn(|k| unsafe {
+        let raw = _mm_loadu_si128(rows[k][at + 192..at + 208].as_ptr() as *const __m128i);
+        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(raw), _mm256_set1_epi16(-32))
+    })
+}
+
+/// Adds a super-block's share to a token's eight rows: d · d_x · sumi, and for Q4_K and Q5_K
+/// minus dmin · d_x · Σ_j min_j · bsum32_j, each one fused multiply-add, as `portable_dot`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_superblock(
+    a: &mut __m256,
+    q6: bool,
+    sumi: __m256i,
+    mins: &[[i32; 8]; ROWS],
+    q8: &Q8KRows,
+    i: usize,
+    d: __m256,
+    dmin: __m256,
+) {
+    let dd = _mm256_mul_ps(d, _mm256_set1_ps(q8.d[i]));
+    *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), *a);
+    if !q6 {
+        let bsum = &q8.bsum32[i * 8..(i + 1) * 8];
+        // Loops, not `from_fn`: its closure would be a call here (see `blocks32`).
+        let mut summ = [0i32; ROWS];
+        for k in 0..ROWS {
+            for j in 0..8 {
+                summ[k] = summ[k].wrapping_add(mins[k][j] * bsum[j]);
+            }
+        }
+        let summ = unsafe { _mm256_loadu_si256(summ.as_ptr() as *const __m256i) };
+        let m = _mm256_xor_ps(
+            _mm256_mul_ps(dmin, _mm256_set1_ps(q8.d[i])),
+            _mm256_set1_ps(-0.0),
+        );
+        *a = _mm256_fmadd_ps(m, _mm256_cvtepi32_ps(summ), *a);
+    }
+}
+
+/// Few tokens (decode): each row's Q4_K or Q6_K super-block goes straight from its bytes into
+/// the products, 32 values at a time (`k_chunk`), where `superblocks` first unpacks eight rows'
+/// values and scales for many tokens to reuse. Same integer sums, same float steps.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn superblocks_direct(
+    w: &BlockWeight,
+    r0: usize,
+    acts: &Activations,
+    first: usize,
+    acc: &mut [__m256],
+) {
+    let q8 = acts.q8k.as_ref().expect("activations rounded to Q8_K");
+    let q6 = w.ty == GgmlType::Q6K;
+    let (blocks, block_bytes) = (w.n_in / QK_K, w.ty.block_bytes());
+    let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + k));
+    let end = (first + acc.len()) * blocks;
+    assert!(q8.qs.len() >= end * QK_K);
+    let mut mins = [[0i32; 8]; ROWS];
+    let mut scales = [[0i16; 16]; ROWS];
+    for b in 0..blocks {
+        let at = b * block_bytes;
+        let (mut d, mut dmin) = ([0u16; ROWS], [0u16; ROWS]);
+        for k in 0..ROWS {
+            let bytes = &rows[k][at..at + block_bytes];
+            if q6 {
+                d[k] = read_u16(bytes, 208);
+            } else {
+                (d[k], dmin[k]) = (read_u16(bytes, 0), read_u16(bytes, 2));
+                let (sc, m) = k4_scales(&bytes[4..16]);
+                for j in 0..8 {
+                    (scales[k][2 * j], scales[k][2 * j + 1]) = (sc[j] as i16, sc[j] as i16);
+                    mins[k][j] = m[j] as i32;
+                }
+            }
+            let ahead = rows[k].as_ptr().wrapping_add(at + ROWS * w.row_bytes);
+            for line in [0, 64, 128, block_bytes - 1] {
+                unsafe { prefetch(ahead.wrapping_add(line)) };
+            }
+        }
+        let shifts = if q6 {
+            unsafe { shift_scales(&rows, at) }
+        } else {
+            [_mm256_setzero_si256(); ROWS]
+        };
+        let (d, dmin) = unsafe { (f16x8(&d), f16x8(&dmin)) };
+        for (t, a) in acc.iter_mut().enumerate() {
+            let i = (first + t) * blocks + b;
+            let x = unsafe { q8.qs.as_ptr().add(i * QK_K) };
+            let bsum = if q6 {
+                unsafe { bsum16_pairs(q8, i) }
+            } else {
+                _mm256_setzero_si256()
+            };
+            let mut p = [_mm256_setzero_si256(); ROWS];
+            for k in 0..ROWS {
+                let bytes = &rows[k][at..at + block_bytes];
+                let mut sum = _mm256_madd_epi16(shifts[k], bsum);
+                // Q6_K's sixteen i8 scales as i16, the first eight in both halves, then the rest.
+                let q6_scales = if q6 {
+                    let all = _mm256_cvtepi8_epi16(unsafe {
+                        _mm_loadu_si128(bytes[192..208].as_ptr() as *const __m128i)
+                    });
+                    [
+                        _mm256_permute2x128_si256::<0x00>(all, all),
+                        _mm256_permute2x128_si256::<0x11>(all, all),
+                    ]
+                } else {
+                    [_mm256_setzero_si256(); 2]
+                };
+                for c in 0..8 {
+                    let v = unsafe { k_chunk(q6, bytes, c) };
+                    let xc = unsafe { _mm256_loadu_si256(x.add(32 * c) as *const __m256i) };
+                    // Q6_K: one scale per 16 values, as the 256-bit pairs split 8 + 8: scale 2c
+                    // spread over the low half, 2c + 1 over the high one.
+                    let scale = if q6 {
+                        let j = (2 * (c % 4)) as i16;
+                        let pick = |lane: i16| (2 * lane) | ((2 * lane + 1) << 8);
+                        let spread =
+                            _mm256_set_m128i(_mm_set1_epi16(pick(j + 1)), _mm_set1_epi16(pick(j)));
+                        _mm256_shuffle_epi8(q6_scales[c / 4], spread)
+                    } else {
+                        _mm256_set1_epi16(scales[k][2 * c])
+                    };
+                    let products = _mm256_madd_epi16(_mm256_maddubs_epi16(v, xc), scale);
+                    sum = _mm256_add_epi32(sum, products);
+                }
+                p[k] = sum;
+            }
+            let sumi = unsafe { row_sums(&p) };
+            unsafe { finish_superblock(a, q6, sumi, &mins, q8, i, d, dmin) };
+        }
+    }
+}
+
+/// Values 32·c..32·c + 32 of a Q4_K or Q6_K super-block, unsigned, in `superblock`'s order.
+#[inline(always)]
+unsafe fn k_chunk(q6: bool, bytes: &[u8], c: usize) -> __m256i {
+    let load =
+        |at: usize| unsafe { _mm256_loadu_si256(bytes[at..at + 32].as_ptr() as *const __m256i) };
+    let low4 = _mm256_set1_epi8(0x0f);
+    if !q6 {
+        let v = load(16 + 32 * (c / 2));
+        return if c % 2 == 0 {
+            _mm256_and_si256(v, low4)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4)
+        };
+    }
+    // Q6_K: four 32-value chunks per half; low 4 bits from the nibbles of 64 bytes, the two
+    // high bits from one 32-byte word, two bits per chunk, moved to bits 4-5.
+    let (half, m) = (c / 4, c % 4);
+    let h = load(128 + 32 * half);
+    let h = match m {
+        0 => h,
+        1 => _mm256_srli_epi16::<2>(h),
+        2 => _mm256_srli_epi16::<4>(h),
+        _ => _mm256_srli_epi16::<6>(h),
+    };
+    let high = _mm256_slli_epi16::<4>(_mm256_and_si256(h, _mm256_set1_epi8(3)));
+    let v = load(64 * half + 32 * (m % 2));
+    let low = if m < 2 {
+        _mm256_and_si256(v, low4)
+    } else {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4)
+    };
+    _mm256_or_si256(low, high)
 }
 
 /// Decodes one K-quant super-block into `q` (unsigned values), `sc` (the integer scale of
