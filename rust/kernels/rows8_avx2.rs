@@ -94,11 +94,12 @@ unsafe fn block32(ty: GgmlType, bytes: &[u8]) -> __m256i {
     }
 }
 
-/// The f16 scales (bytes 0-1) and minimums (bytes 2-3; garbage where the format has none) of
-/// one block in each of eight rows, as f32 [row 0..8]: every 32-value format starts so.
+/// The two f16 values of the word at `at` in one block of each of eight rows, as f32 [row 0..8]:
+/// every 32-value format starts with its scale (bytes 0-1) and minimum (2-3; garbage where the
+/// format has none), and K-quants keep theirs at fixed places.
 /// Built in registers: eight 2-byte stores read back as one vector would stall on forwarding.
 #[inline(always)]
-unsafe fn block32_headers(rows: &[&[u8]; ROWS], at: usize) -> (__m256, __m256) {
+unsafe fn header_pairs(rows: &[&[u8]; ROWS], at: usize) -> (__m256, __m256) {
     let word = |k: usize| i32::from_le_bytes(rows[k][at..at + 4].try_into().unwrap());
     unsafe {
         let words = _mm256_setr_epi32(
@@ -289,7 +290,7 @@ unsafe fn blocks32<const BY_LANES: bool>(
                 magnitudes[k] = _mm256_abs_epi8(q[k]);
             }
         }
-        let (d, m) = unsafe { block32_headers(&rows, b * block_bytes) };
+        let (d, m) = unsafe { header_pairs(&rows, b * block_bytes) };
         let (q_lanes, magnitude_lanes) = if BY_LANES {
             let lanes = unsafe { groups_by_row(&q) };
             let magnitudes = if signed {
@@ -484,19 +485,17 @@ unsafe fn superblocks_direct(
     let end = (first + acc.len()) * blocks;
     assert!(q8.qs.len() >= end * QK_K);
     let mut mins = [[0i32; 8]; ROWS];
-    let mut scales = [[0i16; 16]; ROWS];
+    let mut k4_scales_by_lane = [_mm256_setzero_si256(); ROWS];
     for b in 0..blocks {
         let at = b * block_bytes;
-        let (mut d, mut dmin) = ([0u16; ROWS], [0u16; ROWS]);
         for k in 0..ROWS {
             let bytes = &rows[k][at..at + block_bytes];
-            if q6 {
-                d[k] = read_u16(bytes, 208);
-            } else {
-                (d[k], dmin[k]) = (read_u16(bytes, 0), read_u16(bytes, 2));
+            if !q6 {
                 let (sc, m) = k4_scales(&bytes[4..16]);
+                // The eight scales as i16 in both halves, for `vpshufb` to spread one at a time.
+                let eight = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc)));
+                k4_scales_by_lane[k] = _mm256_set_m128i(eight, eight);
                 for j in 0..8 {
-                    (scales[k][2 * j], scales[k][2 * j + 1]) = (sc[j] as i16, sc[j] as i16);
                     mins[k][j] = m[j] as i32;
                 }
             }
@@ -510,7 +509,16 @@ unsafe fn superblocks_direct(
         } else {
             [_mm256_setzero_si256(); ROWS]
         };
-        let (d, dmin) = unsafe { (f16x8(&d), f16x8(&dmin)) };
+        // d and dmin lead Q4_K blocks; Q6_K's d is its last two bytes, the high half of the
+        // word at 206.
+        let (d, dmin) = if q6 {
+            (
+                unsafe { header_pairs(&rows, at + 206) }.1,
+                _mm256_setzero_ps(),
+            )
+        } else {
+            unsafe { header_pairs(&rows, at) }
+        };
         for (t, a) in acc.iter_mut().enumerate() {
             let i = (first + t) * blocks + b;
             let x = unsafe { q8.qs.as_ptr().add(i * QK_K) };
@@ -540,14 +548,16 @@ unsafe fn superblocks_direct(
                     let xc = unsafe { _mm256_loadu_si256(x.add(32 * c) as *const __m256i) };
                     // Q6_K: one scale per 16 values, as the 256-bit pairs split 8 + 8: scale 2c
                     // spread over the low half, 2c + 1 over the high one.
+                    // The bytes of i16 lane `lane` of a half, as a `vpshufb` index pair.
+                    let pick = |lane: i16| (2 * lane) | ((2 * lane + 1) << 8);
                     let scale = if q6 {
                         let j = (2 * (c % 4)) as i16;
-                        let pick = |lane: i16| (2 * lane) | ((2 * lane + 1) << 8);
                         let spread =
                             _mm256_set_m128i(_mm_set1_epi16(pick(j + 1)), _mm_set1_epi16(pick(j)));
                         _mm256_shuffle_epi8(q6_scales[c / 4], spread)
                     } else {
-                        _mm256_set1_epi16(scales[k][2 * c])
+                        let spread = _mm256_set1_epi16(pick(c as i16));
+                        _mm256_shuffle_epi8(k4_scales_by_lane[k], spread)
                     };
                     let products = _mm256_madd_epi16(_mm256_maddubs_epi16(v, xc), scale);
                     sum = _mm256_add_epi32(sum, products);
