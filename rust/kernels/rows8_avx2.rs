@@ -405,7 +405,7 @@ unsafe fn superblocks(
                 }
             }
             let sumi = unsafe { row_sums(&p) };
-            unsafe { finish_superblock(a, q6, sumi, &mins, q8, i, d, dmin) };
+            unsafe { finish_superblock(a, q6, sumi, &mins, None, q8, i, d, dmin) };
         }
     }
 }
@@ -441,6 +441,7 @@ unsafe fn finish_superblock(
     q6: bool,
     sumi: __m256i,
     mins: &[[i32; 8]; ROWS],
+    mins_sums: Option<__m256i>,
     q8: &Q8KRows,
     i: usize,
     d: __m256,
@@ -452,12 +453,13 @@ unsafe fn finish_superblock(
         let bsum = &q8.bsum32[i * 8..(i + 1) * 8];
         // Loops, not `from_fn`: its closure would be a call here (see `blocks32`).
         let mut summ = [0i32; ROWS];
-        for k in 0..ROWS {
+        for k in 0..if mins_sums.is_some() { 0 } else { ROWS } {
             for j in 0..8 {
                 summ[k] = summ[k].wrapping_add(mins[k][j] * bsum[j]);
             }
         }
-        let summ = unsafe { _mm256_loadu_si256(summ.as_ptr() as *const __m256i) };
+        let summ = mins_sums
+            .unwrap_or_else(|| unsafe { _mm256_loadu_si256(summ.as_ptr() as *const __m256i) });
         let m = _mm256_xor_ps(
             _mm256_mul_ps(dmin, _mm256_set1_ps(q8.d[i])),
             _mm256_set1_ps(-0.0),
@@ -484,7 +486,8 @@ unsafe fn superblocks_direct(
     let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + k));
     let end = (first + acc.len()) * blocks;
     assert!(q8.qs.len() >= end * QK_K);
-    let mut mins = [[0i32; 8]; ROWS];
+    let mins = [[0i32; 8]; ROWS];
+    let mut k4_mins = [_mm_setzero_si128(); ROWS];
     let mut k4_scales_by_lane = [_mm256_setzero_si256(); ROWS];
     for b in 0..blocks {
         let at = b * block_bytes;
@@ -495,9 +498,7 @@ unsafe fn superblocks_direct(
                 // The eight scales as i16 in both halves, for `vpshufb` to spread one at a time.
                 let eight = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc)));
                 k4_scales_by_lane[k] = _mm256_set_m128i(eight, eight);
-                for j in 0..8 {
-                    mins[k][j] = m[j] as i32;
-                }
+                k4_mins[k] = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(m)));
             }
             let ahead = rows[k].as_ptr().wrapping_add(at + ROWS * w.row_bytes);
             for line in [0, 64, 128, block_bytes - 1] {
@@ -565,7 +566,20 @@ unsafe fn superblocks_direct(
                 p[k] = sum;
             }
             let sumi = unsafe { row_sums(&p) };
-            unsafe { finish_superblock(a, q6, sumi, &mins, q8, i, d, dmin) };
+            // Q4_K: Σ_j min_j · bsum32_j per row, one `vpmaddwd` of the eight minimums with the
+            // activations' sums per 32 packed as i16 pairs (|bsum32| <= 4,064).
+            let mins_sums = if q6 {
+                None
+            } else {
+                let bsum = unsafe {
+                    _mm_loadu_si128(q8.bsum32_pairs[i * 4..i * 4 + 4].as_ptr() as *const __m128i)
+                };
+                let per_row: [__m256i; ROWS] = std::array::from_fn(|k| {
+                    _mm256_zextsi128_si256(_mm_madd_epi16(k4_mins[k], bsum))
+                });
+                Some(unsafe { row_sums(&per_row) })
+            };
+            unsafe { finish_superblock(a, q6, sumi, &mins, mins_sums, q8, i, d, dmin) };
         }
     }
 }
@@ -578,7 +592,7 @@ unsafe fn k_chunk(q6: bool, bytes: &[u8], c: usize) -> __m256i {
     let low4 = _mm256_set1_epi8(0x0f);
     if !q6 {
         let v = load(16 + 32 * (c / 2));
-        return if c % 2 == 0 {
+        return if c & 1 == 0 {
             _mm256_and_si256(v, low4)
         } else {
             _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4)
