@@ -188,31 +188,43 @@ pub unsafe fn attend_heads<const HALF: bool, const R: usize>(
                 }
             };
         }
-        for t0 in (0..len).step_by(per) {
-            let count = per.min(len - t0);
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in (0..d).step_by(8) {
-                let mut qc = [_mm256_setzero_ps(); R];
-                for h in 0..R {
-                    qc[h] = _mm256_loadu_ps(q.add(h * d + c));
-                }
-                for p in 0..count {
-                    let key = load::<HALF>(keys, (t0 + p) * d + c);
+        // Position sums of `count` positions from t0; a macro so that whole chunks run with a
+        // constant count, whose accumulators stay in registers (a count known only at run time
+        // kept them in memory).
+        macro_rules! score_chunk {
+            ($t0:expr, $count:expr) => {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..d).step_by(8) {
+                    let mut qc = [_mm256_setzero_ps(); R];
                     for h in 0..R {
-                        acc[h * per + p] = _mm256_fmadd_ps(qc[h], key, acc[h * per + p]);
+                        qc[h] = _mm256_loadu_ps(q.add(h * d + c));
+                    }
+                    for p in 0..$count {
+                        let key = load::<HALF>(keys, ($t0 + p) * d + c);
+                        for h in 0..R {
+                            acc[h * per + p] = _mm256_fmadd_ps(qc[h], key, acc[h * per + p]);
+                        }
                     }
                 }
-            }
-            let sums = _mm256_mul_ps(reduce8(&acc), _mm256_set1_ps(scale));
-            store!(sums, s.add(t0), padded, count);
+                let sums = _mm256_mul_ps(reduce8(&acc), _mm256_set1_ps(scale));
+                store!(sums, s.add($t0), padded, $count);
+            };
+        }
+        let whole_chunks = len - len % per;
+        for t0 in (0..whole_chunks).step_by(per) {
+            score_chunk!(t0, per);
+        }
+        if whole_chunks < len {
+            score_chunk!(whole_chunks, len - whole_chunks);
         }
         for h in 0..R {
             softmax(&mut scores[h * padded..(h + 1) * padded], len);
         }
         let s = scores.as_ptr();
         let whole = len - len % 8;
+        // d is a multiple of 8, so of `per`: every pass has `per` value rows.
         for c0 in (0..d).step_by(per) {
-            let count = per.min(d - c0);
+            let count = per;
             let mut acc = [_mm256_setzero_ps(); 8];
             for t in (0..whole).step_by(8) {
                 let mut weights = [_mm256_setzero_ps(); R];
