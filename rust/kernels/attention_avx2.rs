@@ -222,16 +222,16 @@ pub unsafe fn attend_heads<const HALF: bool, const R: usize>(
         }
         let s = scores.as_ptr();
         let whole = len - len % 8;
-        // d is a multiple of 8, so of `per`: every pass has `per` value rows.
+        // d is a multiple of 8, so of `per`: every pass has `per` value rows (a constant count,
+        // as for the scores).
         for c0 in (0..d).step_by(per) {
-            let count = per;
             let mut acc = [_mm256_setzero_ps(); 8];
             for t in (0..whole).step_by(8) {
                 let mut weights = [_mm256_setzero_ps(); R];
                 for h in 0..R {
                     weights[h] = _mm256_loadu_ps(s.add(h * padded + t));
                 }
-                for j in 0..count {
+                for j in 0..per {
                     let values = load::<HALF>(values_t, (c0 + j) * t_max + t);
                     for h in 0..R {
                         acc[h * per + j] = _mm256_fmadd_ps(weights[h], values, acc[h * per + j]);
@@ -244,14 +244,14 @@ pub unsafe fn attend_heads<const HALF: bool, const R: usize>(
                 for h in 0..R {
                     weights[h] = _mm256_loadu_ps(s.add(h * padded + whole));
                 }
-                for j in 0..count {
+                for j in 0..per {
                     let values = load_part::<HALF>(values_t, (c0 + j) * t_max + whole, len - whole);
                     for h in 0..R {
                         acc[h * per + j] = _mm256_fmadd_ps(weights[h], values, acc[h * per + j]);
                     }
                 }
             }
-            store!(reduce8(&acc), out.as_mut_ptr().add(c0), d, count);
+            store!(reduce8(&acc), out.as_mut_ptr().add(c0), d, per);
         }
     }
 }
