@@ -46,10 +46,14 @@ pub unsafe fn rows8(w: &BlockWeight, r0: usize, acts: &Activations, out: *mut f3
         let acc = &mut acc[..count];
         acc.fill(_mm256_setzero_ps());
         if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) && count < LANES_MIN_TOKENS {
-            if w.ty == GgmlType::Q6K {
-                unsafe { superblocks_by_row::<true>(w, r0, acts, first, acc) };
-            } else {
-                unsafe { superblocks_by_row::<false>(w, r0, acts, first, acc) };
+            // The token count is a constant in each copy, so the sums stay in registers.
+            unsafe {
+                match (w.ty == GgmlType::Q6K, count) {
+                    (true, 1) => superblocks_by_row::<true, 1>(w, r0, acts, first, acc),
+                    (true, _) => superblocks_by_row::<true, 2>(w, r0, acts, first, acc),
+                    (false, 1) => superblocks_by_row::<false, 1>(w, r0, acts, first, acc),
+                    (false, _) => superblocks_by_row::<false, 2>(w, r0, acts, first, acc),
+                }
             }
         } else if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
             unsafe { superblocks(w, r0, acts, first, acc) };
@@ -484,7 +488,7 @@ unsafe fn finish_superblock(
 /// steps are `finish_superblock`'s, one scalar fused multiply-add each, in the same order.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn superblocks_by_row<const Q6: bool>(
+unsafe fn superblocks_by_row<const Q6: bool, const TOKENS_N: usize>(
     w: &BlockWeight,
     r0: usize,
     acts: &Activations,
@@ -494,8 +498,8 @@ unsafe fn superblocks_by_row<const Q6: bool>(
     let q8 = acts.q8k.as_ref().expect("activations rounded to Q8_K");
     debug_assert_eq!(Q6, w.ty == GgmlType::Q6K);
     let (blocks, block_bytes) = (w.n_in / QK_K, w.ty.block_bytes());
-    let tokens = acc.len();
-    assert!(tokens <= 2);
+    let tokens = TOKENS_N;
+    assert!(acc.len() == tokens && tokens <= 2);
     let end = (first + tokens) * blocks;
     assert!(q8.qs.len() >= end * QK_K && q8.d.len() >= end);
     assert!(q8.bsum32_pairs.len() >= end * 4 && q8.bsum16.len() >= end * 16);
@@ -506,7 +510,7 @@ unsafe fn superblocks_by_row<const Q6: bool>(
     for k in 0..ROWS {
         let row = w.row(r0 + k);
         assert!(row.len() >= blocks * block_bytes);
-        let mut a = [0f32; 2];
+        let mut a = [0f32; TOKENS_N];
         for b in 0..blocks {
             let bytes = &row[b * block_bytes..(b + 1) * block_bytes];
             let mut shift = _mm256_setzero_si256();
@@ -542,7 +546,7 @@ unsafe fn superblocks_by_row<const Q6: bool>(
                 _mm_cvtss_f32(scales),
                 _mm_cvtss_f32(_mm_movehdup_ps(scales)),
             );
-            for (t, a) in a[..tokens].iter_mut().enumerate() {
+            for (t, a) in a.iter_mut().enumerate() {
                 let i = (first + t) * blocks + b;
                 let x = unsafe { q8.qs.as_ptr().add(i * QK_K) };
                 let mut sum = [_mm256_setzero_si256(); 2];
@@ -562,7 +566,7 @@ unsafe fn superblocks_by_row<const Q6: bool>(
                             _mm256_set_m128i(_mm_set1_epi16(pick(l + 1)), _mm_set1_epi16(pick(l)));
                         _mm256_shuffle_epi8(q6_scales[c / 4], spread)
                     } else {
-                        _mm256_set1_epi32(k4_scale_pairs[c])
+                        unsafe { broadcast_from_memory(&k4_scale_pairs[c]) }
                     };
                     let products = _mm256_madd_epi16(_mm256_maddubs_epi16(v, xc), scale);
                     sum[c % 2] = _mm256_add_epi32(sum[c % 2], products);
@@ -599,6 +603,24 @@ unsafe fn superblocks_by_row<const Q6: bool>(
     for (t, a) in acc.iter_mut().enumerate() {
         *a = unsafe { _mm256_loadu_ps(out[t].as_ptr()) };
     }
+}
+
+/// `value` in every i32 lane, loaded by `vpbroadcastd` from memory: a load port, no shuffle.
+/// Written out because the compiler, seeing the stored vector, would otherwise spread it from
+/// a register with one or two shuffles per lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn broadcast_from_memory(value: &i32) -> __m256i {
+    let spread: __m256i;
+    unsafe {
+        std::arch::asm!(
+            "vpbroadcastd {spread}, dword ptr [{at}]",
+            spread = out(ymm_reg) spread,
+            at = in(reg) value as *const i32,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    spread
 }
 
 /// Values 32·c..32·c + 32 of a Q4_K or Q6_K super-block, unsigned, in `superblock`'s order.
