@@ -58,10 +58,20 @@ pub unsafe fn rows8(w: &BlockWeight, r0: usize, acts: &Activations, out: *mut f3
         } else if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
             unsafe { superblocks(w, r0, acts, first, acc) };
         } else {
-            if count >= LANES_MIN_TOKENS {
-                unsafe { blocks32::<true>(w, r0, acts, first, acc) };
-            } else {
-                unsafe { blocks32::<false>(w, r0, acts, first, acc) };
+            // One copy per format: a match on the type per row and block cost as much as
+            // the products of one token.
+            let lanes = count >= LANES_MIN_TOKENS;
+            unsafe {
+                match (w.ty, lanes) {
+                    (GgmlType::Q4_0, true) => blocks32::<true, Q4_0>(w, r0, acts, first, acc),
+                    (GgmlType::Q4_0, false) => blocks32::<false, Q4_0>(w, r0, acts, first, acc),
+                    (GgmlType::Q4_1, true) => blocks32::<true, Q4_1>(w, r0, acts, first, acc),
+                    (GgmlType::Q4_1, false) => blocks32::<false, Q4_1>(w, r0, acts, first, acc),
+                    (GgmlType::Q8_0, true) => blocks32::<true, Q8_0>(w, r0, acts, first, acc),
+                    (GgmlType::Q8_0, false) => blocks32::<false, Q8_0>(w, r0, acts, first, acc),
+                    (_, true) => blocks32::<true, Q5>(w, r0, acts, first, acc),
+                    (_, false) => blocks32::<false, Q5>(w, r0, acts, first, acc),
+                }
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -84,15 +94,22 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
     }
 }
 
+/// `blocks32`'s formats, as constants its copies are made for (Q5: Q5_0 and Q5_1, told
+/// apart at run time).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+const Q5: u8 = 3;
+
 /// A 32-value block's values in the form `vpmaddubsw` takes (Q8_0: its signed bytes).
 #[inline(always)]
-unsafe fn block32(ty: GgmlType, bytes: &[u8]) -> __m256i {
+unsafe fn block32<const FORMAT: u8>(ty: GgmlType, bytes: &[u8]) -> __m256i {
     let at = |offset: usize| unsafe { bytes.as_ptr().add(offset) };
     unsafe {
-        match ty {
-            GgmlType::Q4_0 => nibbles(at(2)),
-            GgmlType::Q4_1 => nibbles(at(4)),
-            GgmlType::Q8_0 => _mm256_loadu_si256(at(2) as *const __m256i),
+        match FORMAT {
+            Q4_0 => nibbles(at(2)),
+            Q4_1 => nibbles(at(4)),
+            Q8_0 => _mm256_loadu_si256(at(2) as *const __m256i),
             _ => {
                 // Q5_0 and Q5_1: the fifth bits are spread over a word; the scalar decoder has them.
                 let b = decode_block32(ty, bytes);
@@ -247,16 +264,22 @@ unsafe fn lane_sums(
 // `rows8`, the one-token form ran at half speed).
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blocks32<const BY_LANES: bool>(
+unsafe fn blocks32<const BY_LANES: bool, const FORMAT: u8>(
     w: &BlockWeight,
     r0: usize,
     acts: &Activations,
     first: usize,
     acc: &mut [__m256],
 ) {
-    let with_min = matches!(w.ty, GgmlType::Q4_1 | GgmlType::Q5_1);
-    let signed = w.ty == GgmlType::Q8_0;
-    let four_bit = matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1);
+    debug_assert!(match FORMAT {
+        Q4_0 => w.ty == GgmlType::Q4_0,
+        Q4_1 => w.ty == GgmlType::Q4_1,
+        Q8_0 => w.ty == GgmlType::Q8_0,
+        _ => matches!(w.ty, GgmlType::Q5_0 | GgmlType::Q5_1),
+    });
+    let with_min = FORMAT == Q4_1 || (FORMAT == Q5 && w.ty == GgmlType::Q5_1);
+    let signed = FORMAT == Q8_0;
+    let four_bit = FORMAT == Q4_0 || FORMAT == Q4_1;
     let q8 = if with_min {
         acts.q8_1.as_ref()
     } else {
@@ -264,9 +287,9 @@ unsafe fn blocks32<const BY_LANES: bool>(
     }
     .expect("activations rounded for this weight type");
     // Q8_0's values are read signed below, so its stored zero point of 128 is already applied.
-    let zero = match w.ty {
-        GgmlType::Q4_0 => 8,
-        GgmlType::Q5_0 => 16,
+    let zero = match (FORMAT, w.ty) {
+        (Q4_0, _) => 8,
+        (Q5, GgmlType::Q5_0) => 16,
         _ => 0,
     };
     let (blocks, block_bytes) = (w.n_in / QK32, w.ty.block_bytes());
@@ -279,7 +302,9 @@ unsafe fn blocks32<const BY_LANES: bool>(
     for b in 0..blocks {
         let mut q = [_mm256_setzero_si256(); ROWS];
         for k in 0..ROWS {
-            q[k] = unsafe { block32(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes]) };
+            q[k] = unsafe {
+                block32::<FORMAT>(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes])
+            };
             // The same block of the next eight rows: one group ahead, where a tile continues.
             unsafe {
                 prefetch(
