@@ -67,9 +67,9 @@ pub unsafe fn rows8(w: &BlockWeight, r0: usize, acts: &Activations, out: *mut f3
                 // thread); the 4-bit formats ran 12-14% slower that way.
                 unsafe {
                     if count == 1 {
-                        blocks32_by_row::<Q8_0, 1>(w, r0, acts, first, acc)
+                        q8_0_by_row::<1>(w, r0, acts, first, acc)
                     } else {
-                        blocks32_by_row::<Q8_0, 2>(w, r0, acts, first, acc)
+                        q8_0_by_row::<2>(w, r0, acts, first, acc)
                     }
                 }
             } else {
@@ -379,38 +379,26 @@ unsafe fn blocks32<const BY_LANES: bool, const FORMAT: u8>(
     }
 }
 
-/// One or two tokens against eight rows of a 32-value format, each row read through in
-/// memory order (as `superblocks_by_row`), with `blocks32`'s integer sums and float steps.
-/// `rows8` takes it for Q8_0 only: a sum across lanes per 32 values costs the 4-bit formats,
-/// with fewer bytes per product, more than the order of their reads gains them.
+/// One or two tokens against eight Q8_0 rows, each row read through in memory order (as
+/// `superblocks_by_row`), with `blocks32`'s integer sums and float steps. Q8_0 only: the 4-bit
+/// formats have fewer bytes per product, and for them a sum across lanes per 32 values cost
+/// more than the order of their reads gained.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blocks32_by_row<const FORMAT: u8, const TOKENS_N: usize>(
+unsafe fn q8_0_by_row<const TOKENS_N: usize>(
     w: &BlockWeight,
     r0: usize,
     acts: &Activations,
     first: usize,
     acc: &mut [__m256],
 ) {
-    let with_min = FORMAT == Q4_1 || (FORMAT == Q5 && w.ty == GgmlType::Q5_1);
-    let signed = FORMAT == Q8_0;
-    let q8 = if with_min {
-        acts.q8_1.as_ref()
-    } else {
-        acts.q8_0.as_ref()
-    }
-    .expect("activations rounded for this weight type");
-    let zero = match (FORMAT, w.ty) {
-        (Q4_0, _) => 8,
-        (Q5, GgmlType::Q5_0) => 16,
-        _ => 0,
-    };
+    debug_assert_eq!(w.ty, GgmlType::Q8_0);
+    let q8 = acts.q8_0.as_ref().expect("activations rounded to Q8_0");
     let (blocks, block_bytes) = (w.n_in / QK32, w.ty.block_bytes());
     let ones = _mm256_set1_epi16(1);
     assert!(acc.len() == TOKENS_N);
     let end = (first + TOKENS_N) * blocks;
-    assert!(q8.qs.len() >= end * QK32 && q8.d.len() >= end && q8.sum.len() >= end);
-    assert!(!with_min || q8.s.len() >= end);
+    assert!(q8.qs.len() >= end * QK32 && q8.d.len() >= end);
     let mut out = [[0f32; ROWS]; TOKENS_N];
     for k in 0..ROWS {
         let row = w.row(r0 + k);
@@ -418,34 +406,25 @@ unsafe fn blocks32_by_row<const FORMAT: u8, const TOKENS_N: usize>(
         let mut a = [0f32; TOKENS_N];
         for b in 0..blocks {
             let bytes = &row[b * block_bytes..(b + 1) * block_bytes];
-            let q = unsafe { block32::<FORMAT>(w.ty, bytes) };
-            let magnitude = if signed { _mm256_abs_epi8(q) } else { q };
-            let header = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ])));
-            let (d, m) = (
-                _mm_cvtss_f32(header),
-                _mm_cvtss_f32(_mm_movehdup_ps(header)),
-            );
+            let q = unsafe { block32::<Q8_0>(w.ty, bytes) };
+            // |q| and the activations' signs moved onto q's, for the unsigned operand.
+            let magnitude = _mm256_abs_epi8(q);
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
+                bytes[0], bytes[1],
+            ]) as i32)));
             for (t, a) in a.iter_mut().enumerate() {
                 let i = (first + t) * blocks + b;
                 let x =
                     unsafe { _mm256_loadu_si256(q8.qs.as_ptr().add(i * QK32) as *const __m256i) };
-                let x = if signed { _mm256_sign_epi8(x, q) } else { x };
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, x), ones);
+                let p = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(x, q)),
+                    ones,
+                );
                 let halves =
                     _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
                 let pairs = _mm_hadd_epi32(halves, halves);
                 let sum = _mm_cvtsi128_si32(_mm_hadd_epi32(pairs, pairs));
-                let isum = if zero != 0 {
-                    sum.wrapping_sub(zero * unsafe { *q8.sum.get_unchecked(i) })
-                } else {
-                    sum
-                };
-                *a = (d * unsafe { *q8.d.get_unchecked(i) }).mul_add(isum as f32, *a);
-                if with_min {
-                    *a = m.mul_add(unsafe { *q8.s.get_unchecked(i) }, *a);
-                }
+                *a = (d * unsafe { *q8.d.get_unchecked(i) }).mul_add(sum as f32, *a);
             }
         }
         for t in 0..TOKENS_N {
