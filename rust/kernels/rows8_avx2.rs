@@ -598,7 +598,7 @@ unsafe fn superblocks_by_row<const Q6: bool, const TOKENS_N: usize>(
     let end = (first + tokens) * blocks;
     assert!(q8.qs.len() >= end * QK_K && q8.d.len() >= end);
     assert!(q8.bsum32_pairs.len() >= end * 4 && q8.bsum16.len() >= end * 16);
-    let mut out = [[0f32; ROWS]; 2];
+    let mut out = [[0f32; ROWS]; TOKENS_N];
     // Each Q4_K scale as an i16 pair in one i32, which `vpbroadcastd` spreads straight from
     // memory: a shuffle per 32 values from a register kept the shuffle port the busiest.
     let mut k4_scale_pairs = [0i32; 8];
