@@ -55,7 +55,15 @@ pub unsafe fn rows8(w: &BlockWeight, r0: usize, acts: &Activations, out: *mut f3
                     (false, _) => superblocks_by_row::<false, 2>(w, r0, acts, first, acc),
                 }
             }
-        } else if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
+        } else if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
+            unsafe {
+                if w.ty == GgmlType::Q6K {
+                    superblocks_by_lanes::<true>(w, r0, acts, first, acc)
+                } else {
+                    superblocks_by_lanes::<false>(w, r0, acts, first, acc)
+                }
+            }
+        } else if w.ty == GgmlType::Q5K {
             unsafe { superblocks(w, r0, acts, first, acc) };
         } else {
             // One copy per format: a match on the type per row and block cost as much as
@@ -509,6 +517,262 @@ unsafe fn superblocks(
             }
             let sumi = unsafe { row_sums(&p) };
             unsafe { finish_superblock(a, q6, sumi, &mins, None, q8, i, d, dmin) };
+        }
+    }
+}
+
+/// Many tokens (prompts, batched decode) against eight Q4_K or Q6_K rows: each super-block's
+/// values are regrouped once by row (`groups_by_row`), so that each token's four activation
+/// bytes, broadcast, meet all eight rows in one `vpmaddubsw` and every sum lands in its row's
+/// lane. Side by side (`superblocks`), each token paid two multiplies per row and 32 values,
+/// a sum across lanes, and its minimums' sums in scalar code; here it pays about one multiply
+/// per row and 32 values. The integer sums are exact, so they are `superblocks`' values, and
+/// the float steps are `finish_superblock`'s.
+///
+/// i16 bounds: Q4_K's values (at most 15) times activations within ±127 make pairs of at most
+/// 3,810, so a chunk's eight groups add up in i16 (30,480); Q6_K's (at most 63) make 16,002,
+/// so two groups add up before each widening multiply by their scale.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn superblocks_by_lanes<const Q6: bool>(
+    w: &BlockWeight,
+    r0: usize,
+    acts: &Activations,
+    first: usize,
+    acc: &mut [__m256],
+) {
+    debug_assert_eq!(Q6, w.ty == GgmlType::Q6K);
+    let q8 = acts.q8k.as_ref().expect("activations rounded to Q8_K");
+    let (blocks, block_bytes) = (w.n_in / QK_K, w.ty.block_bytes());
+    let tokens = acc.len();
+    assert!(tokens <= TOKENS);
+    let end = (first + tokens) * blocks;
+    assert!(q8.qs.len() >= end * QK_K && q8.d.len() >= end);
+    assert!(q8.bsum32_pairs.len() >= end * 4 && q8.bsum16.len() >= end * 16);
+    let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + k));
+    for k in 0..ROWS {
+        assert!(rows[k].len() >= blocks * block_bytes);
+    }
+    let low4 = _mm256_set1_epi8(0x0f);
+    // Values of chunk c (32 per super-block), group j (4 values), row k in lane k.
+    let mut q = [[_mm256_setzero_si256(); 8]; 8];
+    let mut sumi = [_mm256_setzero_si256(); TOKENS];
+    for b in 0..blocks {
+        let at = b * block_bytes;
+        let load = |k: usize, offset: usize| unsafe {
+            _mm256_loadu_si256(rows[k].as_ptr().add(at + offset) as *const __m256i)
+        };
+        for k in 0..ROWS {
+            // A super-block spans up to four cache lines: ask for each of the same block in
+            // the next eight rows, where a tile continues.
+            let ahead = rows[k].as_ptr().wrapping_add(at + ROWS * w.row_bytes);
+            for line in [0, 64, 128, block_bytes - 1] {
+                unsafe { prefetch(ahead.wrapping_add(line)) };
+            }
+        }
+        // The multipliers of each chunk (i16 pairs, one row per lane), and Q6_K's second of
+        // each chunk (its scales cover 16 values: groups 0-3, then 4-7).
+        let mut scale = [[_mm256_setzero_si256(); 2]; 8];
+        // Q4_K: the minimums as i16 pairs (2p, 2p + 1) per row; Q6_K: -32 · its scales, the
+        // same pairs of the sixteen, for the zero point.
+        let mut offset_pairs = [_mm256_setzero_si256(); 8];
+        let d;
+        let mut dmin = _mm256_setzero_ps();
+        if Q6 {
+            let mut raw = [_mm_setzero_si128(); ROWS];
+            for k in 0..ROWS {
+                raw[k] =
+                    unsafe { _mm_loadu_si128(rows[k].as_ptr().add(at + 192) as *const __m128i) };
+            }
+            let by_index = bytes_by_row(&raw);
+            for c in 0..8 {
+                scale[c] = [
+                    column_pairs::<true>(&by_index, 2 * c),
+                    column_pairs::<true>(&by_index, 2 * c + 1),
+                ];
+            }
+            for p in 0..8 {
+                offset_pairs[p] = _mm256_mullo_epi16(
+                    neighbour_pairs::<true>(by_index[p]),
+                    _mm256_set1_epi16(-32),
+                );
+            }
+            let mut bits = [0u16; ROWS];
+            for k in 0..ROWS {
+                bits[k] = read_u16(rows[k], at + 208);
+            }
+            d = unsafe { f16x8(&bits) };
+            for half in 0..2 {
+                let low = unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 64 * half))) };
+                let next =
+                    unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 64 * half + 32))) };
+                let high =
+                    unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 128 + 32 * half))) };
+                let two = _mm256_set1_epi8(3);
+                for j in 0..8 {
+                    let top = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+                    let bits = |h: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(h, two));
+                    let h = high[j];
+                    q[4 * half][j] = _mm256_or_si256(_mm256_and_si256(low[j], low4), bits(h));
+                    q[4 * half + 1][j] = _mm256_or_si256(
+                        _mm256_and_si256(next[j], low4),
+                        bits(_mm256_srli_epi16::<2>(h)),
+                    );
+                    q[4 * half + 2][j] =
+                        _mm256_or_si256(top(low[j]), bits(_mm256_srli_epi16::<4>(h)));
+                    q[4 * half + 3][j] =
+                        _mm256_or_si256(top(next[j]), bits(_mm256_srli_epi16::<6>(h)));
+                }
+            }
+        } else {
+            let mut unpacked = [_mm_setzero_si128(); ROWS];
+            for k in 0..ROWS {
+                unpacked[k] = unsafe { k4_scales_vector(&rows[k][at..at + 16]) };
+            }
+            let by_index = bytes_by_row(&unpacked);
+            for c in 0..8 {
+                let s = column_pairs::<false>(&by_index, c);
+                scale[c] = [s, s];
+            }
+            for p in 0..4 {
+                offset_pairs[p] = neighbour_pairs::<false>(by_index[4 + p]);
+            }
+            (d, dmin) = unsafe { header_pairs(&rows, at) };
+            for pair in 0..4 {
+                let packed =
+                    unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 16 + 32 * pair))) };
+                for j in 0..8 {
+                    q[2 * pair][j] = _mm256_and_si256(packed[j], low4);
+                    q[2 * pair + 1][j] = _mm256_and_si256(_mm256_srli_epi16::<4>(packed[j]), low4);
+                }
+            }
+        }
+        for c in 0..8 {
+            let qc = q[c];
+            let [first_scale, second_scale] = scale[c];
+            for t in 0..tokens {
+                let i = (first + t) * blocks + b;
+                // SAFETY: i < end, checked above.
+                let x = unsafe { q8.qs.as_ptr().add(i * QK_K + 32 * c) };
+                let group = |j: usize| unsafe {
+                    let x = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(4 * j) as *const i32));
+                    _mm256_maddubs_epi16(qc[j], x)
+                };
+                let products = if Q6 {
+                    let halves = [
+                        _mm256_add_epi16(group(0), group(1)),
+                        _mm256_add_epi16(group(2), group(3)),
+                        _mm256_add_epi16(group(4), group(5)),
+                        _mm256_add_epi16(group(6), group(7)),
+                    ];
+                    _mm256_add_epi32(
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(halves[0], first_scale),
+                            _mm256_madd_epi16(halves[1], first_scale),
+                        ),
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(halves[2], second_scale),
+                            _mm256_madd_epi16(halves[3], second_scale),
+                        ),
+                    )
+                } else {
+                    let mut pairs = group(0);
+                    for j in 1..8 {
+                        pairs = _mm256_add_epi16(pairs, group(j));
+                    }
+                    _mm256_madd_epi16(pairs, first_scale)
+                };
+                sumi[t] = if c == 0 {
+                    products
+                } else {
+                    _mm256_add_epi32(sumi[t], products)
+                };
+            }
+        }
+        for (t, a) in acc.iter_mut().enumerate() {
+            let i = (first + t) * blocks + b;
+            let offsets = if Q6 {
+                // Σ_j sc_j · -32 · bsum16_j: the zero point's share.
+                let sums = unsafe { bsum16_pairs(q8, i) };
+                let mut total = _mm256_setzero_si256();
+                for p in 0..8 {
+                    let spread = _mm256_permutevar8x32_epi32(sums, _mm256_set1_epi32(p as i32));
+                    total = _mm256_add_epi32(total, _mm256_madd_epi16(offset_pairs[p], spread));
+                }
+                total
+            } else {
+                // Σ_j min_j · bsum32_j, each pair of activation sums broadcast from memory.
+                let mut total = _mm256_setzero_si256();
+                for p in 0..4 {
+                    let spread = unsafe { broadcast_from_memory(&q8.bsum32_pairs[i * 4 + p]) };
+                    total = _mm256_add_epi32(total, _mm256_madd_epi16(offset_pairs[p], spread));
+                }
+                total
+            };
+            let (sums, mins_sums) = if Q6 {
+                (_mm256_add_epi32(sumi[t], offsets), None)
+            } else {
+                (sumi[t], Some(offsets))
+            };
+            unsafe { finish_superblock(a, Q6, sums, &[[0; 8]; ROWS], mins_sums, q8, i, d, dmin) };
+        }
+    }
+}
+
+/// Sixteen bytes of each of eight rows, transposed: register p holds byte 2p of rows 0..8,
+/// then byte 2p + 1 of rows 0..8.
+#[inline(always)]
+fn bytes_by_row(r: &[__m128i; ROWS]) -> [__m128i; 8] {
+    unsafe {
+        // Rows a and b interleaved byte by byte: bytes 0-7, then 8-15.
+        let lo = |a: usize, b: usize| _mm_unpacklo_epi8(r[a], r[b]);
+        let hi = |a: usize, b: usize| _mm_unpackhi_epi8(r[a], r[b]);
+        let (a01, b01, a23, b23) = (lo(0, 1), hi(0, 1), lo(2, 3), hi(2, 3));
+        let (a45, b45, a67, b67) = (lo(4, 5), hi(4, 5), lo(6, 7), hi(6, 7));
+        // Four rows per byte index: indices 0-3, 4-7, 8-11, 12-15.
+        let quads = |x: __m128i, y: __m128i| (_mm_unpacklo_epi16(x, y), _mm_unpackhi_epi16(x, y));
+        let (f0, f1) = quads(a01, a23);
+        let (f2, f3) = quads(b01, b23);
+        let (g0, g1) = quads(a45, a67);
+        let (g2, g3) = quads(b45, b67);
+        let eight = |x: __m128i, y: __m128i| (_mm_unpacklo_epi32(x, y), _mm_unpackhi_epi32(x, y));
+        let (o0, o1) = eight(f0, g0);
+        let (o2, o3) = eight(f1, g1);
+        let (o4, o5) = eight(f2, g2);
+        let (o6, o7) = eight(f3, g3);
+        [o0, o1, o2, o3, o4, o5, o6, o7]
+    }
+}
+
+/// Byte `j` of eight rows (`bytes_by_row`'s) as an i16 pair of it in each row's lane, signed
+/// or not: the multiplier `vpmaddwd` takes for a chunk's two i16 sums.
+#[inline(always)]
+fn column_pairs<const SIGNED: bool>(by_index: &[__m128i; 8], j: usize) -> __m256i {
+    unsafe {
+        let v = by_index[j / 2];
+        let eight = if j % 2 == 0 {
+            v
+        } else {
+            _mm_unpackhi_epi64(v, v)
+        };
+        let doubled = _mm_unpacklo_epi8(eight, eight);
+        if SIGNED {
+            _mm256_cvtepi8_epi16(doubled)
+        } else {
+            _mm256_cvtepu8_epi16(doubled)
+        }
+    }
+}
+
+/// Bytes 2p and 2p + 1 of eight rows (`bytes_by_row`'s register p) as i16 pairs, one row per lane.
+#[inline(always)]
+fn neighbour_pairs<const SIGNED: bool>(v: __m128i) -> __m256i {
+    unsafe {
+        let interleaved = _mm_unpacklo_epi8(v, _mm_unpackhi_epi64(v, v));
+        if SIGNED {
+            _mm256_cvtepi8_epi16(interleaved)
+        } else {
+            _mm256_cvtepu8_epi16(interleaved)
         }
     }
 }
