@@ -554,30 +554,32 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
         assert!(rows[k].len() >= blocks * block_bytes);
     }
     let low4 = _mm256_set1_epi8(0x0f);
-    // Values of chunk c (32 per super-block), group j (4 values), row k in lane k.
-    let mut q = [[_mm256_setzero_si256(); 8]; 8];
     let mut sumi = [_mm256_setzero_si256(); TOKENS];
+    let sumi = &mut sumi[..tokens];
     for b in 0..blocks {
         let at = b * block_bytes;
         let load = |k: usize, offset: usize| unsafe {
             _mm256_loadu_si256(rows[k].as_ptr().add(at + offset) as *const __m256i)
         };
-        for k in 0..ROWS {
-            // A super-block spans up to four cache lines: ask for each of the same block in
-            // the next eight rows, where a tile continues.
-            let ahead = rows[k].as_ptr().wrapping_add(at + ROWS * w.row_bytes);
-            for line in [0, 64, 128, block_bytes - 1] {
-                unsafe { prefetch(ahead.wrapping_add(line)) };
-            }
+        // The next eight rows, where a tile continues, lie in one span after these: ask for
+        // an eighth of it per super-block, in the order memory holds it, into L2 (the span
+        // and the activations together outgrow L1). Against one super-block of each row,
+        // into L1: 2.8 against 3.4 ms for 2,048 x 8,192 Q6_K with 8 tokens from DRAM.
+        let next = rows[0].as_ptr().wrapping_add(ROWS * w.row_bytes);
+        let span = ROWS * block_bytes;
+        for line in (b * span..(b + 1) * span).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(line) as *const i8);
         }
-        // The multipliers of each chunk (i16 pairs, one row per lane), and Q6_K's second of
-        // each chunk (its scales cover 16 values: groups 0-3, then 4-7).
-        let mut scale = [[_mm256_setzero_si256(); 2]; 8];
+        // The token rows' activations of this super-block.
+        let x = |t: usize| unsafe { q8.qs.as_ptr().add(((first + t) * blocks + b) * QK_K) };
+        sumi.fill(_mm256_setzero_si256());
         // Q4_K: the minimums as i16 pairs (2p, 2p + 1) per row; Q6_K: -32 · its scales, the
         // same pairs of the sixteen, for the zero point.
         let mut offset_pairs = [_mm256_setzero_si256(); 8];
         let d;
         let mut dmin = _mm256_setzero_ps();
+        // Each chunk's values go straight from their regrouping into every token's products,
+        // never stored: eight rows' 256 values were 64 stores per super-block.
         if Q6 {
             let mut raw = [_mm_setzero_si128(); ROWS];
             for k in 0..ROWS {
@@ -585,12 +587,6 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
                     unsafe { _mm_loadu_si128(rows[k].as_ptr().add(at + 192) as *const __m128i) };
             }
             let by_index = bytes_by_row(&raw);
-            for c in 0..8 {
-                scale[c] = [
-                    column_pairs::<true>(&by_index, 2 * c),
-                    column_pairs::<true>(&by_index, 2 * c + 1),
-                ];
-            }
             for p in 0..8 {
                 offset_pairs[p] = _mm256_mullo_epi16(
                     neighbour_pairs::<true>(by_index[p]),
@@ -602,26 +598,37 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
                 bits[k] = read_u16(rows[k], at + 208);
             }
             d = unsafe { f16x8(&bits) };
+            let two = _mm256_set1_epi8(3);
             for half in 0..2 {
                 let low = unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 64 * half))) };
                 let next =
                     unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 64 * half + 32))) };
                 let high =
                     unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 128 + 32 * half))) };
-                let two = _mm256_set1_epi8(3);
-                for j in 0..8 {
-                    let top = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
-                    let bits = |h: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(h, two));
-                    let h = high[j];
-                    q[4 * half][j] = _mm256_or_si256(_mm256_and_si256(low[j], low4), bits(h));
-                    q[4 * half + 1][j] = _mm256_or_si256(
-                        _mm256_and_si256(next[j], low4),
-                        bits(_mm256_srli_epi16::<2>(h)),
-                    );
-                    q[4 * half + 2][j] =
-                        _mm256_or_si256(top(low[j]), bits(_mm256_srli_epi16::<4>(h)));
-                    q[4 * half + 3][j] =
-                        _mm256_or_si256(top(next[j]), bits(_mm256_srli_epi16::<6>(h)));
+                for m in 0..4 {
+                    let c = 4 * half + m;
+                    let mut qc = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        // Four bits from `low` or `next` (low nibbles, then high ones), two
+                        // from `high`, moved to bits 4-5.
+                        let v = if m % 2 == 0 { low[j] } else { next[j] };
+                        let v = if m < 2 { v } else { _mm256_srli_epi16::<4>(v) };
+                        let h = match m {
+                            0 => high[j],
+                            1 => _mm256_srli_epi16::<2>(high[j]),
+                            2 => _mm256_srli_epi16::<4>(high[j]),
+                            _ => _mm256_srli_epi16::<6>(high[j]),
+                        };
+                        qc[j] = _mm256_or_si256(
+                            _mm256_and_si256(v, low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(h, two)),
+                        );
+                    }
+                    let scales = [
+                        column_pairs::<true>(&by_index, 2 * c),
+                        column_pairs::<true>(&by_index, 2 * c + 1),
+                    ];
+                    unsafe { chunk_products::<true>(&qc, scales, c, &x, sumi) };
                 }
             }
         } else {
@@ -630,10 +637,6 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
                 unpacked[k] = unsafe { k4_scales_vector(&rows[k][at..at + 16]) };
             }
             let by_index = bytes_by_row(&unpacked);
-            for c in 0..8 {
-                let s = column_pairs::<false>(&by_index, c);
-                scale[c] = [s, s];
-            }
             for p in 0..4 {
                 offset_pairs[p] = neighbour_pairs::<false>(by_index[4 + p]);
             }
@@ -641,52 +644,20 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
             for pair in 0..4 {
                 let packed =
                     unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 16 + 32 * pair))) };
-                for j in 0..8 {
-                    q[2 * pair][j] = _mm256_and_si256(packed[j], low4);
-                    q[2 * pair + 1][j] = _mm256_and_si256(_mm256_srli_epi16::<4>(packed[j]), low4);
-                }
-            }
-        }
-        for c in 0..8 {
-            let qc = q[c];
-            let [first_scale, second_scale] = scale[c];
-            for t in 0..tokens {
-                let i = (first + t) * blocks + b;
-                // SAFETY: i < end, checked above.
-                let x = unsafe { q8.qs.as_ptr().add(i * QK_K + 32 * c) };
-                let group = |j: usize| unsafe {
-                    let x = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(4 * j) as *const i32));
-                    _mm256_maddubs_epi16(qc[j], x)
-                };
-                let products = if Q6 {
-                    let halves = [
-                        _mm256_add_epi16(group(0), group(1)),
-                        _mm256_add_epi16(group(2), group(3)),
-                        _mm256_add_epi16(group(4), group(5)),
-                        _mm256_add_epi16(group(6), group(7)),
-                    ];
-                    _mm256_add_epi32(
-                        _mm256_add_epi32(
-                            _mm256_madd_epi16(halves[0], first_scale),
-                            _mm256_madd_epi16(halves[1], first_scale),
-                        ),
-                        _mm256_add_epi32(
-                            _mm256_madd_epi16(halves[2], second_scale),
-                            _mm256_madd_epi16(halves[3], second_scale),
-                        ),
-                    )
-                } else {
-                    let mut pairs = group(0);
-                    for j in 1..8 {
-                        pairs = _mm256_add_epi16(pairs, group(j));
+                for half in 0..2 {
+                    let c = 2 * pair + half;
+                    let mut qc = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        let v = if half == 0 {
+                            packed[j]
+                        } else {
+                            _mm256_srli_epi16::<4>(packed[j])
+                        };
+                        qc[j] = _mm256_and_si256(v, low4);
                     }
-                    _mm256_madd_epi16(pairs, first_scale)
-                };
-                sumi[t] = if c == 0 {
-                    products
-                } else {
-                    _mm256_add_epi32(sumi[t], products)
-                };
+                    let s = column_pairs::<false>(&by_index, c);
+                    unsafe { chunk_products::<false>(&qc, [s, s], c, &x, sumi) };
+                }
             }
         }
         for (t, a) in acc.iter_mut().enumerate() {
@@ -716,6 +687,51 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
             };
             unsafe { finish_superblock(a, Q6, sums, &[[0; 8]; ROWS], mins_sums, q8, i, d, dmin) };
         }
+    }
+}
+
+/// One chunk's products for every token row, added to `sumi` [token]: `qc` holds its 32
+/// values by group (4 values) with row k in lane k; `scales` the multipliers of its first and
+/// second 16 values (Q4_K: the same); `x(t)` token t's super-block of activations.
+#[inline(always)]
+unsafe fn chunk_products<const Q6: bool>(
+    qc: &[__m256i; 8],
+    scales: [__m256i; 2],
+    c: usize,
+    x: &impl Fn(usize) -> *const i8,
+    sumi: &mut [__m256i],
+) {
+    for (t, sum) in sumi.iter_mut().enumerate() {
+        let x = unsafe { x(t).add(32 * c) };
+        let group = |j: usize| unsafe {
+            let x = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(4 * j) as *const i32));
+            _mm256_maddubs_epi16(qc[j], x)
+        };
+        let products = if Q6 {
+            let halves = [
+                _mm256_add_epi16(group(0), group(1)),
+                _mm256_add_epi16(group(2), group(3)),
+                _mm256_add_epi16(group(4), group(5)),
+                _mm256_add_epi16(group(6), group(7)),
+            ];
+            _mm256_add_epi32(
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(halves[0], scales[0]),
+                    _mm256_madd_epi16(halves[1], scales[0]),
+                ),
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(halves[2], scales[1]),
+                    _mm256_madd_epi16(halves[3], scales[1]),
+                ),
+            )
+        } else {
+            let mut pairs = group(0);
+            for j in 1..8 {
+                pairs = _mm256_add_epi16(pairs, group(j));
+            }
+            _mm256_madd_epi16(pairs, scales[0])
+        };
+        *sum = _mm256_add_epi32(*sum, products);
     }
 }
 
