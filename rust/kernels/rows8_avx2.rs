@@ -339,7 +339,7 @@ unsafe fn blocks32<const BY_LANES: bool, const FORMAT: u8>(
         // Loops here, not closures: a closure is not built with this function's target
         // features, so the intrinsics in it would become calls.
         let mut magnitudes = q;
-        if signed {
+        if signed && !BY_LANES {
             for k in 0..ROWS {
                 magnitudes[k] = _mm256_abs_epi8(q[k]);
             }
@@ -347,11 +347,14 @@ unsafe fn blocks32<const BY_LANES: bool, const FORMAT: u8>(
         let (d, m) = unsafe { header_pairs(&rows, b * block_bytes) };
         let (q_lanes, magnitude_lanes) = if BY_LANES {
             let lanes = unsafe { groups_by_row(&q) };
-            let magnitudes = if signed {
-                unsafe { groups_by_row(&magnitudes) }
-            } else {
-                lanes
-            };
+            // |q| per byte commutes with the regrouping: eight `vpabsb` where a second
+            // regrouping cost 24 shuffles.
+            let mut magnitudes = lanes;
+            if signed {
+                for j in 0..ROWS {
+                    magnitudes[j] = _mm256_abs_epi8(lanes[j]);
+                }
+            }
             (lanes, magnitudes)
         } else {
             (q, magnitudes)
