@@ -155,10 +155,10 @@ impl PyBatchLoop {
             (None, Some(state)) => state,
             (None, None) => decoder.call_method1("idle", (py.None(),))?,
         };
-        let resize = match &plan.resize {
-            Some((source, shape)) => Some((source.clone(), shape.cache_len)),
-            None => None,
-        };
+        let resize = plan
+            .resize
+            .as_ref()
+            .map(|(source, shape)| (source.clone(), shape.cache_len));
         let rows = plan.rows.as_ref().map(|r| rows_dict(py, r)).transpose()?;
         let chunks = PyList::empty(py);
         for chunk in &plan.chunks {
