@@ -45,14 +45,20 @@ pub unsafe fn rows8(w: &BlockWeight, r0: usize, acts: &Activations, out: *mut f3
         let count = TOKENS.min(acts.rows - first);
         let acc = &mut acc[..count];
         acc.fill(_mm256_setzero_ps());
-        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) && count < LANES_MIN_TOKENS {
+        // Q4_K by lanes from two tokens: a 1B-shaped two-row step took 48.6-48.8 against
+        // 50.5-51.8 ms by rows. Q6_K by rows up to two (equal at two tokens).
+        let by_row = match w.ty {
+            GgmlType::Q4K => count < 2,
+            GgmlType::Q6K => count < LANES_MIN_TOKENS,
+            _ => false,
+        };
+        if by_row {
             // The token count is a constant in each copy, so the sums stay in registers.
             unsafe {
                 match (w.ty == GgmlType::Q6K, count) {
                     (true, 1) => superblocks_by_row::<true, 1>(w, r0, acts, first, acc),
                     (true, _) => superblocks_by_row::<true, 2>(w, r0, acts, first, acc),
-                    (false, 1) => superblocks_by_row::<false, 1>(w, r0, acts, first, acc),
-                    (false, _) => superblocks_by_row::<false, 2>(w, r0, acts, first, acc),
+                    (false, _) => superblocks_by_row::<false, 1>(w, r0, acts, first, acc),
                 }
             }
         } else if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
@@ -279,6 +285,40 @@ unsafe fn lane_sums(
     }
 }
 
+/// Blocks `at` and `at + block_bytes` of eight 4-bit rows (Q4_0, Q4_1) by lanes, as
+/// `groups_by_row` of their `nibbles` would give them: the two blocks' 16 packed bytes side by
+/// side in one register per row, one transpose for both (24 shuffles per two blocks, not per
+/// block), and the nibbles split after it.
+#[inline(always)]
+unsafe fn nibble_pair_lanes<const FORMAT: u8>(
+    rows: &[&[u8]; ROWS],
+    at: usize,
+    block_bytes: usize,
+) -> ([__m256i; ROWS], [__m256i; ROWS]) {
+    let offset = if FORMAT == Q4_0 { 2 } else { 4 };
+    let mut packed = [_mm256_setzero_si256(); ROWS];
+    for k in 0..ROWS {
+        assert!(rows[k].len() >= at + block_bytes + offset + 16);
+        let bytes = |from: usize| unsafe {
+            _mm_loadu_si128(rows[k].as_ptr().add(from + offset) as *const __m128i)
+        };
+        packed[k] = _mm256_set_m128i(bytes(at + block_bytes), bytes(at));
+    }
+    // Register j: packed bytes 4j..4j + 4 of each row; j < 4 the first block's, j >= 4 the
+    // second's. A byte's low nibble is value i of its block, its high nibble value 16 + i.
+    let lanes = unsafe { groups_by_row(&packed) };
+    let low4 = _mm256_set1_epi8(0x0f);
+    let mut first = [_mm256_setzero_si256(); ROWS];
+    let mut second = [_mm256_setzero_si256(); ROWS];
+    for j in 0..4 {
+        first[j] = _mm256_and_si256(lanes[j], low4);
+        first[4 + j] = _mm256_and_si256(_mm256_srli_epi16::<4>(lanes[j]), low4);
+        second[j] = _mm256_and_si256(lanes[4 + j], low4);
+        second[4 + j] = _mm256_and_si256(_mm256_srli_epi16::<4>(lanes[4 + j]), low4);
+    }
+    (first, second)
+}
+
 /// `BY_LANES`: each block is regrouped once (`groups_by_row`) so that each token's products
 /// land in the rows' own lanes, with no sums across lanes per token; worth it from a few tokens.
 // Not inlined: each form gets its own registers and layout (inlined side by side into
@@ -320,12 +360,31 @@ unsafe fn blocks32<const BY_LANES: bool, const FORMAT: u8>(
     let end = (first + acc.len()) * blocks;
     assert!(q8.qs.len() >= end * QK32 && q8.d.len() >= end && q8.sum.len() >= end);
     assert!(!with_min || q8.s.len() >= end);
+    // The 4-bit formats by lanes regroup two blocks' packed bytes at once: the second's
+    // values wait here for the next block.
+    let mut pending: Option<[__m256i; ROWS]> = None;
     for b in 0..blocks {
         let mut q = [_mm256_setzero_si256(); ROWS];
+        let paired = if BY_LANES && four_bit {
+            match pending.take() {
+                Some(lanes) => Some(lanes),
+                None if b + 1 < blocks => {
+                    let (first_lanes, second_lanes) =
+                        unsafe { nibble_pair_lanes::<FORMAT>(&rows, b * block_bytes, block_bytes) };
+                    pending = Some(second_lanes);
+                    Some(first_lanes)
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
         for k in 0..ROWS {
-            q[k] = unsafe {
-                block32::<FORMAT>(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes])
-            };
+            if paired.is_none() {
+                q[k] = unsafe {
+                    block32::<FORMAT>(w.ty, &rows[k][b * block_bytes..(b + 1) * block_bytes])
+                };
+            }
             // The same block of the next eight rows: one group ahead, where a tile continues.
             unsafe {
                 prefetch(
@@ -345,7 +404,9 @@ unsafe fn blocks32<const BY_LANES: bool, const FORMAT: u8>(
             }
         }
         let (d, m) = unsafe { header_pairs(&rows, b * block_bytes) };
-        let (q_lanes, magnitude_lanes) = if BY_LANES {
+        let (q_lanes, magnitude_lanes) = if let Some(lanes) = paired {
+            (lanes, lanes)
+        } else if BY_LANES {
             let lanes = unsafe { groups_by_row(&q) };
             // |q| per byte commutes with the regrouping: eight `vpabsb` where a second
             // regrouping cost 24 shuffles.
@@ -524,12 +585,12 @@ unsafe fn superblocks(
     }
 }
 
-/// Many tokens (prompts, batched decode) against eight Q4_K or Q6_K rows: each super-block's
-/// values are regrouped once by row (`groups_by_row`), so that each token's four activation
-/// bytes, broadcast, meet all eight rows in one `vpmaddubsw` and every sum lands in its row's
-/// lane. Side by side (`superblocks`), each token paid two multiplies per row and 32 values,
-/// a sum across lanes, and its minimums' sums in scalar code; here it pays about one multiply
-/// per row and 32 values. The integer sums are exact, so they are `superblocks`' values, and
+/// Several tokens (prompts, batched decode; Q4_K from two, Q6_K from three) against eight
+/// Q4_K or Q6_K rows: each super-block's values are regrouped once by row (`groups_by_row`),
+/// so that each token's four activation bytes, broadcast, meet all eight rows in one
+/// `vpmaddubsw` and every sum lands in its row's lane. Side by side (`superblocks`), each token
+/// paid two multiplies per row and 32 values, a sum across lanes, and its minimums' sums in
+/// scalar code; here it pays about one multiply per row and 32 values. The integer sums are exact, so they are `superblocks`' values, and
 /// the float steps are `finish_superblock`'s.
 ///
 /// i16 bounds: Q4_K's values (at most 15) times activations within ±127 make pairs of at most
@@ -601,7 +662,7 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
                 bits[k] = read_u16(rows[k], at + 208);
             }
             d = unsafe { f16x8(&bits) };
-            let two = _mm256_set1_epi8(3);
+            let bits45 = _mm256_set1_epi8(0x30);
             for half in 0..2 {
                 let low = unsafe { groups_by_row(&std::array::from_fn(|k| load(k, 64 * half))) };
                 let next =
@@ -613,19 +674,18 @@ unsafe fn superblocks_by_lanes<const Q6: bool>(
                     let mut qc = [_mm256_setzero_si256(); 8];
                     for j in 0..8 {
                         // Four bits from `low` or `next` (low nibbles, then high ones), two
-                        // from `high`, moved to bits 4-5.
-                        let v = if m % 2 == 0 { low[j] } else { next[j] };
+                        // from `high` (bits 2m, 2m + 1), shifted straight to bits 4-5: the
+                        // mask after the 16-bit shift keeps each byte's own bits.
+                        let v = if m.is_multiple_of(2) { low[j] } else { next[j] };
                         let v = if m < 2 { v } else { _mm256_srli_epi16::<4>(v) };
                         let h = match m {
-                            0 => high[j],
-                            1 => _mm256_srli_epi16::<2>(high[j]),
-                            2 => _mm256_srli_epi16::<4>(high[j]),
-                            _ => _mm256_srli_epi16::<6>(high[j]),
+                            0 => _mm256_slli_epi16::<4>(high[j]),
+                            1 => _mm256_slli_epi16::<2>(high[j]),
+                            2 => high[j],
+                            _ => _mm256_srli_epi16::<2>(high[j]),
                         };
-                        qc[j] = _mm256_or_si256(
-                            _mm256_and_si256(v, low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(h, two)),
-                        );
+                        qc[j] =
+                            _mm256_or_si256(_mm256_and_si256(v, low4), _mm256_and_si256(h, bits45));
                     }
                     let scales = [
                         column_pairs::<true>(&by_index, 2 * c),
@@ -769,7 +829,7 @@ fn bytes_by_row(r: &[__m128i; ROWS]) -> [__m128i; 8] {
 fn column_pairs<const SIGNED: bool>(by_index: &[__m128i; 8], j: usize) -> __m256i {
     unsafe {
         let v = by_index[j / 2];
-        let eight = if j % 2 == 0 {
+        let eight = if j.is_multiple_of(2) {
             v
         } else {
             _mm_unpackhi_epi64(v, v)
