@@ -245,6 +245,26 @@ def test_a_disconnect_mid_prefill_frees_its_slot(server, alone):
     assert stopped and int(stopped[-1]) <= 1  # left during its prefill (the cancel may cross its first token)
 
 
+def test_a_conversations_next_turn_reports_the_prompt_it_took_from_the_cache(server):
+    """The next turn's prompt starts with the last one, whose keys and values the server kept:
+    prompt_eval_count is still the whole prompt (as Ollama counts it), and
+    prompt_eval_cached_count the positions not computed again (whole 16-position chunks)."""
+    def chat(messages: list[dict[str, str]]) -> dict[str, Any]:
+        body = {"model": MODEL, "messages": messages, "stream": False, "options": GREEDY}
+        response = httpx.post(f"{server.url}/api/chat", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    run(wait_until_free(server))
+    messages = [{"role": "user", "content": PROMPTS[4]}]
+    first = chat(messages)
+    messages += [first["message"], {"role": "user", "content": PROMPTS[5]}]
+    second = chat(messages)
+    assert second["prompt_eval_count"] > first["prompt_eval_count"] + GREEDY["num_predict"]
+    assert second["prompt_eval_cached_count"] == first["prompt_eval_count"] // 16 * 16 > 0
+    assert second["message"]["content"]
+
+
 def test_sigterm_with_full_slots_ends_every_stream_cleanly(server, alone):
     """The last test here: it stops the module's server."""
     body = {"model": MODEL, "prompt": COUNTING, "options": {"temperature": 0, "num_predict": 400}}

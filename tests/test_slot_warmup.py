@@ -25,6 +25,10 @@ def test_common_programs_start_with_one_request_and_cover_every_batch_bucket() -
         assert all(("insert", b, length, bucket) in keys for b in (1, 2, 4, 8) for bucket in CHUNK_SIZES)
     prefills = {(k[1], k[2]) for k in keys if k[0] == "prefill"}
     assert prefills == {(bucket, chunk) for bucket in CHUNK_SIZES for chunk in CHUNK_SIZES if chunk <= bucket}
+    # The scratch moves to a neighbouring bucket, either way, for a prompt that starts as the last one did.
+    moves = {(k[1], k[2]) for k in keys if k[0] == "rebucket"}
+    pairs = set(zip(CHUNK_SIZES, CHUNK_SIZES[1:]))
+    assert moves == pairs | {(b, a) for a, b in pairs}
 
 
 def test_common_programs_grow_every_batchs_cache_from_one_length_to_the_next() -> None:
@@ -145,6 +149,7 @@ def test_long_prompt_programs_cover_each_bucket_past_the_chunks_alone_and_beside
             assert ("resize", batch, 256, grown, bucket) in keys
             assert ("decode", grown, bucket) in keys and ("insert", grown, bucket, bucket) in keys
         assert ("decode", 1, bucket) in keys and ("insert", 1, bucket, bucket) in keys
+        assert ("rebucket", bucket // 2, bucket) in keys and ("rebucket", bucket, bucket // 2) in keys
     assert not [k for k in long_prompt_programs(4, 256, 1024) if k[0] == "decode" and k[1] > 4 or k[-1] > 1024]
 
 

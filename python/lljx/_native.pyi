@@ -129,6 +129,7 @@ class BatchLoop:
         mask_words: int,
         step_target_ms: int = 120,
         idle_chunk: int = 256,
+        reuse_prompts: bool = False,
     ) -> BatchLoop: ...
     @staticmethod
     def cache_bucket(need: int) -> int: ...

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lljx import _native
 from lljx.config import ModelConfig
 from lljx.generation import GenerationError, Stats
+from lljx.params import GGMLWeight
 from lljx.sampling import SamplerSettings, mask_words, seed_key_data
 from lljx.strategies.slots import SlotDecoder, common_programs, long_prompt_programs
 
@@ -41,6 +42,9 @@ DEFAULT_CONTEXT = 4096
 # Cache lengths compiled ahead: the shortest and the next two (256-1,024 positions), which
 # most replies grow through.
 WARM_REPLY_CACHES = 3
+
+# A layer's projections (`LayerParams`), whose products make a prompt's keys and values.
+LAYER_WEIGHTS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 # Seconds without a request before background compiles of common shapes may start.
 WARM_AFTER_IDLE_S = 2.0
@@ -65,6 +69,18 @@ def slots_for(decoder: SlotDecoder, parallel: int | None) -> int:
     """Requests an engine over `decoder` serves at once: `parallel` when given, else
     `default_slots` for the cache the decoder keeps."""
     return parallel or default_slots(decoder.config)
+
+
+def chunking_invariant(decoder: SlotDecoder) -> bool:
+    """Whether a prompt position's keys and values are the same bits however the prompt was cut
+    into chunks, so that positions an earlier prompt left in the scratch are what a fresh prefill
+    computes: under the row-invariant kernels with every layer's weights in a file's block
+    format, which lljx's kernels multiply at any row count. Other weights' prompt products go
+    through XLA, whose sums follow the chunk's length."""
+    layers = decoder.params.layers
+    return decoder.config.row_invariant and all(
+        isinstance(getattr(layer, name), GGMLWeight) for layer in layers for name in LAYER_WEIGHTS
+    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,8 @@ class BatchEngine:
     """
 
     def __init__(
-        self, model: Model, decoder: SlotDecoder, *, slots: int, step_target_ms: int = 120, name: str = "lljx-batch"
+        self, model: Model, decoder: SlotDecoder, *, slots: int, step_target_ms: int = 120, reuse_prompts: bool = True,
+        name: str = "lljx-batch",
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -114,6 +131,9 @@ class BatchEngine:
         self.decoder = decoder
         self.slots = slots
         self.step_target_ms = step_target_ms
+        # A prompt starts after what it shares with the one prefilled before it (a system prompt,
+        # a conversation's earlier turns), whose keys and values the scratch cache still holds.
+        self.reuse_prompts = reuse_prompts and chunking_invariant(decoder)
         self._ids = itertools.count(1)
         self._inbox = _Inbox()
         self._callbacks: dict[int, Callback] = {}
@@ -187,6 +207,8 @@ class BatchEngine:
         if long_prompts:
             longest = _native.BatchLoop.cache_bucket(min(self.model.config.context_length, DEFAULT_CONTEXT))
             keys += long_prompt_programs(self.slots, lengths[0], longest, chunks)
+        if not self.reuse_prompts:
+            keys = [key for key in keys if key[0] != "rebucket"]
         # Only while no request is here: a compile would take a core from running streams.
         self.decoder.warm(keys, when=self._idle)
 
@@ -229,7 +251,7 @@ class BatchEngine:
         model = self.model
         loop = _native.BatchLoop(
             self.decoder, model.tokenizer._native, slots=self.slots, mask_words=mask_words(self.decoder.vocab),
-            step_target_ms=self.step_target_ms,
+            step_target_ms=self.step_target_ms, reuse_prompts=self.reuse_prompts,
         )
         stop_ids = list(model.stop_token_ids)
         while True:

@@ -41,10 +41,12 @@ class Stats:
     mask_ns: list[int] = field(default_factory=list)
     # A batched request: time from submission until it took a slot.
     queue_ns: int = 0
+    # Prompt tokens not computed: the start it shared with the prompt before it, whose cache it reused.
+    prompt_cached: int = 0
 
     @property
     def prefill_tps(self) -> float:
-        return rate(self.prompt_tokens, self.prefill_ns)
+        return rate(self.prompt_tokens - self.prompt_cached, self.prefill_ns)
 
     @property
     def decode_tps(self) -> float:
@@ -61,7 +63,8 @@ class Stats:
 
     def summary(self) -> str:
         text = (
-            f"prompt tokens: {self.prompt_tokens}  generated: {self.gen_tokens}  "
+            f"prompt tokens: {self.prompt_tokens}{f' ({self.prompt_cached} cached)' if self.prompt_cached else ''}  "
+            f"generated: {self.gen_tokens}  "
             f"time to first token: {self.ttft_ns / 1e9:.3f} s  "
             f"prefill: {self.prefill_tps:.1f} tok/s  decode: {self.decode_tps:.1f} tok/s  "
             f"stop: {self.stop_reason}  compile: {self.compile_ns / 1e9:.2f} s"

@@ -75,7 +75,8 @@ def item_of(path: str, number: int, line: str) -> Item:
 def stats_record(stats: Any) -> dict[str, Any]:
     """The stats a reader wants per prompt (durations in nanoseconds, as Ollama reports them)."""
     return {
-        "prompt_tokens": stats.prompt_tokens, "gen_tokens": stats.gen_tokens, "stop_reason": stats.stop_reason,
+        "prompt_tokens": stats.prompt_tokens, "prompt_cached": stats.prompt_cached, "gen_tokens": stats.gen_tokens,
+        "stop_reason": stats.stop_reason,
         "queue_ns": stats.queue_ns, "ttft_ns": stats.ttft_ns, "prefill_ns": stats.prefill_ns,
         "decode_ns": stats.decode_ns, "total_ns": stats.total_ns, "decode_tps": round(stats.decode_tps, 2),
     }

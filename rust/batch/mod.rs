@@ -3,8 +3,9 @@
 //!
 //! Each step is planned here (`plan`), dispatched by the driver in `py`, recorded (`commit`),
 //! and the step before it is read back afterwards (`route`), so the device always has the next
-//! step queued. A prompt is prefilled in chunks into a scratch cache, within a per-step budget,
-//! then inserted into a free row; the batch's rows and cache length are buckets that grow when
+//! step queued. A prompt is prefilled in chunks into a scratch cache, within a per-step budget
+//! (after what it shares with the prompt the scratch holds, when `reuse_prompts`), then
+//! inserted into a free row; the batch's rows and cache length are buckets that grow when
 //! requests join or rows near the end of the cache, and shrink when requests leave. A shape
 //! whose programs are still compiling is not used until they are, so running rows never wait
 //! for a compile, but for a row that reached the end of its cache before the longer one was
@@ -76,6 +77,8 @@ struct Live {
     grammar: Option<RowConstraint>,
     core: TokenLoop,
     phase: Phase,
+    /// Prompt positions taken from the scratch cache as an earlier prompt left them.
+    cached: usize,
     submitted_ns: u64,
     admitted_ns: u64,
 }
@@ -114,6 +117,8 @@ pub struct Finished {
     pub token_ids: Vec<u32>,
     /// Time from submission to a slot.
     pub queue_ns: u64,
+    /// Prompt positions not computed: an earlier prompt's, reused from the scratch cache.
+    pub prompt_cached: usize,
 }
 
 /// Text for one request, and its end when it ended.
@@ -134,6 +139,8 @@ pub enum Program {
     InsertLogits(Shape, usize),
     Prefill(usize, usize),
     Resize(Shape, Shape),
+    /// The scratch cache of one prompt bucket copied into (or cut to) another's.
+    Rebucket(usize, usize),
 }
 
 /// Whether a program can run now; one that cannot starts compiling. With `wait`, nothing
@@ -166,6 +173,36 @@ pub struct Chunk {
     pub bucket: usize,
     pub size: usize,
     pub insert: Option<(usize, Sampling)>,
+    /// The scratch's bucket when it must first be moved into `bucket` (a reused prefix).
+    pub rebucket: Option<usize>,
+}
+
+/// What the scratch cache holds: its bucket, and the ids of the prompt positions computed in it
+/// (from 0; positions past them hold an older prompt's or padding).
+#[derive(Clone, Debug, PartialEq)]
+struct Held {
+    bucket: usize,
+    ids: Vec<u32>,
+}
+
+/// What the scratch holds once `chunk` has run on it, from `held` before: the driver starts a
+/// fresh scratch for a chunk of another bucket unless the chunk moves the old one over.
+fn held_after(held: Option<Held>, chunk: &Chunk) -> Held {
+    let mut ids = match held {
+        Some(h) if h.bucket == chunk.bucket || chunk.rebucket == Some(h.bucket) => h.ids,
+        _ => Vec::new(),
+    };
+    if ids.len() < chunk.start {
+        // Not the positions before this chunk: claim nothing rather than a gap.
+        ids.clear();
+    } else {
+        ids.truncate(chunk.start);
+        ids.extend_from_slice(&chunk.ids);
+    }
+    Held {
+        bucket: chunk.bucket,
+        ids,
+    }
 }
 
 /// One step, in the order the driver dispatches it.
@@ -220,6 +257,11 @@ pub struct Batch {
     /// Prompt positions the last step queued behind its decode, ending no prompt: the device
     /// runs them before the next step's decode, so they delay that step's tokens.
     behind: usize,
+    /// Whether a prompt starts from what the scratch holds of its beginning. Only for decoders
+    /// whose rows' numbers do not depend on how the positions were chunked (row-invariant
+    /// kernels): there the reused positions are the very bits a fresh prefill computes.
+    pub reuse_prompts: bool,
+    scratch: Option<Held>,
 }
 
 impl Batch {
@@ -242,7 +284,14 @@ impl Batch {
             rows: Vec::new(),
             policy,
             behind: 0,
+            reuse_prompts: false,
+            scratch: None,
         }
+    }
+
+    /// The driver dropped its scratch cache (the batch went idle without prompts to keep).
+    pub fn forget_scratch(&mut self) {
+        self.scratch = None;
     }
 
     pub fn submit(&mut self, request: Request, now_ns: u64) {
@@ -261,6 +310,7 @@ impl Batch {
             grammar: request.grammar,
             core,
             phase: Phase::Waiting,
+            cached: 0,
             submitted_ns: now_ns,
             admitted_ns: now_ns,
         });
@@ -275,6 +325,7 @@ impl Batch {
     /// Every live request ends with `message` (the device state is gone); the batch starts afresh.
     pub fn fail_all(&mut self, message: &str) -> Vec<Event> {
         self.shape = None;
+        self.scratch = None;
         self.rows.clear();
         self.live
             .drain(..)

@@ -7,6 +7,14 @@ use super::*;
 /// is over the step target.
 const SHORT_REST: usize = 4;
 
+/// How a prompt's prefill starts: from position 0, after a prefix the scratch holds (moved
+/// from another bucket first when one is given), or not yet (that move is compiling).
+enum Reuse {
+    Nothing,
+    From(usize, Option<usize>),
+    Wait,
+}
+
 /// Where a finished prompt goes: the batch's shape after this step and which rows are taken.
 struct Placement {
     shape: Option<Shape>,
@@ -173,11 +181,21 @@ impl Batch {
         let smallest = self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
         let over = !idle && self.policy.over_target(batch, &self.chunk_sizes, bucket);
         let mut chunks: Vec<Chunk> = Vec::new();
+        // What the scratch will hold as the step's chunks run on it, in order.
+        let mut held = self.scratch.clone();
         'requests: for live in self.live.iter() {
             let Phase::Prefilling { mut done } = live.phase else {
                 continue;
             };
             let bucket = prompt_bucket(live.prompt.len());
+            let mut rebucket = None;
+            if done == 0 {
+                match self.reusable(held.as_ref(), &live.prompt, bucket, programs, idle) {
+                    Reuse::From(start, from) => (done, rebucket) = (start, from),
+                    Reuse::Nothing => {}
+                    Reuse::Wait => break 'requests,
+                }
+            }
             if over && budget > 0 && live.prompt.len() <= SHORT_REST * smallest {
                 budget = budget.max(SHORT_REST * smallest);
             }
@@ -203,14 +221,17 @@ impl Batch {
                     }
                     place.inserts.push((chunks.len(), bucket, live.reach()));
                 }
-                chunks.push(Chunk {
+                let chunk = Chunk {
                     id: live.id,
                     ids: live.prompt[done..done + cut.real].to_vec(),
                     start: done,
                     bucket,
                     size: cut.size,
                     insert,
-                });
+                    rebucket: rebucket.take(),
+                };
+                held = Some(held_after(held.take(), &chunk));
+                chunks.push(chunk);
                 budget -= cut.size;
                 done += cut.real;
                 if cut.last {
@@ -273,6 +294,44 @@ impl Batch {
         }
         plan.remap = remap;
         plan
+    }
+
+    /// Where a prompt of `bucket` may start its prefill from what the scratch holds (`held`):
+    /// after the longest prefix they share, cut to whole smallest chunks (so every chunk size
+    /// still divides its start) and short of the prompt's last token, whose logits draw its
+    /// first token; with the bucket the scratch must be moved from when it is another. That
+    /// program is waited for (`wait`: nothing decodes, and its compile is a fraction of a
+    /// second against a prefix's prefill), or else the prompt starts afresh while it compiles.
+    fn reusable(
+        &self,
+        held: Option<&Held>,
+        prompt: &[u32],
+        bucket: usize,
+        programs: &mut impl Programs,
+        wait: bool,
+    ) -> Reuse {
+        let Some(held) = held.filter(|_| self.reuse_prompts) else {
+            return Reuse::Nothing;
+        };
+        let shared = held
+            .ids
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let smallest = self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
+        let start = shared.min(prompt.len().saturating_sub(1)) / smallest * smallest;
+        if start == 0 {
+            Reuse::Nothing
+        } else if held.bucket == bucket {
+            Reuse::From(start, None)
+        } else if programs.ready(Program::Rebucket(held.bucket, bucket), wait) {
+            Reuse::From(start, Some(held.bucket))
+        } else if wait {
+            Reuse::Wait
+        } else {
+            Reuse::Nothing
+        }
     }
 
     /// Asks, without waiting, for the programs a prompt longer than one chunk will meet on its
@@ -508,9 +567,13 @@ impl Batch {
         for chunk in &plan.chunks {
             chunk_tokens += chunk.size;
             chunk_bucket = chunk_bucket.max(chunk.bucket);
+            self.scratch = Some(held_after(self.scratch.take(), chunk));
             let Some(live) = self.live.iter_mut().find(|l| l.id == chunk.id) else {
                 continue;
             };
+            if live.phase == (Phase::Prefilling { done: 0 }) {
+                live.cached = chunk.start;
+            }
             if let Some((row, _)) = chunk.insert {
                 live.phase = Phase::Decoding {
                     row,
@@ -520,7 +583,7 @@ impl Batch {
                 self.rows[row] = Some(chunk.id);
                 reads.push((row, chunk.id));
             } else if let Phase::Prefilling { done } = &mut live.phase {
-                *done += chunk.ids.len();
+                *done = chunk.start + chunk.ids.len();
             }
         }
         InFlight {
@@ -661,5 +724,6 @@ fn finished(mut live: Live, now_ns: u64) -> Finished {
         stats: live.core.stats,
         token_ids: live.core.token_ids,
         queue_ns: live.admitted_ns.saturating_sub(live.submitted_ns),
+        prompt_cached: live.cached,
     }
 }

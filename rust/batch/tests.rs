@@ -689,3 +689,130 @@ fn a_finished_request_ends_with_stats_and_its_queue_time() {
     assert_eq!(first.stats.total_ns, 4_000);
     assert_eq!(first.queue_ns, 4_900);
 }
+
+/// A request for `prompt`, drawing up to `budget` tokens.
+fn asking(id: u64, prompt: Vec<u32>, budget: usize) -> Request {
+    Request {
+        prompt,
+        ..request(id, 0, budget)
+    }
+}
+
+/// Steps until no request is left; the finished ones' (id, prompt positions reused).
+fn run_out(d: &mut Driver) -> Vec<(u64, usize)> {
+    let mut done = Vec::new();
+    for _ in 0..64 {
+        for event in d.step(letter('a')).1 {
+            if let Some(End::Done(finished)) = event.end {
+                done.push((event.id, finished.prompt_cached));
+            }
+        }
+        if d.b.live() == 0 && d.pending.is_none() {
+            break;
+        }
+        if d.b.live() == 0 {
+            d.pending = None;
+        }
+    }
+    done
+}
+
+/// The first chunk the next steps plan for request `id`.
+fn first_chunk(d: &mut Driver, id: u64) -> Chunk {
+    (0..8)
+        .find_map(|_| {
+            d.step(letter('a'))
+                .0
+                .chunks
+                .into_iter()
+                .find(|c| c.id == id)
+        })
+        .expect("a chunk of the request")
+}
+
+#[test]
+fn a_prompt_starts_after_what_it_shares_with_the_last_prompt_in_the_scratch() {
+    let mut d = Driver::new(2);
+    d.b.reuse_prompts = true;
+    let a: Vec<u32> = (1..=40).collect();
+    d.b.submit(asking(1, a.clone(), 3), 0);
+    assert_eq!(run_out(&mut d), vec![(1, 0)]);
+
+    // Shares 37 positions: the first 32 (whole smallest chunks) are taken as they are.
+    let mut b = a[..37].to_vec();
+    b.extend(100..113);
+    d.b.submit(asking(2, b.clone(), 3), 0);
+    let chunk = first_chunk(&mut d, 2);
+    assert_eq!((chunk.start, chunk.rebucket, chunk.bucket), (32, None, 64));
+    assert_eq!(chunk.ids, b[32..].to_vec());
+    assert_eq!(run_out(&mut d), vec![(2, 32)]);
+
+    // The same prompt again still computes its last token (its logits draw the first one).
+    d.b.submit(asking(3, b.clone(), 3), 0);
+    assert_eq!(first_chunk(&mut d, 3).start, 48);
+    run_out(&mut d);
+
+    // A prompt of another bucket moves the scratch over first, waiting for that program
+    // while nothing decodes.
+    let mut c = b[..40].to_vec();
+    c.extend(150..250);
+    d.p.asked.clear();
+    d.b.submit(asking(4, c.clone(), 3), 0);
+    let chunk = first_chunk(&mut d, 4);
+    assert_eq!(
+        (chunk.start, chunk.rebucket, chunk.bucket),
+        (32, Some(64), 256)
+    );
+    assert!(d.p.asked.contains(&(Program::Rebucket(64, 256), true)));
+    assert_eq!(run_out(&mut d), vec![(4, 32)]);
+
+    // Sharing less than a smallest chunk reuses nothing.
+    d.b.submit(
+        asking(5, c[..15].iter().chain(&[7; 30]).copied().collect(), 3),
+        0,
+    );
+    assert_eq!(first_chunk(&mut d, 5).start, 0);
+    assert_eq!(run_out(&mut d), vec![(5, 0)]);
+}
+
+#[test]
+fn beside_decoding_rows_a_prompt_does_not_wait_for_the_scratch_to_move() {
+    let mut d = Driver::new(2);
+    d.b.reuse_prompts = true;
+    let a: Vec<u32> = (1..=40).collect();
+    d.b.submit(asking(1, a.clone(), 3), 0);
+    run_out(&mut d);
+    d.b.submit(asking(2, a.iter().chain(&[9]).copied().collect(), 50), 0);
+    d.step(letter('a'));
+    d.step(letter('a'));
+    let mut long = a.clone();
+    long.extend(100..200);
+    d.p.missing.insert(Program::Rebucket(64, 256));
+    d.b.submit(asking(3, long, 3), 0);
+    let chunk = first_chunk(&mut d, 3);
+    assert_eq!((chunk.start, chunk.rebucket), (0, None));
+    assert!(d.p.asked.contains(&(Program::Rebucket(64, 256), false)));
+}
+
+#[test]
+fn nothing_is_reused_when_off_after_a_failure_or_once_the_scratch_is_dropped() {
+    let a: Vec<u32> = (1..=40).collect();
+    let start_after = |setup: &dyn Fn(&mut Driver)| {
+        let mut d = Driver::new(1);
+        d.b.reuse_prompts = true;
+        d.b.submit(asking(1, a.clone(), 3), 0);
+        run_out(&mut d);
+        setup(&mut d);
+        d.b.submit(asking(2, a.clone(), 3), 0);
+        first_chunk(&mut d, 2).start
+    };
+    assert_eq!(start_after(&|_| {}), 32);
+    assert_eq!(start_after(&|d| d.b.reuse_prompts = false), 0);
+    assert_eq!(start_after(&|d| d.b.forget_scratch()), 0);
+    assert_eq!(
+        start_after(&|d| {
+            d.b.fail_all("gone");
+        }),
+        0
+    );
+}

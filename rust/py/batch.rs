@@ -34,6 +34,7 @@ fn program_args(program: Program) -> (&'static str, Vec<usize>) {
         Program::InsertLogits(s, p) => ("insert_logits", vec![s.batch, s.cache_len, p]),
         Program::Prefill(p, c) => ("prefill", vec![p, c]),
         Program::Resize(a, b) => ("resize", vec![a.batch, a.cache_len, b.batch, b.cache_len]),
+        Program::Rebucket(from, to) => ("rebucket", vec![from, to]),
     }
 }
 
@@ -172,6 +173,7 @@ impl PyBatchLoop {
                 chunk.bucket,
                 chunk.size,
                 insert,
+                chunk.rebucket,
             ))?;
         }
         decoder.call_method1("step", (state, resize, rows, chunks, plan.masked))
@@ -239,6 +241,7 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyTupl
             let stats = stats_dict(py, &finished.stats)?;
             stats.set_item("token_ids", finished.token_ids)?;
             stats.set_item("queue_ns", finished.queue_ns)?;
+            stats.set_item("prompt_cached", finished.prompt_cached)?;
             ("done", stats.into_any())
         }
         Some(End::Failed(message)) => ("failed", message.into_pyobject(py)?.into_any()),
@@ -251,9 +254,12 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyTupl
 impl PyBatchLoop {
     /// `slots` requests run at once; `mask_words` is a row's packed token mask width; a step
     /// that prefills while rows decode aims to take at most `step_target_ms`; with nothing
-    /// decoding, a step prefills up to `idle_chunk` prompt positions.
+    /// decoding, a step prefills up to `idle_chunk` prompt positions. With `reuse_prompts`, a
+    /// prompt starts after what it shares with the last one prefilled (the scratch cache is kept
+    /// while idle): only for a decoder whose rows' numbers do not depend on their chunking.
     #[new]
-    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=120, idle_chunk=256))]
+    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=120, idle_chunk=256, reuse_prompts=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         decoder: Py<PyAny>,
@@ -262,6 +268,7 @@ impl PyBatchLoop {
         mask_words: usize,
         step_target_ms: u64,
         idle_chunk: usize,
+        reuse_prompts: bool,
     ) -> PyResult<Self> {
         let width: usize = decoder.bind(py).getattr("width")?.extract()?;
         let mut sizes: Vec<usize> = decoder.bind(py).getattr("chunk_sizes")?.extract()?;
@@ -272,9 +279,11 @@ impl PyBatchLoop {
             ));
         }
         let policy = ChunkPolicy::new(step_target_ms.saturating_mul(1_000_000), idle_chunk);
+        let mut core = Batch::new(tokenizer.inner.clone(), slots, width, sizes, policy);
+        core.reuse_prompts = reuse_prompts;
         Ok(PyBatchLoop {
             decoder,
-            core: Batch::new(tokenizer.inner.clone(), slots, width, sizes, policy),
+            core,
             mask_words,
             state: None,
             pending: None,
@@ -374,8 +383,9 @@ impl PyBatchLoop {
             events.extend(self.read_pending(py)?);
         }
         if plan.shape.is_none() {
-            // No batch: its rows' memory goes; a prompt still being prefilled keeps its scratch.
-            let keep = self.core.live() > 0;
+            // No batch: its rows' memory goes; the scratch stays while a prompt is being
+            // prefilled into it, or for the next prompt to start from.
+            let keep = self.core.live() > 0 || self.core.reuse_prompts;
             self.state = match self.state.take() {
                 Some(state) if keep => Some(
                     self.decoder
@@ -385,6 +395,9 @@ impl PyBatchLoop {
                 ),
                 _ => None,
             };
+            if self.state.is_none() {
+                self.core.forget_scratch();
+            }
         }
         events.into_iter().map(|e| event_tuple(py, e)).collect()
     }

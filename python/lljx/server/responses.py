@@ -39,7 +39,9 @@ def metrics(stats: Stats | None, *, total_ns: int, load_ns: int) -> dict[str, in
 
     load_duration counts loading the model and compiling for this request's shapes, the two
     things that make a first request slow; prompt_eval covers prefill up to the first token,
-    eval the tokens after it, as the Rust loop timed them. A reply under a `format` adds
+    eval the tokens after it, as the Rust loop timed them. prompt_eval_count is the whole
+    prompt, as Ollama counts it, and prompt_eval_cached_count (the name Ollama's open proposal
+    uses) the positions of it taken from the cache rather than computed. A reply under a `format` adds
     lljx's own grammar_duration (compiling its schema, or finding it compiled) and the
     time its grammar took per token to compute a mask, at the median and the 99th percentile.
     """
@@ -47,6 +49,7 @@ def metrics(stats: Stats | None, *, total_ns: int, load_ns: int) -> dict[str, in
     if stats is not None:
         values |= {
             "prompt_eval_count": stats.prompt_tokens,
+            "prompt_eval_cached_count": stats.prompt_cached,
             "prompt_eval_duration": stats.prefill_ns,
             "eval_count": stats.gen_tokens,
             "eval_duration": stats.decode_ns,

@@ -149,8 +149,8 @@ class SlotDecoder:
         compiling on a background thread. Kinds and shapes: decode / forward (batch, cache_len),
         sample (batch), insert / insert_logits (batch, cache_len, bucket), prefill (bucket, chunk),
         scratch (bucket: a zeroed prompt cache), resize / resize_into (batch, cache_len, new_batch,
-        new_cache_len). A resize to a shape with a spare cache runs in place (`_resize`), so it is
-        that program a step waits for."""
+        new_cache_len), rebucket (bucket, new_bucket: a scratch moved into another bucket). A resize
+        to a shape with a spare cache runs in place (`_resize`), so it is that program a step waits for."""
         if not self.steps.compiled:
             return True
         key = self._key(kind, shape)
@@ -291,6 +291,10 @@ class SlotDecoder:
             bucket, chunk = shape
             scratch = jax.eval_shape(steps.empty_scratch, bucket)
             return steps.prefill, (self.params, scratch, ints(1, chunk), scalar, scalar)
+        if kind == "rebucket":
+            old, new = shape
+            tokens = jax.ShapeDtypeStruct((1, self.width), jnp.int32)
+            return steps.resize, (tokens, jax.eval_shape(steps.empty_scratch, old), ints(1), new)
         if kind in ("resize", "resize_into"):
             b, length, new_b, new_length = shape
             tokens, cache = batch(b, length)
@@ -334,14 +338,16 @@ class SlotDecoder:
 
     def step(
         self, state: SlotState, resize: tuple[Sequence[int], int] | None, rows: dict[str, Sequence[Any]] | None,
-        chunks: Sequence[tuple[Sequence[int], int, int, int, tuple[int, dict[str, Sequence[Any]]] | None]],
+        chunks: Sequence[tuple[Sequence[int], int, int, int, tuple[int, dict[str, Sequence[Any]]] | None, int | None]],
         masked: bool = False,
     ) -> SlotState:
         """Dispatch one step, in order: `resize` (source rows, cache length) the batch; decode the
         rows described by `rows` (per-row lists: positions, active and the `RowSampling` fields), or
         only their forward pass when `masked` (the split step; `sample` follows); then prefill each
-        chunk (ids, start, bucket, size, insert), inserting the prompt at `insert`'s slot with its
-        sampler row when the chunk ends it."""
+        chunk (ids, start, bucket, size, insert, rebucket), inserting the prompt at `insert`'s slot
+        with its sampler row when the chunk ends it. A chunk continues what the scratch holds (the
+        prompt's earlier chunks, or a prefix an earlier prompt left), first moved from the bucket
+        `rebucket` when that is given; a fresh scratch starts a prompt at position 0."""
         tokens, cache, scratch, chunk_logits = state.tokens, state.cache, state.scratch, state.chunk_logits
         if resize is not None:
             tokens, cache = self._resize(tokens, cache, *resize)
@@ -357,8 +363,14 @@ class SlotDecoder:
                 tokens, cache = self._run(("decode", b, length), self.params, tokens, cache, positions, active, _rows(rows))
         elif masked:
             logits = jnp.zeros((b, self.vocab), jnp.float32)
-        for ids, start, bucket, size, insert in chunks:
-            if scratch is None or scratch.max_len != bucket:
+        for ids, start, bucket, size, insert, rebucket in chunks:
+            if rebucket is not None:
+                if scratch is None or scratch.max_len != rebucket:
+                    raise RuntimeError(f"a prompt reuses a scratch of {rebucket} positions that is not there")
+                scratch = self._rebucket(scratch, rebucket, bucket)
+            elif scratch is None or scratch.max_len != bucket:
+                if start > 0:
+                    raise RuntimeError(f"a chunk at position {start} continues a prompt the scratch does not hold")
                 scratch = self._empty_scratch(bucket)
             padded = np.zeros((1, size), np.int32)
             padded[0, : len(ids)] = ids
@@ -375,6 +387,15 @@ class SlotDecoder:
                     ("insert", b, length, bucket), tokens, cache, scratch, chunk_logits, np.int32(slot), _rows(row)
                 )
         return SlotState(tokens, cache, scratch, chunk_logits, logits)
+
+    def _rebucket(self, scratch: Any, old: int, new: int) -> Any:
+        """The scratch of `old` positions in one of `new` (padded, or cut: a prompt of the new
+        bucket reuses only positions it holds), by the batch's resize over its one row."""
+        tokens = jnp.full((1, self.width), slot_steps.NO_TOKEN, jnp.int32)
+        rows = np.zeros(1, np.int32)
+        if not self.steps.compiled:
+            return self.steps.resize(tokens, scratch, rows, new)[1]
+        return self._adopt(("rebucket", old, new))(tokens, scratch, rows)[1]
 
     def _empty_scratch(self, bucket: int) -> Any:
         """A fresh scratch for prompts of `bucket`: its program when warmed up, else the jitted
@@ -442,7 +463,16 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
         keys += [("resize", batch, length, smaller, length) for smaller, batch in itertools.pairwise(batches)]
         keys += [("insert", batch, length, buckets[-1]) for batch in batches]
     keys += [("scratch", buckets[-1]), ("prefill", buckets[-1], buckets[-1])]
+    keys += _rebuckets(buckets)
     return list(dict.fromkeys(keys))
+
+
+def _rebuckets(buckets: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Moving the scratch between neighbouring prompt buckets, both ways: a conversation's next
+    turn reuses its last prompt from the bucket below, and a new one reuses the system prompt a
+    longer one left."""
+    pairs = list(itertools.pairwise(buckets))
+    return [("rebucket", a, b) for a, b in pairs] + [("rebucket", b, a) for a, b in pairs]
 
 
 def long_prompt_programs(
@@ -453,7 +483,8 @@ def long_prompt_programs(
     its cache grown to the bucket: alone (decode and insert at one row), or beside rows that
     decode at `running_len`, with or without a row more (the resize, decode and insert). A
     2,000-token prompt arriving while 4 streams ran compiled nine of these while they ran: on
-    2 cores their gaps grew from 0.15 to 0.4 s."""
+    2 cores their gaps grew from 0.15 to 0.4 s. Each bucket also gets the moves of the scratch
+    between it and the bucket below (`_rebuckets`)."""
     batches = list(_powers(1, 1 << max(0, slots - 1).bit_length()))
     keys: list[tuple[Any, ...]] = []
     for bucket in _powers(2 * chunk_sizes[-1], longest):
@@ -463,6 +494,7 @@ def long_prompt_programs(
             grown = min(2 * batch, batches[-1])
             keys += [("resize", batch, running_len, grown, bucket), ("decode", grown, bucket), ("insert", grown, bucket, bucket)]
             keys += [("resize", batch, running_len, batch, bucket)]
+        keys += _rebuckets([bucket // 2, bucket])
     return list(dict.fromkeys(keys))
 
 
