@@ -208,7 +208,7 @@ class BatchEngine:
             longest = _native.BatchLoop.cache_bucket(min(self.model.config.context_length, DEFAULT_CONTEXT))
             keys += long_prompt_programs(self.slots, lengths[0], longest, chunks)
         if not self.reuse_prompts:
-            keys = [key for key in keys if key[0] != "rebucket"]
+            keys = [key for key in keys if key[0] not in ("rebucket", "extract")]
         # Only while no request is here: a compile would take a core from running streams.
         self.decoder.warm(keys, when=self._idle)
 

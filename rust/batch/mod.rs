@@ -141,12 +141,18 @@ pub enum Program {
     Resize(Shape, Shape),
     /// The scratch cache of one prompt bucket copied into (or cut to) another's.
     Rebucket(usize, usize),
+    /// One row of a batch's cache copied out as the scratch (of the cache's length).
+    Extract(Shape),
 }
 
 /// Whether a program can run now; one that cannot starts compiling. With `wait`, nothing
 /// streams, so the answer may wait for the compile.
 pub trait Programs {
     fn ready(&mut self, program: Program, wait: bool) -> bool;
+
+    /// Whether a program can run now, starting no compile: for work a step may go without
+    /// (a compile beside running streams takes a core from them).
+    fn compiled(&mut self, program: Program) -> bool;
 
     /// Asks for a program a later step will likely need, without waiting: it compiles behind
     /// the ones a step waits for.
@@ -217,6 +223,10 @@ pub struct StepPlan {
     pub chunks: Vec<Chunk>,
     /// Split step: forward, then a sample under each row's mask (some row has a grammar).
     pub masked: bool,
+    /// Before anything else, this row of the batch's cache becomes the scratch: a finished
+    /// reply's prompt and tokens, for the next prompt (a conversation's next turn) to start from.
+    pub extract: Option<usize>,
+    extracted: Option<Held>,
     pub shape: Option<Shape>,
     decoding: Vec<(usize, u64)>,
     remap: Option<Vec<Option<usize>>>,
@@ -224,7 +234,7 @@ pub struct StepPlan {
 
 impl StepPlan {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_none() && self.chunks.is_empty()
+        self.rows.is_none() && self.chunks.is_empty() && self.extract.is_none()
     }
 }
 
@@ -262,6 +272,8 @@ pub struct Batch {
     /// kernels): there the reused positions are the very bits a fresh prefill computes.
     pub reuse_prompts: bool,
     scratch: Option<Held>,
+    /// A reply that ended, still in its row: the row, and the ids of the positions it filled.
+    parked: Option<(usize, Vec<u32>)>,
 }
 
 impl Batch {
@@ -286,6 +298,7 @@ impl Batch {
             behind: 0,
             reuse_prompts: false,
             scratch: None,
+            parked: None,
         }
     }
 
@@ -326,6 +339,7 @@ impl Batch {
     pub fn fail_all(&mut self, message: &str) -> Vec<Event> {
         self.shape = None;
         self.scratch = None;
+        self.parked = None;
         self.rows.clear();
         self.live
             .drain(..)

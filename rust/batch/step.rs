@@ -181,8 +181,12 @@ impl Batch {
         let smallest = self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
         let over = !idle && self.policy.over_target(batch, &self.chunk_sizes, bucket);
         let mut chunks: Vec<Chunk> = Vec::new();
+        let extract = self.take_parked(programs);
         // What the scratch will hold as the step's chunks run on it, in order.
-        let mut held = self.scratch.clone();
+        let mut held = match &extract {
+            Some((_, reply)) => Some(reply.clone()),
+            None => self.scratch.clone(),
+        };
         'requests: for live in self.live.iter() {
             let Phase::Prefilling { mut done } = live.phase else {
                 continue;
@@ -243,6 +247,8 @@ impl Batch {
         let mut plan = StepPlan {
             masked,
             chunks,
+            extract: extract.as_ref().map(|&(row, _)| row),
+            extracted: extract.map(|(_, reply)| reply),
             ..StepPlan::default()
         };
         let mut remap: Option<Vec<Option<usize>>> = None;
@@ -296,12 +302,32 @@ impl Batch {
         plan
     }
 
+    /// The reply that ended last, to copy out of its row as the scratch before this step: its
+    /// prompt and the tokens whose keys and values the row holds. Only while no prompt is
+    /// part-way through the scratch, the row is not taken again, and the copy's program is
+    /// compiled (the warm-up compiles it; none starts here); a reply not copied now is dropped.
+    fn take_parked(&mut self, programs: &mut impl Programs) -> Option<(usize, Held)> {
+        let (row, ids) = self.parked.take()?;
+        let shape = self.shape?;
+        let busy = self
+            .live
+            .iter()
+            .any(|l| matches!(l.phase, Phase::Prefilling { done } if done > 0));
+        let taken = self.rows.get(row).is_none_or(Option::is_some);
+        if busy || taken || !programs.compiled(Program::Extract(shape)) {
+            return None;
+        }
+        let bucket = shape.cache_len;
+        Some((row, Held { bucket, ids }))
+    }
+
     /// Where a prompt of `bucket` may start its prefill from what the scratch holds (`held`):
     /// after the longest prefix they share, cut to whole smallest chunks (so every chunk size
     /// still divides its start) and short of the prompt's last token, whose logits draw its
     /// first token; with the bucket the scratch must be moved from when it is another. That
     /// program is waited for (`wait`: nothing decodes, and its compile is a fraction of a
-    /// second against a prefix's prefill), or else the prompt starts afresh while it compiles.
+    /// second against a prefix's prefill); beside decoding rows it is used only if compiled
+    /// (the warm-up compiles those between neighbouring buckets), else the prompt starts afresh.
     fn reusable(
         &self,
         held: Option<&Held>,
@@ -325,12 +351,14 @@ impl Batch {
             Reuse::Nothing
         } else if held.bucket == bucket {
             Reuse::From(start, None)
-        } else if programs.ready(Program::Rebucket(held.bucket, bucket), wait) {
-            Reuse::From(start, Some(held.bucket))
-        } else if wait {
-            Reuse::Wait
         } else {
-            Reuse::Nothing
+            let program = Program::Rebucket(held.bucket, bucket);
+            match wait {
+                true if programs.ready(program, true) => Reuse::From(start, Some(held.bucket)),
+                true => Reuse::Wait,
+                false if programs.compiled(program) => Reuse::From(start, Some(held.bucket)),
+                false => Reuse::Nothing,
+            }
         }
     }
 
@@ -556,6 +584,9 @@ impl Batch {
                 }
             }
         }
+        if let Some(reply) = &plan.extracted {
+            self.scratch = Some(reply.clone());
+        }
         let mut chunk_tokens = 0;
         let mut chunk_bucket = 0;
         let inserted = plan.chunks.iter().any(|c| c.insert.is_some());
@@ -638,6 +669,9 @@ impl Batch {
                 }
                 Ok((text, true)) => {
                     let live = self.remove(id).expect("found above");
+                    if self.reuse_prompts {
+                        self.parked = parked_reply(&live);
+                    }
                     events.push(Event {
                         id,
                         text,
@@ -716,6 +750,18 @@ fn take_tokens(live: &mut Live, ids: &[i64], now_ns: u64) -> Result<(String, boo
         }
     }
     Ok((step.text, step.finished))
+}
+
+/// A finished reply's row and the ids of the positions it holds: the prompt, then each token
+/// the device has fed back (written at the prompt's length plus its index, below the row's
+/// position).
+fn parked_reply(live: &Live) -> Option<(usize, Vec<u32>)> {
+    let Phase::Decoding { row, position, .. } = live.phase else {
+        return None;
+    };
+    let fed = position.saturating_sub(live.prompt.len());
+    let tokens = &live.core.token_ids[..live.core.token_ids.len().min(fed)];
+    Some((row, [live.prompt.as_slice(), tokens].concat()))
 }
 
 fn finished(mut live: Live, now_ns: u64) -> Finished {

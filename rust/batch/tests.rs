@@ -39,12 +39,19 @@ fn letter(c: char) -> i64 {
 struct Fake {
     missing: HashSet<Program>,
     asked: Vec<(Program, bool)>,
+    /// Programs `compiled` was asked about (which starts no compile).
+    looked: Vec<Program>,
 }
 
 impl Programs for Fake {
     fn ready(&mut self, program: Program, wait: bool) -> bool {
         self.asked.push((program, wait));
         wait || !self.missing.contains(&program)
+    }
+
+    fn compiled(&mut self, program: Program) -> bool {
+        self.looked.push(program);
+        !self.missing.contains(&program)
     }
 }
 
@@ -734,6 +741,11 @@ fn first_chunk(d: &mut Driver, id: u64) -> Chunk {
 fn a_prompt_starts_after_what_it_shares_with_the_last_prompt_in_the_scratch() {
     let mut d = Driver::new(2);
     d.b.reuse_prompts = true;
+    // Replies are not copied out of their rows here: the scratch keeps the last prompt.
+    d.p.missing.insert(Program::Extract(Shape {
+        batch: 1,
+        cache_len: 256,
+    }));
     let a: Vec<u32> = (1..=40).collect();
     d.b.submit(asking(1, a.clone(), 3), 0);
     assert_eq!(run_out(&mut d), vec![(1, 0)]);
@@ -791,7 +803,12 @@ fn beside_decoding_rows_a_prompt_does_not_wait_for_the_scratch_to_move() {
     d.b.submit(asking(3, long, 3), 0);
     let chunk = first_chunk(&mut d, 3);
     assert_eq!((chunk.start, chunk.rebucket), (0, None));
-    assert!(d.p.asked.contains(&(Program::Rebucket(64, 256), false)));
+    assert!(d.p.looked.contains(&Program::Rebucket(64, 256)));
+    assert!(!d
+        .p
+        .asked
+        .iter()
+        .any(|&(p, _)| p == Program::Rebucket(64, 256)));
 }
 
 #[test]
@@ -815,4 +832,54 @@ fn nothing_is_reused_when_off_after_a_failure_or_once_the_scratch_is_dropped() {
         }),
         0
     );
+}
+
+#[test]
+fn a_finished_reply_is_copied_out_of_its_row_for_the_next_turn_to_start_after() {
+    let mut d = Driver::new(2);
+    d.b.reuse_prompts = true;
+    let a: Vec<u32> = (1..=40).collect();
+    d.b.submit(asking(1, a.clone(), 20), 0);
+    let mut copied = None;
+    for _ in 0..64 {
+        let (plan, _) = d.step(letter('a'));
+        if plan.extract.is_some() {
+            copied = plan.extract;
+            break;
+        }
+    }
+    // The reply's row, copied out in the step after its end was read (the batch still there).
+    assert_eq!(copied, Some(0));
+    assert!(d.p.looked.contains(&Program::Extract(Shape {
+        batch: 1,
+        cache_len: 256
+    })));
+    // Every token it drew was fed back before its end was read: the next turn shares them all.
+    let mut next = a.clone();
+    next.extend(std::iter::repeat_n(letter('a') as u32, 20));
+    next.extend(150..170);
+    d.b.submit(asking(2, next.clone(), 3), 0);
+    let chunk = first_chunk(&mut d, 2);
+    assert_eq!(
+        (chunk.start, chunk.rebucket, chunk.bucket),
+        (48, Some(256), 128)
+    );
+    assert_eq!(run_out(&mut d), vec![(2, 48)]);
+}
+
+#[test]
+fn a_reply_is_not_copied_out_over_a_prompt_part_way_through_the_scratch() {
+    let mut d = Driver::new(2);
+    d.b.reuse_prompts = true;
+    d.b.submit(asking(1, (1..=20).collect(), 2), 0);
+    d.step(letter('a'));
+    d.step(letter('a'));
+    // A long prompt arrives while the first reply runs; a budget of 16 positions a step keeps
+    // it part-way through the scratch when that reply ends.
+    d.b.policy = ChunkPolicy::new(150_000_000, 16);
+    d.b.submit(asking(2, (100..400).collect(), 2), 0);
+    for _ in 0..12 {
+        let (plan, _) = d.step(letter('a'));
+        assert_eq!(plan.extract, None);
+    }
 }

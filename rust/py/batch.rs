@@ -35,6 +35,7 @@ fn program_args(program: Program) -> (&'static str, Vec<usize>) {
         Program::Prefill(p, c) => ("prefill", vec![p, c]),
         Program::Resize(a, b) => ("resize", vec![a.batch, a.cache_len, b.batch, b.cache_len]),
         Program::Rebucket(from, to) => ("rebucket", vec![from, to]),
+        Program::Extract(s) => ("extract", vec![s.batch, s.cache_len]),
     }
 }
 
@@ -59,6 +60,20 @@ impl Programs for DecoderPrograms<'_, '_> {
         }
         let answer = self
             .call("ready", program)
+            .and_then(|answer| answer.extract::<bool>());
+        answer.unwrap_or_else(|error| {
+            self.error = Some(error);
+            false
+        })
+    }
+
+    /// Whether a program is compiled (`SlotDecoder.compiled`), starting nothing.
+    fn compiled(&mut self, program: Program) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let answer = self
+            .call("compiled", program)
             .and_then(|answer| answer.extract::<bool>());
         answer.unwrap_or_else(|error| {
             self.error = Some(error);
@@ -148,7 +163,13 @@ impl PyBatchLoop {
         let decoder = self.decoder.bind(py);
         // A prompt may be part prefilled (in the state's scratch) before its batch exists or
         // is made afresh: the scratch carries over.
-        let previous = self.state.take().map(|s| s.into_bound(py));
+        let mut previous = self.state.take().map(|s| s.into_bound(py));
+        if let Some(row) = plan.extract {
+            // A finished reply's row becomes the scratch first: a fresh batch replaces the cache.
+            let state = previous
+                .ok_or_else(|| PyRuntimeError::new_err("a row to copy out without a batch"))?;
+            previous = Some(decoder.call_method1("extract", (state, row))?);
+        }
         let state = match (plan.reset, previous) {
             (Some(shape), previous) => {
                 decoder.call_method1("empty", (shape.batch, shape.cache_len, previous))?

@@ -141,6 +141,16 @@ def insert_rows(cache: KVCache, scratch: KVCache, slot: jax.Array) -> KVCache:
     return KVCache(put(cache.k, scratch.k, 1), put(cache.v, scratch.v, 1))  # stacked: layers first
 
 
+def extract_row(cache: KVCache, slot: jax.Array) -> KVCache:
+    """Row `slot` of the batch's cache [B, L] as a one-row cache [1, L] (a scratch)."""
+    def take(big: jax.Array, axis: int) -> jax.Array:
+        return jax.lax.dynamic_slice_in_dim(big, slot, 1, axis=axis)
+
+    if isinstance(cache.k, tuple):
+        return KVCache(tuple(take(k, 0) for k in cache.k), tuple(take(v, 0) for v in cache.v))
+    return KVCache(take(cache.k, 1), take(cache.v, 1))  # stacked: layers first
+
+
 def place(tokens: jax.Array, slot: jax.Array, token: jax.Array) -> jax.Array:
     """Row `slot` of tokens [B, k] becomes [NO_TOKEN, ..., token]."""
     row = widen(token.reshape(1), tokens.shape[1])

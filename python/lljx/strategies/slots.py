@@ -149,7 +149,8 @@ class SlotDecoder:
         compiling on a background thread. Kinds and shapes: decode / forward (batch, cache_len),
         sample (batch), insert / insert_logits (batch, cache_len, bucket), prefill (bucket, chunk),
         scratch (bucket: a zeroed prompt cache), resize / resize_into (batch, cache_len, new_batch,
-        new_cache_len), rebucket (bucket, new_bucket: a scratch moved into another bucket). A resize
+        new_cache_len), rebucket (bucket, new_bucket: a scratch moved into another bucket), extract
+        (batch, cache_len: a row of the cache copied out as the scratch). A resize
         to a shape with a spare cache runs in place (`_resize`), so it is that program a step waits for."""
         if not self.steps.compiled:
             return True
@@ -167,6 +168,10 @@ class SlotDecoder:
             self._adopt(key)
             return True
         return False
+
+    def compiled(self, kind: str, *shape: int) -> bool:
+        """Whether `kind` for `shape` can run now, starting no compile (for work a step may skip)."""
+        return self._compiled(self._key(kind, shape))
 
     def ask(self, kind: str, *shape: int) -> None:
         """Start compiling `kind` for `shape` if it is missing, behind every program a step waits
@@ -291,6 +296,9 @@ class SlotDecoder:
             bucket, chunk = shape
             scratch = jax.eval_shape(steps.empty_scratch, bucket)
             return steps.prefill, (self.params, scratch, ints(1, chunk), scalar, scalar)
+        if kind == "extract":
+            b, length = shape
+            return jax.jit(slot_steps.extract_row), (batch(b, length)[1], scalar)
         if kind == "rebucket":
             old, new = shape
             tokens = jax.ShapeDtypeStruct((1, self.width), jnp.int32)
@@ -388,6 +396,17 @@ class SlotDecoder:
                 )
         return SlotState(tokens, cache, scratch, chunk_logits, logits)
 
+    def extract(self, state: SlotState, row: int) -> SlotState:
+        """`state` with row `row` of its batch's cache as the scratch (of the cache's length): a
+        finished reply's keys and values, for the next prompt to start from."""
+        b, length = state.tokens.shape[0], state.cache.max_len
+        slot = np.int32(row)
+        if self.steps.compiled:
+            scratch = self._adopt(("extract", b, length))(state.cache, slot)
+        else:
+            scratch = slot_steps.extract_row(state.cache, slot)
+        return state._replace(scratch=scratch)
+
     def _rebucket(self, scratch: Any, old: int, new: int) -> Any:
         """The scratch of `old` positions in one of `new` (padded, or cut: a prompt of the new
         bucket reuses only positions it holds), by the batch's resize over its one row."""
@@ -464,6 +483,7 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
         keys += [("insert", batch, length, buckets[-1]) for batch in batches]
     keys += [("scratch", buckets[-1]), ("prefill", buckets[-1], buckets[-1])]
     keys += _rebuckets(buckets)
+    keys += [("extract", batch, length) for length in cache_lens for batch in batches]
     return list(dict.fromkeys(keys))
 
 
@@ -484,7 +504,8 @@ def long_prompt_programs(
     decode at `running_len`, with or without a row more (the resize, decode and insert). A
     2,000-token prompt arriving while 4 streams ran compiled nine of these while they ran: on
     2 cores their gaps grew from 0.15 to 0.4 s. Each bucket also gets the moves of the scratch
-    between it and the bucket below (`_rebuckets`)."""
+    between it and the bucket below (`_rebuckets`), and each batch at its length the copy of a
+    finished reply's row into the scratch."""
     batches = list(_powers(1, 1 << max(0, slots - 1).bit_length()))
     keys: list[tuple[Any, ...]] = []
     for bucket in _powers(2 * chunk_sizes[-1], longest):
@@ -495,6 +516,7 @@ def long_prompt_programs(
             keys += [("resize", batch, running_len, grown, bucket), ("decode", grown, bucket), ("insert", grown, bucket, bucket)]
             keys += [("resize", batch, running_len, batch, bucket)]
         keys += _rebuckets([bucket // 2, bucket])
+        keys += [("extract", batch, bucket) for batch in batches]
     return list(dict.fromkeys(keys))
 
 
