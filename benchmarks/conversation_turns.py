@@ -1,0 +1,89 @@
+"""A conversation's time to first token turn by turn, with the engine starting each prompt after the last one and its reply, and without.
+
+Usage: python benchmarks/conversation_turns.py [MODEL] [--turns 6] [--reply-tokens 32] [--rounds 3]
+
+MODEL is anything `lljx.models.load_model` takes (default: the embedded model), loaded at
+`--dtype auto`, with the `native-token` strategy, greedy. Each turn asks three of the built-in
+questions at once and keeps the reply in the history, as a chat client does; the two engines
+(`reuse_prompts` on and off, one decoder) take turns round by round, each round with other
+questions. Two first rounds compile what a conversation meets and are not counted. Printed: per
+turn, the prompt's tokens, the positions reused, and the median first-token time of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from lljx.batching import BatchEngine
+from lljx.bench import prompts
+from lljx.cli import enable_compile_cache
+from lljx.generation import messages_prompt_ids
+from lljx.models import Model, load_model
+from lljx.sampling import SamplerSettings
+from lljx.strategies import registry
+
+GREEDY = SamplerSettings(temperature=0.0)
+
+
+def conversation(engine: BatchEngine, model: Model, turns: int, reply_tokens: int, offset: int) -> list[tuple[int, int, float]]:
+    """(prompt tokens, positions reused, first-token ms) per turn."""
+    questions = prompts.BUILTIN
+    messages: list[dict[str, str]] = []
+    rows = []
+    for turn in range(turns):
+        asked = " ".join(questions[(offset + 3 * turn + k) % len(questions)] for k in range(3))
+        messages.append({"role": "user", "content": asked})
+        ids = messages_prompt_ids(model, messages)
+        stream = engine.stream(ids, max_tokens=reply_tokens, settings=GREEDY)
+        reply = "".join(stream)
+        assert stream.finished is not None
+        stats = stream.finished.stats
+        rows.append((len(ids), stats.prompt_cached, stats.ttft_ns / 1e6))
+        messages.append({"role": "assistant", "content": reply})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default=None)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--reply-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    enable_compile_cache()
+    model = load_model(args.model, dtype="auto")
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    # What the server's warm-up compiles for this: a reply's row copied out of a one-row batch,
+    # and the scratch moved between neighbouring prompt buckets.
+    for length in (256, 512, 1024):
+        decoder.prepare("extract", 1, length)
+    for bucket in (16, 32, 64, 128, 256, 512):
+        decoder.prepare("rebucket", bucket, 2 * bucket)
+        decoder.prepare("rebucket", 2 * bucket, bucket)
+    engines = {"reused": BatchEngine(model, decoder, slots=4), "fresh": BatchEngine(model, decoder, slots=4, reuse_prompts=False)}
+    try:
+        for engine in engines.values():
+            for offset in (0, -1):  # compiles: the first starts on an empty scratch, the second does not
+                conversation(engine, model, args.turns, args.reply_tokens, offset=offset)
+        runs: dict[str, list[list[tuple[int, int, float]]]] = {name: [] for name in engines}
+        for round_ in range(1, args.rounds + 1):
+            for name, engine in engines.items():
+                runs[name].append(conversation(engine, model, args.turns, args.reply_tokens, offset=round_))
+    finally:
+        for engine in engines.values():
+            engine.close()
+    print(f"model {args.model or 'embedded'}, {args.reply_tokens}-token replies, median of {args.rounds} rounds")
+    print("| turn | prompt tokens | reused | first token, reused (ms) | first token, fresh (ms) |")
+    print("|---:|---:|---:|---:|---:|")
+    for turn in range(args.turns):
+        reused = [run[turn] for run in runs["reused"]]
+        fresh = [run[turn] for run in runs["fresh"]]
+        tokens = statistics.median(r[0] for r in reused)
+        cached = statistics.median(r[1] for r in reused)
+        print(f"| {turn + 1} | {tokens:.0f} | {cached:.0f} | {statistics.median(r[2] for r in reused):.0f} "
+              f"| {statistics.median(r[2] for r in fresh):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
