@@ -375,7 +375,7 @@ unsafe fn reduce16(v: [std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m
 /// Asks for the cache lines of `bytes` bytes from `at` (a hint: no fault, no effect on results).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn prefetch_run(at: *const u8, bytes: usize) {
+pub(super) unsafe fn prefetch_run(at: *const u8, bytes: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let mut offset = 0;
     while offset < bytes {

@@ -12,6 +12,7 @@
 #![cfg(target_arch = "x86_64")]
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
+use super::attention::prefetch_run;
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs the kernel (AVX2, FMA and F16C; checked once).
@@ -106,21 +107,6 @@ unsafe fn exp8(x: __m256) -> __m256 {
             _mm256_set1_epi32(127),
         )));
         _mm256_andnot_ps(tiny, _mm256_mul_ps(e, two_n))
-    }
-}
-
-/// Asks for the cache lines of `bytes` bytes from `at` (a hint: no fault, no effect on results).
-#[inline(always)]
-unsafe fn prefetch_run(at: *const u8, bytes: usize) {
-    unsafe {
-        let mut offset = 0;
-        while offset < bytes {
-            _mm_prefetch::<_MM_HINT_T0>((at as *const i8).wrapping_add(offset));
-            offset += 64;
-        }
-        if bytes > 0 {
-            _mm_prefetch::<_MM_HINT_T0>((at as *const i8).wrapping_add(bytes - 1));
-        }
     }
 }
 

@@ -40,6 +40,21 @@ fn program_args(program: Program) -> (&'static str, Vec<usize>) {
 }
 
 impl<'py> DecoderPrograms<'_, 'py> {
+    /// The decoder's yes or no to `method` for a program; a failure is kept for the step to
+    /// raise, and every later answer is no.
+    fn answer(&mut self, method: &str, program: Program) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let answer = self
+            .call(method, program)
+            .and_then(|answer| answer.extract::<bool>());
+        answer.unwrap_or_else(|error| {
+            self.error = Some(error);
+            false
+        })
+    }
+
     /// The decoder's `method` called with the program's kind and shape.
     fn call(&self, method: &str, program: Program) -> PyResult<Bound<'py, PyAny>> {
         let (kind, shape) = program_args(program);
@@ -55,30 +70,12 @@ impl Programs for DecoderPrograms<'_, '_> {
     /// thread while this thread keeps taking cancels and new requests, and the engine polls
     /// until the program is in (a 4096-position prompt's programs take seconds to compile).
     fn ready(&mut self, program: Program, _wait: bool) -> bool {
-        if self.error.is_some() {
-            return false;
-        }
-        let answer = self
-            .call("ready", program)
-            .and_then(|answer| answer.extract::<bool>());
-        answer.unwrap_or_else(|error| {
-            self.error = Some(error);
-            false
-        })
+        self.answer("ready", program)
     }
 
     /// Whether a program is compiled (`SlotDecoder.compiled`), starting nothing.
     fn compiled(&mut self, program: Program) -> bool {
-        if self.error.is_some() {
-            return false;
-        }
-        let answer = self
-            .call("compiled", program)
-            .and_then(|answer| answer.extract::<bool>());
-        answer.unwrap_or_else(|error| {
-            self.error = Some(error);
-            false
-        })
+        self.answer("compiled", program)
     }
 
     /// A program asked for ahead (`SlotDecoder.ask`): compiled behind those a step waits for.
