@@ -105,6 +105,35 @@ def test_prompts_arriving_together_reuse_their_shared_start_and_keep_their_token
     assert sorted(cached for _, cached in results.values())[1:] == [16] * (len(prompts) - 1)
 
 
+@pytest.mark.parametrize("kept", [2, 0])
+def test_conversations_taking_turns_each_start_after_their_own_last_reply(model, kept):
+    """Two clients' conversations alternate: each turn finds its own last reply in a kept
+    scratch. With none kept, a turn finds only the other conversation's, and the system prompt."""
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    decoder.prepare("extract", 1, 256)
+    engine = BatchEngine(model, decoder, slots=2, kept_prompts=kept)
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[:2]]
+    last: list[tuple[list[int], list[int]]] = [([], []), ([], [])]
+    try:
+        for turn in range(2):
+            for c, messages in enumerate(conversations):
+                ids = messages_prompt_ids(model, messages)
+                text, token_ids, cached = reply(engine, ids, 20)
+                assert token_ids == lone(model, ids, 20), f"conversation {c}, turn {turn}"
+                previous, answer = last[c]
+                own = shared(previous + answer[:-1], ids) // 16 * 16
+                if turn == 0:
+                    assert cached == (0 if c == 0 else 16), f"conversation {c}: the system prompt"
+                elif kept:
+                    assert cached == own > len(previous) // 16 * 16, f"conversation {c}: its own reply"
+                else:
+                    assert cached == 16, f"conversation {c}: only the system prompt"
+                last[c] = (ids, token_ids)
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": QUESTIONS[turn + 2]}]
+    finally:
+        engine.close(timeout=60)
+
+
 @pytest.mark.parametrize("strategy, dtype, asked", [
     ("jit-token", "auto", True),  # XLA's products throughout
     ("native-token", "f32", True),  # lljx's kernels decode, but a prompt's products go through XLA

@@ -130,6 +130,7 @@ class BatchLoop:
         step_target_ms: int = 120,
         idle_chunk: int = 256,
         reuse_prompts: bool = False,
+        kept_scratches: int = 0,
     ) -> BatchLoop: ...
     @staticmethod
     def cache_bucket(need: int) -> int: ...

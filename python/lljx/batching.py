@@ -123,7 +123,7 @@ class BatchEngine:
 
     def __init__(
         self, model: Model, decoder: SlotDecoder, *, slots: int, step_target_ms: int = 120, reuse_prompts: bool = True,
-        name: str = "lljx-batch",
+        kept_prompts: int | None = None, name: str = "lljx-batch",
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -134,6 +134,12 @@ class BatchEngine:
         # A prompt starts after what it shares with the one prefilled before it (a system prompt,
         # a conversation's earlier turns), whose keys and values the scratch cache still holds.
         self.reuse_prompts = reuse_prompts and chunking_invariant(decoder)
+        # Scratches kept beside it (default one per slot, as Ollama keeps a cache per slot): each
+        # client's conversation starts its next turn after its last, not only the latest one's.
+        # Each holds one row of cache, so at most as much again as the batch's own.
+        self.kept_prompts = slots if kept_prompts is None else kept_prompts
+        if self.kept_prompts < 0:
+            raise ValueError(f"kept prompts must be at least 0, got {kept_prompts}")
         self._ids = itertools.count(1)
         self._inbox = _Inbox()
         self._callbacks: dict[int, Callback] = {}
@@ -251,7 +257,7 @@ class BatchEngine:
         model = self.model
         loop = _native.BatchLoop(
             self.decoder, model.tokenizer._native, slots=self.slots, mask_words=mask_words(self.decoder.vocab),
-            step_target_ms=self.step_target_ms, reuse_prompts=self.reuse_prompts,
+            step_target_ms=self.step_target_ms, reuse_prompts=self.reuse_prompts, kept_scratches=self.kept_prompts,
         )
         stop_ids = list(model.stop_token_ids)
         while True:

@@ -4,7 +4,8 @@
 //! Each step is planned here (`plan`), dispatched by the driver in `py`, recorded (`commit`),
 //! and the step before it is read back afterwards (`route`), so the device always has the next
 //! step queued. A prompt is prefilled in chunks into a scratch cache, within a per-step budget
-//! (after what it shares with the prompt the scratch holds, when `reuse_prompts`), then
+//! (after what it shares with the prompt a scratch holds, when `reuse_prompts`: the last one
+//! prefilled, or one of those kept beside it, each an earlier prompt or a finished reply), then
 //! inserted into a free row; the batch's rows and cache length are buckets that grow when
 //! requests join or rows near the end of the cache, and shrink when requests leave. A shape
 //! whose programs are still compiling is not used until they are, so running rows never wait
@@ -181,19 +182,59 @@ pub struct Chunk {
     pub insert: Option<(usize, Sampling)>,
     /// The scratch's bucket when it must first be moved into `bucket` (a reused prefix).
     pub rebucket: Option<usize>,
+    /// Before this chunk and its move, the scratch trades places with kept scratch `i`: the
+    /// prompt continues what that one holds, or starts afresh in it so that what the scratch
+    /// held is kept.
+    pub swap: Option<usize>,
+    /// Then the scratch becomes a copy of kept scratch `j`: the prompt shares a prefix with
+    /// what that one holds, and the rest of it (another conversation's) is kept.
+    pub copy: Option<usize>,
 }
 
-/// What the scratch cache holds: its bucket, and the ids of the prompt positions computed in it
-/// (from 0; positions past them hold an older prompt's or padding).
+/// What a scratch cache holds: its bucket, the ids of the prompt positions computed in it (from
+/// 0; positions past them hold an older prompt's or padding), and the step it was last used in.
 #[derive(Clone, Debug, PartialEq)]
 struct Held {
     bucket: usize,
     ids: Vec<u32>,
+    used: u64,
 }
 
-/// What the scratch holds once `chunk` has run on it, from `held` before: the driver starts a
-/// fresh scratch for a chunk of another bucket unless the chunk moves the old one over.
-fn held_after(held: Option<Held>, chunk: &Chunk) -> Held {
+/// The scratch and the kept scratches, as the scheduler expects the driver to hold them.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Scratches {
+    active: Option<Held>,
+    kept: Vec<Option<Held>>,
+}
+
+impl Scratches {
+    /// Scratch `into` (None: the active one) is now `held`.
+    fn put(&mut self, into: Option<usize>, held: Held) {
+        match into {
+            Some(i) => self.kept[i] = Some(held),
+            None => self.active = Some(held),
+        }
+    }
+
+    /// Runs `chunk` (at step `now`): its swap and copy, then its positions written.
+    fn run(&mut self, chunk: &Chunk, now: u64) {
+        if let Some(i) = chunk.swap {
+            std::mem::swap(&mut self.active, &mut self.kept[i]);
+        }
+        if let Some(j) = chunk.copy {
+            if let Some(held) = self.kept[j].as_mut() {
+                held.used = now; // read: it stays ahead of those not used since
+            }
+            self.active = self.kept[j].clone();
+        }
+        self.active = Some(held_after(self.active.take(), chunk, now));
+    }
+}
+
+/// What the scratch holds once `chunk` has run on it at step `now`, from `held` before: the
+/// driver starts a fresh scratch for a chunk of another bucket unless the chunk moves the old
+/// one over.
+fn held_after(held: Option<Held>, chunk: &Chunk, now: u64) -> Held {
     let mut ids = match held {
         Some(h) if h.bucket == chunk.bucket || chunk.rebucket == Some(h.bucket) => h.ids,
         _ => Vec::new(),
@@ -208,6 +249,7 @@ fn held_after(held: Option<Held>, chunk: &Chunk) -> Held {
     Held {
         bucket: chunk.bucket,
         ids,
+        used: now,
     }
 }
 
@@ -223,10 +265,12 @@ pub struct StepPlan {
     pub chunks: Vec<Chunk>,
     /// Split step: forward, then a sample under each row's mask (some row has a grammar).
     pub masked: bool,
-    /// Before anything else, this row of the batch's cache becomes the scratch: a finished
-    /// reply's prompt and tokens, for the next prompt (a conversation's next turn) to start from.
-    pub extract: Option<usize>,
-    extracted: Option<Held>,
+    /// Before anything else, these rows of the batch's cache are copied out, each into a
+    /// scratch (None: the active one, else that kept one): finished replies' prompts and
+    /// tokens, for the next prompt (a conversation's next turn) to start from.
+    pub extract: Vec<(usize, Option<usize>)>,
+    /// The scratches once the step has run.
+    scratches: Scratches,
     pub shape: Option<Shape>,
     decoding: Vec<(usize, u64)>,
     remap: Option<Vec<Option<usize>>>,
@@ -234,7 +278,7 @@ pub struct StepPlan {
 
 impl StepPlan {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_none() && self.chunks.is_empty() && self.extract.is_none()
+        self.rows.is_none() && self.chunks.is_empty() && self.extract.is_empty()
     }
 }
 
@@ -271,9 +315,13 @@ pub struct Batch {
     /// whose rows' numbers do not depend on how the positions were chunked (row-invariant
     /// kernels): there the reused positions are the very bits a fresh prefill computes.
     pub reuse_prompts: bool,
-    scratch: Option<Held>,
-    /// A reply that ended, still in its row: the row, and the ids of the positions it filled.
-    parked: Option<(usize, Vec<u32>)>,
+    /// The scratch, and those kept beside it: each the cache of an earlier prompt (or a
+    /// conversation's last turn) for later prompts to start from.
+    scratches: Scratches,
+    /// Replies that ended, still in their rows: the row, and the ids of the positions it filled.
+    parked: Vec<(usize, Vec<u32>)>,
+    /// Steps committed: the clock of the scratches' use.
+    steps: u64,
 }
 
 impl Batch {
@@ -297,14 +345,24 @@ impl Batch {
             policy,
             behind: 0,
             reuse_prompts: false,
-            scratch: None,
-            parked: None,
+            scratches: Scratches::default(),
+            parked: Vec::new(),
+            steps: 0,
         }
     }
 
-    /// The driver dropped its scratch cache (the batch went idle without prompts to keep).
+    /// Keeps `count` scratches beside the one prompts are prefilled in (each one row of cache):
+    /// several conversations each start their next turn after their last, not only the one
+    /// prefilled last. The least recently used makes way.
+    pub fn keep_scratches(&mut self, count: usize) {
+        self.scratches.kept = vec![None; count];
+    }
+
+    /// The driver dropped its scratch caches (the batch went idle without prompts to keep).
     pub fn forget_scratch(&mut self) {
-        self.scratch = None;
+        let kept = self.scratches.kept.len();
+        self.scratches = Scratches::default();
+        self.keep_scratches(kept);
     }
 
     pub fn submit(&mut self, request: Request, now_ns: u64) {
@@ -338,8 +396,8 @@ impl Batch {
     /// Every live request ends with `message` (the device state is gone); the batch starts afresh.
     pub fn fail_all(&mut self, message: &str) -> Vec<Event> {
         self.shape = None;
-        self.scratch = None;
-        self.parked = None;
+        self.forget_scratch();
+        self.parked.clear();
         self.rows.clear();
         self.live
             .drain(..)

@@ -7,11 +7,19 @@ use super::*;
 /// is over the step target.
 const SHORT_REST: usize = 4;
 
-/// How a prompt's prefill starts: from position 0, after a prefix the scratch holds (moved
-/// from another bucket first when one is given), or not yet (that move is compiling).
+/// How a prompt's prefill starts: after a prefix a scratch holds (moved from another bucket first
+/// when one is given), afresh, or not yet (that move is compiling); `swap` names the kept scratch
+/// that trades places with the active one first, and `copy` the one the active one then copies.
 enum Reuse {
-    Nothing,
-    From(usize, Option<usize>),
+    From {
+        start: usize,
+        rebucket: Option<usize>,
+        swap: Option<usize>,
+        copy: Option<usize>,
+    },
+    Fresh {
+        swap: Option<usize>,
+    },
     Wait,
 }
 
@@ -181,22 +189,24 @@ impl Batch {
         let smallest = self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
         let over = !idle && self.policy.over_target(batch, &self.chunk_sizes, bucket);
         let mut chunks: Vec<Chunk> = Vec::new();
-        let extract = self.take_parked(programs);
-        // What the scratch will hold as the step's chunks run on it, in order.
-        let mut held = match &extract {
-            Some((_, reply)) => Some(reply.clone()),
-            None => self.scratch.clone(),
-        };
+        // What the scratches will hold as the step's copies and chunks run on them, in order.
+        let mut scratches = self.scratches.clone();
+        let extract = self.take_parked(&mut scratches, programs);
         'requests: for live in self.live.iter() {
             let Phase::Prefilling { mut done } = live.phase else {
                 continue;
             };
             let bucket = prompt_bucket(live.prompt.len());
-            let mut rebucket = None;
+            let (mut rebucket, mut swap, mut copy) = (None, None, None);
             if done == 0 {
-                match self.reusable(held.as_ref(), &live.prompt, bucket, programs, idle) {
-                    Reuse::From(start, from) => (done, rebucket) = (start, from),
-                    Reuse::Nothing => {}
+                match self.reusable(&scratches, &live.prompt, bucket, programs, idle) {
+                    Reuse::From {
+                        start,
+                        rebucket: from,
+                        swap: kept,
+                        copy: copied,
+                    } => (done, rebucket, swap, copy) = (start, from, kept, copied),
+                    Reuse::Fresh { swap: kept } => swap = kept,
                     Reuse::Wait => break 'requests,
                 }
             }
@@ -233,8 +243,10 @@ impl Batch {
                     size: cut.size,
                     insert,
                     rebucket: rebucket.take(),
+                    swap: swap.take(),
+                    copy: copy.take(),
                 };
-                held = Some(held_after(held.take(), &chunk));
+                scratches.run(&chunk, self.steps);
                 chunks.push(chunk);
                 budget -= cut.size;
                 done += cut.real;
@@ -247,8 +259,8 @@ impl Batch {
         let mut plan = StepPlan {
             masked,
             chunks,
-            extract: extract.as_ref().map(|&(row, _)| row),
-            extracted: extract.map(|(_, reply)| reply),
+            extract,
+            scratches,
             ..StepPlan::default()
         };
         let mut remap: Option<Vec<Option<usize>>> = None;
@@ -302,63 +314,114 @@ impl Batch {
         plan
     }
 
-    /// The reply that ended last, to copy out of its row as the scratch before this step: its
-    /// prompt and the tokens whose keys and values the row holds. Only while no prompt is
-    /// part-way through the scratch, the row is not taken again, and the copy's program is
-    /// compiled (the warm-up compiles it; none starts here); a reply not copied now is dropped.
-    fn take_parked(&mut self, programs: &mut impl Programs) -> Option<(usize, Held)> {
-        let (row, ids) = self.parked.take()?;
-        let shape = self.shape?;
+    /// The replies that ended, to copy out of their rows before this step, each with the scratch
+    /// it goes into: their prompts and the tokens whose keys and values the rows hold. Only rows
+    /// not taken again, once the copy's program is compiled (the warm-up compiles it; none
+    /// starts here). A reply goes into the scratch whose prompt it continues (a conversation's
+    /// last turn), else an empty one, else the least recently used; never into the active
+    /// scratch while a prompt is part-way through it. A reply not copied now is dropped.
+    fn take_parked(
+        &mut self,
+        scratches: &mut Scratches,
+        programs: &mut impl Programs,
+    ) -> Vec<(usize, Option<usize>)> {
+        let parked = std::mem::take(&mut self.parked);
+        let Some(shape) = self.shape.filter(|_| !parked.is_empty()) else {
+            return Vec::new();
+        };
+        if !programs.compiled(Program::Extract(shape)) {
+            return Vec::new();
+        }
         let busy = self
             .live
             .iter()
             .any(|l| matches!(l.phase, Phase::Prefilling { done } if done > 0));
-        let taken = self.rows.get(row).is_none_or(Option::is_some);
-        if busy || taken || !programs.compiled(Program::Extract(shape)) {
-            return None;
+        let mut copies = Vec::new();
+        for (row, ids) in parked {
+            if self.rows.get(row).is_none_or(Option::is_some) {
+                continue;
+            }
+            let Some(into) = reply_target(scratches, &ids, busy) else {
+                continue;
+            };
+            let held = Held {
+                bucket: shape.cache_len,
+                ids,
+                used: self.steps,
+            };
+            scratches.put(into, held);
+            copies.push((row, into));
         }
-        let bucket = shape.cache_len;
-        Some((row, Held { bucket, ids }))
+        copies
     }
 
-    /// Where a prompt of `bucket` may start its prefill from what the scratch holds (`held`):
-    /// after the longest prefix they share, cut to whole smallest chunks (so every chunk size
-    /// still divides its start) and short of the prompt's last token, whose logits draw its
-    /// first token; with the bucket the scratch must be moved from when it is another. That
-    /// program is waited for (`wait`: nothing decodes, and its compile is a fraction of a
-    /// second against a prefix's prefill); beside decoding rows it is used only if compiled
-    /// (the warm-up compiles those between neighbouring buckets), else the prompt starts afresh.
+    /// Where a prompt of `bucket` may start its prefill from what the scratches hold: after the
+    /// longest prefix it shares with one of them (the active one on a tie), cut to whole
+    /// smallest chunks (so every chunk size still divides its start) and short of the prompt's
+    /// last token, whose logits draw its first token; with the bucket the scratch must be moved
+    /// from when it is another. That program is waited for (`wait`: nothing decodes, and its
+    /// compile is a fraction of a second against a prefix's prefill); beside decoding rows it
+    /// is used only if compiled (the warm-up compiles those between neighbouring buckets), else
+    /// the prompt starts afresh. A fresh prompt goes into the least recently used scratch, so
+    /// the active one's prompt is kept when a kept scratch is older.
     fn reusable(
         &self,
-        held: Option<&Held>,
+        scratches: &Scratches,
         prompt: &[u32],
         bucket: usize,
         programs: &mut impl Programs,
         wait: bool,
     ) -> Reuse {
-        let Some(held) = held.filter(|_| self.reuse_prompts) else {
-            return Reuse::Nothing;
+        let fresh = Reuse::Fresh {
+            swap: oldest_kept(scratches),
         };
-        let shared = held
-            .ids
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
+        if !self.reuse_prompts {
+            return fresh;
+        }
         let smallest = self.chunk_sizes.first().copied().unwrap_or(MIN_BUCKET);
-        let start = shared.min(prompt.len().saturating_sub(1)) / smallest * smallest;
-        if start == 0 {
-            Reuse::Nothing
-        } else if held.bucket == bucket {
-            Reuse::From(start, None)
-        } else {
-            let program = Program::Rebucket(held.bucket, bucket);
-            match wait {
-                true if programs.ready(program, true) => Reuse::From(start, Some(held.bucket)),
-                true => Reuse::Wait,
-                false if programs.compiled(program) => Reuse::From(start, Some(held.bucket)),
-                false => Reuse::Nothing,
-            }
+        let shared_with = |held: &Held| {
+            let shared = held
+                .ids
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let start = shared.min(prompt.len().saturating_sub(1)) / smallest * smallest;
+            (start, shared)
+        };
+        let best = std::iter::once((None, scratches.active.as_ref()))
+            .chain((scratches.kept.iter().enumerate()).map(|(i, held)| (Some(i), held.as_ref())))
+            .filter_map(|(at, held)| held.map(|h| (at, h, shared_with(h))))
+            .filter(|&(_, _, (start, _))| start > 0)
+            .max_by_key(|&(at, _, (start, _))| (start, at.is_none()));
+        let Some((at, held, (start, shared))) = best else {
+            return fresh;
+        };
+        // Positions past the shared ones would be overwritten: another conversation's, kept by
+        // copying the scratch into one used less lately, when there is one.
+        let spare = (held.ids.len() > shared)
+            .then(|| spare_scratch(scratches, at, held.used))
+            .flatten();
+        let (swap, copy) = match (at, spare) {
+            (_, None) => (at, None),
+            (None, Some(spare)) => (spare, spare),
+            (Some(_), Some(spare)) => (spare, at),
+        };
+        let from = |rebucket| Reuse::From {
+            start,
+            rebucket,
+            swap,
+            copy,
+        };
+        if held.bucket == bucket {
+            return from(None);
+        }
+        let program = Program::Rebucket(held.bucket, bucket);
+        match wait {
+            true if programs.ready(program, true) => from(Some(held.bucket)),
+            true => Reuse::Wait,
+            false if programs.compiled(program) => from(Some(held.bucket)),
+            false => fresh,
         }
     }
 
@@ -584,9 +647,8 @@ impl Batch {
                 }
             }
         }
-        if let Some(reply) = &plan.extracted {
-            self.scratch = Some(reply.clone());
-        }
+        self.scratches = plan.scratches.clone();
+        self.steps += 1;
         let mut chunk_tokens = 0;
         let mut chunk_bucket = 0;
         let inserted = plan.chunks.iter().any(|c| c.insert.is_some());
@@ -598,7 +660,6 @@ impl Batch {
         for chunk in &plan.chunks {
             chunk_tokens += chunk.size;
             chunk_bucket = chunk_bucket.max(chunk.bucket);
-            self.scratch = Some(held_after(self.scratch.take(), chunk));
             let Some(live) = self.live.iter_mut().find(|l| l.id == chunk.id) else {
                 continue;
             };
@@ -670,7 +731,7 @@ impl Batch {
                 Ok((text, true)) => {
                     let live = self.remove(id).expect("found above");
                     if self.reuse_prompts {
-                        self.parked = parked_reply(&live);
+                        self.parked.extend(parked_reply(&live));
                     }
                     events.push(Event {
                         id,
@@ -750,6 +811,59 @@ fn take_tokens(live: &mut Live, ids: &[i64], now_ns: u64) -> Result<(String, boo
         }
     }
     Ok((step.text, step.finished))
+}
+
+/// The scratch a finished reply (`ids`) goes into: None for the active one (unless `busy`), or
+/// a kept one's index. The one whose prompt the reply continues, the longest such, else an empty
+/// one, else the least recently used; None inside when none may take it.
+fn reply_target(scratches: &Scratches, ids: &[u32], busy: bool) -> Option<Option<usize>> {
+    let candidates: Vec<(Option<usize>, Option<&Held>)> = (!busy)
+        .then_some((None, scratches.active.as_ref()))
+        .into_iter()
+        .chain((scratches.kept.iter().enumerate()).map(|(i, held)| (Some(i), held.as_ref())))
+        .collect();
+    let continued = candidates
+        .iter()
+        .filter_map(|&(at, held)| held.map(|h| (at, h)))
+        .filter(|(_, h)| ids.starts_with(&h.ids))
+        .max_by_key(|(_, h)| h.ids.len())
+        .map(|(at, _)| at);
+    continued
+        .or_else(|| {
+            candidates
+                .iter()
+                .find(|(_, h)| h.is_none())
+                .map(|&(at, _)| at)
+        })
+        .or_else(|| {
+            (candidates.iter())
+                .min_by_key(|(_, h)| h.map_or(0, |h| h.used))
+                .map(|&(at, _)| at)
+        })
+}
+
+/// The scratch to give up for a copy of scratch `at` (None: the active one), last used at step
+/// `used`: an empty one, else the least recently used, when used before it; None inside for the
+/// active one.
+fn spare_scratch(scratches: &Scratches, at: Option<usize>, used: u64) -> Option<Option<usize>> {
+    std::iter::once((None, scratches.active.as_ref()))
+        .chain((scratches.kept.iter().enumerate()).map(|(i, held)| (Some(i), held.as_ref())))
+        .filter(|&(other, _)| other != at)
+        .min_by_key(|(_, h)| h.map_or(0, |h| h.used + 1))
+        .filter(|(_, h)| h.is_none_or(|h| h.used < used))
+        .map(|(other, _)| other)
+}
+
+/// The kept scratch a fresh prompt goes into, trading places with the active one: an empty one,
+/// else the least recently used, when the active one holds a prompt used since.
+fn oldest_kept(scratches: &Scratches) -> Option<usize> {
+    let active = scratches.active.as_ref()?;
+    let (at, oldest) = (scratches.kept.iter().enumerate())
+        .min_by_key(|(_, h)| h.as_ref().map_or(0, |h| h.used + 1))?;
+    oldest
+        .as_ref()
+        .is_none_or(|h| h.used < active.used)
+        .then_some(at)
 }
 
 /// A finished reply's row and the ids of the positions it holds: the prompt, then each token

@@ -843,13 +843,14 @@ fn a_finished_reply_is_copied_out_of_its_row_for_the_next_turn_to_start_after() 
     let mut copied = None;
     for _ in 0..64 {
         let (plan, _) = d.step(letter('a'));
-        if plan.extract.is_some() {
-            copied = plan.extract;
+        if let Some(&copy) = plan.extract.first() {
+            copied = Some(copy);
             break;
         }
     }
-    // The reply's row, copied out in the step after its end was read (the batch still there).
-    assert_eq!(copied, Some(0));
+    // The reply's row, copied out in the step after its end was read (the batch still there),
+    // into the scratch that held its prompt.
+    assert_eq!(copied, Some((0, None)));
     assert!(d.p.looked.contains(&Program::Extract(Shape {
         batch: 1,
         cache_len: 256
@@ -869,17 +870,138 @@ fn a_finished_reply_is_copied_out_of_its_row_for_the_next_turn_to_start_after() 
 
 #[test]
 fn a_reply_is_not_copied_out_over_a_prompt_part_way_through_the_scratch() {
+    for kept in [0, 1] {
+        let mut d = Driver::new(2);
+        d.b.reuse_prompts = true;
+        d.b.keep_scratches(kept);
+        d.b.submit(asking(1, (1..=20).collect(), 2), 0);
+        d.step(letter('a'));
+        d.step(letter('a'));
+        // A long prompt arrives while the first reply runs; a budget of 16 positions a step
+        // keeps it part-way through the scratch when that reply ends.
+        d.b.policy = ChunkPolicy::new(150_000_000, 16);
+        d.b.submit(asking(2, (100..400).collect(), 2), 0);
+        let mut copies = Vec::new();
+        for _ in 0..12 {
+            copies.extend(d.step(letter('a')).0.extract);
+        }
+        // Without a kept scratch the reply is dropped; with one it goes there.
+        let expected = if kept == 0 {
+            vec![]
+        } else {
+            vec![(0, Some(0))]
+        };
+        assert_eq!(copies, expected, "{kept} kept");
+    }
+}
+
+/// `prompt`, a 20-token reply of 'a's, and a new question: a conversation's next turn.
+fn next_turn(prompt: &[u32]) -> Vec<u32> {
+    let reply = std::iter::repeat_n(letter('a') as u32, 20);
+    prompt
+        .iter()
+        .copied()
+        .chain(reply)
+        .chain(200..220)
+        .collect()
+}
+
+#[test]
+fn each_conversation_continues_from_the_scratch_its_last_reply_went_into() {
+    let a: Vec<u32> = (1..=40).collect();
+    let b: Vec<u32> = (101..=140).collect();
+    for kept in [0, 2] {
+        let mut d = Driver::new(2);
+        d.b.reuse_prompts = true;
+        d.b.keep_scratches(kept);
+        d.b.submit(asking(1, a.clone(), 20), 0);
+        run_out(&mut d);
+        d.b.submit(asking(2, b.clone(), 20), 0);
+        run_out(&mut d);
+        // Each next turn shares its prompt and reply (60 positions): 48 are taken as they are,
+        // from the kept scratch its reply went into, when there is one.
+        d.b.submit(asking(3, next_turn(&a), 3), 0);
+        let chunk = first_chunk(&mut d, 3);
+        let (start, swapped) = (chunk.start, chunk.swap.is_some());
+        assert_eq!(run_out(&mut d), vec![(3, start)]);
+        d.b.submit(asking(4, next_turn(&b), 3), 0);
+        let chunk = first_chunk(&mut d, 4);
+        let expected = if kept == 0 { (0, false) } else { (48, true) };
+        assert_eq!((start, swapped), expected, "{kept} kept");
+        assert_eq!((chunk.start, chunk.swap.is_some()), expected, "{kept} kept");
+        assert_eq!(run_out(&mut d), vec![(4, chunk.start)]);
+    }
+}
+
+#[test]
+fn the_least_recently_used_conversation_makes_way() {
     let mut d = Driver::new(2);
     d.b.reuse_prompts = true;
-    d.b.submit(asking(1, (1..=20).collect(), 2), 0);
-    d.step(letter('a'));
-    d.step(letter('a'));
-    // A long prompt arrives while the first reply runs; a budget of 16 positions a step keeps
-    // it part-way through the scratch when that reply ends.
-    d.b.policy = ChunkPolicy::new(150_000_000, 16);
-    d.b.submit(asking(2, (100..400).collect(), 2), 0);
-    for _ in 0..12 {
-        let (plan, _) = d.step(letter('a'));
-        assert_eq!(plan.extract, None);
+    d.b.keep_scratches(1);
+    let prompts: Vec<Vec<u32>> = (0..3u32)
+        .map(|c| (1 + 60 * c..41 + 60 * c).collect())
+        .collect();
+    for (id, prompt) in (1..).zip(&prompts) {
+        d.b.submit(asking(id, prompt.clone(), 20), 0);
+        run_out(&mut d);
+    }
+    // Two scratches for three conversations: the first one's went to the third.
+    d.b.submit(asking(4, next_turn(&prompts[1]), 3), 0);
+    assert_eq!(run_out(&mut d), vec![(4, 48)]);
+    d.b.submit(asking(5, next_turn(&prompts[2]), 3), 0);
+    assert_eq!(run_out(&mut d), vec![(5, 48)]);
+    d.b.submit(asking(6, next_turn(&prompts[0]), 3), 0);
+    assert_eq!(run_out(&mut d), vec![(6, 0)]);
+}
+
+#[test]
+fn replies_ending_in_one_step_each_go_into_a_scratch_of_their_own() {
+    let mut d = Driver::new(4);
+    d.b.reuse_prompts = true;
+    d.b.keep_scratches(4);
+    let prompts: Vec<Vec<u32>> = (0..4u32)
+        .map(|c| (1 + 60 * c..41 + 60 * c).collect())
+        .collect();
+    for (id, prompt) in (1..).zip(&prompts) {
+        d.b.submit(asking(id, prompt.clone(), 20), 0);
+    }
+    run_out(&mut d);
+    for (id, prompt) in (5..).zip(&prompts) {
+        d.b.submit(asking(id, next_turn(prompt), 3), 0);
+        assert_eq!(run_out(&mut d), vec![(id, 48)], "conversation {id}");
+    }
+}
+
+#[test]
+fn a_prompt_sharing_only_a_system_prompt_takes_a_copy_and_leaves_the_other_conversation() {
+    let system: Vec<u32> = (1..=20).collect();
+    let with = |question: std::ops::Range<u32>| -> Vec<u32> {
+        system.iter().copied().chain(question).collect()
+    };
+    let (a, b) = (with(100..120), with(150..170));
+    for kept in [0, 1] {
+        let mut d = Driver::new(2);
+        d.b.reuse_prompts = true;
+        d.b.keep_scratches(kept);
+        d.b.submit(asking(1, a.clone(), 20), 0);
+        run_out(&mut d);
+        // The system prompt's first 16 positions are reused either way; with a scratch to
+        // spare, from a copy of the one holding the first conversation's reply.
+        d.b.submit(asking(2, b.clone(), 3), 0);
+        let chunk = first_chunk(&mut d, 2);
+        let expected = if kept == 0 {
+            (None, None)
+        } else {
+            (Some(0), Some(0))
+        };
+        assert_eq!(
+            (chunk.start, chunk.swap, chunk.copy),
+            (16, expected.0, expected.1)
+        );
+        assert_eq!(run_out(&mut d), vec![(2, 16)]);
+        // The first conversation's next turn still finds its reply when one was kept.
+        d.b.submit(asking(3, next_turn(&a), 3), 0);
+        let reused = if kept == 0 { 16 } else { 48 };
+        assert_eq!(run_out(&mut d), vec![(3, reused)], "{kept} kept");
     }
 }

@@ -161,11 +161,11 @@ impl PyBatchLoop {
         // A prompt may be part prefilled (in the state's scratch) before its batch exists or
         // is made afresh: the scratch carries over.
         let mut previous = self.state.take().map(|s| s.into_bound(py));
-        if let Some(row) = plan.extract {
-            // A finished reply's row becomes the scratch first: a fresh batch replaces the cache.
+        for &(row, into) in &plan.extract {
+            // Finished replies' rows become scratches first: a fresh batch replaces the cache.
             let state = previous
                 .ok_or_else(|| PyRuntimeError::new_err("a row to copy out without a batch"))?;
-            previous = Some(decoder.call_method1("extract", (state, row))?);
+            previous = Some(decoder.call_method1("extract", (state, row, into))?);
         }
         let state = match (plan.reset, previous) {
             (Some(shape), previous) => {
@@ -192,6 +192,8 @@ impl PyBatchLoop {
                 chunk.size,
                 insert,
                 chunk.rebucket,
+                chunk.swap,
+                chunk.copy,
             ))?;
         }
         decoder.call_method1("step", (state, resize, rows, chunks, plan.masked))
@@ -273,10 +275,12 @@ impl PyBatchLoop {
     /// `slots` requests run at once; `mask_words` is a row's packed token mask width; a step
     /// that prefills while rows decode aims to take at most `step_target_ms`; with nothing
     /// decoding, a step prefills up to `idle_chunk` prompt positions. With `reuse_prompts`, a
-    /// prompt starts after what it shares with the last one prefilled (the scratch cache is kept
-    /// while idle): only for a decoder whose rows' numbers do not depend on their chunking.
+    /// prompt starts after what it shares with the last one prefilled, or with one of
+    /// `kept_scratches` earlier prompts and finished replies kept beside it (the scratch caches
+    /// are kept while idle): only for a decoder whose rows' numbers do not depend on their
+    /// chunking.
     #[new]
-    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=120, idle_chunk=256, reuse_prompts=false))]
+    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=120, idle_chunk=256, reuse_prompts=false, kept_scratches=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -287,6 +291,7 @@ impl PyBatchLoop {
         step_target_ms: u64,
         idle_chunk: usize,
         reuse_prompts: bool,
+        kept_scratches: usize,
     ) -> PyResult<Self> {
         let width: usize = decoder.bind(py).getattr("width")?.extract()?;
         let mut sizes: Vec<usize> = decoder.bind(py).getattr("chunk_sizes")?.extract()?;
@@ -299,6 +304,7 @@ impl PyBatchLoop {
         let policy = ChunkPolicy::new(step_target_ms.saturating_mul(1_000_000), idle_chunk);
         let mut core = Batch::new(tokenizer.inner.clone(), slots, width, sizes, policy);
         core.reuse_prompts = reuse_prompts;
+        core.keep_scratches(if reuse_prompts { kept_scratches } else { 0 });
         Ok(PyBatchLoop {
             decoder,
             core,

@@ -33,7 +33,9 @@ class SlotState(NamedTuple):
     tokens [B, k] are each row's newest tokens (NO_TOKEN where none; k is the strategy's tokens
     per step); cache is the batch's [B, L]; scratch [1, P] holds the prompt being prefilled and
     chunk_logits [1, vocab] the logits after its latest chunk; logits [B, vocab] are a split
-    step's forward output, waiting for their masks.
+    step's forward output, waiting for their masks; kept are scratches kept beside the one in
+    use (None where empty), each an earlier prompt or finished reply for later prompts to start
+    from.
     """
 
     tokens: jax.Array
@@ -41,6 +43,7 @@ class SlotState(NamedTuple):
     scratch: KVCache | None = None
     chunk_logits: jax.Array | None = None
     logits: jax.Array | None = None
+    kept: tuple[KVCache | None, ...] = ()
 
 
 def empty_batch(config: ModelConfig, batch: int, cache_len: int, width: int, stacked: bool) -> tuple[jax.Array, KVCache]:
@@ -149,6 +152,13 @@ def extract_row(cache: KVCache, slot: jax.Array) -> KVCache:
     if isinstance(cache.k, tuple):
         return KVCache(tuple(take(k, 0) for k in cache.k), tuple(take(v, 0) for v in cache.v))
     return KVCache(take(cache.k, 1), take(cache.v, 1))  # stacked: layers first
+
+
+@jax.jit
+def copy_scratch(scratch: KVCache) -> KVCache:
+    """A scratch in buffers of its own: a prompt prefilled into it (which donates them) leaves
+    the one it copies as it was."""
+    return jax.tree.map(jnp.copy, scratch)
 
 
 def place(tokens: jax.Array, slot: jax.Array, token: jax.Array) -> jax.Array:

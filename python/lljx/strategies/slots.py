@@ -336,27 +336,31 @@ class SlotDecoder:
         tokens, cache = self.steps.empty(batch, cache_len)
         if carry is None:
             return SlotState(tokens, cache)
-        return SlotState(tokens, cache, carry.scratch, carry.chunk_logits)
+        return SlotState(tokens, cache, carry.scratch, carry.chunk_logits, kept=carry.kept)
 
     def idle(self, carry: SlotState | None = None) -> SlotState:
-        """No batch (nothing decodes): only a prompt's scratch, kept from `carry` while it is prefilled."""
+        """No batch (nothing decodes): only the scratches, kept from `carry` (a prompt being
+        prefilled, or earlier ones for later prompts to start from)."""
         if carry is None:
             return SlotState(None, None)  # type: ignore[arg-type]
-        return SlotState(None, None, carry.scratch, carry.chunk_logits)  # type: ignore[arg-type]
+        return SlotState(None, None, carry.scratch, carry.chunk_logits, kept=carry.kept)  # type: ignore[arg-type]
 
     def step(
         self, state: SlotState, resize: tuple[Sequence[int], int] | None, rows: dict[str, Sequence[Any]] | None,
-        chunks: Sequence[tuple[Sequence[int], int, int, int, tuple[int, dict[str, Sequence[Any]]] | None, int | None]],
+        chunks: Sequence[tuple[Sequence[int], int, int, int, tuple[int, dict[str, Sequence[Any]]] | None, int | None, int | None, int | None]],
         masked: bool = False,
     ) -> SlotState:
         """Dispatch one step, in order: `resize` (source rows, cache length) the batch; decode the
         rows described by `rows` (per-row lists: positions, active and the `RowSampling` fields), or
         only their forward pass when `masked` (the split step; `sample` follows); then prefill each
-        chunk (ids, start, bucket, size, insert, rebucket), inserting the prompt at `insert`'s slot
-        with its sampler row when the chunk ends it. A chunk continues what the scratch holds (the
-        prompt's earlier chunks, or a prefix an earlier prompt left), first moved from the bucket
-        `rebucket` when that is given; a fresh scratch starts a prompt at position 0."""
+        chunk (ids, start, bucket, size, insert, rebucket, swap, copy), inserting the prompt at
+        `insert`'s slot with its sampler row when the chunk ends it. A chunk first trades the
+        scratch for kept scratch `swap`, then takes a copy of kept scratch `copy` as the scratch,
+        when those are given. It continues what the scratch holds (the prompt's earlier
+        chunks, or a prefix an earlier prompt left), first moved from the bucket `rebucket` when
+        that is given; a fresh scratch starts a prompt at position 0."""
         tokens, cache, scratch, chunk_logits = state.tokens, state.cache, state.scratch, state.chunk_logits
+        kept = list(state.kept)
         if resize is not None:
             tokens, cache = self._resize(tokens, cache, *resize)
         # No batch yet: only prompt chunks that end no prompt (placing one makes a batch first).
@@ -371,7 +375,12 @@ class SlotDecoder:
                 tokens, cache = self._run(("decode", b, length), self.params, tokens, cache, positions, active, _rows(rows))
         elif masked:
             logits = jnp.zeros((b, self.vocab), jnp.float32)
-        for ids, start, bucket, size, insert, rebucket in chunks:
+        for ids, start, bucket, size, insert, rebucket, swap, copy in chunks:
+            if swap is not None:
+                kept += [None] * (swap + 1 - len(kept))
+                scratch, kept[swap] = kept[swap], scratch
+            if copy is not None:
+                scratch = slot_steps.copy_scratch(kept[copy])
             if rebucket is not None:
                 if scratch is None or scratch.max_len != rebucket:
                     raise RuntimeError(f"a prompt reuses a scratch of {rebucket} positions that is not there")
@@ -394,18 +403,23 @@ class SlotDecoder:
                 tokens, cache = self._run(
                     ("insert", b, length, bucket), tokens, cache, scratch, chunk_logits, np.int32(slot), _rows(row)
                 )
-        return SlotState(tokens, cache, scratch, chunk_logits, logits)
+        return SlotState(tokens, cache, scratch, chunk_logits, logits, tuple(kept))
 
-    def extract(self, state: SlotState, row: int) -> SlotState:
-        """`state` with row `row` of its batch's cache as the scratch (of the cache's length): a
-        finished reply's keys and values, for the next prompt to start from."""
+    def extract(self, state: SlotState, row: int, into: int | None = None) -> SlotState:
+        """`state` with row `row` of its batch's cache as the scratch, or as kept scratch `into`
+        (of the cache's length): a finished reply's keys and values, for the next prompt to start
+        from."""
         b, length = state.tokens.shape[0], state.cache.max_len
         slot = np.int32(row)
         if self.steps.compiled:
             scratch = self._adopt(("extract", b, length))(state.cache, slot)
         else:
             scratch = slot_steps.extract_row(state.cache, slot)
-        return state._replace(scratch=scratch)
+        if into is None:
+            return state._replace(scratch=scratch)
+        kept = list(state.kept) + [None] * (into + 1 - len(state.kept))
+        kept[into] = scratch
+        return state._replace(kept=tuple(kept))
 
     def _rebucket(self, scratch: Any, old: int, new: int) -> Any:
         """The scratch of `old` positions in one of `new` (padded, or cut: a prompt of the new
