@@ -52,23 +52,26 @@ pub struct Cut {
     pub last: bool,
 }
 
-/// The next chunk of a prompt of `len` tokens with `done` already prefilled, within `budget`
-/// positions, from the ascending chunk `sizes` (powers of two). A chunk's size divides its
-/// start, so it never runs past the prompt's bucket: every earlier chunk was at least as big, or
-/// the start is a multiple of it. None when the budget holds no chunk.
+/// The next chunk of a prompt of `len` tokens with `done` already prefilled (a multiple of the
+/// smallest size), within `budget` positions, from the ascending chunk `sizes` (powers of two).
+/// A chunk never runs past the prompt's bucket; the smallest always fits, the bucket being a
+/// multiple of it too. Only that binds a chunk's start: a prompt that reused 16 positions is not
+/// held to chunks of 16, 32, 64... as it would be were each size to divide its start (a
+/// 358-token prompt read in five chunks after a 16-position system prompt, slower than all of
+/// it in two). None when the budget holds no chunk.
 pub fn next_cut(len: usize, done: usize, budget: usize, sizes: &[usize]) -> Option<Cut> {
     let remaining = len.checked_sub(done).filter(|&r| r > 0)?;
     let bucket = prompt_bucket(len);
     let largest = sizes
         .iter()
         .copied()
-        .filter(|&s| s <= budget && s <= bucket && done.is_multiple_of(s))
+        .filter(|&s| s <= budget && done + s <= bucket)
         .max()?;
     if remaining <= largest {
         let size = sizes
             .iter()
             .copied()
-            .find(|&s| s >= remaining && done.is_multiple_of(s))
+            .find(|&s| s >= remaining && done + s <= bucket)
             .unwrap_or(largest);
         return Some(Cut {
             size,

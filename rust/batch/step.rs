@@ -357,7 +357,7 @@ impl Batch {
 
     /// Where a prompt of `bucket` may start its prefill from what the scratches hold: after the
     /// longest prefix it shares with one of them (the active one on a tie), cut to whole
-    /// smallest chunks (so every chunk size still divides its start) and short of the prompt's
+    /// smallest chunks (so the smallest chunk always fits after it) and short of the prompt's
     /// last token, whose logits draw its first token; with the bucket the scratch must be moved
     /// from when it is another. That program is waited for (`wait`: nothing decodes, and its
     /// compile is a fraction of a second against a prefix's prefill); beside decoding rows it

@@ -146,28 +146,41 @@ fn chunks_fit_their_bucket_and_budget() {
     );
     assert_eq!(next_cut(40, 0, 8, &SIZES), None);
     assert_eq!(next_cut(40, 40, 256, &SIZES), None);
-    // A budget that grows mid-prompt never misaligns a chunk: 16 done, so at most 16 at a time.
+    // After 16 reused positions, the largest chunk that fits the bucket of 128, then the rest:
+    // not 16, 16, 32 and 64 as when each size had to divide its start.
     assert_eq!(
         next_cut(100, 16, 256, &SIZES),
         Some(Cut {
-            size: 16,
-            real: 16,
+            size: 64,
+            real: 64,
             last: false
         })
     );
-    // Every cut of any prompt stays inside the prompt's bucket.
+    assert_eq!(
+        next_cut(100, 80, 256, &SIZES),
+        Some(Cut {
+            size: 32,
+            real: 20,
+            last: true
+        })
+    );
+    // Every cut of any prompt, from any reused start, stays inside the prompt's bucket and keeps
+    // its next start a multiple of the smallest chunk.
     for len in 1..600 {
         for budget in [16, 48, 64, 256] {
-            let mut done = 0;
-            while let Some(cut) = next_cut(len, done, budget, &SIZES) {
-                assert!(
-                    done % cut.size == 0 && done + cut.size <= prompt_bucket(len),
-                    "{len} {budget} {done} {cut:?}"
-                );
-                done += cut.real;
-                assert_eq!(cut.last, done == len);
+            for reused in (0..len).step_by(16) {
+                let mut done = reused;
+                while let Some(cut) = next_cut(len, done, budget, &SIZES) {
+                    assert!(
+                        done + cut.size <= prompt_bucket(len),
+                        "{len} {budget} {done} {cut:?}"
+                    );
+                    done += cut.real;
+                    assert_eq!(cut.last, done == len);
+                    assert!(cut.last || done % 16 == 0);
+                }
+                assert_eq!(done, len);
             }
-            assert_eq!(done, len);
         }
     }
 }
