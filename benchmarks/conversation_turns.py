@@ -75,14 +75,16 @@ def main() -> None:
     enable_compile_cache()
     model = load_model(args.model, dtype="auto")
     decoder = registry.build_slots(registry.load("native-token"), model)
-    # What the server's warm-up compiles for this: a reply's row copied out of a one-row batch,
+    # What the server's warm-up compiles for this: a reply's row copied out of each batch size,
     # and the scratch moved between neighbouring prompt buckets.
+    slots = max(4, args.clients)
     for length in (256, 512, 1024):
-        decoder.prepare("extract", 1, length)
+        for batch in (1, 2, 4, 8, 16):
+            if batch < 2 * slots:
+                decoder.prepare("extract", batch, length)
     for bucket in (16, 32, 64, 128, 256, 512):
         decoder.prepare("rebucket", bucket, 2 * bucket)
         decoder.prepare("rebucket", 2 * bucket, bucket)
-    slots = max(4, args.clients)
     engines = {"reused": BatchEngine(model, decoder, slots=slots)}
     if args.clients > 1:
         engines["one scratch"] = BatchEngine(model, decoder, slots=slots, kept_prompts=0)
