@@ -23,12 +23,16 @@ def test_common_programs_start_with_one_request_and_cover_every_batch_bucket() -
         # Growing to a batch comes before its decode, and a prompt can join it.
         assert keys.index(("resize", 4, length, 8, length)) < keys.index(("decode", 8, length))
         assert all(("insert", b, length, bucket) in keys for b in (1, 2, 4, 8) for bucket in CHUNK_SIZES)
+        # Most rows of a batch ending in one step: it shrinks by several buckets at once.
+        assert all(("resize", big, length, small, length) in keys for big, small in ((8, 2), (8, 1), (4, 1)))
     prefills = {(k[1], k[2]) for k in keys if k[0] == "prefill"}
     assert prefills == {(bucket, chunk) for bucket in CHUNK_SIZES for chunk in CHUNK_SIZES if chunk <= bucket}
-    # The scratch moves to a neighbouring bucket, either way, for a prompt that starts as the last one did.
+    # The scratch moves to a neighbouring bucket, either way, for a prompt that starts as the last
+    # one did, and from a finished reply's (the shortest cache) into every shorter bucket.
     moves = {(k[1], k[2]) for k in keys if k[0] == "rebucket"}
     pairs = set(zip(CHUNK_SIZES, CHUNK_SIZES[1:]))
-    assert moves == pairs | {(b, a) for a, b in pairs}
+    replies = {(256, bucket) for bucket in CHUNK_SIZES if bucket < 256}
+    assert moves == pairs | {(b, a) for a, b in pairs} | replies
 
 
 def test_common_programs_grow_every_batchs_cache_from_one_length_to_the_next() -> None:

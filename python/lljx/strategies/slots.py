@@ -474,7 +474,8 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
     """The programs a server with `slots` meets most, most likely first: one request's decode,
     prefill and insert, then each larger batch with the resize that reaches it, then smaller
     prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket (each
-    bucket with its scratch). Each of the ascending `cache_lens` after the first also gets the
+    bucket with its scratch), shrinking by several buckets at once, the scratch's moves, and the
+    copy of a finished row. Each of the ascending `cache_lens` after the first also gets the
     resize that grows every batch's cache to it from the one before, as rows fill their caches.
     Shapes follow the batch loop's buckets (rows 1, 2, 4...; prompt buckets from the smallest
     chunk)."""
@@ -495,8 +496,15 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
     for length in cache_lens:
         keys += [("resize", batch, length, smaller, length) for smaller, batch in itertools.pairwise(batches)]
         keys += [("insert", batch, length, buckets[-1]) for batch in batches]
+    # Shrinking by more than one bucket, when most rows of a batch end in one step (8 clients
+    # with the same budget leave one or two rows running): 0.15-0.5 s compiles beside them.
+    keys += [("resize", batch, length, smaller, length) for length in cache_lens
+             for smaller, batch in itertools.combinations(batches, 2) if batch > 2 * smaller]
     keys += [("scratch", buckets[-1]), ("prefill", buckets[-1], buckets[-1])]
     keys += _rebuckets(buckets)
+    # A finished reply's scratch has the batch's cache length; a short prompt sharing its system
+    # prompt moves it into its own bucket (while nothing decodes, it waited for that compile).
+    keys += [("rebucket", cache_lens[0], bucket) for bucket in buckets if bucket < cache_lens[0]]
     keys += [("extract", batch, length) for length in cache_lens for batch in batches]
     return list(dict.fromkeys(keys))
 
