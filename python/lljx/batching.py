@@ -215,6 +215,10 @@ class BatchEngine:
             keys += long_prompt_programs(self.slots, lengths[0], longest, chunks)
         if not self.reuse_prompts:
             keys = [key for key in keys if key[0] not in ("rebucket", "extract")]
+        if not chunking_invariant(self.decoder):
+            # Read beside others, a prompt's sums would follow the pass's row count, and its
+            # reply would differ from the one it gets alone.
+            keys = [key for key in keys if key[0] != "prefill_rows"]
         # Only while no request is here: a compile would take a core from running streams.
         self.decoder.warm(keys, when=self._idle)
 

@@ -49,20 +49,21 @@ def forward(
                 q[:, 0], k[:, 0], v[:, 0], cache_k, cache_v, positions[:, 0], cos[:, 0], sin[:, 0]
             )
             out = out.reshape(batch, 1, h * d)
-    elif native and batch == 1:
-        from lljx import native_kernels
-
-        # One prompt's chunk: its rows share the cache row, and each attends only up to its own
-        # position (XLA scored every query against the whole bucket). Padding rows (position -1)
-        # write and attend nothing: they would attend up to their padded positions.
-        rows = positions[0]
-        if real_rows is not None:
-            rows = jnp.where(jnp.arange(seq) < real_rows[0], rows, -1)
+    elif native:
+        # Prompt chunks, one per row (several prompts read in one pass): each row attends
+        # within its own cache row, exactly as that chunk alone would.
         with jax.named_scope("attend_chunk"):
-            out, cache_k, cache_v = native_kernels.attend(
-                q[0], k[0], v[0], cache_k, cache_v, rows, cos[0], sin[0]
-            )
-            out = out.reshape(1, seq, h * d)
+            rows = [
+                _attend_chunk(q[i], k[i], v[i], cache_k[i : i + 1], cache_v[i : i + 1], positions[i], cos[i], sin[i],
+                              None if real_rows is None else real_rows[i])
+                for i in range(batch)
+            ]
+            out = jnp.stack([row[0] for row in rows]).reshape(batch, seq, h * d)
+            if batch > 1:
+                cache_k = jnp.concatenate([row[1] for row in rows])
+                cache_v = jnp.concatenate([row[2] for row in rows])
+            else:
+                cache_k, cache_v = rows[0][1], rows[0][2]
     else:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         with jax.named_scope("kv_write"):
@@ -72,6 +73,22 @@ def forward(
             out = attend_xla(config, q, cache_k, cache_v, positions).astype(x.dtype)
     with jax.named_scope("attn_out"):
         return project(out, layer.wo, real_rows=real_rows), cache_k, cache_v
+
+
+def _attend_chunk(
+    q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Array, cache_v: jax.Array, positions: jax.Array,
+    cos: jax.Array, sin: jax.Array, real_rows: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One prompt's chunk q [seq, heads, d_head] against its cache row [1, ...] by the native kernel.
+
+    Its rows share the cache row, and each attends only up to its own position (XLA scored
+    every query against the whole bucket). Padding rows (position -1) write and attend nothing:
+    they would attend up to their padded positions."""
+    from lljx import native_kernels
+
+    if real_rows is not None:
+        positions = jnp.where(jnp.arange(positions.shape[0]) < real_rows, positions, -1)
+    return native_kernels.attend(q, k, v, cache_k, cache_v, positions, cos, sin)
 
 
 def uses_native_kernels(layer: LayerParams) -> bool:

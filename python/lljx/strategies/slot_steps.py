@@ -129,6 +129,37 @@ def prefill_chunk(
     return transform(params, ids, positions, scratch, last[None])
 
 
+def prefill_rows(
+    transform: Transform, params: Params, scratches: tuple[KVCache, ...], ids: jax.Array, starts: jax.Array,
+    lasts: jax.Array,
+) -> tuple[tuple[jax.Array, ...], tuple[KVCache, ...]]:
+    """Several prompts' chunks [n, C] at once, each into its own scratch [1, P] at positions
+    starts[i]..starts[i]+C: each row's logits [1, vocab] after its position lasts[i], and its
+    scratch. One pass reads the weights once for all n prompts; every row's numbers are those
+    of `prefill_chunk` on it alone (the kernels' sums do not depend on the rows beside it)."""
+    positions = starts[:, None] + jnp.arange(ids.shape[1], dtype=jnp.int32)[None]
+    logits, cache = transform(params, ids, positions, stack_rows(scratches), lasts)
+    n = len(scratches)
+    return tuple(logits[i : i + 1] for i in range(n)), split_rows(cache, n)
+
+
+def stack_rows(scratches: tuple[KVCache, ...]) -> KVCache:
+    """One-row caches as one cache of len(scratches) rows, in order."""
+    if isinstance(scratches[0].k, tuple):
+        return KVCache(
+            tuple(jnp.concatenate(layer, axis=0) for layer in zip(*(s.k for s in scratches))),
+            tuple(jnp.concatenate(layer, axis=0) for layer in zip(*(s.v for s in scratches))),
+        )
+    return KVCache(jnp.concatenate([s.k for s in scratches], axis=1), jnp.concatenate([s.v for s in scratches], axis=1))
+
+
+def split_rows(cache: KVCache, n: int) -> tuple[KVCache, ...]:
+    """A cache of n rows as n one-row caches."""
+    if isinstance(cache.k, tuple):
+        return tuple(KVCache(tuple(k[i : i + 1] for k in cache.k), tuple(v[i : i + 1] for v in cache.v)) for i in range(n))
+    return tuple(KVCache(cache.k[:, i : i + 1], cache.v[:, i : i + 1]) for i in range(n))
+
+
 def insert_rows(cache: KVCache, scratch: KVCache, slot: jax.Array) -> KVCache:
     """The scratch's prompt [1, P] copied into row `slot` of the batch's cache [B, L] (P <= L);
     the row's older positions past P stay, masked by position until decoding overwrites them."""

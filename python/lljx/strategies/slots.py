@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,31 @@ from lljx.strategies.spare_caches import SpareCaches
 
 # Prompt chunk lengths a step may prefill (static shapes; a prompt's last chunk is padded).
 CHUNK_SIZES = (16, 32, 64, 128, 256)
+
+
+# Prompts one pass prefills at most (compiled per count; a group pads up to the next).
+PACKED_ROWS = (2, 4, 8, 16)
+
+
+class _Row(NamedTuple):
+    """The scratch a prompt of the pending group leaves once the group has run (its index)."""
+
+    index: int
+
+
+@dataclass
+class _Packed:
+    """A prompt's last chunk waiting to run beside others': the scratch it starts from
+    (`borrowed` where something else still holds it), its ids and where they start, and the
+    slot and sampler row it goes into."""
+
+    initial: Any
+    borrowed: bool
+    ids: list[int]
+    start: int
+    bucket: int
+    size: int
+    insert: tuple[int, dict[str, Sequence[Any]]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,9 @@ class SlotSteps:
     empty_scratch: Callable[..., Any]  # (bucket) -> scratch
     width: int  # tokens per row per step
     compiled: bool
+    # (params, scratches, ids, starts, lasts) -> (chunk_logits per row, scratches): several prompts'
+    # last chunks in one pass; None where the steps are compositions (they prefill one by one).
+    prefill_rows: Callable[..., Any] | None = None
 
 
 def _bookkeeping(config: ModelConfig, sample: slot_steps.RowSampler, width: int, stacked: bool) -> dict[str, Any]:
@@ -92,6 +120,8 @@ def jitted_slot_steps(
         decode=jax.jit(decode, donate_argnums=(2,)),
         forward=jax.jit(partial(slot_steps.decode_logits, transform), donate_argnums=(2,)),
         prefill=jax.jit(partial(slot_steps.prefill_chunk, transform), donate_argnums=(1,)),
+        # Not donated: rows may start from one scratch, or from one a kept scratch still holds.
+        prefill_rows=jax.jit(partial(slot_steps.prefill_rows, transform)),
         width=width, compiled=True, **_bookkeeping(config, sample, width, stacked),
     )
 
@@ -141,6 +171,7 @@ class SlotDecoder:
         self._lock = threading.Lock()
         self._vocab: int | None = None
         self._spares = SpareCaches()
+        self.packed_prompts = 0  # prompts whose last chunk ran beside others' in one pass
 
     # ---- programs ----
 
@@ -296,6 +327,10 @@ class SlotDecoder:
             bucket, chunk = shape
             scratch = jax.eval_shape(steps.empty_scratch, bucket)
             return steps.prefill, (self.params, scratch, ints(1, chunk), scalar, scalar)
+        if kind == "prefill_rows":
+            bucket, chunk, n = shape
+            scratch = jax.eval_shape(steps.empty_scratch, bucket)
+            return steps.prefill_rows, (self.params, (scratch,) * n, ints(n, chunk), ints(n), ints(n))
         if kind == "extract":
             b, length = shape
             return jax.jit(slot_steps.extract_row), (batch(b, length)[1], scalar)
@@ -375,10 +410,39 @@ class SlotDecoder:
                 tokens, cache = self._run(("decode", b, length), self.params, tokens, cache, positions, active, _rows(rows))
         elif masked:
             logits = jnp.zeros((b, self.vocab), jnp.float32)
+        group: list[_Packed] = []  # prompts whose last chunk waits to run with the others
+
+        def place(slot: int, row: dict[str, Sequence[Any]], scratch: Any, chunk_logits: Any) -> None:
+            nonlocal tokens, cache, logits
+            if masked:
+                logits, cache = self._run(("insert_logits", b, length, scratch.max_len), logits, cache, scratch, chunk_logits, np.int32(slot))
+            else:
+                tokens, cache = self._run(
+                    ("insert", b, length, scratch.max_len), tokens, cache, scratch, chunk_logits, np.int32(slot), _rows(row)
+                )
+
+        def flush() -> None:
+            nonlocal scratch, chunk_logits, kept
+            if not group:
+                return
+            finals, row_logits = self._prefill_group(group)
+            scratch = finals[scratch.index] if isinstance(scratch, _Row) else scratch
+            kept = [finals[k.index] if isinstance(k, _Row) else k for k in kept]
+            for packed, final, one in zip(group, finals, row_logits):
+                place(*packed.insert, final, one)
+            chunk_logits = row_logits[-1]
+            group.clear()
+
         for ids, start, bucket, size, insert, rebucket, swap, copy in chunks:
             if swap is not None:
                 kept += [None] * (swap + 1 - len(kept))
                 scratch, kept[swap] = kept[swap], scratch
+            packed = self._packable(group, ids, start, bucket, size, insert, rebucket, scratch if copy is None else kept[copy], copy is not None)
+            if packed is not None:
+                group.append(packed)
+                scratch = _Row(len(group) - 1)  # holds this prompt once the group has run
+                continue
+            flush()
             if copy is not None:
                 scratch = slot_steps.copy_scratch(kept[copy])
             if rebucket is not None:
@@ -394,16 +458,71 @@ class SlotDecoder:
             chunk_logits, scratch = self._run(
                 ("prefill", bucket, size), self.params, scratch, padded, np.int32(start), np.int32(len(ids) - 1)
             )
-            if insert is None:
-                continue
-            slot, row = insert
-            if masked:
-                logits, cache = self._run(("insert_logits", b, length, bucket), logits, cache, scratch, chunk_logits, np.int32(slot))
-            else:
-                tokens, cache = self._run(
-                    ("insert", b, length, bucket), tokens, cache, scratch, chunk_logits, np.int32(slot), _rows(row)
-                )
+            if insert is not None:
+                place(*insert, scratch, chunk_logits)
+        flush()
         return SlotState(tokens, cache, scratch, chunk_logits, logits, tuple(kept))
+
+    def packed_rows(self, bucket: int, size: int) -> int:
+        """How many prompts' last chunks of `size` in `bucket` one pass can prefill now (the most
+        rows of a compiled `prefill_rows` program), 0 where none is compiled."""
+        if self.steps.prefill_rows is None:
+            return 0
+        return max((rows for rows in PACKED_ROWS if self._compiled(("prefill_rows", bucket, size, rows))), default=0)
+
+    def _packable(
+        self, group: list[_Packed], ids: Sequence[int], start: int, bucket: int, size: int, insert: Any,
+        rebucket: int | None, source: Any, borrowed: bool,
+    ) -> _Packed | None:
+        """The chunk as one more row of `group`, or None where it must run on its own: it ends no
+        prompt, moves a scratch between buckets, differs in shape from the group, or continues a
+        prompt of the group past where that one started (its own prefill would read that
+        prompt's new positions). Where it continues one that started later or as late, the
+        positions it reads are that prompt's before the group runs, so it starts from those."""
+        if insert is None or rebucket is not None:
+            return None
+        if group and (group[0].bucket, group[0].size) != (bucket, size):
+            return None
+        if len(group) >= self.packed_rows(bucket, size):
+            return None
+        if isinstance(source, _Row):
+            earlier = group[source.index]
+            if start > earlier.start:
+                return None
+            source, borrowed = earlier.initial, True
+        if source is None or source.max_len != bucket:
+            if start > 0:
+                return None  # the sequential path says why
+            source, borrowed = self._empty_scratch(bucket), False
+        return _Packed(source, borrowed, list(ids), start, bucket, size, insert)
+
+    def _prefill_group(self, group: list[_Packed]) -> tuple[list[Any], list[Any]]:
+        """Each prompt of `group` prefilled from its first scratch: their final scratches and
+        logits [1, vocab], in one pass for two or more (padded with one-token rows up to a
+        compiled program's rows), else alone."""
+        first = group[0]
+        if len(group) == 1:
+            scratch = slot_steps.copy_scratch(first.initial) if first.borrowed else first.initial
+            padded = np.zeros((1, first.size), np.int32)
+            padded[0, : len(first.ids)] = first.ids
+            one, scratch = self._run(
+                ("prefill", first.bucket, first.size), self.params, scratch, padded, np.int32(first.start),
+                np.int32(len(first.ids) - 1),
+            )
+            return [scratch], [one]
+        rows = min(r for r in PACKED_ROWS if r >= len(group) and self._compiled(("prefill_rows", first.bucket, first.size, r)))
+        ids = np.zeros((rows, first.size), np.int32)
+        starts = np.zeros(rows, np.int32)
+        lasts = np.zeros(rows, np.int32)
+        for i, packed in enumerate(group):
+            ids[i, : len(packed.ids)] = packed.ids
+            starts[i], lasts[i] = packed.start, len(packed.ids) - 1
+        initials = tuple(packed.initial for packed in group) + (first.initial,) * (rows - len(group))
+        row_logits, finals = self._run(
+            ("prefill_rows", first.bucket, first.size, rows), self.params, initials, ids, starts, lasts
+        )
+        self.packed_prompts += len(group)
+        return list(finals[: len(group)]), list(row_logits[: len(group)])
 
     def extract(self, state: SlotState, row: int, into: int | None = None) -> SlotState:
         """`state` with row `row` of its batch's cache as the scratch, or as kept scratch `into`
@@ -475,7 +594,8 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
     prefill and insert, then each larger batch with the resize that reaches it, then smaller
     prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket (each
     bucket with its scratch), shrinking by several buckets at once, the scratch's moves, and the
-    copy of a finished row. Each of the ascending `cache_lens` after the first also gets the
+    copy of a finished row. Short prompts' last chunks also get the pass that reads several at
+    once, for as many as the slots. Each of the ascending `cache_lens` after the first also gets the
     resize that grows every batch's cache to it from the one before, as rows fill their caches.
     Shapes follow the batch loop's buckets (rows 1, 2, 4...; prompt buckets from the smallest
     chunk)."""
@@ -493,6 +613,10 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
             keys += [] if grown is None else [grown]
             keys += [("insert", batch, length, bucket) for bucket in short]
     keys += [("prefill", bucket, chunk) for bucket in buckets for chunk in chunk_sizes if chunk < bucket]
+    # Several short prompts arriving together are read in one pass (padded up to `packed`).
+    packed = next((rows for rows in PACKED_ROWS if rows >= slots), PACKED_ROWS[-1])
+    if slots > 1:
+        keys += [("prefill_rows", bucket, chunk, packed) for bucket in short for chunk in chunk_sizes if chunk <= bucket]
     for length in cache_lens:
         keys += [("resize", batch, length, smaller, length) for smaller, batch in itertools.pairwise(batches)]
         keys += [("insert", batch, length, buckets[-1]) for batch in batches]

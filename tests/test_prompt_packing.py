@@ -1,0 +1,107 @@
+"""Prompts arriving together are read in one pass: each prompt's last chunk is a row of one prefill.
+
+Under lljx's row-invariant kernels a row's sums do not depend on the rows beside it, so a
+packed prompt's logits and keys and values must be the bits its own prefill computes, and every
+reply the lone decoder's (`lljx generate`), token for token.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from lljx.batching import BatchEngine
+from lljx.generation import Generation, messages_prompt_ids
+from lljx.models import Model, load_model
+from lljx.sampling import SamplerSettings
+from lljx.strategies import registry, slot_steps
+from lljx.strategies.slots import SlotDecoder
+
+pytestmark = pytest.mark.slow
+
+GREEDY = SamplerSettings(temperature=0.0)
+QUESTIONS = [
+    "Why is the sky blue?",
+    "What makes a prime number prime?",
+    "Name three rivers in Europe and the seas they reach.",
+    "How does a bicycle stay upright?",
+    "What is the capital of Australia?",
+    "Explain photosynthesis in one sentence.",
+    "Why do cats purr?",
+    "How far away is the Moon?",
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return load_model("smollm2", dtype="auto")
+
+
+def prefill(decoder: SlotDecoder, scratch, ids: list[int], start: int, size: int):
+    padded = np.zeros((1, size), np.int32)
+    padded[0, : len(ids)] = ids
+    return decoder._run(("prefill", scratch.max_len, size), decoder.params, scratch, padded, np.int32(start), np.int32(len(ids) - 1))
+
+
+def test_a_packed_row_is_the_bits_of_its_own_prefill(model):
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    rng = np.random.default_rng(0)
+    system = rng.integers(0, 49152, 16).tolist()
+    _, base = prefill(decoder, decoder._empty_scratch(64), system, 0, 16)
+    # Two prompts after the shared 16 positions (one ending mid-chunk, one filling it), one from
+    # position 0 in a fresh scratch; the fourth row is padding.
+    rows = [(rng.integers(0, 49152, 20).tolist(), 16, base), (rng.integers(0, 49152, 32).tolist(), 16, base),
+            (rng.integers(0, 49152, 9).tolist(), 0, decoder._empty_scratch(64))]
+    alone = [prefill(decoder, slot_steps.copy_scratch(scratch), ids, start, 32) for ids, start, scratch in rows]
+    ids = np.zeros((4, 32), np.int32)
+    for i, (row_ids, _, _) in enumerate(rows):
+        ids[i, : len(row_ids)] = row_ids
+    starts = np.array([start for _, start, _ in rows] + [0], np.int32)
+    lasts = np.array([len(row_ids) - 1 for row_ids, _, _ in rows] + [0], np.int32)
+    logits, scratches = decoder._run(
+        ("prefill_rows", 64, 32, 4), decoder.params, tuple(s for _, _, s in rows) + (base,), ids, starts, lasts
+    )
+    for i, (one, scratch) in enumerate(alone):
+        np.testing.assert_array_equal(np.asarray(logits[i]), np.asarray(one), err_msg=f"row {i} logits")
+        for got, want in zip(scratches[i].k + scratches[i].v, scratch.k + scratch.v):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"row {i} cache")
+    # The base scratch was read, not written: a kept scratch a row starts from stays as it was.
+    _, again = prefill(decoder, decoder._empty_scratch(64), system, 0, 16)
+    for got, want in zip(base.k + base.v, again.k + again.v):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def lone(model: Model, ids: list[int], budget: int) -> list[int]:
+    decoder = registry.build(registry.load("native-token"), model, GREEDY)
+    generation = Generation(model, decoder, ids, max_tokens=budget, stop_token_ids=model.stop_token_ids, settings=GREEDY)
+    list(generation)
+    return generation.token_ids
+
+
+def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(model):
+    decoder = registry.build_slots(registry.load("native-token"), model)
+    engine = BatchEngine(model, decoder, slots=8)
+    # A server's warm-up for short replies, packed prompts included (else every step would
+    # wait for a program the burst needs first, and take one prompt).
+    engine.warm_up(needs=[256], long_prompts=False)
+    deadline = time.monotonic() + 300
+    while engine.compiling and time.monotonic() < deadline:
+        time.sleep(0.1)
+    prompts = [messages_prompt_ids(model, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    try:
+        with engine._inbox.lock:  # all arrive before the engine plans its next step
+            streams = [engine.stream(ids, max_tokens=12, settings=GREEDY) for ids in prompts]
+        replies = []
+        for stream in streams:
+            list(stream)
+            assert stream.finished is not None
+            replies.append(stream.finished.token_ids)
+    finally:
+        engine.close(timeout=60)
+    for question, ids, token_ids in zip(QUESTIONS, prompts, replies):
+        assert token_ids == lone(model, ids, 12), question
+    # The first is read alone (nothing to reuse yet, so a larger chunk), as is a prompt whose
+    # rest takes two chunks; the others together.
+    assert decoder.packed_prompts >= len(prompts) // 2
