@@ -13,20 +13,15 @@ import numpy as np
 import pytest
 
 from lljx.batching import BatchEngine
-from lljx.generation import Generation, messages_prompt_ids
+from lljx.generation import messages_prompt_ids
 from lljx.models import Model, load_model
-from lljx.sampling import SamplerSettings
 from lljx.strategies import registry, slot_steps
 from lljx.strategies.slots import SlotDecoder
+from test_prompt_reuse import GREEDY, QUESTIONS, lone
 
 pytestmark = pytest.mark.slow
 
-GREEDY = SamplerSettings(temperature=0.0)
-QUESTIONS = [
-    "Why is the sky blue?",
-    "What makes a prime number prime?",
-    "Name three rivers in Europe and the seas they reach.",
-    "How does a bicycle stay upright?",
+EIGHT_QUESTIONS = QUESTIONS + [
     "What is the capital of Australia?",
     "Explain photosynthesis in one sentence.",
     "Why do cats purr?",
@@ -73,13 +68,6 @@ def test_a_packed_row_is_the_bits_of_its_own_prefill(model):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def lone(model: Model, ids: list[int], budget: int) -> list[int]:
-    decoder = registry.build(registry.load("native-token"), model, GREEDY)
-    generation = Generation(model, decoder, ids, max_tokens=budget, stop_token_ids=model.stop_token_ids, settings=GREEDY)
-    list(generation)
-    return generation.token_ids
-
-
 def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(model):
     decoder = registry.build_slots(registry.load("native-token"), model)
     engine = BatchEngine(model, decoder, slots=8)
@@ -89,7 +77,7 @@ def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(mo
     deadline = time.monotonic() + 300
     while engine.compiling and time.monotonic() < deadline:
         time.sleep(0.1)
-    prompts = [messages_prompt_ids(model, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    prompts = [messages_prompt_ids(model, [{"role": "user", "content": q}]) for q in EIGHT_QUESTIONS]
     try:
         with engine._inbox.lock:  # all arrive before the engine plans its next step
             streams = [engine.stream(ids, max_tokens=12, settings=GREEDY) for ids in prompts]
@@ -100,7 +88,7 @@ def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(mo
             replies.append(stream.finished.token_ids)
     finally:
         engine.close(timeout=60)
-    for question, ids, token_ids in zip(QUESTIONS, prompts, replies):
+    for question, ids, token_ids in zip(EIGHT_QUESTIONS, prompts, replies):
         assert token_ids == lone(model, ids, 12), question
     # The first is read alone (nothing to reuse yet, so a larger chunk), as is a prompt whose
     # rest takes two chunks; the others together.

@@ -35,6 +35,15 @@ def test_common_programs_start_with_one_request_and_cover_every_batch_bucket() -
     assert moves == pairs | {(b, a) for a, b in pairs} | replies
 
 
+@pytest.mark.parametrize("slots, rows", [(1, None), (2, 2), (3, 4), (8, 8), (12, 16)])
+def test_short_prompts_last_chunks_read_together_for_as_many_as_the_slots(slots: int, rows: int | None) -> None:
+    keys = common_programs(slots, [256])
+    packed = {k[1:] for k in keys if k[0] == "prefill_rows"}
+    short = CHUNK_SIZES[:-1]
+    expected = {(bucket, chunk, rows) for bucket in short for chunk in CHUNK_SIZES if chunk <= bucket}
+    assert packed == (set() if rows is None else expected)
+
+
 def test_common_programs_grow_every_batchs_cache_from_one_length_to_the_next() -> None:
     keys = common_programs(8, [256, 512, 1024])
     assert len(keys) == len(set(keys))
@@ -221,3 +230,23 @@ def test_a_composed_strategys_slots_serve_a_prompt_without_compiled_programs() -
         assert stream.finished is not None and len(stream.finished.token_ids) == 3
     finally:
         engine.close(timeout=60)
+
+
+@pytest.mark.parametrize("strategy, dtype, packed", [("native-token", "auto", True), ("jit-token", "auto", False)])
+def test_the_engine_warms_packed_prompts_only_where_a_row_is_the_bits_of_its_own_prefill(
+    monkeypatch: pytest.MonkeyPatch, strategy: str, dtype: str, packed: bool
+) -> None:
+    """XLA's products give a row other sums beside other rows: there, prompts are read one by one."""
+    from lljx.batching import BatchEngine
+
+    model = load_model("smollm2", dtype=dtype)
+    decoder = registry.build_slots(registry.load(strategy), model)
+    warmed: list[tuple] = []
+    monkeypatch.setattr(decoder, "warm", lambda keys, when=None: warmed.extend(keys))
+    engine = BatchEngine(model, decoder, slots=4)
+    try:
+        engine.warm_up(needs=[256], long_prompts=False)
+    finally:
+        engine.close(timeout=60)
+    assert any(k[0] == "prefill" for k in warmed)
+    assert any(k[0] == "prefill_rows" for k in warmed) == packed
