@@ -45,18 +45,21 @@ def test_a_packed_row_is_the_bits_of_its_own_prefill(model):
     rng = np.random.default_rng(0)
     system = rng.integers(0, 49152, 16).tolist()
     _, base = prefill(decoder, decoder._empty_scratch(64), system, 0, 16)
-    # Two prompts after the shared 16 positions (one ending mid-chunk, one filling it), one from
-    # position 0 in a fresh scratch; the fourth row is padding.
-    rows = [(rng.integers(0, 49152, 20).tolist(), 16, base), (rng.integers(0, 49152, 32).tolist(), 16, base),
-            (rng.integers(0, 49152, 9).tolist(), 0, decoder._empty_scratch(64))]
-    alone = [prefill(decoder, slot_steps.copy_scratch(scratch), ids, start, 32) for ids, start, scratch in rows]
+    # (ids, start, scratch, its own chunk size): two prompts after the shared 16 positions (one
+    # ending mid-chunk, one filling it), one from position 0 in a fresh scratch, and one whose
+    # own chunk is 16 positions near the bucket's end, padded here to the group's 32 (its
+    # padding runs past the bucket).
+    rows = [(rng.integers(0, 49152, 20).tolist(), 16, base, 32), (rng.integers(0, 49152, 32).tolist(), 16, base, 32),
+            (rng.integers(0, 49152, 9).tolist(), 0, decoder._empty_scratch(64), 16),
+            (rng.integers(0, 49152, 10).tolist(), 48, base, 16)]
+    alone = [prefill(decoder, slot_steps.copy_scratch(scratch), ids, start, size) for ids, start, scratch, size in rows]
     ids = np.zeros((4, 32), np.int32)
-    for i, (row_ids, _, _) in enumerate(rows):
+    for i, (row_ids, _, _, _) in enumerate(rows):
         ids[i, : len(row_ids)] = row_ids
-    starts = np.array([start for _, start, _ in rows] + [0], np.int32)
-    lasts = np.array([len(row_ids) - 1 for row_ids, _, _ in rows] + [0], np.int32)
+    starts = np.array([start for _, start, _, _ in rows], np.int32)
+    lasts = np.array([len(row_ids) - 1 for row_ids, _, _, _ in rows], np.int32)
     logits, scratches = decoder._run(
-        ("prefill_rows", 64, 32, 4), decoder.params, tuple(s for _, _, s in rows) + (base,), ids, starts, lasts
+        ("prefill_rows", 64, 32, 4), decoder.params, tuple(scratch for _, _, scratch, _ in rows), ids, starts, lasts
     )
     for i, (one, scratch) in enumerate(alone):
         np.testing.assert_array_equal(np.asarray(logits[i]), np.asarray(one), err_msg=f"row {i} logits")
@@ -77,19 +80,26 @@ def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(mo
     deadline = time.monotonic() + 300
     while engine.compiling and time.monotonic() < deadline:
         time.sleep(0.1)
-    prompts = [messages_prompt_ids(model, [{"role": "user", "content": q}]) for q in EIGHT_QUESTIONS]
+    waves = [[messages_prompt_ids(model, [{"role": "user", "content": f"{mark}{q}"}]) for q in EIGHT_QUESTIONS]
+             for mark in ("", "Briefly: ")]
+    packed = []
     try:
-        with engine._inbox.lock:  # all arrive before the engine plans its next step
-            streams = [engine.stream(ids, max_tokens=12, settings=GREEDY) for ids in prompts]
         replies = []
-        for stream in streams:
-            list(stream)
-            assert stream.finished is not None
-            replies.append(stream.finished.token_ids)
+        for prompts in waves:
+            before = decoder.packed_prompts
+            with engine._inbox.lock:  # all arrive before the engine plans its next step
+                streams = [engine.stream(ids, max_tokens=12, settings=GREEDY) for ids in prompts]
+            for stream in streams:
+                list(stream)
+                assert stream.finished is not None
+                replies.append(stream.finished.token_ids)
+            packed.append(decoder.packed_prompts - before)
     finally:
         engine.close(timeout=60)
-    for question, ids, token_ids in zip(EIGHT_QUESTIONS, prompts, replies):
-        assert token_ids == lone(model, ids, 12), question
-    # The first is read alone (nothing to reuse yet, so a larger chunk), as is a prompt whose
-    # rest takes two chunks; the others together.
-    assert decoder.packed_prompts >= len(prompts) // 2
+    for ids, token_ids in zip(waves[0] + waves[1], replies):
+        assert token_ids == lone(model, ids, 12), model.tokenizer.decode(ids)
+    # First wave: the first prompt is read alone (the others start from the system prompt it
+    # leaves), as is any whose rest takes two chunks; the others together. Second wave: the
+    # first moves a finished reply's scratch into its bucket, and joins them.
+    assert packed[0] >= len(EIGHT_QUESTIONS) // 2, packed
+    assert packed[1] > packed[0], packed

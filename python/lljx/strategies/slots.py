@@ -475,21 +475,28 @@ class SlotDecoder:
         rebucket: int | None, source: Any, borrowed: bool,
     ) -> _Packed | None:
         """The chunk as one more row of `group`, or None where it must run on its own: it ends no
-        prompt, moves a scratch between buckets, differs in shape from the group, or continues a
-        prompt of the group past where that one started (its own prefill would read that
-        prompt's new positions). Where it continues one that started later or as late, the
-        positions it reads are that prompt's before the group runs, so it starts from those."""
-        if insert is None or rebucket is not None:
+        prompt, is of another bucket than the group, or continues a prompt of the group past where
+        that one started (its own prefill would read that prompt's new positions), or from another
+        bucket. Where it continues one that started later or as late, the positions it reads are
+        that prompt's before the group runs, so it starts from those. A scratch from another
+        bucket is moved first (into a new one; the one it came from stays)."""
+        if insert is None:
             return None
-        if group and (group[0].bucket, group[0].size) != (bucket, size):
+        if group and group[0].bucket != bucket:
             return None
-        if len(group) >= self.packed_rows(bucket, size):
+        # Chunks of one bucket share the longest one's size: a shorter chunk's padding writes
+        # and attends nothing, and the products skip it.
+        if len(group) >= self.packed_rows(bucket, max([size, *(packed.size for packed in group)])):
             return None
         if isinstance(source, _Row):
             earlier = group[source.index]
-            if start > earlier.start:
+            if start > earlier.start or rebucket is not None:
                 return None
             source, borrowed = earlier.initial, True
+        if rebucket is not None:
+            if source is None or source.max_len != rebucket:
+                return None  # the sequential path says why
+            source, borrowed = self._rebucket(source, rebucket, bucket), False  # a new scratch
         if source is None or source.max_len != bucket:
             if start > 0:
                 return None  # the sequential path says why
@@ -510,17 +517,16 @@ class SlotDecoder:
                 np.int32(len(first.ids) - 1),
             )
             return [scratch], [one]
-        rows = min(r for r in PACKED_ROWS if r >= len(group) and self._compiled(("prefill_rows", first.bucket, first.size, r)))
-        ids = np.zeros((rows, first.size), np.int32)
+        size = max(packed.size for packed in group)
+        rows = min(r for r in PACKED_ROWS if r >= len(group) and self._compiled(("prefill_rows", first.bucket, size, r)))
+        ids = np.zeros((rows, size), np.int32)
         starts = np.zeros(rows, np.int32)
         lasts = np.zeros(rows, np.int32)
         for i, packed in enumerate(group):
             ids[i, : len(packed.ids)] = packed.ids
             starts[i], lasts[i] = packed.start, len(packed.ids) - 1
         initials = tuple(packed.initial for packed in group) + (first.initial,) * (rows - len(group))
-        row_logits, finals = self._run(
-            ("prefill_rows", first.bucket, first.size, rows), self.params, initials, ids, starts, lasts
-        )
+        row_logits, finals = self._run(("prefill_rows", first.bucket, size, rows), self.params, initials, ids, starts, lasts)
         self.packed_prompts += len(group)
         return list(finals[: len(group)]), list(row_logits[: len(group)])
 
