@@ -1,4 +1,4 @@
-//! A few helper threads that spin briefly between jobs, so a matvec call can be split without a wake-up cost.
+//! A few helper threads that spin briefly between jobs, yielding to other threads, so a matvec call can be split without a wake-up cost.
 //!
 //! Decode issues one kernel call every few tens of microseconds; waking a sleeping thread
 //! for each would cost as much as the work. Helpers therefore spin for a short while after
@@ -95,6 +95,14 @@ fn helper(pool: &'static Pool) {
         while pool.generation.load(Ordering::Acquire) == seen {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
+            // Hand the core to any other runnable thread every few microseconds: on two cores
+            // the server's event loop, JAX's dispatch thread and XLA's executor share them
+            // with this spin. Embedded model, 2-core Xeon, two alternating pairs: decode
+            // steps 7-9% faster in-process, `lljx bench serve` 18-20% more tok/s at 1 and 8
+            // clients. With nothing else runnable the yield returns at once.
+            if spins.is_multiple_of(64) {
+                std::thread::yield_now();
+            }
             if spins.is_multiple_of(1024) && since.elapsed() > SPIN {
                 let mut slot = pool.job.lock().unwrap_or_else(|e| e.into_inner());
                 pool.parked.fetch_add(1, Ordering::AcqRel);
