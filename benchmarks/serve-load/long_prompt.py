@@ -3,10 +3,11 @@
 Usage: python benchmarks/serve-load/long_prompt.py --host 127.0.0.1:11500 [--model smollm2] [--rounds 3] [--warmup 1]
 Against a running `lljx serve` (default flags). Each round starts 4 greedy streams (up to 1,200
 tokens each, a reply that does not stop on its own), waits until all four stream, sends one
-~2,000-token prompt, and records every token arrival; it reports, per round, the worst gap in
-each stream before the long prompt arrived and across its prefill window (from the last token
-before it arrived to the first token after its own first token), the long prompt's TTFT, and
-how many streams were still running when its first token came (4, or the window says little).
+~2,000-token prompt (a new one each round), and records every token arrival; it reports, per
+round, the worst gap in each stream before the long prompt arrived and across its prefill
+window (from the last token before it arrived to the first token after its own first token),
+the long prompt's TTFT, and how many streams were still running when its first token came (4,
+or the window says little).
 The `--warmup` rounds run first and are not reported: the first long prompt a server sees
 compiles its prompt bucket's chunk programs while the streams run, which is measured apart.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import time
 
@@ -28,8 +30,11 @@ STREAM_TOKENS = 1200
 
 
 def long_prompt(items: int = 180) -> str:
-    """About 2,000 tokens with the chat template (a bucket of 2,048)."""
-    return " ".join(f"Item {i} is a kind of fruit." for i in range(items)) + " Which item is last?"
+    """About 2,000 tokens with the chat template (a bucket of 2,048), opening with a number drawn
+    afresh each time: a server that keeps prompts it has read (as `lljx serve` does) must read
+    this one whole, not find it in a kept scratch."""
+    opening = f"List {random.randrange(10**9)}."
+    return opening + " " + " ".join(f"Item {i} is a kind of fruit." for i in range(items)) + " Which item is last?"
 
 
 async def stream(client: ollama.AsyncClient, model: str, prompt: str, options: dict, arrivals: list[float]) -> int:
