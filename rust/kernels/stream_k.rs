@@ -227,17 +227,19 @@ unsafe fn tile_t<const T: usize, const MADD: bool>(
         let mut facc = [_mm512_setzero_ps(); T];
         // The next tile, one tile ahead: its sixteen rows are one contiguous run of memory,
         // asked for in address order, a share per block. Asked for block by block across its
-        // rows (the order it is read) it streamed 5-9% slower from DRAM on two cores. Up to
-        // four activation rows each block's share is split in eight, one per half row group:
-        // 1B Q4_K_M 4-row steps were 20% faster in 3 of 4 paired runs; 8-row steps were
-        // about 6% slower that way, so they keep one share per block.
+        // rows (the order it is read) it streamed 5-9% slower from DRAM on two cores. Each
+        // block's share is split in eight, one per half row group, so a block never asks for
+        // more lines at once than the core can have in flight: whole shares (36 lines of a
+        // 2,048-wide Q4_K tile) stalled the prefetch instructions until earlier lines came in,
+        // 17% of the kernel's time at eight rows. 1B Q4_K_M steps: at 4 rows 20% faster in 3
+        // of 4 paired runs when first split; at 8 rows, on the 2-core Xeon guest, 112.8 ->
+        // 96.5 ms (six interleaved rounds, every one faster; an earlier pair had them 6% slower).
         let ahead = Ahead {
             from: next,
             span: 16 * w.row_bytes,
             blocks,
-            split: T <= 4,
         };
-        if T >= 3 {
+        if T >= 3 && prefetch_needs_touched_pages() {
             touch_pages(w.data, (start + 32) * w.row_bytes, 16 * w.row_bytes);
         }
         for b in 0..blocks {
@@ -261,6 +263,15 @@ unsafe fn tile_t<const T: usize, const MADD: bool>(
     }
 }
 
+/// Whether the weights' pages are touched ahead of their prefetches (`touch_pages`): it paid
+/// on Zen 5 (measured there, below). Intel's cores walk the page tables for a prefetch that
+/// misses the TLB, and there the touch only stalled on its loads: 1B Q4_K_M on the 2-core
+/// Xeon guest, two runs of interleaved rounds, 8-row steps 6% faster without it, 4-row steps
+/// within noise.
+fn prefetch_needs_touched_pages() -> bool {
+    !super::vendor::is_intel()
+}
+
 /// Reads one byte of each 4 KiB page of `data[at..at + span]` (clipped to `data`), so the
 /// pages' address translations are in the TLB by the time their lines are prefetched and
 /// read. From three activation rows on, a tile takes long enough that the prefetches of the
@@ -281,23 +292,18 @@ fn touch_pages(data: &[u8], at: usize, span: usize) {
     std::hint::black_box(seen);
 }
 
-/// The bytes to prefetch while a tile is read: a share per block, split in eight when `split`.
+/// The bytes to prefetch while a tile is read: a share per block, split in eight.
 struct Ahead {
     from: *const u8,
     span: usize,
     blocks: usize,
-    split: bool,
 }
 
 impl Ahead {
     /// Step `step` (0..8, one per half row group) of block `b`.
     #[inline(always)]
     unsafe fn share(&self, b: usize, step: usize) {
-        if self.split {
-            prefetch_share(self.from, self.span, 8 * b + step, 8 * self.blocks);
-        } else if step == 0 {
-            prefetch_share(self.from, self.span, b, self.blocks);
-        }
+        prefetch_share(self.from, self.span, 8 * b + step, 8 * self.blocks);
     }
 }
 
