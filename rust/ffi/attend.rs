@@ -91,6 +91,14 @@ impl Attend {
             return;
         }
         let (at, len) = (self.lens[b] - 1, self.lens[b]);
+        if !self.shared {
+            prefetch_column(
+                self.v,
+                (cache_at + at) * self.elem_size(),
+                t_max * self.elem_size(),
+                d,
+            );
+        }
         work.queries.resize(rep * d, 0.0);
         work.key.resize(d, 0.0);
         // SAFETY: attend_call checked every shape and position; each group writes only its own
@@ -165,6 +173,15 @@ impl Attend {
         }
     }
 
+    /// Bytes per cache element.
+    fn elem_size(&self) -> usize {
+        if self.half {
+            2
+        } else {
+            4
+        }
+    }
+
     /// One group's K [t_max, d] and V [d, t_max], elements of type T, from element `at` on.
     ///
     /// # Safety
@@ -200,6 +217,27 @@ fn write_row<T>(
     }
 }
 
+/// Asks for the `count` cache lines `stride` bytes apart from byte `at` of `base`, to be
+/// written: the new value's column of the transposed V cache, one line per element. Written
+/// cold, those lines were a store miss each (64 per group); asked for before the queries'
+/// rotation, an 8-row step of the embedded model took 6-7% less (13.8 → 12.9 ms, 2-core Xeon).
+fn prefetch_column(base: *mut u8, at: usize, stride: usize, count: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for c in 0..count {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+            _mm_prefetch::<_MM_HINT_ET0>(base.wrapping_add(at + c * stride) as *const i8);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, at, stride, count);
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// One thread's buffers, reused across its groups.
 #[derive(Default)]
 struct Scratch {
@@ -223,15 +261,19 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
 
 impl SharedJob for Attend {
     fn drain(&self) {
-        let mut scratch = Scratch::default();
-        loop {
-            let g = self.next.fetch_add(1, Ordering::Relaxed);
-            if g >= self.groups() {
-                return;
+        // The thread's buffers from its last call: allocating and zeroing them per call cost
+        // about as much as a group's scores at short contexts.
+        SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            loop {
+                let g = self.next.fetch_add(1, Ordering::Relaxed);
+                if g >= self.groups() {
+                    return;
+                }
+                self.run_group(g, &mut scratch);
+                self.done.fetch_add(1, Ordering::Release);
             }
-            self.run_group(g, &mut scratch);
-            self.done.fetch_add(1, Ordering::Release);
-        }
+        })
     }
 }
 

@@ -151,8 +151,14 @@ unsafe fn attend_heads<const HALF: bool, const R: usize>(
     let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
     // Scores [R, len] padded to whole vectors of positions, so the value pass reads whole vectors.
     let padded = len.next_multiple_of(16);
-    scores.clear();
-    scores.resize(R * padded, 0.0);
+    // The scores pass writes every position below `len`; only the padding, which the value
+    // pass multiplies by masked-out zeros, must hold finite values.
+    if scores.len() < R * padded {
+        scores.resize(R * padded, 0.0);
+    }
+    for h in 0..R {
+        scores[h * padded + len..(h + 1) * padded].fill(0.0);
+    }
     let (q, k, s) = (queries.as_ptr(), keys, scores.as_mut_ptr());
     // The value pass reads d short runs of `len` values, t_max apart: too short for the hardware
     // prefetchers to follow, so a batch's cache (past L3) stalled on every run. Each run is
