@@ -145,6 +145,8 @@ def serve(
     logging.getLogger("lljx.server").info(
         "listening on http://%s:%d (strategy %s, dtype %s)", shown, bound_port, strategy.name, pool.dtype
     )
+    # loop and http stay "auto": uvloop and httptools where installed (they are dependencies),
+    # asyncio and h11 where a platform has no uvloop.
     config = uvicorn.Config(
         create_app(pool, catalog), log_level="info", timeout_graceful_shutdown=10, lifespan="on",
     )
