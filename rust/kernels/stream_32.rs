@@ -125,7 +125,8 @@ impl Lanes32 {
                 };
                 let src = q8.qs.as_ptr().add(first * QK32) as *const i32;
                 let low = _mm512_maskz_loadu_epi32(low_mask, src);
-                let high = _mm512_maskz_loadu_epi32(high_mask, src.add(16));
+                // Masked lanes are never read: a short last group's address may pass the end.
+                let high = _mm512_maskz_loadu_epi32(high_mask, src.wrapping_add(16));
                 let at = (t * groups + j) * 8 * 16;
                 for (v, pick) in picks.iter().enumerate() {
                     let lane = _mm512_permutex2var_epi32(low, *pick, high);
