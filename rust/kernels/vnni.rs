@@ -544,9 +544,18 @@ unsafe fn cached_tiles<F: Family>(
         .step_by(16)
         .map(|start| start..(start + 16).min(rows.end))
         .collect();
+    // The next sixteen rows' bytes (the next tile, or the next sweep's first), a share per
+    // group of blocks: without it the gathers of each group's scales waited on memory, 60% of
+    // `unpack`'s samples in a prompt's prefill.
+    let groups = blocks.div_ceil(F::GROUP);
     for (s, tile) in tiles.iter().enumerate() {
         let tile_rows = Rows::new(w.data.as_ptr(), w.row_bytes, tile.start, tile.len());
-        for block in (0..blocks).step_by(F::GROUP) {
+        let next = w
+            .data
+            .as_ptr()
+            .wrapping_add((tile.start + 16) * w.row_bytes);
+        for (g, block) in (0..blocks).step_by(F::GROUP).enumerate() {
+            stream_k::prefetch_share(next, 16 * w.row_bytes, g, groups);
             let count = F::GROUP.min(blocks - block);
             family.unpack(&tile_rows, block, count, &mut decoded[s * padded + block..]);
         }
