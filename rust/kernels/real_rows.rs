@@ -62,16 +62,22 @@ pub unsafe fn block_matmul_real_rows(
             )
         };
     }
-    let packed: Vec<f32> = kept
-        .iter()
-        .flat_map(|&r| x[r * n_in..(r + 1) * n_in].iter().copied())
-        .collect();
+    // Row by row as slices (memcpy), and results left unwritten until the product fills them:
+    // element-wise packing and zeroed results were 8% of a packed 8-prompt prefill's samples.
+    let mut packed: Vec<f32> = Vec::with_capacity(kept.len() * n_in);
+    for &r in &kept {
+        packed.extend_from_slice(&x[r * n_in..(r + 1) * n_in]);
+    }
     let mut results: Vec<Vec<f32>> = weights
         .iter()
-        .map(|w| vec![0.0; kept.len() * w.n_out])
+        .map(|w| Vec::with_capacity(kept.len() * w.n_out))
         .collect();
     let packed_outputs: Vec<Output> = results.iter_mut().map(|v| Output(v.as_mut_ptr())).collect();
     unsafe { block_matmul(&packed, kept.len(), weights, &packed_outputs, threads, path)? };
+    for (w, result) in weights.iter().zip(&mut results) {
+        // SAFETY: block_matmul wrote all kept.len() · n_out values of each result.
+        unsafe { result.set_len(kept.len() * w.n_out) };
+    }
     for ((w, out), result) in weights.iter().zip(outputs).zip(&results) {
         for (i, &r) in kept.iter().enumerate() {
             let from = &result[i * w.n_out..(i + 1) * w.n_out];
