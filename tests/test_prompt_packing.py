@@ -71,31 +71,44 @@ def test_a_packed_row_is_the_bits_of_its_own_prefill(model):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(model):
+@pytest.fixture(scope="module")
+def warm(model: Model):
+    """An 8-slot engine after a server's warm-up for short replies, packed prompts included (else
+    every step would wait for a program the burst needs first, and take one prompt)."""
     decoder = registry.build_slots(registry.load("native-token"), model)
     engine = BatchEngine(model, decoder, slots=8)
-    # A server's warm-up for short replies, packed prompts included (else every step would
-    # wait for a program the burst needs first, and take one prompt).
     engine.warm_up(needs=[256], long_prompts=False)
     deadline = time.monotonic() + 300
     while engine.compiling and time.monotonic() < deadline:
         time.sleep(0.1)
+    yield decoder, engine
+    engine.close(timeout=60)
+
+
+def run_wave(decoder: SlotDecoder, engine: BatchEngine, prompts: list[list[int]], budget: int) -> tuple[list[list[int]], int]:
+    """The replies to prompts that all arrive before the engine plans its next step, and how many
+    of them were read beside others."""
+    before = decoder.packed_prompts
+    with engine._inbox.lock:
+        streams = [engine.stream(ids, max_tokens=budget, settings=GREEDY) for ids in prompts]
+    replies = []
+    for stream in streams:
+        list(stream)
+        assert stream.finished is not None
+        replies.append(stream.finished.token_ids)
+    return replies, decoder.packed_prompts - before
+
+
+def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(model, warm):
+    decoder, engine = warm
     waves = [[messages_prompt_ids(model, [{"role": "user", "content": f"{mark}{q}"}]) for q in EIGHT_QUESTIONS]
              for mark in ("", "Briefly: ")]
     packed = []
-    try:
-        replies = []
-        for prompts in waves:
-            before = decoder.packed_prompts
-            with engine._inbox.lock:  # all arrive before the engine plans its next step
-                streams = [engine.stream(ids, max_tokens=12, settings=GREEDY) for ids in prompts]
-            for stream in streams:
-                list(stream)
-                assert stream.finished is not None
-                replies.append(stream.finished.token_ids)
-            packed.append(decoder.packed_prompts - before)
-    finally:
-        engine.close(timeout=60)
+    replies = []
+    for prompts in waves:
+        wave_replies, wave_packed = run_wave(decoder, engine, prompts, 12)
+        replies += wave_replies
+        packed.append(wave_packed)
     for ids, token_ids in zip(waves[0] + waves[1], replies):
         assert token_ids == lone(model, ids, 12), model.tokenizer.decode(ids)
     # First wave: the first prompt is read alone (the others start from the system prompt it
@@ -103,3 +116,27 @@ def test_prompts_arriving_together_are_read_in_one_pass_and_keep_their_tokens(mo
     # first moves a finished reply's scratch into its bucket, and joins them.
     assert packed[0] >= len(EIGHT_QUESTIONS) // 2, packed
     assert packed[1] > packed[0], packed
+
+
+def test_a_few_prompts_are_read_one_by_one_until_a_pass_of_their_size_compiles(model, warm):
+    decoder, engine = warm
+    pairs = [[messages_prompt_ids(model, [{"role": "user", "content": f"{mark}{q}"}]) for q in EIGHT_QUESTIONS[4:6]]
+             for mark in ("Shortly: ", "Quickly: ")]
+    # The same lengths, so the second pair needs the pass the first one asked for.
+    assert [len(ids) for ids in pairs[0]] == [len(ids) for ids in pairs[1]]
+    # A kept system prompt for both prompts of a pair to start from (on a fresh engine the first
+    # prompt of a wave is read alone and leaves it).
+    run_wave(decoder, engine, [messages_prompt_ids(model, [{"role": "user", "content": "Hello!"}])], 4)
+    # Two prompts in the warmed 8-row pass cost more than each alone: they are read one by one,
+    # and the 2-row pass compiles beside them for the next pair.
+    first, packed = run_wave(decoder, engine, pairs[0], 8)
+    assert packed == 0
+    asked = [key for key in (*decoder._programs, *decoder._pending) if key[0] == "prefill_rows" and key[3] == 2]
+    assert asked, "no 2-row pass was asked for"
+    for key in asked:
+        if key in decoder._pending:
+            decoder._pending[key].result(timeout=300)
+    second, packed = run_wave(decoder, engine, pairs[1], 8)
+    assert packed == 2
+    for ids, token_ids in zip(pairs[0] + pairs[1], first + second):
+        assert token_ids == lone(model, ids, 8), model.tokenizer.decode(ids)
