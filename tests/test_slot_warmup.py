@@ -25,6 +25,8 @@ def test_common_programs_start_with_one_request_and_cover_every_batch_bucket() -
         assert all(("insert", b, length, bucket) in keys for b in (1, 2, 4, 8) for bucket in CHUNK_SIZES)
         # Most rows of a batch ending in one step: it shrinks by several buckets at once.
         assert all(("resize", big, length, small, length) in keys for big, small in ((8, 2), (8, 1), (4, 1)))
+        # Several clients joining one or two running rows: it grows by several buckets at once.
+        assert all(("resize", small, length, big, length) in keys for big, small in ((8, 2), (8, 1), (4, 1)))
     prefills = {(k[1], k[2]) for k in keys if k[0] == "prefill"}
     assert prefills == {(bucket, chunk) for bucket in CHUNK_SIZES for chunk in CHUNK_SIZES if chunk <= bucket}
     # The scratch moves to a neighbouring bucket, either way, for a prompt that starts as the last

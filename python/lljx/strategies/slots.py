@@ -614,8 +614,8 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
     """The programs a server with `slots` meets most, most likely first: one request's decode,
     prefill and insert, then each larger batch with the resize that reaches it, then smaller
     prefill chunks (taken while rows decode), shrinking, and the largest prompt bucket (each
-    bucket with its scratch), shrinking by several buckets at once, the scratch's moves, and the
-    copy of a finished row. Short prompts' last chunks also get the pass that reads several at
+    bucket with its scratch), growing and shrinking by several buckets at once, the scratch's
+    moves, and the copy of a finished row. Short prompts' last chunks also get the pass that reads several at
     once, for as many as the slots. Each of the ascending `cache_lens` after the first also gets the
     resize that grows every batch's cache to it from the one before, as rows fill their caches.
     Shapes follow the batch loop's buckets (rows 1, 2, 4...; prompt buckets from the smallest
@@ -644,6 +644,11 @@ def common_programs(slots: int, cache_lens: Sequence[int], chunk_sizes: Sequence
     # Shrinking by more than one bucket, when most rows of a batch end in one step (8 clients
     # with the same budget leave one or two rows running): 0.15-0.5 s compiles beside them.
     keys += [("resize", batch, length, smaller, length) for length in cache_lens
+             for smaller, batch in itertools.combinations(batches, 2) if batch > 2 * smaller]
+    # Growing by more than one bucket, when several clients join one or two running rows: a
+    # fresh server's first 2 -> 8 copied its cache into fresh pages (0.19 s) while every stream
+    # waited, and only then compiled its in-place form.
+    keys += [("resize", smaller, length, batch, length) for length in cache_lens
              for smaller, batch in itertools.combinations(batches, 2) if batch > 2 * smaller]
     keys += [("scratch", buckets[-1]), ("prefill", buckets[-1], buckets[-1])]
     keys += _rebuckets(buckets)
