@@ -140,3 +140,22 @@ def test_a_few_prompts_are_read_one_by_one_until_a_pass_of_their_size_compiles(m
     assert packed == 2
     for ids, token_ids in zip(pairs[0] + pairs[1], first + second):
         assert token_ids == lone(model, ids, 8), model.tokenizer.decode(ids)
+
+
+def test_prompts_sent_as_replies_end_are_read_in_one_pass(model, warm):
+    """Clients in a closed loop send their next prompt as their reply ends, a few milliseconds
+    apart: the engine waits for as many as ended (within `gather_ms`) and reads them together."""
+    decoder, engine = warm
+    first = [messages_prompt_ids(model, [{"role": "user", "content": f"Now: {q}"}]) for q in EIGHT_QUESTIONS[:4]]
+    run_wave(decoder, engine, first, 6)
+    after = [messages_prompt_ids(model, [{"role": "user", "content": f"Next: {q}"}]) for q in EIGHT_QUESTIONS[:4]]
+    before = decoder.packed_prompts
+    streams = []
+    for ids in after:
+        streams.append(engine.stream(ids, max_tokens=6, settings=GREEDY))
+        time.sleep(0.005)
+    for ids, stream in zip(after, streams):
+        list(stream)
+        assert stream.finished is not None
+        assert stream.finished.token_ids == lone(model, ids, 6), model.tokenizer.decode(ids)
+    assert decoder.packed_prompts - before == len(after)

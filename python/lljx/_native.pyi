@@ -131,6 +131,7 @@ class BatchLoop:
         idle_chunk: int = 256,
         reuse_prompts: bool = False,
         kept_scratches: int = 0,
+        gather_ms: int = 0,
     ) -> BatchLoop: ...
     @staticmethod
     def cache_bucket(need: int) -> int: ...

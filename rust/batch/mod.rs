@@ -322,6 +322,21 @@ pub struct Batch {
     parked: Vec<(usize, Vec<u32>)>,
     /// Steps committed: the clock of the scratches' use.
     steps: u64,
+    /// How long prompts wait for the clients of rows that just ended (0: never; see `Gather`).
+    pub gather_ns: u64,
+    gather: Option<Gather>,
+}
+
+/// Rows that ended lately, whose clients may send their next prompts at once (a closed loop:
+/// `lljx bench serve`, agents, a notebook's pool). Prompts that have not started wait until as
+/// many have arrived as rows ended, or until `until_ns`, so that they are read in one pass:
+/// eight clients of the 1B shape whose replies ended in one step sent their next prompts over
+/// the next second, and each was read alone (100-180 ms apiece, against 40-70 ms in a pass of
+/// eight) while the batch ran one, two and four rows in between.
+#[derive(Clone, Copy, Debug)]
+struct Gather {
+    until_ns: u64,
+    expected: usize,
 }
 
 impl Batch {
@@ -348,6 +363,8 @@ impl Batch {
             scratches: Scratches::default(),
             parked: Vec::new(),
             steps: 0,
+            gather_ns: 0,
+            gather: None,
         }
     }
 
@@ -396,6 +413,7 @@ impl Batch {
     /// Every live request ends with `message` (the device state is gone); the batch starts afresh.
     pub fn fail_all(&mut self, message: &str) -> Vec<Event> {
         self.shape = None;
+        self.gather = None;
         self.forget_scratch();
         self.parked.clear();
         self.rows.clear();
@@ -433,6 +451,48 @@ impl Batch {
             self.rows[row] = None;
         }
         Some(live)
+    }
+
+    /// `ended` replies finished at `now_ns`: their clients' next prompts are waited for.
+    fn expect_returns(&mut self, ended: usize, now_ns: u64) {
+        if ended == 0 || self.gather_ns == 0 {
+            return;
+        }
+        match &mut self.gather {
+            Some(g) if now_ns < g.until_ns => g.expected += ended,
+            _ => {
+                self.gather = Some(Gather {
+                    until_ns: now_ns.saturating_add(self.gather_ns),
+                    expected: ended,
+                })
+            }
+        }
+    }
+
+    /// Whether prompts not yet started wait this step for more to arrive: fewer have come than
+    /// rows ended lately, and the wait has time left. Once either fails the wait is over.
+    fn gathering(&mut self, now_ns: u64) -> bool {
+        let Some(g) = self.gather else {
+            return false;
+        };
+        let arrived = self
+            .live
+            .iter()
+            .filter(|l| matches!(l.phase, Phase::Waiting | Phase::Prefilling { done: 0 }))
+            .count();
+        let free = self.slots.saturating_sub(self.decoding_count());
+        if now_ns < g.until_ns && arrived < g.expected.min(free) {
+            return true;
+        }
+        self.gather = None;
+        false
+    }
+
+    fn decoding_count(&self) -> usize {
+        self.live
+            .iter()
+            .filter(|l| matches!(l.phase, Phase::Decoding { .. }))
+            .count()
     }
 
     fn admit(&mut self, now_ns: u64) {

@@ -1018,3 +1018,102 @@ fn a_prompt_sharing_only_a_system_prompt_takes_a_copy_and_leaves_the_other_conve
         assert_eq!(run_out(&mut d), vec![(3, reused)], "{kept} kept");
     }
 }
+
+/// Plans, commits and reads one step at `now` (every row outputs `token`): the step's chunks'
+/// request ids and the ids that ended.
+fn step_at(b: &mut Batch, p: &mut Fake, now: u64, token: i64) -> (Vec<u64>, Vec<u64>, bool) {
+    let plan = b.plan(p, now);
+    let decoded = plan.rows.is_some();
+    let chunks = plan.chunks.iter().map(|c| c.id).collect();
+    let flight = b.commit(&plan);
+    let ended = b
+        .route(&flight, &vec![vec![token]; flight.batch.max(1)], now)
+        .into_iter()
+        .filter(|e| matches!(e.end, Some(End::Done(_))))
+        .map(|e| e.id)
+        .collect();
+    (chunks, ended, decoded)
+}
+
+const MS: u64 = 1_000_000;
+
+/// A batch of 4 slots that waits up to 50 ms for returning clients, whose requests 1 and 2 (one
+/// token each) ended at 1 ms.
+fn two_ended() -> (Batch, Fake) {
+    let mut b = batch(4);
+    b.gather_ns = 50 * MS;
+    let mut p = Fake::default();
+    b.submit(request(1, 20, 1), 0);
+    b.submit(request(2, 20, 1), 0);
+    let (chunks, ended, _) = step_at(&mut b, &mut p, MS, letter('a'));
+    assert_eq!((chunks, ended), (vec![1, 2], vec![1, 2]));
+    (b, p)
+}
+
+#[test]
+fn prompts_arriving_as_replies_end_wait_for_the_other_clients_and_go_in_one_step() {
+    let (mut b, mut p) = two_ended();
+    b.submit(request(3, 20, 5), 2 * MS);
+    let (chunks, _, _) = step_at(&mut b, &mut p, 3 * MS, letter('a'));
+    assert!(
+        chunks.is_empty(),
+        "the first client back waits for the second"
+    );
+    b.submit(request(4, 20, 5), 4 * MS);
+    let (chunks, _, _) = step_at(&mut b, &mut p, 5 * MS, letter('a'));
+    assert_eq!(chunks, vec![3, 4]);
+    // The wait is over (and no reply ended since): a later prompt goes at once.
+    // (Growing the batch for it may take a step of its own first.)
+    b.submit(request(5, 20, 1), 6 * MS);
+    let started = (7..10).any(|ms| step_at(&mut b, &mut p, ms * MS, letter('a')).0 == vec![5]);
+    assert!(started, "request 5 waited");
+}
+
+#[test]
+fn a_client_that_does_not_return_holds_the_others_no_longer_than_the_wait() {
+    let (mut b, mut p) = two_ended();
+    b.submit(request(3, 20, 1), 2 * MS);
+    for now in [10 * MS, 50 * MS] {
+        assert!(step_at(&mut b, &mut p, now, letter('a')).0.is_empty());
+    }
+    let (chunks, _, _) = step_at(&mut b, &mut p, 51 * MS, letter('a'));
+    assert_eq!(chunks, vec![3]);
+}
+
+#[test]
+fn a_lone_clients_next_prompt_and_a_queue_never_wait() {
+    let mut b = batch(4);
+    b.gather_ns = 50 * MS;
+    let mut p = Fake::default();
+    b.submit(request(1, 20, 1), 0);
+    assert_eq!(step_at(&mut b, &mut p, MS, letter('a')).1, vec![1]);
+    b.submit(request(2, 20, 1), 2 * MS);
+    assert_eq!(step_at(&mut b, &mut p, 3 * MS, letter('a')).0, vec![2]);
+    // Requests queued past the slots are there already when rows end: they fill them at once.
+    let mut b = batch(1);
+    b.gather_ns = 50 * MS;
+    b.submit(request(1, 20, 1), 0);
+    b.submit(request(2, 20, 1), 0);
+    b.submit(request(3, 20, 1), 0);
+    assert_eq!(step_at(&mut b, &mut p, MS, letter('a')).0, vec![1]);
+    assert_eq!(step_at(&mut b, &mut p, 2 * MS, letter('a')).0, vec![2]);
+}
+
+#[test]
+fn rows_still_running_decode_while_returning_prompts_wait() {
+    let mut b = batch(4);
+    b.gather_ns = 50 * MS;
+    let mut p = Fake::default();
+    b.submit(request(1, 20, 1), 0);
+    b.submit(request(2, 20, 1), 0);
+    b.submit(request(9, 20, 30), 0);
+    let (chunks, ended, _) = step_at(&mut b, &mut p, MS, letter('a'));
+    assert_eq!((chunks, ended), (vec![1, 2, 9], vec![1, 2]));
+    b.submit(request(3, 20, 1), 2 * MS);
+    let (chunks, _, decoded) = step_at(&mut b, &mut p, 3 * MS, letter('a'));
+    assert!(chunks.is_empty() && decoded);
+    b.submit(request(4, 20, 1), 4 * MS);
+    // Beside a decoding row the step's budget may hold only the first of them.
+    let (chunks, _, _) = step_at(&mut b, &mut p, 5 * MS, letter('a'));
+    assert_eq!(chunks.first(), Some(&3));
+}

@@ -278,9 +278,10 @@ impl PyBatchLoop {
     /// prompt starts after what it shares with the last one prefilled, or with one of
     /// `kept_scratches` earlier prompts and finished replies kept beside it (the scratch caches
     /// are kept while idle): only for a decoder whose rows' numbers do not depend on their
-    /// chunking.
+    /// chunking. Prompts arriving within `gather_ms` of replies that ended wait for as many
+    /// as ended, to be read in one pass (0: never).
     #[new]
-    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=120, idle_chunk=256, reuse_prompts=false, kept_scratches=0))]
+    #[pyo3(signature = (decoder, tokenizer, *, slots, mask_words, step_target_ms=120, idle_chunk=256, reuse_prompts=false, kept_scratches=0, gather_ms=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -292,6 +293,7 @@ impl PyBatchLoop {
         idle_chunk: usize,
         reuse_prompts: bool,
         kept_scratches: usize,
+        gather_ms: u64,
     ) -> PyResult<Self> {
         let width: usize = decoder.bind(py).getattr("width")?.extract()?;
         let mut sizes: Vec<usize> = decoder.bind(py).getattr("chunk_sizes")?.extract()?;
@@ -305,6 +307,7 @@ impl PyBatchLoop {
         let mut core = Batch::new(tokenizer.inner.clone(), slots, width, sizes, policy);
         core.reuse_prompts = reuse_prompts;
         core.keep_scratches(if reuse_prompts { kept_scratches } else { 0 });
+        core.gather_ns = gather_ms.saturating_mul(1_000_000);
         Ok(PyBatchLoop {
             decoder,
             core,
